@@ -1,0 +1,462 @@
+// Life of an object. Create reserves a block and writes its header in state
+// writing; nothing can see it. Seal assigns the next generation (one counter for
+// the whole store, persisted in the superblocks, so generations never repeat,
+// even across restarts) and makes it its key's visible generation; the previous
+// one is retired. Remove, supersession and eviction all retire: the object
+// becomes invisible at once, and its block is freed when its last lease ends
+// (immediately if it has none). A reference (key, generation) therefore reads
+// exactly its own bytes or gets NotFound: once retired, a generation never
+// becomes visible again, and its block is reused only after every lease on it
+// has ended.
+//
+// Eviction. Each tier keeps its evictable, visible, unleased objects in LRU
+// order (evictor.h). Create first tries to allocate; while that fails it
+// evicts the least recently used object and retries, so a put fails with
+// ResourceExhausted only when nothing evictable is left. After a successful
+// create, if the tier's used bytes exceed the high watermark, objects are
+// evicted from the front until used bytes are at or below the low watermark.
+// Pinned (non-evictable) and leased objects are never evicted.
+#include "src/store/object_store.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/escaping.h"
+#include "fmt/format.h"
+#include "src/common/fmt_absl.h"
+#include "src/common/check.h"
+#include "src/common/utf8.h"
+#include "src/store/manifest.h"
+
+namespace cistern::store {
+namespace {
+
+uint64_t UnixNowNs() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+absl::Status ValidateKey(std::string_view key) {
+  if (key.empty()) return absl::InvalidArgumentError("key is empty");
+  if (key.size() > kMaxKeyBytes) {
+    return absl::InvalidArgumentError(
+        fmt::format("key of {} bytes exceeds the limit of {} bytes", key.size(), kMaxKeyBytes));
+  }
+  if (key.find('\0') != std::string_view::npos) {
+    return absl::InvalidArgumentError(fmt::format("key {} contains a NUL byte", QuoteKey(key)));
+  }
+  if (!IsValidUtf8(key)) {
+    return absl::InvalidArgumentError(fmt::format("key {} is not valid UTF-8", QuoteKey(key)));
+  }
+  return absl::OkStatus();
+}
+
+std::string QuoteKey(std::string_view key) {
+  constexpr size_t kShown = 80;
+  std::string shown(key.substr(0, kShown));
+  std::string out = "'" + absl::CHexEscape(shown) + "'";
+  if (key.size() > kShown) out += fmt::format("... ({} bytes)", key.size());
+  return out;
+}
+
+absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierSpec> tiers,
+                                                               const StoreOptions& options,
+                                                               RecoveryReport* report) {
+  if (tiers.empty()) return absl::InvalidArgumentError("no tiers configured");
+  std::unique_ptr<ObjectStore> store(new ObjectStore);
+  RecoveryReport local;
+  if (report == nullptr) report = &local;
+  *report = RecoveryReport();
+  MutexLock lock(&store->mu_);
+  store->tiers_.reserve(tiers.size());
+  for (uint32_t i = 0; i < tiers.size(); ++i) {
+    const TierSpec& spec = tiers[i];
+    if (!(spec.low_watermark >= 0 && spec.low_watermark <= spec.high_watermark &&
+          spec.high_watermark <= 1)) {
+      return absl::InvalidArgumentError(fmt::format(
+          "tier '{}': watermarks must satisfy 0 <= low ({}) <= high ({}) <= 1", spec.name,
+          spec.low_watermark, spec.high_watermark));
+    }
+    auto arena = Arena::Attach(spec.base, spec.size, i, spec.name);
+    if (!arena.ok()) {
+      return absl::Status(arena.status().code(),
+                          fmt::format("tier '{}': {}", spec.name, arena.status().message()));
+    }
+    store->tiers_.push_back(Tier{spec.name, *arena,
+                                 Allocator(arena->data_offset(), arena->data_bytes()), LruList(),
+                                 spec.high_watermark, spec.low_watermark});
+    store->tier_names_.push_back(spec.name);
+  }
+  for (uint32_t i = 0; i < store->tiers_.size(); ++i) {
+    Tier& tier = store->tiers_[i];
+    auto result = tier.arena.Recover(&tier.alloc, options.drop_corrupt);
+    if (!result.ok()) {
+      return absl::Status(result.status().code(),
+                          fmt::format("tier '{}': {}", tier.name, result.status().message()));
+    }
+    report->freed_blocks += result->freed_blocks;
+    for (auto& d : result->dropped) report->dropped.push_back(d);
+    store->max_generation_ = std::max(store->max_generation_, result->max_generation);
+    for (const Arena::RecoveredObject& r : result->sealed) {
+      Object* obj = store->table_.NewObject(r.key);
+      obj->generation = r.generation;
+      obj->block_offset = r.block_offset;
+      obj->block_size = r.block_size;
+      obj->payload_size = r.payload_size;
+      obj->tier = i;
+      obj->evictable = (r.flags & kFlagEvictable) != 0;
+      ++tier.objects;
+      // A crash between sealing a generation and retiring its predecessor
+      // leaves both sealed: keep the newest, reclaim the other.
+      Object* current = obj->key->visible;
+      if (current && current->generation > obj->generation) {
+        obj->visibility = Visibility::kVisible;  // retired as if it had been visible
+        store->tiers_[obj->tier].arena.SetState(obj->block_offset, ObjectState::kRemoved);
+        store->FreeObject(obj);
+        ++report->superseded;
+        continue;
+      }
+      if (current) {
+        store->Retire(current);
+        ++report->superseded;
+      }
+      store->table_.SetVisible(obj);
+      if (obj->evictable) tier.lru.PushBack(obj);
+    }
+  }
+  for (Tier& tier : store->tiers_) tier.arena.NoteGeneration(store->max_generation_);
+  report->max_generation = store->max_generation_;
+  for (Object* obj : store->table_.List("", SIZE_MAX, "")) {
+    ++report->objects;
+    report->bytes += obj->payload_size;
+  }
+  return store;
+}
+
+ObjectStore::~ObjectStore() {
+  MutexLock lock(&mu_);
+  absl::flat_hash_set<Object*> all;
+  for (auto& [id, w] : writes_) all.insert(w.obj);
+  for (Object* obj : leases_.RemoveAll()) all.insert(obj);
+  for (Object* obj : table_.List("", SIZE_MAX, "")) all.insert(obj);
+  for (Object* obj : all) {
+    tiers_[obj->tier].lru.Remove(obj);
+    table_.DeleteObject(obj);
+  }
+}
+
+absl::StatusOr<uint32_t> ObjectStore::TierIndex(std::string_view name) const {
+  if (name.empty()) return 0;
+  for (uint32_t i = 0; i < tiers_.size(); ++i) {
+    if (tiers_[i].name == name) return i;
+  }
+  std::string known;
+  for (const Tier& t : tiers_) known += (known.empty() ? "" : ", ") + t.name;
+  return absl::InvalidArgumentError(
+      fmt::format("unknown tier '{}' (configured: {})", name, known));
+}
+
+absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
+                                                            const CreateArgs& args) {
+  if (absl::Status s = ValidateKey(args.key); !s.ok()) return s;
+  if (args.size == 0) {
+    return absl::InvalidArgumentError(
+        fmt::format("size of {} is 0; objects hold at least one byte", QuoteKey(args.key)));
+  }
+  MutexLock lock(&mu_);
+  auto tier_index = TierIndex(args.tier);
+  if (!tier_index.ok()) return tier_index.status();
+  Tier& tier = tiers_[*tier_index];
+  uint64_t manifest_bytes = 0;
+  if (!args.tensors.empty()) {
+    if (absl::Status s = ValidateManifest(args.tensors, args.size); !s.ok()) {
+      return absl::InvalidArgumentError(
+          fmt::format("manifest of {}: {}", QuoteKey(args.key), s.message()));
+    }
+    manifest_bytes = EncodedManifestBytes(args.tensors);
+  }
+  uint64_t capacity = tier.alloc.capacity();
+  if (args.size > capacity || manifest_bytes > capacity ||
+      BlockBytes(args.key.size(), manifest_bytes, args.size) > capacity) {
+    return absl::InvalidArgumentError(fmt::format(
+        "{} of {} bytes does not fit in tier '{}' even when empty ({} bytes)",
+        QuoteKey(args.key), args.size, tier.name, capacity));
+  }
+  if (args.if_absent) {
+    if (Object* v = table_.FindVisible(args.key)) {
+      return absl::AlreadyExistsError(
+          fmt::format("{} exists (generation {})", QuoteKey(args.key), v->generation));
+    }
+  }
+  uint64_t block = BlockBytes(args.key.size(), manifest_bytes, args.size);
+  auto a = AllocateEvicting(tier, block);
+  if (!a) {
+    return absl::ResourceExhaustedError(fmt::format(
+        "tier '{}' has no room for {} ({} bytes with header): {} of {} bytes used, largest "
+        "free range {} bytes, nothing evictable left",
+        tier.name, QuoteKey(args.key), block, tier.alloc.used_bytes(), capacity,
+        tier.alloc.largest_free()));
+  }
+  Object* obj = table_.NewObject(args.key);
+  obj->block_offset = a->offset;
+  obj->block_size = block;
+  obj->payload_size = args.size;
+  obj->tier = *tier_index;
+  obj->evictable = args.evictable;
+  uint32_t flags = (args.evictable ? uint32_t{kFlagEvictable} : 0u) |
+                   (args.tensors.empty() ? 0u : uint32_t{kFlagTensorDict});
+  tier.arena.InitObject(*a, block, args.key, args.tensors, manifest_bytes, args.size, flags,
+                        UnixNowNs());
+  ++tier.objects;
+  uint64_t id = next_write_id_++;
+  writes_.emplace(id, Write{obj, session, args.if_absent});
+  session_writes_[session].insert(id);
+  EvictToWatermark(tier);
+  return WriteInfo{id, *tier_index,
+                   a->offset + tier.arena.header(a->offset)->payload_offset, args.size};
+}
+
+std::optional<Allocator::Allocation> ObjectStore::AllocateEvicting(Tier& tier, uint64_t n) {
+  for (;;) {
+    if (auto a = tier.alloc.Allocate(n)) return a;
+    if (tier.lru.empty()) return std::nullopt;
+    Evict(tier.lru.Front());
+  }
+}
+
+void ObjectStore::EvictToWatermark(Tier& tier) {
+  uint64_t cap = tier.alloc.capacity();
+  if (tier.alloc.used_bytes() <= tier.high_watermark * cap) return;
+  while (tier.alloc.used_bytes() > tier.low_watermark * cap && !tier.lru.empty()) {
+    Evict(tier.lru.Front());
+  }
+}
+
+void ObjectStore::Evict(Object* obj) {
+  CHECK(obj->leases == 0 && obj->visibility == Visibility::kVisible);
+  ++tiers_[obj->tier].evictions;
+  Retire(obj);
+}
+
+void ObjectStore::Retire(Object* obj) {
+  Tier& tier = tiers_[obj->tier];
+  tier.lru.Remove(obj);
+  table_.ClearVisible(obj);
+  tier.arena.SetState(obj->block_offset, ObjectState::kRemoved);
+  if (obj->leases == 0) {
+    FreeObject(obj);
+  } else {
+    ++deferred_frees_;
+  }
+}
+
+void ObjectStore::FreeObject(Object* obj) {
+  Tier& tier = tiers_[obj->tier];
+  CHECK(!obj->in_lru && obj->leases == 0);
+  auto [start, size] = tier.alloc.Free(obj->block_offset, obj->block_size);
+  tier.arena.WriteFreeTag(start, size);
+  --tier.objects;
+  ++free_epoch_;
+  table_.DeleteObject(obj);
+}
+
+absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
+                                           std::optional<uint64_t> checksum) {
+  MutexLock lock(&mu_);
+  auto it = writes_.find(write_id);
+  if (it == writes_.end()) {
+    return absl::NotFoundError(
+        fmt::format("write {} is not pending (never created, already sealed or aborted)",
+                    write_id));
+  }
+  if (it->second.session != session) {
+    return absl::PermissionDeniedError(
+        fmt::format("write {} belongs to another session", write_id));
+  }
+  Object* obj = it->second.obj;
+  if (it->second.if_absent) {
+    if (Object* v = obj->key->visible) {
+      std::string msg = fmt::format("{} was created by another writer first (generation {})",
+                                    QuoteKey(obj->key->key), v->generation);
+      CHECK(AbortLocked(session, write_id).ok());
+      return absl::AlreadyExistsError(msg);
+    }
+  }
+  session_writes_[session].erase(write_id);
+  if (session_writes_[session].empty()) session_writes_.erase(session);
+  writes_.erase(it);
+  Tier& tier = tiers_[obj->tier];
+  obj->generation = ++max_generation_;
+  tier.arena.Seal(obj->block_offset, obj->generation, checksum ? &*checksum : nullptr);
+  if (Object* old = obj->key->visible) Retire(old);
+  table_.SetVisible(obj);
+  if (obj->evictable) tier.lru.PushBack(obj);
+  return obj->generation;
+}
+
+absl::Status ObjectStore::Abort(SessionId session, uint64_t write_id) {
+  MutexLock lock(&mu_);
+  return AbortLocked(session, write_id);
+}
+
+absl::Status ObjectStore::AbortLocked(SessionId session, uint64_t write_id) {
+  auto it = writes_.find(write_id);
+  if (it == writes_.end()) {
+    return absl::NotFoundError(
+        fmt::format("write {} is not pending (never created, already sealed or aborted)",
+                    write_id));
+  }
+  if (it->second.session != session) {
+    return absl::PermissionDeniedError(
+        fmt::format("write {} belongs to another session", write_id));
+  }
+  Object* obj = it->second.obj;
+  writes_.erase(it);
+  auto sw = session_writes_.find(session);
+  sw->second.erase(write_id);
+  if (sw->second.empty()) session_writes_.erase(sw);
+  tiers_[obj->tier].arena.SetState(obj->block_offset, ObjectState::kAborted);
+  FreeObject(obj);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ObjectStore::LeaseInfo> ObjectStore::Get(SessionId session, std::string_view key,
+                                                        uint64_t generation) {
+  if (absl::Status s = ValidateKey(key); !s.ok()) return s;
+  MutexLock lock(&mu_);
+  Object* obj = table_.FindVisible(key);
+  if (obj == nullptr) return absl::NotFoundError(fmt::format("{} not found", QuoteKey(key)));
+  if (generation != 0 && obj->generation != generation) {
+    return absl::NotFoundError(fmt::format("generation {} of {} is not current (current is {})",
+                                           generation, QuoteKey(key), obj->generation));
+  }
+  if (obj->leases++ == 0) tiers_[obj->tier].lru.Remove(obj);
+  LeaseInfo info;
+  info.lease_id = leases_.Add(obj, session);
+  info.generation = obj->generation;
+  info.tier = obj->tier;
+  info.block_offset = obj->block_offset;
+  info.payload_offset =
+      obj->block_offset + tiers_[obj->tier].arena.header(obj->block_offset)->payload_offset;
+  info.size = obj->payload_size;
+  return info;
+}
+
+absl::Status ObjectStore::Release(SessionId session, uint64_t lease_id) {
+  MutexLock lock(&mu_);
+  auto obj = leases_.Remove(lease_id, session);
+  if (!obj.ok()) return obj.status();
+  DropLease(*obj);
+  return absl::OkStatus();
+}
+
+void ObjectStore::DropLease(Object* obj) {
+  CHECK(obj->leases > 0);
+  if (--obj->leases > 0) return;
+  if (obj->visibility == Visibility::kRemoved) {
+    --deferred_frees_;
+    FreeObject(obj);
+  } else if (obj->evictable) {
+    tiers_[obj->tier].lru.PushBack(obj);
+  }
+}
+
+absl::StatusOr<uint64_t> ObjectStore::Remove(std::string_view key, uint64_t generation) {
+  if (absl::Status s = ValidateKey(key); !s.ok()) return s;
+  MutexLock lock(&mu_);
+  Object* obj = table_.FindVisible(key);
+  if (obj == nullptr) return absl::NotFoundError(fmt::format("{} not found", QuoteKey(key)));
+  if (generation != 0 && obj->generation != generation) {
+    return absl::NotFoundError(fmt::format("generation {} of {} is not current (current is {})",
+                                           generation, QuoteKey(key), obj->generation));
+  }
+  uint64_t g = obj->generation;
+  Retire(obj);
+  return g;
+}
+
+ObjectStat ObjectStore::StatOf(const Object* obj) const {
+  const ObjectHeader* h = tiers_[obj->tier].arena.header(obj->block_offset);
+  ObjectStat s;
+  s.key = obj->key->key;
+  s.generation = obj->generation;
+  s.size = obj->payload_size;
+  s.tier = tiers_[obj->tier].name;
+  s.evictable = obj->evictable;
+  s.leases = obj->leases;
+  s.has_checksum = (h->flags & kFlagHasChecksum) != 0;
+  s.checksum = h->checksum;
+  s.tensors = h->tensor_count;
+  return s;
+}
+
+absl::StatusOr<ObjectStat> ObjectStore::Stat(std::string_view key) const {
+  if (absl::Status s = ValidateKey(key); !s.ok()) return s;
+  MutexLock lock(&mu_);
+  Object* obj = table_.FindVisible(key);
+  if (obj == nullptr) return absl::NotFoundError(fmt::format("{} not found", QuoteKey(key)));
+  return StatOf(obj);
+}
+
+ObjectStore::ListPage ObjectStore::List(std::string_view prefix, size_t limit,
+                                        std::string_view cursor) const {
+  MutexLock lock(&mu_);
+  ListPage page;
+  // One more than asked tells whether another page exists.
+  std::vector<Object*> objs = table_.List(prefix, limit + 1, cursor);
+  bool more = objs.size() > limit;
+  if (more) objs.resize(limit);
+  for (Object* obj : objs) page.objects.push_back(StatOf(obj));
+  if (more && !page.objects.empty()) page.next_cursor = page.objects.back().key;
+  return page;
+}
+
+void ObjectStore::CloseSession(SessionId session) {
+  MutexLock lock(&mu_);
+  for (Object* obj : leases_.RemoveSession(session)) DropLease(obj);
+  auto sw = session_writes_.find(session);
+  if (sw == session_writes_.end()) return;
+  std::vector<uint64_t> ids(sw->second.begin(), sw->second.end());
+  for (uint64_t id : ids) CHECK(AbortLocked(session, id).ok());
+}
+
+StoreStats ObjectStore::Stats() const {
+  MutexLock lock(&mu_);
+  StoreStats s;
+  for (const Tier& t : tiers_) {
+    TierStats ts;
+    ts.name = t.name;
+    ts.capacity_bytes = t.alloc.capacity();
+    ts.used_bytes = t.alloc.used_bytes();
+    ts.evictable_bytes = t.lru.bytes();
+    ts.largest_free_bytes = t.alloc.largest_free();
+    ts.fragmentation = t.alloc.fragmentation();
+    ts.objects = t.objects;
+    ts.evictions = t.evictions;
+    s.tiers.push_back(ts);
+  }
+  s.objects = table_.visible_count();
+  s.leases = leases_.size();
+  s.pending_writes = writes_.size();
+  s.deferred_frees = deferred_frees_;
+  return s;
+}
+
+ObjectStore::SessionStats ObjectStore::SessionInfo(SessionId session) const {
+  MutexLock lock(&mu_);
+  SessionStats s;
+  s.leases = leases_.CountForSession(session);
+  auto sw = session_writes_.find(session);
+  s.pending_writes = sw == session_writes_.end() ? 0 : sw->second.size();
+  return s;
+}
+
+uint64_t ObjectStore::free_epoch() const {
+  MutexLock lock(&mu_);
+  return free_epoch_;
+}
+
+}  // namespace cistern::store

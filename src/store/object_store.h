@@ -1,0 +1,218 @@
+// ObjectStore: the object model of one host over one arena per tier — keys,
+// generations, two-phase writes, leases, deferred frees, eviction and budgets.
+// It performs no I/O: the arenas are memory it is handed (mapped files in the
+// daemon, heap memory in tests). Sessions are opaque ids chosen by the caller;
+// their leases and pending writes end with CloseSession.
+//
+// Thread-safety: every public method is thread-safe; one mutex guards all
+// state. Lock order: ObjectStore::mu_ is a leaf (nothing is called under it
+// that takes another lock).
+//
+// Errors (the message always names the key, id or limit involved):
+//   InvalidArgument    bad key, size 0, size beyond the tier, bad manifest,
+//                      unknown tier. Nothing changes.
+//   NotFound           no visible generation (never existed, removed, evicted,
+//                      superseded) or the asked generation is not the current
+//                      one; unknown write or lease id.
+//   AlreadyExists      if_absent and the key has a visible generation.
+//   PermissionDenied   a write or lease of another session.
+//   ResourceExhausted  no room in the tier even after evicting everything
+//                      evictable; nothing becomes visible.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "include/cistern/object.h"
+#include "src/common/clock.h"
+#include "src/common/mutex.h"
+#include "src/store/allocator.h"
+#include "src/store/arena.h"
+#include "src/store/evictor.h"
+#include "src/store/lease_table.h"
+#include "src/store/object_table.h"
+
+namespace cistern::store {
+
+// InvalidArgument unless `key` is 1..1024 bytes of UTF-8 with no NUL.
+absl::Status ValidateKey(std::string_view key);
+// A printable rendering of a key for messages (escaped, shortened).
+std::string QuoteKey(std::string_view key);
+
+struct TierSpec {
+  std::string name;
+  char* base = nullptr;  // a formatted arena (Arena::Format)
+  uint64_t size = 0;
+  double high_watermark = 0.95;
+  double low_watermark = 0.85;
+};
+
+struct StoreOptions {
+  // Drop sealed objects that fail verification at open instead of failing.
+  bool drop_corrupt = false;
+};
+
+struct RecoveryReport {
+  uint64_t objects = 0;           // sealed objects kept
+  uint64_t bytes = 0;             // their payload bytes
+  uint64_t freed_blocks = 0;      // unsealed or removed objects reclaimed
+  uint64_t superseded = 0;        // older sealed generations of a key reclaimed
+  uint64_t max_generation = 0;
+  std::vector<Arena::CorruptObject> dropped;
+};
+
+struct ObjectStat {
+  std::string key;
+  uint64_t generation = 0;
+  uint64_t size = 0;
+  std::string tier;
+  bool evictable = false;
+  uint32_t leases = 0;
+  bool has_checksum = false;
+  uint64_t checksum = 0;
+  uint32_t tensors = 0;
+};
+
+struct TierStats {
+  std::string name;
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t evictable_bytes = 0;  // evictable now: unleased evictable objects
+  uint64_t largest_free_bytes = 0;
+  double fragmentation = 0;
+  uint64_t objects = 0;  // blocks in use: visible, lingering and being written
+  uint64_t evictions = 0;
+};
+
+struct StoreStats {
+  std::vector<TierStats> tiers;
+  uint64_t objects = 0;         // visible objects
+  uint64_t leases = 0;
+  uint64_t pending_writes = 0;
+  uint64_t deferred_frees = 0;  // removed objects waiting for their last lease
+};
+
+class ObjectStore {
+ public:
+  // Attaches every tier (Arena::Attach), rebuilds the table from the arenas and
+  // reports what recovery did. FailedPrecondition for an incompatible arena,
+  // DataLoss for a corrupt one (unless options.drop_corrupt drops bad objects).
+  static absl::StatusOr<std::unique_ptr<ObjectStore>> Open(std::vector<TierSpec> tiers,
+                                                           const StoreOptions& options,
+                                                           RecoveryReport* report);
+  ~ObjectStore();
+
+  struct CreateArgs {
+    std::string_view key;
+    uint64_t size = 0;
+    std::vector<TensorInfo> tensors;  // empty: raw bytes
+    bool evictable = false;
+    bool if_absent = false;
+    std::string_view tier;  // empty: the first tier
+  };
+  struct WriteInfo {
+    uint64_t write_id = 0;
+    uint32_t tier = 0;
+    uint64_t payload_offset = 0;  // arena offset
+    uint64_t size = 0;
+  };
+  // Reserves space for a new, invisible generation of `key`, evicting if needed.
+  absl::StatusOr<WriteInfo> Create(SessionId session, const CreateArgs& args);
+  // Makes the write the key's visible generation and returns that generation,
+  // which is higher than any generation issued before. The previous generation
+  // becomes invisible and is freed when its last lease ends. With if_absent,
+  // AlreadyExists if a generation became visible meanwhile (the write is aborted).
+  absl::StatusOr<uint64_t> Seal(SessionId session, uint64_t write_id,
+                                std::optional<uint64_t> checksum);
+  absl::Status Abort(SessionId session, uint64_t write_id);
+
+  struct LeaseInfo {
+    uint64_t lease_id = 0;
+    uint64_t generation = 0;
+    uint32_t tier = 0;
+    uint64_t block_offset = 0;
+    uint64_t payload_offset = 0;  // arena offset
+    uint64_t size = 0;
+  };
+  // Leases the visible generation of `key`; with generation != 0, only if that
+  // generation is the visible one.
+  absl::StatusOr<LeaseInfo> Get(SessionId session, std::string_view key, uint64_t generation);
+  absl::Status Release(SessionId session, uint64_t lease_id);
+  // Makes the visible generation invisible (if it is `generation`, when that is
+  // non-zero); it is freed when its last lease ends. Returns the generation.
+  absl::StatusOr<uint64_t> Remove(std::string_view key, uint64_t generation);
+  absl::StatusOr<ObjectStat> Stat(std::string_view key) const;
+
+  struct ListPage {
+    std::vector<ObjectStat> objects;
+    std::string next_cursor;  // empty when there is nothing more
+  };
+  ListPage List(std::string_view prefix, size_t limit, std::string_view cursor) const;
+
+  // Releases every lease and aborts every pending write of `session`.
+  void CloseSession(SessionId session);
+
+  StoreStats Stats() const;
+  struct SessionStats {
+    uint64_t leases = 0;
+    uint64_t pending_writes = 0;
+  };
+  SessionStats SessionInfo(SessionId session) const;
+  // Incremented whenever bytes are freed; callers waiting for space poll it.
+  uint64_t free_epoch() const;
+  const std::vector<std::string>& tier_names() const { return tier_names_; }
+
+ private:
+  struct Tier {
+    std::string name;
+    Arena arena;
+    Allocator alloc;
+    LruList lru;
+    double high_watermark;
+    double low_watermark;
+    uint64_t objects = 0;
+    uint64_t evictions = 0;
+  };
+  struct Write {
+    Object* obj;
+    SessionId session;
+    bool if_absent;
+  };
+
+  ObjectStore() = default;
+  absl::StatusOr<uint32_t> TierIndex(std::string_view name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  std::optional<Allocator::Allocation> AllocateEvicting(Tier& tier, uint64_t n)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void EvictToWatermark(Tier& tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Evict(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes a visible object invisible; frees it now if unleased.
+  void Retire(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropLease(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status AbortLocked(SessionId session, uint64_t write_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ObjectStat StatOf(const Object* obj) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  std::vector<std::string> tier_names_;  // constant after Open
+
+  mutable Mutex mu_;
+  std::vector<Tier> tiers_ ABSL_GUARDED_BY(mu_);
+  ObjectTable table_ ABSL_GUARDED_BY(mu_);
+  LeaseTable leases_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Write> writes_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<SessionId, absl::flat_hash_set<uint64_t>> session_writes_
+      ABSL_GUARDED_BY(mu_);
+  uint64_t next_write_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t max_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t deferred_frees_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t free_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+}  // namespace cistern::store
