@@ -1,0 +1,129 @@
+#include "src/daemon/config.h"
+
+#include <sys/sysinfo.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <set>
+
+#include "fmt/format.h"
+#include "src/common/config_yaml.h"
+#include "src/common/fmt_absl.h"
+#include "src/common/status_macros.h"
+
+namespace cistern::daemon {
+namespace {
+
+constexpr uint64_t kMiB = 1ull << 20;
+constexpr uint64_t kGiB = 1ull << 30;
+
+bool ValidTierName(const std::string& name) {
+  if (name.empty() || name.size() > 32) return false;
+  for (char c : name) {
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+void ApplyDefaults(config::DaemonConfig* cfg) {
+  std::string uid = std::to_string(geteuid());
+  if (cfg->runtime_dir().empty()) {
+    const char* home = std::getenv("CISTERN_HOME");
+    cfg->set_runtime_dir(home && *home ? std::string(home) + "/run" : "/tmp/cistern-" + uid);
+  }
+  if (cfg->socket_path().empty()) cfg->set_socket_path(cfg->runtime_dir() + "/cisternd.sock");
+  if (cfg->tiers_size() == 0) {
+    auto* t = cfg->add_tiers();
+    t->set_name("mem");
+    t->set_size(kGiB);
+  }
+  for (auto& t : *cfg->mutable_tiers()) {
+    t.set_size(t.size() / 4096 * 4096);  // whole pages; "4GB" is not a page multiple
+    if (t.path().empty()) t.set_path("/dev/shm/cistern-" + uid + "-" + t.name() + ".arena");
+    if (!t.has_high_watermark()) t.set_high_watermark(0.95);
+    if (!t.has_low_watermark()) t.set_low_watermark(std::min(0.85, t.high_watermark()));
+  }
+  if (cfg->allowed_uids_size() == 0) cfg->add_allowed_uids(geteuid());
+  if (cfg->log_level() == config::LOG_LEVEL_UNSPECIFIED) cfg->set_log_level(config::LOG_LEVEL_INFO);
+  if (cfg->max_frame_bytes() == 0) cfg->set_max_frame_bytes(16 * kMiB);
+  if (cfg->hello_timeout_ms() == 0) cfg->set_hello_timeout_ms(5000);
+  if (cfg->max_sessions() == 0) cfg->set_max_sessions(1024);
+  if (cfg->max_batch() == 0) cfg->set_max_batch(4096);
+  if (cfg->recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_UNSPECIFIED) {
+    cfg->mutable_recovery()->set_on_corrupt_object(config::CORRUPT_OBJECT_POLICY_FAIL);
+  }
+}
+
+absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
+  auto bad = [](std::string msg) { return absl::InvalidArgumentError(std::move(msg)); };
+  if (cfg.socket_path().size() >= sizeof(sockaddr_un::sun_path)) {
+    return bad(fmt::format("socket_path '{}' is {} bytes; Unix sockets allow at most {}",
+                           cfg.socket_path(), cfg.socket_path().size(),
+                           sizeof(sockaddr_un::sun_path) - 1));
+  }
+  if (cfg.socket_path()[0] != '/') {
+    return bad(fmt::format("socket_path '{}' must be absolute", cfg.socket_path()));
+  }
+  struct sysinfo si {};
+  uint64_t physical = sysinfo(&si) == 0 ? uint64_t{si.totalram} * si.mem_unit : UINT64_MAX;
+  std::set<std::string> names, paths;
+  uint64_t total = 0;
+  for (int i = 0; i < cfg.tiers_size(); ++i) {
+    const auto& t = cfg.tiers(i);
+    std::string at = fmt::format("tiers[{}]", i);
+    if (!ValidTierName(t.name())) {
+      return bad(fmt::format("{}.name '{}' must be 1-32 characters of [a-z0-9_-]", at, t.name()));
+    }
+    if (!names.insert(t.name()).second) {
+      return bad(fmt::format("{}.name '{}' is used by another tier", at, t.name()));
+    }
+    if (!paths.insert(t.path()).second) {
+      return bad(fmt::format("{}.path '{}' is used by another tier", at, t.path()));
+    }
+    if (t.size() < kMiB) {
+      return bad(fmt::format("{}.size {} is below the minimum of 1MiB", at, t.size()));
+    }
+    if (t.size() > physical) {
+      return bad(fmt::format("{}.size {} bytes exceeds this host's physical memory ({} bytes)",
+                             at, t.size(), physical));
+    }
+    total += t.size();
+    if (t.high_watermark() <= 0 || t.high_watermark() > 1) {
+      return bad(fmt::format("{}.high_watermark {} must be in (0, 1]", at, t.high_watermark()));
+    }
+    if (t.low_watermark() < 0 || t.low_watermark() > t.high_watermark()) {
+      return bad(fmt::format("{}.low_watermark {} must be in [0, high_watermark {}]", at,
+                             t.low_watermark(), t.high_watermark()));
+    }
+  }
+  if (total > physical) {
+    return bad(fmt::format("tiers total {} bytes, more than this host's physical memory ({})",
+                           total, physical));
+  }
+  if (cfg.max_frame_bytes() < 4096 || cfg.max_frame_bytes() > kGiB) {
+    return bad(fmt::format("max_frame_bytes {} must be between 4KiB and 1GiB",
+                           cfg.max_frame_bytes()));
+  }
+  if (cfg.max_batch() > 65536) {
+    return bad(fmt::format("max_batch {} exceeds 65536", cfg.max_batch()));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<config::DaemonConfig> LoadDaemonConfig(const std::string& path,
+                                                      const std::vector<std::string>& overrides) {
+  config::DaemonConfig cfg;
+  if (!path.empty()) RETURN_IF_ERROR(LoadYamlFile(path, &cfg));
+  for (const std::string& o : overrides) {
+    absl::Status s = ApplyOverride(o, &cfg);
+    if (!s.ok()) return absl::InvalidArgumentError(fmt::format("--set {}: {}", o, s.message()));
+  }
+  ApplyDefaults(&cfg);
+  RETURN_IF_ERROR(ValidateDaemonConfig(cfg));
+  return cfg;
+}
+
+}  // namespace cistern::daemon

@@ -1,0 +1,148 @@
+// cisternd: the per-host shared-memory object store daemon.
+//
+// Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when the daemon
+// could not start or serve (arena in use, corrupt arena, socket taken), 2 for
+// a usage or configuration error.
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "CLI/CLI.hpp"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+#include "src/common/fmt_absl.h"
+#include "src/daemon/arena_file.h"
+#include "src/daemon/config.h"
+#include "src/daemon/server.h"
+#include "src/store/object_store.h"
+
+namespace {
+
+cistern::daemon::Server* g_server = nullptr;
+
+void OnSignal(int) {
+  if (g_server) g_server->Shutdown();
+}
+
+spdlog::level::level_enum SpdLevel(cistern::config::LogLevel l) {
+  switch (l) {
+    case cistern::config::LOG_LEVEL_TRACE: return spdlog::level::trace;
+    case cistern::config::LOG_LEVEL_DEBUG: return spdlog::level::debug;
+    case cistern::config::LOG_LEVEL_WARN: return spdlog::level::warn;
+    case cistern::config::LOG_LEVEL_ERROR: return spdlog::level::err;
+    case cistern::config::LOG_LEVEL_OFF: return spdlog::level::off;
+    default: return spdlog::level::info;
+  }
+}
+
+int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
+  using namespace cistern;
+  std::error_code ec;
+  std::filesystem::create_directories(cfg.runtime_dir(), ec);
+  std::filesystem::create_directories(std::filesystem::path(cfg.socket_path()).parent_path(), ec);
+
+  std::vector<std::unique_ptr<daemon::ArenaFile>> files;
+  std::vector<store::TierSpec> specs;
+  daemon::ServerOptions sopts;
+  for (int i = 0; i < cfg.tiers_size(); ++i) {
+    const auto& t = cfg.tiers(i);
+    bool formatted = false;
+    auto f = daemon::ArenaFile::Open(t.path(), t.size(), i, t.name(), format, &formatted);
+    if (!f.ok()) {
+      spdlog::error("tier '{}': {}", t.name(), f.status().message());
+      return 1;
+    }
+    spdlog::info("tier '{}': arena '{}' of {} bytes {}", t.name(), t.path(), t.size(),
+                 formatted ? "formatted" : "reopened");
+    specs.push_back({t.name(), (*f)->base(), (*f)->size(), t.high_watermark(), t.low_watermark()});
+    wire::TierInfo info;
+    info.set_name(t.name());
+    info.set_index(i);
+    info.set_arena_bytes(t.size());
+    sopts.tiers.push_back(info);
+    sopts.arena_fds.push_back((*f)->share_fd());
+    files.push_back(std::move(*f));
+  }
+
+  store::StoreOptions store_opts;
+  store_opts.drop_corrupt =
+      cfg.recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_DROP;
+  store::RecoveryReport report;
+  auto store = store::ObjectStore::Open(specs, store_opts, &report);
+  if (!store.ok()) {
+    spdlog::error("recovery failed: {}", store.status().message());
+    return 1;
+  }
+  spdlog::info(
+      "recovery: {} objects ({} bytes) kept, {} unsealed or removed blocks freed, {} superseded "
+      "generations freed, {} corrupt objects dropped, next generation > {}",
+      report.objects, report.bytes, report.freed_blocks, report.superseded, report.dropped.size(),
+      report.max_generation);
+  for (const auto& d : report.dropped) {
+    spdlog::error("dropped corrupt object '{}' at offset {}: {}", d.key, d.block_offset, d.reason);
+  }
+
+  sopts.socket_path = cfg.socket_path();
+  sopts.token = cfg.token();
+  sopts.allowed_uids.assign(cfg.allowed_uids().begin(), cfg.allowed_uids().end());
+  sopts.max_frame_bytes = cfg.max_frame_bytes();
+  sopts.hello_timeout = std::chrono::milliseconds(cfg.hello_timeout_ms());
+  sopts.max_sessions = cfg.max_sessions();
+  sopts.max_batch = cfg.max_batch();
+  sopts.daemon_version = CISTERN_VERSION;
+  daemon::Server server(sopts, store->get(), Clock::Real());
+  if (absl::Status s = server.Listen(); !s.ok()) {
+    spdlog::error("{}", s.message());
+    return 1;
+  }
+  g_server = &server;
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+  spdlog::info("cisternd {} ready on '{}' (pid {})", CISTERN_VERSION, cfg.socket_path(), getpid());
+  server.Run();
+  g_server = nullptr;
+  spdlog::info("cisternd stopped cleanly");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"cisternd: Cistern's per-host shared-memory tensor store daemon"};
+  std::string config_path;
+  std::vector<std::string> overrides;
+  bool format = false;
+  app.add_option("--config", config_path, "YAML config file (see deploy/config/cisternd.yaml)");
+  app.add_option("--set", overrides, "override a config key, e.g. --set tiers.0.size=4GB")
+      ->take_all()
+      ->allow_extra_args(false);
+  app.add_flag("--format", format,
+               "discard existing arenas and start empty (for a corrupt or incompatible arena)");
+  app.set_version_flag("--version", std::string(CISTERN_VERSION));
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    int rc = app.exit(e);
+    return rc == 0 ? 0 : 2;
+  }
+  auto logger = spdlog::stderr_color_mt("cisternd");
+  spdlog::set_default_logger(logger);
+  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [cisternd] %v");
+  auto cfg = cistern::daemon::LoadDaemonConfig(config_path, overrides);
+  if (!cfg.ok()) {
+    std::fprintf(stderr, "cisternd: configuration error: %s\n",
+                 std::string(cfg.status().message()).c_str());
+    return 2;
+  }
+  spdlog::set_level(SpdLevel(cfg->log_level()));
+  return Serve(*cfg, format);
+}

@@ -1,0 +1,195 @@
+#include "src/daemon/request_handler.h"
+
+#include "fmt/format.h"
+
+namespace cistern::daemon {
+namespace {
+
+void FillInfo(const store::ObjectStat& s, wire::ObjectInfo* out) {
+  out->set_key(s.key);
+  out->set_generation(s.generation);
+  out->set_size(s.size);
+  out->set_tier(s.tier);
+  out->set_evictable(s.evictable);
+  out->set_leases(s.leases);
+  out->set_checksum(s.checksum);
+  out->set_has_checksum(s.has_checksum);
+  out->set_tensors(s.tensors);
+}
+
+absl::Status BatchTooLarge(int n, uint32_t max) {
+  return absl::InvalidArgumentError(
+      fmt::format("batch of {} entries exceeds max_batch {}", n, max));
+}
+
+}  // namespace
+
+void SetStatus(const absl::Status& s, wire::Response* resp) {
+  if (s.ok()) {
+    resp->clear_status();
+    return;
+  }
+  resp->mutable_status()->set_code(static_cast<int32_t>(s.code()));
+  resp->mutable_status()->set_message(std::string(s.message()));
+}
+
+void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c,
+                                  wire::Response* resp) {
+  store::ObjectStore::CreateArgs args;
+  args.key = c.key();
+  args.size = c.size();
+  args.evictable = c.evictable();
+  args.if_absent = c.if_absent();
+  args.tier = c.tier();
+  args.tensors.reserve(c.tensors_size());
+  for (const wire::Tensor& t : c.tensors()) {
+    TensorInfo info;
+    info.name = t.name();
+    int d = static_cast<int>(t.dtype());
+    if (d < 1 || d > kMaxDType) {
+      SetStatus(absl::InvalidArgumentError(
+                    fmt::format("tensor '{}' has unknown dtype {}", t.name(), d)),
+                resp);
+      return;
+    }
+    info.dtype = static_cast<DType>(d);
+    info.shape.assign(t.shape().begin(), t.shape().end());
+    info.offset = t.offset();
+    info.nbytes = t.nbytes();
+    args.tensors.push_back(std::move(info));
+  }
+  auto w = store_->Create(s, args);
+  if (!w.ok()) return SetStatus(w.status(), resp);
+  auto* r = resp->mutable_create();
+  r->set_write_id(w->write_id);
+  r->set_tier(w->tier);
+  r->set_payload_offset(w->payload_offset);
+  r->set_size(w->size);
+}
+
+void RequestHandler::HandleSeal(store::SessionId s, const wire::Seal& c, wire::Response* resp) {
+  std::optional<uint64_t> sum;
+  if (c.has_checksum()) sum = c.checksum();
+  auto g = store_->Seal(s, c.write_id(), sum);
+  if (!g.ok()) return SetStatus(g.status(), resp);
+  resp->mutable_seal()->set_generation(*g);
+}
+
+void RequestHandler::HandleGet(store::SessionId s, const wire::Get& g, wire::Response* resp) {
+  auto l = store_->Get(s, g.key(), g.generation());
+  if (!l.ok()) return SetStatus(l.status(), resp);
+  auto* r = resp->mutable_get();
+  r->set_lease_id(l->lease_id);
+  r->set_generation(l->generation);
+  r->set_tier(l->tier);
+  r->set_block_offset(l->block_offset);
+  r->set_payload_offset(l->payload_offset);
+  r->set_size(l->size);
+}
+
+void RequestHandler::Handle(store::SessionId s, const wire::Request& req,
+                            wire::Response* resp) {
+  resp->set_id(req.id());
+  switch (req.body_case()) {
+    case wire::Request::kCreate:
+      return HandleCreate(s, req.create(), resp);
+    case wire::Request::kSeal:
+      return HandleSeal(s, req.seal(), resp);
+    case wire::Request::kAbort:
+      return SetStatus(store_->Abort(s, req.abort().write_id()), resp);
+    case wire::Request::kGet:
+      return HandleGet(s, req.get(), resp);
+    case wire::Request::kRelease:
+      return SetStatus(store_->Release(s, req.release().lease_id()), resp);
+    case wire::Request::kRemove: {
+      auto g = store_->Remove(req.remove().key(), req.remove().generation());
+      if (!g.ok()) return SetStatus(g.status(), resp);
+      resp->mutable_remove()->set_generation(*g);
+      return;
+    }
+    case wire::Request::kStat: {
+      auto st = store_->Stat(req.stat().key());
+      if (!st.ok()) return SetStatus(st.status(), resp);
+      FillInfo(*st, resp->mutable_stat());
+      return;
+    }
+    case wire::Request::kList: {
+      uint32_t limit = req.list().limit() == 0 ? kDefaultListLimit : req.list().limit();
+      if (limit > options_.max_batch) limit = options_.max_batch;
+      auto page = store_->List(req.list().prefix(), limit, req.list().cursor());
+      auto* r = resp->mutable_list();
+      for (const auto& o : page.objects) FillInfo(o, r->add_objects());
+      r->set_next_cursor(page.next_cursor);
+      return;
+    }
+    case wire::Request::kStats: {
+      store::StoreStats st = store_->Stats();
+      auto* r = resp->mutable_stats();
+      for (const auto& t : st.tiers) {
+        auto* tt = r->add_tiers();
+        tt->set_name(t.name);
+        tt->set_capacity_bytes(t.capacity_bytes);
+        tt->set_used_bytes(t.used_bytes);
+        tt->set_evictable_bytes(t.evictable_bytes);
+        tt->set_largest_free_bytes(t.largest_free_bytes);
+        tt->set_fragmentation(t.fragmentation);
+        tt->set_objects(t.objects);
+        tt->set_evictions(t.evictions);
+      }
+      r->set_objects(st.objects);
+      r->set_leases(st.leases);
+      r->set_pending_writes(st.pending_writes);
+      r->set_deferred_frees(st.deferred_frees);
+      r->set_sessions(sessions_);
+      return;
+    }
+    case wire::Request::kBatchGet: {
+      const auto& gets = req.batch_get().gets();
+      if (static_cast<uint32_t>(gets.size()) > options_.max_batch) {
+        return SetStatus(BatchTooLarge(gets.size(), options_.max_batch), resp);
+      }
+      auto* r = resp->mutable_batch_get();
+      for (const wire::Get& g : gets) HandleGet(s, g, r->add_results());
+      return;
+    }
+    case wire::Request::kBatchRelease: {
+      const auto& ids = req.batch_release().lease_ids();
+      if (static_cast<uint32_t>(ids.size()) > options_.max_batch) {
+        return SetStatus(BatchTooLarge(ids.size(), options_.max_batch), resp);
+      }
+      // Releases what it can; reports the first failure.
+      absl::Status first;
+      for (uint64_t id : ids) {
+        absl::Status st = store_->Release(s, id);
+        if (!st.ok() && first.ok()) first = st;
+      }
+      return SetStatus(first, resp);
+    }
+    case wire::Request::kBatchCreate: {
+      const auto& creates = req.batch_create().creates();
+      if (static_cast<uint32_t>(creates.size()) > options_.max_batch) {
+        return SetStatus(BatchTooLarge(creates.size(), options_.max_batch), resp);
+      }
+      auto* r = resp->mutable_batch_create();
+      for (const wire::Create& c : creates) HandleCreate(s, c, r->add_results());
+      return;
+    }
+    case wire::Request::kBatchSeal: {
+      const auto& seals = req.batch_seal().seals();
+      if (static_cast<uint32_t>(seals.size()) > options_.max_batch) {
+        return SetStatus(BatchTooLarge(seals.size(), options_.max_batch), resp);
+      }
+      auto* r = resp->mutable_batch_seal();
+      for (const wire::Seal& c : seals) HandleSeal(s, c, r->add_results());
+      return;
+    }
+    case wire::Request::kHello:
+      return SetStatus(absl::FailedPreconditionError("hello was already said on this session"),
+                       resp);
+    case wire::Request::BODY_NOT_SET:
+      return SetStatus(absl::InvalidArgumentError("request has no body (unknown request type?)"),
+                       resp);
+  }
+}
+
+}  // namespace cistern::daemon

@@ -1,0 +1,488 @@
+#include "src/daemon/server.h"
+
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "fmt/format.h"
+#include "spdlog/spdlog.h"
+#include "src/common/errno_status.h"
+#include "src/common/fmt_absl.h"
+
+namespace cistern::daemon {
+namespace {
+
+constexpr uint64_t kListenTag = UINT64_MAX;
+constexpr uint64_t kWakeTag = UINT64_MAX - 1;
+constexpr size_t kReadChunk = 64 * 1024;
+
+bool ConstantTimeEquals(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= a[i] ^ b[i];
+  return diff == 0;
+}
+
+sockaddr_un UnixAddress(const std::string& path) {
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.data(), std::min(path.size(), sizeof(addr.sun_path) - 1));
+  return addr;
+}
+
+}  // namespace
+
+Server::Server(ServerOptions options, store::ObjectStore* store, Clock* clock)
+    : options_(std::move(options)),
+      store_(store),
+      clock_(clock),
+      handler_(store, HandlerOptions{options_.max_batch}) {
+  epoll_fd_.Reset(::epoll_create1(EPOLL_CLOEXEC));
+  wake_fd_.Reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kWakeTag;
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, wake_fd_.get(), &ev);
+}
+
+Server::~Server() = default;
+
+absl::Status Server::Listen() {
+  const std::string& path = options_.socket_path;
+  sockaddr_un addr = UnixAddress(path);
+  struct stat st {};
+  if (::lstat(path.c_str(), &st) == 0) {
+    // Someone answering on it is a live daemon; otherwise the file is stale.
+    UniqueFd probe(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (::connect(probe.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+      return absl::FailedPreconditionError(
+          fmt::format("another cisternd is listening on '{}'", path));
+    }
+    if (!S_ISSOCK(st.st_mode)) {
+      return absl::FailedPreconditionError(
+          fmt::format("socket_path '{}' exists and is not a socket", path));
+    }
+    ::unlink(path.c_str());
+  }
+  listen_fd_.Reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+  if (!listen_fd_.valid()) return ErrnoStatus(errno, "socket");
+  if (::bind(listen_fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    return ErrnoStatus(errno, fmt::format("bind '{}'", path));
+  }
+  bool only_me = options_.allowed_uids.size() == 1 && options_.allowed_uids[0] == ::geteuid();
+  ::chmod(path.c_str(), only_me ? 0600 : 0666);
+  if (::listen(listen_fd_.get(), 512) != 0) return ErrnoStatus(errno, "listen " + path);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.u64 = kListenTag;
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, listen_fd_.get(), &ev);
+  return absl::OkStatus();
+}
+
+void Server::Shutdown() {
+  uint64_t one = 1;
+  ssize_t n = ::write(wake_fd_.get(), &one, sizeof one);
+  (void)n;
+}
+
+void Server::Run() {
+  std::vector<epoll_event> events(256);
+  seen_free_epoch_ = store_->free_epoch();
+  while (!stopping_) {
+    int n = ::epoll_wait(epoll_fd_.get(), events.data(), events.size(), NextTimeoutMs());
+    if (n < 0 && errno != EINTR) {
+      spdlog::error("epoll_wait: {}", std::strerror(errno));
+      break;
+    }
+    for (int i = 0; i < n; ++i) {
+      uint64_t tag = events[i].data.u64;
+      if (tag == kListenTag) {
+        Accept();
+        continue;
+      }
+      if (tag == kWakeTag) {
+        stopping_ = true;
+        continue;
+      }
+      auto it = sessions_.find(tag);
+      if (it == sessions_.end()) continue;  // closed earlier in this round
+      Session* s = it->second.get();
+      if (events[i].events & EPOLLOUT) Flush(s);
+      if (sessions_.count(tag) && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+        OnReadable(s);
+      }
+    }
+    RetryParked();
+    ExpireDeadlines();
+  }
+  Drain();
+}
+
+void Server::Accept() {
+  for (;;) {
+    int fd = ::accept4(listen_fd_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (fd < 0) {
+      if (errno != EAGAIN && errno != EINTR) spdlog::warn("accept: {}", std::strerror(errno));
+      return;
+    }
+    auto s = std::make_unique<Session>(options_.max_frame_bytes);
+    s->id = next_session_id_++;
+    s->fd.Reset(fd);
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    absl::Status refuse;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
+      refuse = absl::PermissionDeniedError("peer credentials unavailable");
+    } else if (std::find(options_.allowed_uids.begin(), options_.allowed_uids.end(), cred.uid) ==
+               options_.allowed_uids.end()) {
+      refuse = absl::PermissionDeniedError(
+          fmt::format("uid {} is not in allowed_uids", cred.uid));
+    } else if (sessions_.size() >= options_.max_sessions) {
+      refuse = absl::ResourceExhaustedError(
+          fmt::format("cisternd already serves max_sessions={} sessions", options_.max_sessions));
+    }
+    s->pid = cred.pid;
+    s->uid = cred.uid;
+    if (!refuse.ok()) {
+      spdlog::info("refused connection from pid {}: {}", cred.pid, refuse.message());
+      wire::Response resp;
+      SetStatus(refuse, &resp);
+      std::string frame;
+      AppendFrameHeader(&frame, resp.ByteSizeLong());
+      resp.AppendToString(&frame);
+      ssize_t n = ::send(fd, frame.data(), frame.size(), MSG_NOSIGNAL);
+      (void)n;
+      continue;  // s closes the fd
+    }
+    s->hello_deadline = clock_->Now() + options_.hello_timeout;
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = s->id;
+    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev);
+    spdlog::debug("session {} opened by pid {} uid {}", s->id, s->pid, s->uid);
+    sessions_.emplace(s->id, std::move(s));
+    handler_.set_sessions(sessions_.size());
+  }
+}
+
+void Server::OnReadable(Session* s) {
+  uint64_t id = s->id;
+  for (int i = 0; i < 4; ++i) {
+    char* tail = s->in.WritableTail(kReadChunk);
+    ssize_t n = ::recv(s->fd.get(), tail, kReadChunk, 0);
+    if (n > 0) {
+      s->in.Commit(n);
+      ProcessFrames(s);
+      if (s->closing || static_cast<size_t>(n) < kReadChunk) break;
+      continue;
+    }
+    if (n == 0) {
+      CloseSession(s, s->in.buffered() ? "closed mid-frame" : "closed");
+      return;
+    }
+    if (errno == EAGAIN || errno == EINTR) break;
+    CloseSession(s, std::strerror(errno));
+    return;
+  }
+  Flush(s);
+}
+
+void Server::ProcessFrames(Session* s) {
+  while (!s->parked && !s->closing) {
+    std::optional<std::string_view> frame;
+    absl::Status st = s->in.Next(&frame);
+    if (!st.ok()) {
+      ReplyError(s, 0, st, /*close=*/true);
+      return;
+    }
+    if (!frame) return;
+    HandleFrame(s, *frame);
+  }
+}
+
+void Server::HandleFrame(Session* s, std::string_view frame) {
+  wire::Request req;
+  if (!req.ParseFromArray(frame.data(), static_cast<int>(frame.size()))) {
+    ReplyError(s, 0,
+               absl::InvalidArgumentError(fmt::format(
+                   "malformed request: {} bytes do not parse as a Request", frame.size())),
+               /*close=*/false);
+    return;
+  }
+  if (!s->hello_done) {
+    if (!req.has_hello()) {
+      ReplyError(s, req.id(),
+                 absl::FailedPreconditionError("the first request of a session must be hello"),
+                 /*close=*/true);
+      return;
+    }
+    HandleHello(s, req);
+    return;
+  }
+  wire::Response resp;
+  handler_.Handle(s->id, req, &resp);
+  if (!stopping_ && req.has_create() && req.create().wait_ms() > 0 && resp.has_status() &&
+      resp.status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted)) {
+    s->parked = std::make_unique<wire::Request>(std::move(req));
+    s->parked_deadline = clock_->Now() + std::chrono::milliseconds(s->parked->create().wait_ms());
+    parked_.push_back(s->id);
+    return;
+  }
+  if (req.oneway()) {
+    if (resp.has_status()) {
+      spdlog::debug("session {}: oneway request failed: {}", s->id, resp.status().message());
+    }
+    return;
+  }
+  if (resp.has_status()) {
+    spdlog::debug("session {}: request {} rejected: {}", s->id, req.id(),
+                  resp.status().message());
+  }
+  Reply(s, resp);
+}
+
+void Server::HandleHello(Session* s, const wire::Request& req) {
+  const wire::Hello& h = req.hello();
+  if (h.protocol_version() != kProtocolVersion) {
+    ReplyError(s, req.id(),
+               absl::FailedPreconditionError(
+                   fmt::format("protocol version {} is not supported; cisternd speaks {}",
+                               h.protocol_version(), kProtocolVersion)),
+               /*close=*/true);
+    return;
+  }
+  if (!options_.token.empty() && !ConstantTimeEquals(h.token(), options_.token)) {
+    ReplyError(s, req.id(),
+               absl::PermissionDeniedError(h.token().empty() ? "a token is required"
+                                                              : "wrong token"),
+               /*close=*/true);
+    return;
+  }
+  wire::Response resp;
+  resp.set_id(req.id());
+  auto* r = resp.mutable_hello();
+  r->set_protocol_version(kProtocolVersion);
+  r->set_session_id(s->id);
+  r->set_daemon_version(options_.daemon_version);
+  for (const auto& t : options_.tiers) *r->add_tiers() = t;
+  r->set_max_frame_bytes(options_.max_frame_bytes);
+  r->set_max_batch(options_.max_batch);
+  std::string frame;
+  AppendFrameHeader(&frame, resp.ByteSizeLong());
+  resp.AppendToString(&frame);
+  // The arena descriptors ride on the first byte sent with the hello response
+  // (after any error responses still queued); the client collects them with
+  // recvmsg until hello completes.
+  std::string data = std::move(s->out);
+  s->out.clear();
+  data += frame;
+  iovec iov{data.data(), data.size()};
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * options_.arena_fds.size()));
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control.data();
+  msg.msg_controllen = control.size();
+  cmsghdr* c = CMSG_FIRSTHDR(&msg);
+  c->cmsg_level = SOL_SOCKET;
+  c->cmsg_type = SCM_RIGHTS;
+  c->cmsg_len = CMSG_LEN(sizeof(int) * options_.arena_fds.size());
+  std::memcpy(CMSG_DATA(c), options_.arena_fds.data(), sizeof(int) * options_.arena_fds.size());
+  ssize_t n = ::sendmsg(s->fd.get(), &msg, MSG_NOSIGNAL);
+  if (n <= 0) {
+    spdlog::info("session {}: could not send hello: {}", s->id, std::strerror(errno));
+    s->closing = true;
+    return;
+  }
+  s->out.assign(data, n, std::string::npos);
+  s->hello_done = true;
+  spdlog::debug("session {} (pid {}) said hello as '{}'", s->id, s->pid, h.client_name());
+}
+
+void Server::Reply(Session* s, const wire::Response& resp) {
+  size_t size = resp.ByteSizeLong();
+  AppendFrameHeader(&s->out, static_cast<uint32_t>(size));
+  size_t at = s->out.size();
+  s->out.resize(at + size);
+  resp.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(s->out.data() + at));
+}
+
+void Server::ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close) {
+  spdlog::info("session {} (pid {}): {}{}", s->id, s->pid, status.message(),
+               close ? "; closing the session" : "");
+  wire::Response resp;
+  resp.set_id(id);
+  SetStatus(status, &resp);
+  Reply(s, resp);
+  if (close) s->closing = true;
+}
+
+void Server::Flush(Session* s) {
+  size_t sent = 0;
+  while (sent < s->out.size()) {
+    ssize_t n = ::send(s->fd.get(), s->out.data() + sent, s->out.size() - sent, MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += n;
+      continue;
+    }
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
+    s->out.clear();
+    CloseSession(s, "send failed");
+    return;
+  }
+  s->out.erase(0, sent);
+  if (s->out.empty() && s->closing) {
+    CloseSession(s, "closed by cisternd");
+    return;
+  }
+  UpdateInterest(s);
+}
+
+void Server::UpdateInterest(Session* s) {
+  bool want = !s->out.empty();
+  if (want == s->want_write) return;
+  s->want_write = want;
+  epoll_event ev{};
+  ev.events = EPOLLIN | (want ? EPOLLOUT : 0);
+  ev.data.u64 = s->id;
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, s->fd.get(), &ev);
+}
+
+void Server::CloseSession(Session* s, const char* why) {
+  uint64_t id = s->id;
+  auto info = store_->SessionInfo(id);
+  spdlog::debug("session {} (pid {}) {}: releasing {} leases, aborting {} writes", id, s->pid,
+                why, info.leases, info.pending_writes);
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
+  store_->CloseSession(id);
+  parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
+  sessions_.erase(id);
+  handler_.set_sessions(sessions_.size());
+}
+
+void Server::RetryParked() {
+  uint64_t epoch = store_->free_epoch();
+  if (epoch == seen_free_epoch_ || parked_.empty()) {
+    seen_free_epoch_ = epoch;
+    return;
+  }
+  seen_free_epoch_ = epoch;
+  std::deque<uint64_t> waiting;
+  waiting.swap(parked_);
+  for (uint64_t id : waiting) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) continue;
+    Session* s = it->second.get();
+    wire::Response resp;
+    handler_.Handle(s->id, *s->parked, &resp);
+    if (resp.has_status() &&
+        resp.status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted)) {
+      parked_.push_back(id);
+      continue;
+    }
+    s->parked.reset();
+    Reply(s, resp);
+    ProcessFrames(s);
+    if (sessions_.count(id)) Flush(s);
+  }
+}
+
+void Server::ExpireDeadlines() {
+  Clock::TimePoint now = clock_->Now();
+  std::vector<uint64_t> silent, expired;
+  for (auto& [id, s] : sessions_) {
+    if (!s->hello_done && !s->closing && now >= s->hello_deadline) silent.push_back(id);
+    if (s->parked && now >= s->parked_deadline) expired.push_back(id);
+  }
+  for (uint64_t id : silent) {
+    Session* s = sessions_[id].get();
+    ReplyError(s, 0, absl::DeadlineExceededError("no hello within hello_timeout_ms"), true);
+    Flush(s);
+  }
+  for (uint64_t id : expired) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) continue;
+    Session* s = it->second.get();
+    wire::Response resp;
+    handler_.Handle(s->id, *s->parked, &resp);  // one last try
+    if (resp.has_status()) {
+      resp.mutable_status()->set_message(
+          fmt::format("{} (waited {} ms)", resp.status().message(), s->parked->create().wait_ms()));
+    }
+    s->parked.reset();
+    parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
+    Reply(s, resp);
+    ProcessFrames(s);
+    if (sessions_.count(id)) Flush(s);
+  }
+}
+
+int Server::NextTimeoutMs() {
+  bool any = false;
+  Clock::TimePoint next{};
+  for (auto& [id, s] : sessions_) {
+    if (!s->hello_done && (!any || s->hello_deadline < next)) {
+      next = s->hello_deadline;
+      any = true;
+    }
+    if (s->parked && (!any || s->parked_deadline < next)) {
+      next = s->parked_deadline;
+      any = true;
+    }
+  }
+  if (!any) return -1;
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - clock_->Now()).count();
+  return static_cast<int>(std::clamp<int64_t>(ms + 1, 0, 60'000));
+}
+
+void Server::Drain() {
+  spdlog::info("draining {} sessions", sessions_.size());
+  if (listen_fd_.valid()) {
+    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, listen_fd_.get(), nullptr);
+    listen_fd_.Reset();
+    ::unlink(options_.socket_path.c_str());
+  }
+  // Answer every request already received; waits end with Unavailable.
+  std::vector<uint64_t> ids;
+  for (auto& [id, s] : sessions_) ids.push_back(id);
+  for (uint64_t id : ids) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) continue;
+    Session* s = it->second.get();
+    if (s->parked) {
+      wire::Response resp;
+      resp.set_id(s->parked->id());
+      SetStatus(absl::UnavailableError("cisternd is shutting down"), &resp);
+      s->parked.reset();
+      Reply(s, resp);
+    }
+    OnReadable(s);
+  }
+  parked_.clear();
+  // Give clients up to two seconds to take their responses.
+  auto deadline = clock_->Now() + std::chrono::seconds(2);
+  for (auto& [id, s] : sessions_) {
+    while (!s->out.empty() && clock_->Now() < deadline) {
+      ssize_t n = ::send(s->fd.get(), s->out.data(), s->out.size(), MSG_NOSIGNAL);
+      if (n > 0) {
+        s->out.erase(0, n);
+      } else if (n < 0 && errno == EAGAIN) {
+        pollfd p{s->fd.get(), POLLOUT, 0};
+        ::poll(&p, 1, 50);
+      } else {
+        break;
+      }
+    }
+  }
+  while (!sessions_.empty()) CloseSession(sessions_.begin()->second.get(), "ended by shutdown");
+}
+
+}  // namespace cistern::daemon

@@ -1,0 +1,107 @@
+// The local server: one thread running an epoll loop over the Unix socket.
+// Every connection is a session. Requests of a session are handled in order,
+// one at a time, on the loop thread; the work per request is a few map
+// operations under the store's mutex (clients copy the bytes themselves), so
+// one thread serves many clients. A create that asks to wait for space is
+// parked (its session reads nothing more) and retried whenever the store frees
+// bytes, until its deadline.
+//
+// Thread-safety: Run() on one thread; Shutdown() from any thread or a signal
+// handler. Everything else belongs to the loop thread.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "cistern/local.pb.h"
+#include "src/common/clock.h"
+#include "src/common/frame.h"
+#include "src/common/unique_fd.h"
+#include "src/daemon/request_handler.h"
+#include "src/store/object_store.h"
+
+namespace cistern::daemon {
+
+struct ServerOptions {
+  std::string socket_path;
+  std::string token;  // empty: none required
+  std::vector<uint32_t> allowed_uids;
+  uint64_t max_frame_bytes = 16 << 20;
+  Clock::Duration hello_timeout = std::chrono::seconds(5);
+  uint32_t max_sessions = 1024;
+  uint32_t max_batch = 4096;
+  std::string daemon_version;
+  // Tier arenas handed to clients in hello.
+  std::vector<wire::TierInfo> tiers;
+  std::vector<int> arena_fds;
+};
+
+class Server {
+ public:
+  Server(ServerOptions options, store::ObjectStore* store, Clock* clock);
+  ~Server();
+
+  // Binds and listens; FailedPrecondition if a live daemon owns the socket.
+  absl::Status Listen();
+  // Serves until Shutdown(); then stops accepting, answers what was already
+  // received, flushes responses, ends every session and returns.
+  void Run();
+  // Async-signal-safe.
+  void Shutdown();
+
+  uint64_t session_count() const { return sessions_.size(); }
+
+ private:
+  struct Session {
+    uint64_t id = 0;
+    UniqueFd fd;
+    int pid = 0;
+    uint32_t uid = 0;
+    bool hello_done = false;
+    bool closing = false;  // close once `out` is flushed
+    bool want_write = false;
+    FrameBuffer in;
+    std::string out;
+    Clock::TimePoint hello_deadline;
+    // A create waiting for space.
+    std::unique_ptr<wire::Request> parked;
+    Clock::TimePoint parked_deadline;
+    explicit Session(uint64_t max_frame) : in(max_frame) {}
+  };
+
+  void Accept();
+  void OnReadable(Session* s);
+  void ProcessFrames(Session* s);
+  void HandleFrame(Session* s, std::string_view frame);
+  void HandleHello(Session* s, const wire::Request& req);
+  void Reply(Session* s, const wire::Response& resp);
+  void ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close);
+  void Flush(Session* s);
+  void UpdateInterest(Session* s);
+  void CloseSession(Session* s, const char* why);
+  void RetryParked();
+  void ExpireDeadlines();
+  int NextTimeoutMs();
+  void Drain();
+
+  ServerOptions options_;
+  store::ObjectStore* store_;
+  Clock* clock_;
+  RequestHandler handler_;
+  UniqueFd listen_fd_;
+  UniqueFd epoll_fd_;
+  UniqueFd wake_fd_;  // eventfd written by Shutdown()
+  uint64_t next_session_id_ = 1;
+  std::map<uint64_t, std::unique_ptr<Session>> sessions_;
+  std::deque<uint64_t> parked_;  // sessions with a parked create, FIFO
+  uint64_t seen_free_epoch_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace cistern::daemon
