@@ -13,4 +13,21 @@ uint64_t Checksum(const void* data, size_t n);
 // brought into cache instead of reading memory twice.
 uint64_t CopyAndChecksum(void* dst, const void* src, size_t n);
 
+// XXH3-64 over a sequence of pieces, equal to Checksum of their concatenation.
+class StreamingChecksum {
+ public:
+  StreamingChecksum();
+  ~StreamingChecksum();
+  StreamingChecksum(const StreamingChecksum&) = delete;
+  StreamingChecksum& operator=(const StreamingChecksum&) = delete;
+
+  void Update(const void* data, size_t n);
+  // Copies `n` bytes to `dst` and adds them, chunk by chunk while in cache.
+  void CopyAndUpdate(void* dst, const void* src, size_t n);
+  uint64_t Digest() const;
+
+ private:
+  void* state_;
+};
+
 }  // namespace cistern::store

@@ -1,0 +1,227 @@
+// The Cistern C++ client: put and get objects in the host's cisternd with zero
+// copies. A Client is one session with the daemon; the daemon's arenas are
+// mapped into this process at Connect, and object bytes are read and written
+// there directly, never through the socket.
+//
+// Thread-safety: a Client may be used from many threads; its requests are
+// serialised on its one connection (open several Clients for parallel
+// requests). ObjectView and Writer are not thread-safe but may be moved
+// between threads, and may outlive their Client.
+//
+// Errors are absl::Status:
+//   InvalidArgument    bad key, size, tensor manifest or option (nothing changed)
+//   NotFound           no such key, or the generation asked is not current
+//   AlreadyExists      if_absent and the key exists
+//   ResourceExhausted  the tier is full (after eviction, and after waiting if asked)
+//   PermissionDenied   wrong or missing token, uid not allowed
+//   Unavailable        the daemon is not running or closed the connection
+//   FailedPrecondition protocol version mismatch
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "include/cistern/object.h"
+
+namespace cistern {
+
+namespace client_internal {
+class Connection;
+}
+
+struct ConnectOptions {
+  // cisternd's socket. Empty: $CISTERN_SOCKET, else the daemon's default
+  // ($CISTERN_HOME/run/cisternd.sock, or /tmp/cistern-<uid>/cisternd.sock).
+  std::string socket_path;
+  std::string token;
+  std::string client_name;  // shown in the daemon's logs
+};
+
+struct PutOptions {
+  bool evictable = false;  // may be evicted under memory pressure when unleased
+  bool if_absent = false;  // fail with AlreadyExists if the key has a value
+  std::string tier;        // empty: the daemon's first tier
+  // Wait up to this long for space instead of failing with ResourceExhausted.
+  std::chrono::milliseconds wait{0};
+  bool checksum = true;  // record an XXH3-64 checksum, verified at daemon restart
+};
+
+// A leased, read-only view of one sealed generation. The bytes stay valid and
+// unchanged until the view is released or destroyed, even if the key is
+// removed or overwritten meanwhile. Move-only.
+class ObjectView {
+ public:
+  ObjectView() = default;
+  ~ObjectView();
+  ObjectView(ObjectView&&) noexcept;
+  ObjectView& operator=(ObjectView&&) noexcept;
+
+  const std::string& key() const { return key_; }
+  uint64_t generation() const { return generation_; }
+  const std::byte* data() const { return data_; }
+  size_t size() const { return size_; }
+  std::span<const std::byte> bytes() const { return {data_, size_}; }
+  ObjectRef ref() const { return {key_, generation_, size_}; }
+  // Empty for a raw-bytes object.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  // The bytes of one tensor; NotFound if the object has no such tensor.
+  absl::StatusOr<std::span<const std::byte>> tensor(std::string_view name) const;
+  bool valid() const { return data_ != nullptr; }
+  uint64_t lease_id() const { return lease_id_; }
+
+  // Ends the lease now and reports the daemon's answer; the view becomes empty.
+  // The destructor does the same without waiting for the answer.
+  absl::Status Release();
+
+ private:
+  friend class Client;
+  void Reset();
+  std::shared_ptr<client_internal::Connection> conn_;
+  std::string key_;
+  uint64_t generation_ = 0;
+  uint64_t lease_id_ = 0;
+  const std::byte* data_ = nullptr;
+  size_t size_ = 0;
+  std::vector<TensorInfo> tensors_;
+};
+
+// A reserved, invisible object being filled in place. Seal makes it visible;
+// a Writer destroyed without Seal aborts. Move-only.
+class Writer {
+ public:
+  Writer() = default;
+  ~Writer();
+  Writer(Writer&&) noexcept;
+  Writer& operator=(Writer&&) noexcept;
+
+  std::span<std::byte> buffer() const { return {data_, size_}; }
+  std::byte* data() const { return data_; }
+  size_t size() const { return size_; }
+  const std::string& key() const { return key_; }
+  uint64_t write_id() const { return write_id_; }
+
+  // Makes the object visible (checksummed unless the put options said not to)
+  // and returns its reference. The Writer is empty afterwards, whatever the result.
+  absl::StatusOr<ObjectRef> Seal();
+  absl::Status Abort();
+
+ private:
+  friend class Client;
+  std::shared_ptr<client_internal::Connection> conn_;
+  std::string key_;
+  uint64_t write_id_ = 0;
+  std::byte* data_ = nullptr;
+  size_t size_ = 0;
+  bool checksum_ = true;
+};
+
+// One tensor to put: its bytes are copied into the object.
+struct TensorInput {
+  std::string name;
+  DType dtype = DType::kUInt8;
+  std::vector<uint64_t> shape;
+  std::span<const std::byte> data;
+};
+
+struct ObjectInfo {
+  std::string key;
+  uint64_t generation = 0;
+  uint64_t size = 0;
+  std::string tier;
+  bool evictable = false;
+  uint32_t leases = 0;
+  bool has_checksum = false;
+  uint64_t checksum = 0;
+  uint32_t tensors = 0;
+};
+
+struct ListResult {
+  std::vector<ObjectInfo> objects;
+  std::string next_cursor;  // pass back to get the next page; empty at the end
+};
+
+struct TierUsage {
+  std::string name;
+  uint64_t capacity_bytes = 0;
+  uint64_t used_bytes = 0;
+  uint64_t evictable_bytes = 0;
+  uint64_t largest_free_bytes = 0;
+  double fragmentation = 0;
+  uint64_t objects = 0;
+  uint64_t evictions = 0;
+};
+
+struct DaemonStats {
+  std::vector<TierUsage> tiers;
+  uint64_t objects = 0;
+  uint64_t leases = 0;
+  uint64_t pending_writes = 0;
+  uint64_t sessions = 0;
+  uint64_t deferred_frees = 0;
+};
+
+// Lays out tensors in one payload: each at the next multiple of 64 bytes.
+// Returns the manifest; `*total` receives the payload size.
+std::vector<TensorInfo> LayoutTensors(const std::vector<TensorInput>& tensors, uint64_t* total);
+
+class Client {
+ public:
+  static absl::StatusOr<std::unique_ptr<Client>> Connect(const ConnectOptions& options = {});
+  ~Client();
+
+  // Copies `value` into a new generation of `key` and seals it.
+  absl::StatusOr<ObjectRef> Put(std::string_view key, std::span<const std::byte> value,
+                                const PutOptions& options = {});
+  absl::StatusOr<ObjectRef> Put(std::string_view key, std::string_view value,
+                                const PutOptions& options = {}) {
+    return Put(key, std::as_bytes(std::span(value.data(), value.size())), options);
+  }
+  // Stores a dict of tensors as one object (one allocation, 64-byte aligned).
+  absl::StatusOr<ObjectRef> PutTensors(std::string_view key,
+                                       const std::vector<TensorInput>& tensors,
+                                       const PutOptions& options = {});
+  // Reserves `size` bytes for a new generation of `key`, to fill in place.
+  // `tensors` (optional) is the manifest, as LayoutTensors makes it.
+  absl::StatusOr<Writer> Create(std::string_view key, uint64_t size,
+                                const PutOptions& options = {},
+                                const std::vector<TensorInfo>& tensors = {});
+
+  // Leases the current generation of `key` (or exactly `generation`).
+  absl::StatusOr<ObjectView> Get(std::string_view key, uint64_t generation = 0);
+  // Removes the current generation (only if it is `generation`, when given);
+  // returns the generation removed. Leased bytes stay valid until released.
+  absl::StatusOr<uint64_t> Remove(std::string_view key, uint64_t generation = 0);
+  absl::StatusOr<ObjectInfo> Stat(std::string_view key);
+  absl::StatusOr<ListResult> List(std::string_view prefix = "", uint32_t limit = 0,
+                                  std::string_view cursor = "");
+  absl::StatusOr<DaemonStats> Stats();
+
+  // Batch forms: one round trip for many small objects. Results are per entry.
+  std::vector<absl::StatusOr<ObjectView>> GetMany(const std::vector<std::string>& keys);
+  // Releases many views in one message; they become empty.
+  absl::Status ReleaseMany(std::vector<ObjectView>& views);
+  std::vector<absl::StatusOr<ObjectRef>> PutMany(
+      const std::vector<std::pair<std::string, std::span<const std::byte>>>& items,
+      const PutOptions& options = {});
+
+  uint64_t session_id() const;
+  const std::string& socket_path() const;
+
+ private:
+  explicit Client(std::shared_ptr<client_internal::Connection> conn);
+  absl::StatusOr<ObjectView> MakeView(std::string_view key, const void* get_reply);
+  std::shared_ptr<client_internal::Connection> conn_;
+};
+
+// The socket a client connects to when ConnectOptions.socket_path is empty.
+std::string DefaultSocketPath();
+
+}  // namespace cistern

@@ -1,0 +1,445 @@
+#include "include/cistern/client.h"
+
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+
+#include "fmt/format.h"
+#include "src/client/connection.h"
+#include "src/common/fmt_absl.h"
+#include "src/store/checksum.h"
+#include "src/store/layout.h"
+#include "src/store/manifest.h"
+
+namespace cistern {
+
+using client_internal::Connection;
+
+std::string DefaultSocketPath() {
+  if (const char* s = std::getenv("CISTERN_SOCKET"); s && *s) return s;
+  if (const char* h = std::getenv("CISTERN_HOME"); h && *h) {
+    return std::string(h) + "/run/cisternd.sock";
+  }
+  return fmt::format("/tmp/cistern-{}/cisternd.sock", geteuid());
+}
+
+std::vector<TensorInfo> LayoutTensors(const std::vector<TensorInput>& tensors, uint64_t* total) {
+  std::vector<TensorInfo> out;
+  uint64_t offset = 0;
+  for (const TensorInput& t : tensors) {
+    offset = store::AlignUp(offset, store::kAlign);
+    out.push_back({t.name, t.dtype, t.shape, offset, t.data.size()});
+    offset += t.data.size();
+  }
+  *total = offset;
+  return out;
+}
+
+namespace {
+
+wire::Create MakeCreate(std::string_view key, uint64_t size, const PutOptions& o,
+                        const std::vector<TensorInfo>& tensors) {
+  wire::Create c;
+  c.set_key(std::string(key));
+  c.set_size(size);
+  c.set_evictable(o.evictable);
+  c.set_if_absent(o.if_absent);
+  c.set_tier(o.tier);
+  c.set_wait_ms(o.wait.count() > 0 ? o.wait.count() : 0);
+  for (const TensorInfo& t : tensors) {
+    auto* w = c.add_tensors();
+    w->set_name(t.name);
+    w->set_dtype(static_cast<wire::DType>(t.dtype));
+    for (uint64_t d : t.shape) w->add_shape(d);
+    w->set_offset(t.offset);
+    w->set_nbytes(t.nbytes);
+  }
+  return c;
+}
+
+absl::Status StatusOf(const wire::Response& r) {
+  if (!r.has_status() || r.status().code() == 0) return absl::OkStatus();
+  return absl::Status(static_cast<absl::StatusCode>(r.status().code()), r.status().message());
+}
+
+ObjectInfo InfoOf(const wire::ObjectInfo& w) {
+  return ObjectInfo{w.key(),          w.generation(), w.size(),     w.tier(),    w.evictable(),
+                    w.leases(),       w.has_checksum(), w.checksum(), w.tensors()};
+}
+
+// Where a create reply says to write; DataLoss if it points outside the arena.
+absl::StatusOr<std::byte*> PayloadOf(Connection& c, const wire::CreateReply& r) {
+  if (r.tier() >= c.tier_count() || r.payload_offset() > c.tier_size(r.tier()) ||
+      r.size() > c.tier_size(r.tier()) - r.payload_offset()) {
+    return absl::DataLossError("cisternd returned an allocation outside the arena");
+  }
+  return reinterpret_cast<std::byte*>(c.tier_base(r.tier()) + r.payload_offset());
+}
+
+}  // namespace
+
+// ---- ObjectView ----
+
+ObjectView::~ObjectView() { Reset(); }
+ObjectView::ObjectView(ObjectView&& o) noexcept { *this = std::move(o); }
+ObjectView& ObjectView::operator=(ObjectView&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    conn_ = std::move(o.conn_);
+    key_ = std::move(o.key_);
+    generation_ = std::exchange(o.generation_, 0);
+    lease_id_ = std::exchange(o.lease_id_, 0);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    tensors_ = std::move(o.tensors_);
+  }
+  return *this;
+}
+
+void ObjectView::Reset() {
+  if (conn_ && lease_id_) {
+    wire::Request req;
+    req.mutable_release()->set_lease_id(lease_id_);
+    conn_->SendOneway(req);
+  }
+  conn_.reset();
+  lease_id_ = 0;
+  data_ = nullptr;
+  size_ = 0;
+  tensors_.clear();
+}
+
+absl::Status ObjectView::Release() {
+  if (!conn_ || !lease_id_) return absl::FailedPreconditionError("view holds no lease");
+  wire::Request req;
+  req.mutable_release()->set_lease_id(lease_id_);
+  auto resp = conn_->Call(req);
+  lease_id_ = 0;
+  Reset();
+  return resp.status();
+}
+
+absl::StatusOr<std::span<const std::byte>> ObjectView::tensor(std::string_view name) const {
+  for (const TensorInfo& t : tensors_) {
+    if (t.name == name) return std::span<const std::byte>(data_ + t.offset, t.nbytes);
+  }
+  return absl::NotFoundError(fmt::format("object '{}' has no tensor '{}'", key_, name));
+}
+
+// ---- Writer ----
+
+Writer::~Writer() {
+  if (conn_ && write_id_) (void)Abort();
+}
+Writer::Writer(Writer&& o) noexcept { *this = std::move(o); }
+Writer& Writer::operator=(Writer&& o) noexcept {
+  if (this != &o) {
+    if (conn_ && write_id_) (void)Abort();
+    conn_ = std::move(o.conn_);
+    key_ = std::move(o.key_);
+    write_id_ = std::exchange(o.write_id_, 0);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+    checksum_ = o.checksum_;
+  }
+  return *this;
+}
+
+absl::StatusOr<ObjectRef> Writer::Seal() {
+  if (!conn_ || !write_id_) return absl::FailedPreconditionError("writer holds no pending write");
+  wire::Request req;
+  auto* seal = req.mutable_seal();
+  seal->set_write_id(write_id_);
+  if (checksum_) {
+    seal->set_checksum(store::Checksum(data_, size_));
+    seal->set_has_checksum(true);
+  }
+  auto resp = conn_->Call(req);
+  ObjectRef ref{key_, 0, size_};
+  write_id_ = 0;
+  conn_.reset();
+  data_ = nullptr;
+  if (!resp.ok()) return resp.status();
+  ref.generation = resp->seal().generation();
+  return ref;
+}
+
+absl::Status Writer::Abort() {
+  if (!conn_ || !write_id_) return absl::FailedPreconditionError("writer holds no pending write");
+  wire::Request req;
+  req.mutable_abort()->set_write_id(write_id_);
+  auto resp = conn_->Call(req);
+  write_id_ = 0;
+  conn_.reset();
+  data_ = nullptr;
+  return resp.status();
+}
+
+// ---- Client ----
+
+Client::Client(std::shared_ptr<Connection> conn) : conn_(std::move(conn)) {}
+Client::~Client() = default;
+
+absl::StatusOr<std::unique_ptr<Client>> Client::Connect(const ConnectOptions& options) {
+  auto conn = Connection::Open(options);
+  if (!conn.ok()) return conn.status();
+  return std::unique_ptr<Client>(new Client(std::move(*conn)));
+}
+
+uint64_t Client::session_id() const { return conn_->session_id(); }
+const std::string& Client::socket_path() const { return conn_->socket_path(); }
+
+absl::StatusOr<Writer> Client::Create(std::string_view key, uint64_t size,
+                                      const PutOptions& options,
+                                      const std::vector<TensorInfo>& tensors) {
+  wire::Request req;
+  *req.mutable_create() = MakeCreate(key, size, options, tensors);
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  Writer w;
+  w.conn_ = conn_;
+  w.key_ = std::string(key);
+  w.write_id_ = resp->create().write_id();
+  w.size_ = resp->create().size();
+  w.checksum_ = options.checksum;
+  auto data = PayloadOf(*conn_, resp->create());
+  if (!data.ok()) return data.status();  // w aborts
+  w.data_ = *data;
+  return w;
+}
+
+absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std::byte> value,
+                                      const PutOptions& options) {
+  auto w = Create(key, value.size(), options);
+  if (!w.ok()) return w.status();
+  wire::Request req;
+  auto* seal = req.mutable_seal();
+  seal->set_write_id(w->write_id_);
+  if (options.checksum) {
+    seal->set_checksum(store::CopyAndChecksum(w->data_, value.data(), value.size()));
+    seal->set_has_checksum(true);
+  } else {
+    std::memcpy(w->data_, value.data(), value.size());
+  }
+  w->write_id_ = 0;  // the seal below settles it either way
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return ObjectRef{std::string(key), resp->seal().generation(), value.size()};
+}
+
+absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
+                                             const std::vector<TensorInput>& tensors,
+                                             const PutOptions& options) {
+  uint64_t total = 0;
+  std::vector<TensorInfo> manifest = LayoutTensors(tensors, &total);
+  auto w = Create(key, total, options, manifest);
+  if (!w.ok()) return w.status();
+  store::StreamingChecksum sum;
+  uint64_t at = 0;
+  static const std::byte kZeros[store::kAlign] = {};
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    uint64_t pad = manifest[i].offset - at;
+    std::memcpy(w->data_ + at, kZeros, pad);
+    sum.Update(kZeros, pad);
+    sum.CopyAndUpdate(w->data_ + manifest[i].offset, tensors[i].data.data(),
+                      tensors[i].data.size());
+    at = manifest[i].offset + manifest[i].nbytes;
+  }
+  wire::Request req;
+  auto* seal = req.mutable_seal();
+  seal->set_write_id(w->write_id_);
+  if (options.checksum) {
+    seal->set_checksum(sum.Digest());
+    seal->set_has_checksum(true);
+  }
+  w->write_id_ = 0;
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return ObjectRef{std::string(key), resp->seal().generation(), total};
+}
+
+absl::StatusOr<ObjectView> Client::MakeView(std::string_view key, const void* get_reply) {
+  const auto& r = *static_cast<const wire::GetReply*>(get_reply);
+  ObjectView v;
+  v.conn_ = conn_;
+  v.key_ = std::string(key);
+  v.generation_ = r.generation();
+  v.lease_id_ = r.lease_id();
+  uint64_t arena = r.tier() < conn_->tier_count() ? conn_->tier_size(r.tier()) : 0;
+  if (r.payload_offset() > arena || r.size() > arena - r.payload_offset() ||
+      r.block_offset() + sizeof(store::ObjectHeader) > r.payload_offset()) {
+    return absl::DataLossError("cisternd returned a lease outside the arena");  // v releases
+  }
+  char* base = conn_->tier_base(r.tier());
+  v.data_ = reinterpret_cast<const std::byte*>(base + r.payload_offset());
+  v.size_ = r.size();
+  const auto* h = reinterpret_cast<const store::ObjectHeader*>(base + r.block_offset());
+  if (h->flags & store::kFlagTensorDict) {
+    uint64_t m = r.block_offset() + store::ManifestOffset(h->key_bytes);
+    if (m + h->manifest_bytes > r.payload_offset()) {
+      return absl::DataLossError(fmt::format("manifest of '{}' is malformed", key));
+    }
+    auto tensors = store::DecodeManifest(std::string_view(base + m, h->manifest_bytes),
+                                         h->tensor_count);
+    if (!tensors.ok()) return tensors.status();
+    v.tensors_ = std::move(*tensors);
+  }
+  return v;
+}
+
+absl::StatusOr<ObjectView> Client::Get(std::string_view key, uint64_t generation) {
+  wire::Request req;
+  req.mutable_get()->set_key(std::string(key));
+  req.mutable_get()->set_generation(generation);
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return MakeView(key, &resp->get());
+}
+
+absl::StatusOr<uint64_t> Client::Remove(std::string_view key, uint64_t generation) {
+  wire::Request req;
+  req.mutable_remove()->set_key(std::string(key));
+  req.mutable_remove()->set_generation(generation);
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return resp->remove().generation();
+}
+
+absl::StatusOr<ObjectInfo> Client::Stat(std::string_view key) {
+  wire::Request req;
+  req.mutable_stat()->set_key(std::string(key));
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return InfoOf(resp->stat());
+}
+
+absl::StatusOr<ListResult> Client::List(std::string_view prefix, uint32_t limit,
+                                        std::string_view cursor) {
+  wire::Request req;
+  req.mutable_list()->set_prefix(std::string(prefix));
+  req.mutable_list()->set_limit(limit);
+  req.mutable_list()->set_cursor(std::string(cursor));
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  ListResult out;
+  for (const auto& o : resp->list().objects()) out.objects.push_back(InfoOf(o));
+  out.next_cursor = resp->list().next_cursor();
+  return out;
+}
+
+absl::StatusOr<DaemonStats> Client::Stats() {
+  wire::Request req;
+  req.mutable_stats();
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  const auto& s = resp->stats();
+  DaemonStats out;
+  for (const auto& t : s.tiers()) {
+    out.tiers.push_back({t.name(), t.capacity_bytes(), t.used_bytes(), t.evictable_bytes(),
+                         t.largest_free_bytes(), t.fragmentation(), t.objects(), t.evictions()});
+  }
+  out.objects = s.objects();
+  out.leases = s.leases();
+  out.pending_writes = s.pending_writes();
+  out.sessions = s.sessions();
+  out.deferred_frees = s.deferred_frees();
+  return out;
+}
+
+std::vector<absl::StatusOr<ObjectView>> Client::GetMany(const std::vector<std::string>& keys) {
+  wire::Request req;
+  for (const std::string& k : keys) req.mutable_batch_get()->add_gets()->set_key(k);
+  auto resp = conn_->Call(req);
+  std::vector<absl::StatusOr<ObjectView>> out;
+  out.reserve(keys.size());
+  if (!resp.ok() || resp->batch_get().results_size() != static_cast<int>(keys.size())) {
+    absl::Status s = resp.ok() ? absl::InternalError("batch answer has the wrong length")
+                               : resp.status();
+    for (size_t i = 0; i < keys.size(); ++i) out.push_back(s);
+    return out;
+  }
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const wire::Response& r = resp->batch_get().results(i);
+    absl::Status s = StatusOf(r);
+    if (!s.ok()) {
+      out.push_back(s);
+      continue;
+    }
+    out.push_back(MakeView(keys[i], &r.get()));
+  }
+  return out;
+}
+
+absl::Status Client::ReleaseMany(std::vector<ObjectView>& views) {
+  wire::Request req;
+  for (ObjectView& v : views) {
+    if (v.conn_ == conn_ && v.lease_id_) {
+      req.mutable_batch_release()->add_lease_ids(v.lease_id_);
+      v.lease_id_ = 0;
+    }
+    v.Reset();
+  }
+  if (req.batch_release().lease_ids_size() == 0) return absl::OkStatus();
+  return conn_->Call(req).status();
+}
+
+std::vector<absl::StatusOr<ObjectRef>> Client::PutMany(
+    const std::vector<std::pair<std::string, std::span<const std::byte>>>& items,
+    const PutOptions& options) {
+  std::vector<absl::StatusOr<ObjectRef>> out(items.size(), absl::UnknownError("not attempted"));
+  wire::Request creq;
+  for (const auto& [key, value] : items) {
+    *creq.mutable_batch_create()->add_creates() = MakeCreate(key, value.size(), options, {});
+  }
+  auto created = conn_->Call(creq);
+  if (!created.ok() ||
+      created->batch_create().results_size() != static_cast<int>(items.size())) {
+    absl::Status s = created.ok() ? absl::InternalError("batch answer has the wrong length")
+                                  : created.status();
+    for (auto& o : out) o = s;
+    return out;
+  }
+  wire::Request sreq;
+  std::vector<size_t> sealed_index;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const wire::Response& r = created->batch_create().results(i);
+    if (absl::Status s = StatusOf(r); !s.ok()) {
+      out[i] = s;
+      continue;
+    }
+    auto data = PayloadOf(*conn_, r.create());
+    if (!data.ok()) {
+      out[i] = data.status();  // the write stays pending until the session ends
+      continue;
+    }
+    auto* seal = sreq.mutable_batch_seal()->add_seals();
+    seal->set_write_id(r.create().write_id());
+    const auto& value = items[i].second;
+    if (options.checksum) {
+      seal->set_checksum(store::CopyAndChecksum(*data, value.data(), value.size()));
+      seal->set_has_checksum(true);
+    } else {
+      std::memcpy(*data, value.data(), value.size());
+    }
+    sealed_index.push_back(i);
+  }
+  if (sealed_index.empty()) return out;
+  auto sealed = conn_->Call(sreq);
+  for (size_t j = 0; j < sealed_index.size(); ++j) {
+    size_t i = sealed_index[j];
+    if (!sealed.ok()) {
+      out[i] = sealed.status();
+      continue;
+    }
+    const wire::Response& r = sealed->batch_seal().results(j);
+    if (absl::Status s = StatusOf(r); !s.ok()) {
+      out[i] = s;
+    } else {
+      out[i] = ObjectRef{items[i].first, r.seal().generation(), items[i].second.size()};
+    }
+  }
+  return out;
+}
+
+}  // namespace cistern

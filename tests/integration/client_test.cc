@@ -1,0 +1,173 @@
+// The C++ client API against a real cisternd.
+#include <cstring>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "include/cistern/client.h"
+#include "tests/integration/daemon_harness.h"
+
+namespace cistern::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+class ClientTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string err;
+    ASSERT_TRUE(daemon_.Start({}, &err)) << err;
+    auto c = daemon_.Connect();
+    ASSERT_TRUE(c.ok()) << c.status();
+    client_ = std::move(*c);
+  }
+  uint64_t Used() { return client_->Stats()->tiers[0].used_bytes; }
+
+  Daemon daemon_;
+  std::unique_ptr<Client> client_;
+};
+
+TEST_F(ClientTest, PutGetRoundTripIsZeroCopyIntoTheArena) {
+  auto ref = client_->Put("hello", "world");
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  auto v = client_->Get("hello");
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(v->data()), v->size()), "world");
+  EXPECT_EQ(v->generation(), ref->generation);
+  // A second process-local view of the same object points at the same bytes.
+  auto w = client_->Get("hello");
+  EXPECT_EQ(v->data(), w->data());
+}
+
+TEST_F(ClientTest, TensorDictKeepsItsManifest) {
+  std::vector<float> w(12);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = i * 0.5f;
+  std::vector<int64_t> b = {7, 8, 9};
+  std::vector<TensorInput> in = {
+      {"layer.weight", DType::kFloat32, {3, 4}, std::as_bytes(std::span(w))},
+      {"layer.bias", DType::kInt64, {3}, std::as_bytes(std::span(b))}};
+  auto ref = client_->PutTensors("sd", in);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  auto v = client_->Get("sd");
+  ASSERT_TRUE(v.ok());
+  ASSERT_EQ(v->tensors().size(), 2u);
+  EXPECT_EQ(v->tensors()[0].name, "layer.weight");
+  EXPECT_EQ(v->tensors()[0].shape, (std::vector<uint64_t>{3, 4}));
+  EXPECT_EQ(v->tensors()[1].offset % 64, 0u);
+  auto bias = v->tensor("layer.bias");
+  ASSERT_TRUE(bias.ok());
+  EXPECT_EQ(std::memcmp(bias->data(), b.data(), 24), 0);
+  EXPECT_EQ(v->tensor("nope").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Stat("sd")->tensors, 2u);
+}
+
+TEST_F(ClientTest, WriterFillsInPlaceAndAbortsWhenDropped) {
+  uint64_t baseline = Used();
+  {
+    auto w = client_->Create("dropped", 1 << 20);
+    ASSERT_TRUE(w.ok());
+    std::memset(w->data(), 1, w->size());
+  }
+  EXPECT_EQ(client_->Get("dropped").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Used(), baseline);
+  auto w = client_->Create("kept", 4096);
+  ASSERT_TRUE(w.ok());
+  std::memset(w->data(), 'k', w->size());
+  auto ref = w->Seal();
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  EXPECT_TRUE(client_->Stat("kept")->has_checksum);
+  EXPECT_EQ(w->Seal().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ClientTest, ViewKeepsBytesAliveAfterRemoveUntilReleased) {
+  uint64_t baseline = Used();
+  std::string value(100000, 'v');
+  ASSERT_TRUE(client_->Put("k", value).ok());
+  auto v = client_->Get("k");
+  ASSERT_TRUE(v.ok());
+  ASSERT_TRUE(client_->Remove("k").ok());
+  EXPECT_EQ(client_->Get("k").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(std::memcmp(v->data(), value.data(), value.size()), 0);
+  EXPECT_GT(Used(), baseline);
+  ASSERT_TRUE(v->Release().ok());
+  EXPECT_EQ(Used(), baseline);
+}
+
+TEST_F(ClientTest, DroppedViewReleasesItsLease) {
+  ASSERT_TRUE(client_->Put("k", "v").ok());
+  { auto v = client_->Get("k"); }
+  EXPECT_EQ(client_->Stats()->leases, 0u);  // the oneway release came first
+}
+
+TEST_F(ClientTest, BatchGetReleaseAndPut) {
+  std::vector<std::string> values;
+  std::vector<std::pair<std::string, std::span<const std::byte>>> items;
+  for (int i = 0; i < 64; ++i) values.push_back(std::string(4096, 'a' + i % 26));
+  for (int i = 0; i < 64; ++i) {
+    items.push_back({"b" + std::to_string(i), std::as_bytes(std::span(values[i]))});
+  }
+  auto refs = client_->PutMany(items);
+  for (auto& r : refs) ASSERT_TRUE(r.ok()) << r.status();
+  std::vector<std::string> keys;
+  for (auto& [k, v] : items) keys.push_back(k);
+  keys.push_back("missing");
+  auto views = client_->GetMany(keys);
+  ASSERT_EQ(views.size(), 65u);
+  EXPECT_EQ(views[64].status().code(), absl::StatusCode::kNotFound);
+  std::vector<ObjectView> held;
+  for (int i = 0; i < 64; ++i) {
+    ASSERT_TRUE(views[i].ok());
+    EXPECT_EQ(std::memcmp(views[i]->data(), values[i].data(), 4096), 0);
+    held.push_back(std::move(*views[i]));
+  }
+  EXPECT_EQ(client_->Stats()->leases, 64u);
+  ASSERT_TRUE(client_->ReleaseMany(held).ok());
+  EXPECT_EQ(client_->Stats()->leases, 0u);
+}
+
+TEST_F(ClientTest, WaitingPutSucceedsWhenSpaceIsFreed) {
+  auto fill = client_->Create("big", 40 << 20);
+  ASSERT_TRUE(fill.ok());
+  ASSERT_TRUE(fill->Seal().ok());
+  auto other = daemon_.Connect();
+  ASSERT_TRUE(other.ok());
+  std::thread remover([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_TRUE(client_->Remove("big").ok());
+  });
+  PutOptions o;
+  o.wait = std::chrono::seconds(30);
+  std::string v(40 << 20, 'w');
+  auto ref = (*other)->Put("waiter", v, o);
+  remover.join();
+  EXPECT_TRUE(ref.ok()) << ref.status();
+}
+
+TEST_F(ClientTest, WaitingPutGivesUpAtItsDeadline) {
+  auto fill = client_->Create("big", 40 << 20);
+  ASSERT_TRUE(fill.ok() && fill->Seal().ok());
+  PutOptions o;
+  o.wait = std::chrono::milliseconds(100);
+  auto ref = client_->Put("waiter", std::string(40 << 20, 'w'), o);
+  EXPECT_EQ(ref.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(ref.status().message()), HasSubstr("waited 100 ms"));
+}
+
+TEST_F(ClientTest, ClientGetsUnavailableWhenTheDaemonDies) {
+  ASSERT_TRUE(client_->Put("k", "v").ok());
+  daemon_.Kill(SIGKILL);
+  daemon_.Wait();
+  EXPECT_EQ(client_->Get("k").status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(client_->Put("k", "v").status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST(ClientConnectTest, NoDaemonIsUnavailableNamingTheSocket) {
+  ConnectOptions o;
+  o.socket_path = "/tmp/no-such-cisternd.sock";
+  auto c = Client::Connect(o);
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr("/tmp/no-such-cisternd.sock"));
+}
+
+}  // namespace
+}  // namespace cistern::testing

@@ -1,0 +1,139 @@
+#include "tests/integration/daemon_harness.h"
+
+#include <fcntl.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "fmt/format.h"
+
+namespace cistern::testing {
+
+std::string BinaryPath(const std::string& name) {
+  return std::string(CISTERN_BUILD_DIR) + "/" + name;
+}
+
+Daemon::Daemon(DaemonSpec spec) {
+  char tmpl[] = "/tmp/cistern-test-XXXXXX";
+  dir_ = ::mkdtemp(tmpl);
+  socket_path_ = dir_ + "/cisternd.sock";
+  config_path_ = dir_ + "/cisternd.yaml";
+  log_path_ = dir_ + "/cisternd.log";
+  arena_path_ = fmt::format("/dev/shm/cistern-test-{}-{}.arena", getpid(),
+                            std::filesystem::path(dir_).filename().string());
+  std::ofstream(config_path_) << fmt::format(
+      "runtime_dir: {}\nsocket_path: {}\nlog_level: debug\ntiers:\n  - name: mem\n"
+      "    path: {}\n    size: {}\n{}",
+      dir_, socket_path_, arena_path_, spec.tier_bytes, spec.extra_yaml);
+}
+
+Daemon::~Daemon() {
+  if (pid_ > 0) {
+    Kill(SIGKILL);
+    Wait();
+  }
+  std::error_code ec;
+  std::filesystem::remove_all(dir_, ec);
+  std::filesystem::remove(arena_path_, ec);
+}
+
+pid_t Daemon::Spawn(const std::vector<std::string>& args) {
+  std::vector<std::string> argv = {BinaryPath("src/daemon/cisternd"), "--config", config_path_};
+  argv.insert(argv.end(), args.begin(), args.end());
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    std::vector<char*> cargv;
+    for (auto& a : argv) cargv.push_back(a.data());
+    cargv.push_back(nullptr);
+    ::execv(cargv[0], cargv.data());
+    std::_Exit(127);
+  }
+  return pid;
+}
+
+bool Daemon::Start(const std::vector<std::string>& args, std::string* error) {
+  pid_ = Spawn(args);
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    int status;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      if (error) *error = "cisternd exited during start:\n" + Log();
+      return false;
+    }
+    // Any answer but Unavailable means it is serving (a token or uid check
+    // may refuse this probe).
+    if (Connect().status().code() != absl::StatusCode::kUnavailable) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (error) *error = "cisternd did not answer within 20 s:\n" + Log();
+  return false;
+}
+
+int Daemon::RunToExit(const std::vector<std::string>& args) {
+  pid_ = Spawn(args);
+  return Wait();
+}
+
+void Daemon::Kill(int sig) {
+  if (pid_ > 0) ::kill(pid_, sig);
+}
+
+int Daemon::Wait() {
+  if (pid_ <= 0) return -1;
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + WTERMSIG(status);
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Daemon::Connect(const std::string& token) const {
+  ConnectOptions o;
+  o.socket_path = socket_path_;
+  o.token = token;
+  return Client::Connect(o);
+}
+
+std::string Daemon::Log() const {
+  std::ifstream in(log_path_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+namespace {
+uint64_t KeySeed(std::string_view key) {
+  uint64_t h = 1469598103934665603ull;
+  for (char c : key) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  return h;
+}
+}  // namespace
+
+void FillForKey(std::string_view key, std::byte* out, size_t n) {
+  uint64_t x = KeySeed(key);
+  for (size_t i = 0; i < n; i += 8) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    std::memcpy(out + i, &x, std::min<size_t>(8, n - i));
+  }
+}
+
+bool MatchesKey(std::string_view key, const std::byte* data, size_t n) {
+  std::vector<std::byte> expect(n);
+  FillForKey(key, expect.data(), n);
+  return std::memcmp(expect.data(), data, n) == 0;
+}
+
+}  // namespace cistern::testing

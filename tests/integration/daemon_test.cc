@@ -1,0 +1,255 @@
+// cisternd as a process: many client processes, clients and the daemon killed
+// with SIGKILL, clean shutdown, restart recovery, corrupt and busy arenas.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "include/cistern/client.h"
+#include "src/store/layout.h"
+#include "tests/integration/daemon_harness.h"
+
+namespace cistern::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+// A cistern_test_client process with its stdout on a pipe.
+struct Child {
+  pid_t pid = -1;
+  FILE* out = nullptr;
+
+  static Child Spawn(std::vector<std::string> args) {
+    int fds[2];
+    EXPECT_EQ(::pipe(fds), 0);
+    Child c;
+    c.pid = ::fork();
+    if (c.pid == 0) {
+      ::dup2(fds[1], 1);
+      ::close(fds[0]);
+      args.insert(args.begin(), BinaryPath("tests/integration/cistern_test_client"));
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execv(argv[0], argv.data());
+      std::_Exit(127);
+    }
+    ::close(fds[1]);
+    c.out = ::fdopen(fds[0], "r");
+    return c;
+  }
+  std::string ReadLine() {
+    char buf[4096];
+    if (!std::fgets(buf, sizeof buf, out)) return "";
+    std::string s(buf);
+    if (!s.empty() && s.back() == '\n') s.pop_back();
+    return s;
+  }
+  int Wait() {
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    if (out) std::fclose(out);
+    out = nullptr;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  }
+};
+
+// Polls `pred` for up to 20 s; a condition wait, not a timing assertion.
+template <typename F>
+bool Eventually(F pred) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return pred();
+}
+
+TEST(DaemonTest, ManyClientProcessesPutAndGetConcurrentlyWithVerifiedContents) {
+  Daemon d(DaemonSpec{256 << 20});
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  std::vector<Child> kids;
+  for (int i = 0; i < 6; ++i) {
+    kids.push_back(Child::Spawn({"putget", d.socket_path(), std::to_string(i), "150"}));
+  }
+  for (auto& k : kids) EXPECT_EQ(k.Wait(), 0);
+  auto c = d.Connect();
+  ASSERT_TRUE(c.ok());
+  auto stats = (*c)->Stats();
+  EXPECT_EQ(stats->leases, 0u);
+  EXPECT_EQ(stats->pending_writes, 0u);
+  EXPECT_EQ(stats->objects, 6u * 100);  // every third key was removed
+}
+
+TEST(DaemonTest, KilledClientsReleaseLeasesAndAbortWrites) {
+  Daemon d;
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  auto c = d.Connect();
+  ASSERT_TRUE(c.ok());
+  uint64_t baseline = (*c)->Stats()->tiers[0].used_bytes;
+  ASSERT_TRUE((*c)->Put("shared", std::string(1 << 20, 's')).ok());
+  std::vector<Child> holders;
+  for (int i = 0; i < 3; ++i) {
+    holders.push_back(Child::Spawn({"hold", d.socket_path(), "shared", "4"}));
+    ASSERT_EQ(holders.back().ReadLine(), "ready");
+  }
+  ASSERT_TRUE((*c)->Remove("shared").ok());  // freed only when the holders are gone
+  auto before = (*c)->Stats();
+  EXPECT_EQ(before->leases, 3u);
+  EXPECT_EQ(before->pending_writes, 12u);
+  EXPECT_GT(before->tiers[0].used_bytes, baseline);
+  for (auto& h : holders) ::kill(h.pid, SIGKILL);
+  for (auto& h : holders) h.Wait();
+  EXPECT_TRUE(Eventually([&] {
+    auto s = (*c)->Stats();
+    return s.ok() && s->tiers[0].used_bytes == baseline && s->leases == 0 &&
+           s->pending_writes == 0 && s->sessions == 1;
+  })) << "memory did not return to baseline";
+}
+
+TEST(DaemonTest, Kill9UnderLoadLosesNothingSealedAndShowsNothingHalfWritten) {
+  Daemon d(DaemonSpec{256 << 20});
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  std::vector<Child> writers;
+  for (int i = 0; i < 3; ++i) {
+    writers.push_back(Child::Spawn({"writer", d.socket_path(), std::to_string(i)}));
+  }
+  // Let them seal a good number of objects, then kill the daemon mid-stream.
+  std::map<std::string, uint64_t> sealed;
+  for (int n = 0; n < 300; ++n) {
+    std::istringstream line(writers[n % 3].ReadLine());
+    std::string key;
+    uint64_t gen;
+    if (line >> key >> gen) sealed[key] = gen;
+  }
+  d.Kill(SIGKILL);
+  EXPECT_EQ(d.Wait(), 128 + SIGKILL);
+  for (auto& w : writers) {
+    for (std::string l = w.ReadLine(); !l.empty(); l = w.ReadLine()) {
+      std::istringstream line(l);
+      std::string key;
+      uint64_t gen;
+      if (line >> key >> gen) sealed[key] = gen;
+    }
+    EXPECT_EQ(w.Wait(), 0);
+  }
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  auto c = d.Connect();
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->Stats()->pending_writes, 0u);
+  // Every object a writer saw sealed (and did not remove) is back, intact.
+  int checked = 0;
+  for (auto& [key, gen] : sealed) {
+    auto v = (*c)->Get(key, gen);
+    ASSERT_TRUE(v.ok()) << key << " generation " << gen << ": " << v.status();
+    EXPECT_TRUE(MatchesKey(key, v->data(), v->size())) << key;
+    ++checked;
+  }
+  EXPECT_GE(checked, 300);
+  // Everything visible is whole.
+  std::string cursor;
+  do {
+    auto page = (*c)->List("", 500, cursor);
+    ASSERT_TRUE(page.ok());
+    for (auto& o : page->objects) {
+      auto v = (*c)->Get(o.key);
+      ASSERT_TRUE(v.ok());
+      EXPECT_TRUE(MatchesKey(o.key, v->data(), v->size())) << o.key;
+    }
+    cursor = page->next_cursor;
+  } while (!cursor.empty());
+  EXPECT_THAT(d.Log(), HasSubstr("recovery:"));
+}
+
+TEST(DaemonTest, SigtermDrainsAndExitsZeroAndDataSurvivesRestart) {
+  Daemon d;
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  {
+    auto c = d.Connect();
+    ASSERT_TRUE(c.ok());
+    auto ref = (*c)->Put("kept", "across restarts");
+    ASSERT_TRUE(ref.ok());
+    auto pending = (*c)->Create("never-sealed", 1000);
+    ASSERT_TRUE(pending.ok());
+    d.Kill(SIGTERM);
+    EXPECT_EQ(d.Wait(), 0);
+    EXPECT_NE(::access(d.socket_path().c_str(), F_OK), 0) << "socket left behind";
+  }
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  auto c = d.Connect();
+  auto v = (*c)->Get("kept");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(v->data()), v->size()), "across restarts");
+  EXPECT_EQ((*c)->Get("never-sealed").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(d.Log(), HasSubstr("stopped cleanly"));
+}
+
+TEST(DaemonTest, CorruptArenaIsRefusedUntilFormatted) {
+  Daemon d;
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  {
+    auto c = d.Connect();
+    ASSERT_TRUE((*c)->Put("precious", std::string(10000, 'p')).ok());
+  }
+  d.Kill(SIGTERM);
+  ASSERT_EQ(d.Wait(), 0);
+  // Flip one payload byte of the object in the arena file.
+  int fd = ::open(d.arena_path().c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  std::string data(1 << 20, '\0');
+  ASSERT_GT(::pread(fd, data.data(), data.size(), 0), 0);
+  size_t at = data.find(std::string(100, 'p'));
+  ASSERT_NE(at, std::string::npos);
+  char flipped = 'q';
+  ASSERT_EQ(::pwrite(fd, &flipped, 1, at + 50), 1);
+  ::close(fd);
+  EXPECT_EQ(d.RunToExit(), 1);
+  EXPECT_THAT(d.Log(), HasSubstr("'precious'"));
+  EXPECT_THAT(d.Log(), HasSubstr("payload checksum mismatch"));
+  ASSERT_TRUE(d.Start({"--format"}, &err)) << err;
+  auto c = d.Connect();
+  EXPECT_EQ((*c)->Get("precious").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ((*c)->Stats()->tiers[0].used_bytes, 0u);
+}
+
+TEST(DaemonTest, SecondDaemonOnTheSameArenaOrSocketIsRefused) {
+  Daemon d;
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  // Same config file as the first: the socket is taken.
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 2);
+    std::string bin = BinaryPath("src/daemon/cisternd");
+    ::execl(bin.c_str(), bin.c_str(), "--config", d.config_path().c_str(), nullptr);
+    std::_Exit(127);
+  }
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  EXPECT_EQ(WEXITSTATUS(status), 1);
+  auto c = d.Connect();
+  EXPECT_TRUE(c.ok()) << "the first daemon must keep serving";
+}
+
+TEST(DaemonTest, BadConfigExitsTwoNamingTheKey) {
+  Daemon d(DaemonSpec{64 << 20, "bogus_key: 1\n"});
+  EXPECT_EQ(d.RunToExit(), 2);
+  EXPECT_THAT(d.Log(), HasSubstr("bogus_key"));
+}
+
+}  // namespace
+}  // namespace cistern::testing
