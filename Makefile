@@ -1,0 +1,51 @@
+# Cistern's entry points. Each target bootstraps the Debian packages it needs
+# (scripts/bootstrap is idempotent), builds, and runs.
+#
+#   make demo    the main job end to end on the embedded default (release build)
+#   make test    every test: unit + integration under ASan+UBSan, concurrency under TSan
+#   make bench   the side-by-side benchmarks (see docs/benchmarks.md)
+#   make tsan    TSan build of the concurrent unit tests only
+
+JOBS ?= $(shell nproc)
+CMAKE_COMMON = -G Ninja -DPython_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3
+
+.PHONY: all bootstrap build release asan tsan test demo bench clean
+
+all: build
+
+bootstrap:
+	@scripts/bootstrap
+
+build/release/build.ninja: | bootstrap
+	cmake -S . -B build/release $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Release
+
+build/asan/build.ninja: | bootstrap
+	cmake -S . -B build/asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug -DCISTERN_SANITIZE=address
+
+build/tsan/build.ninja: | bootstrap
+	cmake -S . -B build/tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCISTERN_SANITIZE=thread
+
+release: bootstrap build/release/build.ninja
+	cmake --build build/release -j $(JOBS)
+
+build: release
+
+asan: bootstrap build/asan/build.ninja
+	cmake --build build/asan -j $(JOBS)
+
+tsan: bootstrap build/tsan/build.ninja
+	cmake --build build/tsan -j $(JOBS) --target store_test
+	cd build/tsan && ctest -L concurrent --output-on-failure
+
+test: asan
+	cd build/asan && ctest --output-on-failure -j $(JOBS) --timeout 600
+	$(MAKE) tsan
+
+demo: release
+	scripts/demo.sh build/release
+
+bench: release
+	bash bench/run.sh
+
+clean:
+	rm -rf build
