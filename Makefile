@@ -4,7 +4,7 @@
 #   make demo    the main job end to end on the embedded default (release build)
 #   make test    every test: unit + integration under ASan+UBSan, concurrency under TSan
 #   make bench   the side-by-side benchmarks (see docs/benchmarks.md)
-#   make tsan    TSan build of the concurrent unit tests only
+#   make tsan    TSan build of the unit tests (the store's concurrency test among them)
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DPython_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3
@@ -34,8 +34,8 @@ asan: bootstrap build/asan/build.ninja
 	cmake --build build/asan -j $(JOBS)
 
 tsan: bootstrap build/tsan/build.ninja
-	cmake --build build/tsan -j $(JOBS) --target store_test
-	cd build/tsan && ctest -L concurrent --output-on-failure
+	cmake --build build/tsan -j $(JOBS) --target store_test common_test daemon_test
+	cd build/tsan && TSAN_OPTIONS=halt_on_error=1 ctest -L unit --output-on-failure -j $(JOBS)
 
 test: asan
 	cd build/asan && ctest --output-on-failure -j $(JOBS) --timeout 600
