@@ -211,8 +211,9 @@ class Daemon {
     std::filesystem::remove(arena_path_);
     std::ofstream(config_path_) << fmt::format(
         "runtime_dir: {}\nsocket_path: {}\nlog_level: info\ntiers:\n  - name: mem\n"
-        "    path: {}\n    size: {}\n",
-        dir_, socket_path_, arena_path_, tier_bytes_);
+        "    path: {}\n    size: {}\n{}",
+        dir_, socket_path_, arena_path_, tier_bytes_,
+        getenv("CISTERN_BENCH_DAEMON_YAML") ? getenv("CISTERN_BENCH_DAEMON_YAML") : "");
   }
   ~Daemon() {
     Stop(pid_);
@@ -541,7 +542,9 @@ Options ParseArgs(int argc, char** argv) {
           "                           [--redis-benchmark PATH]\n"
           "  --scale F    multiply every iteration count by F (default 1)\n"
           "  --objects N  objects for the memory-per-object measurement (default 1000000)\n"
-          "  --phases S   run only the measurements whose numbers are in S (default 1234)\n");
+          "  --phases S   run only the measurements whose numbers are in S (default 1234)\n"
+          "environment: CISTERN_BENCH_DAEMON_YAML is appended to cisternd's config\n"
+          "  (e.g. 'busy_poll_us: 0' to measure without busy polling)\n");
       std::exit(0);
     } else {
       Die("unknown argument '" + a + "' (see --help)");

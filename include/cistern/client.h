@@ -43,6 +43,10 @@ struct ConnectOptions {
   std::string socket_path;
   std::string token;
   std::string client_name;  // shown in the daemon's logs
+  // After sending a request, poll for the answer this long before sleeping
+  // (a daemon answers in microseconds; waking a sleeping thread can take
+  // longer on virtual machines). 0 disables.
+  std::chrono::microseconds spin{50};
 };
 
 struct PutOptions {

@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "fmt/format.h"
 #include "src/client/connection.h"
@@ -217,7 +219,7 @@ absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std:
   auto* seal = req.mutable_seal();
   seal->set_write_id(w->write_id_);
   if (options.checksum) {
-    seal->set_checksum(store::CopyAndChecksum(w->data_, value.data(), value.size()));
+    seal->set_checksum(store::CopyAndChecksumPipelined(w->data_, value.data(), value.size()));
     seal->set_has_checksum(true);
   } else {
     std::memcpy(w->data_, value.data(), value.size());
@@ -235,22 +237,26 @@ absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
   std::vector<TensorInfo> manifest = LayoutTensors(tensors, &total);
   auto w = Create(key, total, options, manifest);
   if (!w.ok()) return w.status();
-  store::StreamingChecksum sum;
+  std::optional<store::PipelinedChecksum> sum;
+  if (options.checksum) sum.emplace(w->data_, total);
   uint64_t at = 0;
-  static const std::byte kZeros[store::kAlign] = {};
   for (size_t i = 0; i < tensors.size(); ++i) {
-    uint64_t pad = manifest[i].offset - at;
-    std::memcpy(w->data_ + at, kZeros, pad);
-    sum.Update(kZeros, pad);
-    sum.CopyAndUpdate(w->data_ + manifest[i].offset, tensors[i].data.data(),
-                      tensors[i].data.size());
+    std::memset(w->data_ + at, 0, manifest[i].offset - at);  // alignment padding
+    const std::byte* src = tensors[i].data.data();
+    for (uint64_t done = 0; done < manifest[i].nbytes;) {
+      uint64_t len = std::min<uint64_t>(store::PipelinedChecksum::kChunk,
+                                        manifest[i].nbytes - done);
+      std::memcpy(w->data_ + manifest[i].offset + done, src + done, len);
+      done += len;
+      if (sum) sum->Advance(manifest[i].offset + done);
+    }
     at = manifest[i].offset + manifest[i].nbytes;
   }
   wire::Request req;
   auto* seal = req.mutable_seal();
   seal->set_write_id(w->write_id_);
-  if (options.checksum) {
-    seal->set_checksum(sum.Digest());
+  if (sum) {
+    seal->set_checksum(sum->Finish());
     seal->set_has_checksum(true);
   }
   w->write_id_ = 0;

@@ -1,10 +1,12 @@
 #include "src/client/connection.h"
 
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstring>
 
 #include "fmt/format.h"
@@ -20,6 +22,7 @@ constexpr size_t kReadChunk = 64 * 1024;
 absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
   std::shared_ptr<Connection> c(new Connection);
   c->socket_path_ = options.socket_path.empty() ? DefaultSocketPath() : options.socket_path;
+  c->spin_ = options.spin;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   if (c->socket_path_.size() >= sizeof addr.sun_path) {
@@ -40,12 +43,14 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOption
   hello->set_token(options.token);
   hello->set_client_name(options.client_name.empty() ? fmt::format("pid-{}", getpid())
                                                      : options.client_name);
-  if (absl::Status s = c->SendLocked(req); !s.ok()) return s;
+  absl::Status sent = c->SendLocked(req);
+  // Even if sending failed, a refusal (uid, session limit) may be waiting.
+  c->broken_ = false;
   std::vector<int> fds;
   auto resp = c->ReceiveLocked(&fds);
   std::vector<UniqueFd> owned;
   for (int fd : fds) owned.emplace_back(fd);
-  if (!resp.ok()) return resp.status();
+  if (!resp.ok()) return sent.ok() ? resp.status() : sent;
   if (resp->has_status() && resp->status().code() != 0) {
     return absl::Status(static_cast<absl::StatusCode>(resp->status().code()),
                         resp->status().message());
@@ -140,7 +145,17 @@ absl::StatusOr<wire::Response> Connection::ReceiveLocked(std::vector<int>* fds) 
         }
       }
     } else {
-      n = ::recv(fd_.get(), tail, kReadChunk, 0);
+      n = ::recv(fd_.get(), tail, kReadChunk, MSG_DONTWAIT);
+      if (n < 0 && errno == EAGAIN) {
+        // Poll for a while before sleeping; yield so a daemon sharing this
+        // CPU can run.
+        auto until = std::chrono::steady_clock::now() + spin_;
+        while (n < 0 && errno == EAGAIN && std::chrono::steady_clock::now() < until) {
+          ::sched_yield();
+          n = ::recv(fd_.get(), tail, kReadChunk, MSG_DONTWAIT);
+        }
+        if (n < 0 && errno == EAGAIN) n = ::recv(fd_.get(), tail, kReadChunk, 0);
+      }
     }
     if (n > 0) {
       in_.Commit(n);

@@ -48,6 +48,7 @@ class Connection {
   absl::Status Broken() const;
 
   std::string socket_path_;
+  std::chrono::nanoseconds spin_{0};
   uint64_t session_id_ = 0;
   std::vector<Mapping> tiers_;  // constant after Open
 

@@ -52,6 +52,7 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cfg->hello_timeout_ms() == 0) cfg->set_hello_timeout_ms(5000);
   if (cfg->max_sessions() == 0) cfg->set_max_sessions(1024);
   if (cfg->max_batch() == 0) cfg->set_max_batch(4096);
+  if (!cfg->has_busy_poll_us()) cfg->set_busy_poll_us(200);
   if (cfg->recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_UNSPECIFIED) {
     cfg->mutable_recovery()->set_on_corrupt_object(config::CORRUPT_OBJECT_POLICY_FAIL);
   }
@@ -106,6 +107,9 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   if (cfg.max_frame_bytes() < 4096 || cfg.max_frame_bytes() > kGiB) {
     return bad(fmt::format("max_frame_bytes {} must be between 4KiB and 1GiB",
                            cfg.max_frame_bytes()));
+  }
+  if (cfg.busy_poll_us() > 10000) {
+    return bad(fmt::format("busy_poll_us {} exceeds 10000", cfg.busy_poll_us()));
   }
   if (cfg.max_batch() > 65536) {
     return bad(fmt::format("max_batch {} exceeds 65536", cfg.max_batch()));

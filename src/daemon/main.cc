@@ -94,6 +94,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   sopts.hello_timeout = std::chrono::milliseconds(cfg.hello_timeout_ms());
   sopts.max_sessions = cfg.max_sessions();
   sopts.max_batch = cfg.max_batch();
+  sopts.busy_poll = std::chrono::microseconds(cfg.busy_poll_us());
   sopts.daemon_version = CISTERN_VERSION;
   daemon::Server server(sopts, store->get(), Clock::Real());
   if (absl::Status s = server.Listen(); !s.ok()) {

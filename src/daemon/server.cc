@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
@@ -96,11 +97,19 @@ void Server::Shutdown() {
 void Server::Run() {
   std::vector<epoll_event> events(256);
   seen_free_epoch_ = store_->free_epoch();
+  Clock::TimePoint last_busy = clock_->Now() - options_.busy_poll;
   while (!stopping_) {
-    int n = ::epoll_wait(epoll_fd_.get(), events.data(), events.size(), NextTimeoutMs());
+    bool polling = clock_->Now() - last_busy < options_.busy_poll;
+    int n = ::epoll_wait(epoll_fd_.get(), events.data(), events.size(),
+                         polling ? 0 : NextTimeoutMs());
     if (n < 0 && errno != EINTR) {
       spdlog::error("epoll_wait: {}", std::strerror(errno));
       break;
+    }
+    if (n > 0) {
+      last_busy = clock_->Now();
+    } else if (polling) {
+      ::sched_yield();  // let a client on this CPU run while we poll
     }
     for (int i = 0; i < n; ++i) {
       uint64_t tag = events[i].data.u64;

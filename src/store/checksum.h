@@ -13,21 +13,36 @@ uint64_t Checksum(const void* data, size_t n);
 // brought into cache instead of reading memory twice.
 uint64_t CopyAndChecksum(void* dst, const void* src, size_t n);
 
-// XXH3-64 over a sequence of pieces, equal to Checksum of their concatenation.
-class StreamingChecksum {
+// Checksums a region while the caller fills it front to back. For regions of
+// at least kPipelineBytes a helper thread hashes each chunk as soon as the
+// caller reports it written (Advance), so copying and hashing overlap on two
+// cores instead of adding up on one; smaller regions are hashed at Finish,
+// while still in cache. Finish returns Checksum(base, n). Not thread-safe;
+// one filler.
+class PipelinedChecksum {
  public:
-  StreamingChecksum();
-  ~StreamingChecksum();
-  StreamingChecksum(const StreamingChecksum&) = delete;
-  StreamingChecksum& operator=(const StreamingChecksum&) = delete;
+  static constexpr size_t kPipelineBytes = 2 << 20;
+  static constexpr size_t kChunk = 256 << 10;
 
-  void Update(const void* data, size_t n);
-  // Copies `n` bytes to `dst` and adds them, chunk by chunk while in cache.
-  void CopyAndUpdate(void* dst, const void* src, size_t n);
-  uint64_t Digest() const;
+  PipelinedChecksum(const void* base, size_t n);
+  ~PipelinedChecksum();  // joins the helper if Finish was not called
+  PipelinedChecksum(const PipelinedChecksum&) = delete;
+  PipelinedChecksum& operator=(const PipelinedChecksum&) = delete;
+
+  // Bytes [0, filled) are final. Monotonic.
+  void Advance(size_t filled);
+  uint64_t Finish();
 
  private:
-  void* state_;
+  struct Shared;
+  const char* base_;
+  size_t n_;
+  Shared* shared_ = nullptr;  // only when pipelined
 };
+
+// Copies `n` bytes to `dst` and returns Checksum(dst, n), pipelining the hash
+// with the copy for large sizes (see PipelinedChecksum).
+uint64_t CopyAndChecksumPipelined(void* dst, const void* src, size_t n);
+
 
 }  // namespace cistern::store
