@@ -5,7 +5,6 @@
 #include <cstdlib>
 #include <algorithm>
 #include <cstring>
-#include <optional>
 
 #include "fmt/format.h"
 #include "src/client/connection.h"
@@ -219,7 +218,7 @@ absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std:
   auto* seal = req.mutable_seal();
   seal->set_write_id(w->write_id_);
   if (options.checksum) {
-    seal->set_checksum(store::CopyAndChecksumPipelined(w->data_, value.data(), value.size()));
+    seal->set_checksum(store::CopyAndChecksum(w->data_, value.data(), value.size()));
     seal->set_has_checksum(true);
   } else {
     std::memcpy(w->data_, value.data(), value.size());
@@ -237,26 +236,17 @@ absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
   std::vector<TensorInfo> manifest = LayoutTensors(tensors, &total);
   auto w = Create(key, total, options, manifest);
   if (!w.ok()) return w.status();
-  std::optional<store::PipelinedChecksum> sum;
-  if (options.checksum) sum.emplace(w->data_, total);
   uint64_t at = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     std::memset(w->data_ + at, 0, manifest[i].offset - at);  // alignment padding
-    const std::byte* src = tensors[i].data.data();
-    for (uint64_t done = 0; done < manifest[i].nbytes;) {
-      uint64_t len = std::min<uint64_t>(store::PipelinedChecksum::kChunk,
-                                        manifest[i].nbytes - done);
-      std::memcpy(w->data_ + manifest[i].offset + done, src + done, len);
-      done += len;
-      if (sum) sum->Advance(manifest[i].offset + done);
-    }
+    std::memcpy(w->data_ + manifest[i].offset, tensors[i].data.data(), manifest[i].nbytes);
     at = manifest[i].offset + manifest[i].nbytes;
   }
   wire::Request req;
   auto* seal = req.mutable_seal();
   seal->set_write_id(w->write_id_);
-  if (sum) {
-    seal->set_checksum(sum->Finish());
+  if (options.checksum) {
+    seal->set_checksum(store::Checksum(w->data_, total));
     seal->set_has_checksum(true);
   }
   w->write_id_ = 0;

@@ -1,4 +1,12 @@
-// XXH3-64 checksums of payloads, and a copy that checksums as it goes.
+// Payload checksums.
+//
+// The checksum of a payload of n bytes is defined segment-wise so that large
+// payloads can be hashed on several cores:
+//   n <= kChecksumSegment:  XXH3-64(payload)
+//   n >  kChecksumSegment:  XXH3-64 of the little-endian uint64 array of
+//                           XXH3-64(segment i), over consecutive segments of
+//                           kChecksumSegment bytes (the last may be shorter).
+// It is part of the arena layout (layout.h); changing it changes the layout.
 #pragma once
 
 #include <cstddef>
@@ -6,43 +14,16 @@
 
 namespace cistern::store {
 
+inline constexpr size_t kChecksumSegment = 1 << 20;
+
+// The checksum of [data, data + n). Large inputs are hashed on up to four
+// threads.
 uint64_t Checksum(const void* data, size_t n);
 
-// Copies `n` bytes from `src` to `dst` (non-overlapping) and returns the XXH3-64
-// of them. Works in cache-sized chunks so the hash reads bytes the copy just
-// brought into cache instead of reading memory twice.
+// Copies `n` bytes from `src` to `dst` (non-overlapping) and returns
+// Checksum(dst, n). Each segment is hashed while its bytes are in cache, and
+// large copies are spread over up to four threads with streaming stores, so
+// the copy and the hash together run about as fast as a plain memcpy.
 uint64_t CopyAndChecksum(void* dst, const void* src, size_t n);
-
-// Checksums a region while the caller fills it front to back. For regions of
-// at least kPipelineBytes a helper thread hashes each chunk as soon as the
-// caller reports it written (Advance), so copying and hashing overlap on two
-// cores instead of adding up on one; smaller regions are hashed at Finish,
-// while still in cache. Finish returns Checksum(base, n). Not thread-safe;
-// one filler.
-class PipelinedChecksum {
- public:
-  static constexpr size_t kPipelineBytes = 2 << 20;
-  static constexpr size_t kChunk = 256 << 10;
-
-  PipelinedChecksum(const void* base, size_t n);
-  ~PipelinedChecksum();  // joins the helper if Finish was not called
-  PipelinedChecksum(const PipelinedChecksum&) = delete;
-  PipelinedChecksum& operator=(const PipelinedChecksum&) = delete;
-
-  // Bytes [0, filled) are final. Monotonic.
-  void Advance(size_t filled);
-  uint64_t Finish();
-
- private:
-  struct Shared;
-  const char* base_;
-  size_t n_;
-  Shared* shared_ = nullptr;  // only when pipelined
-};
-
-// Copies `n` bytes to `dst` and returns Checksum(dst, n), pipelining the hash
-// with the copy for large sizes (see PipelinedChecksum).
-uint64_t CopyAndChecksumPipelined(void* dst, const void* src, size_t n);
-
 
 }  // namespace cistern::store
