@@ -135,17 +135,6 @@ struct TensorInput {
   std::span<const std::byte> data;
 };
 
-struct ObjectInfo {
-  std::string key;
-  uint64_t generation = 0;
-  uint64_t size = 0;
-  std::string tier;
-  bool evictable = false;
-  uint32_t leases = 0;
-  bool has_checksum = false;
-  uint64_t checksum = 0;
-  uint32_t tensors = 0;
-};
 
 struct ListResult {
   std::vector<ObjectInfo> objects;

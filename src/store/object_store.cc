@@ -263,9 +263,7 @@ void ObjectStore::FreeObject(Object* obj) {
   table_.DeleteObject(obj);
 }
 
-absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
-                                           std::optional<uint64_t> checksum) {
-  MutexLock lock(&mu_);
+absl::StatusOr<ObjectStore::Write> ObjectStore::TakeWrite(SessionId session, uint64_t write_id) {
   auto it = writes_.find(write_id);
   if (it == writes_.end()) {
     return absl::NotFoundError(
@@ -276,18 +274,33 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
     return absl::PermissionDeniedError(
         fmt::format("write {} belongs to another session", write_id));
   }
-  Object* obj = it->second.obj;
-  if (it->second.if_absent) {
+  Write w = it->second;
+  writes_.erase(it);
+  auto sw = session_writes_.find(session);
+  sw->second.erase(write_id);
+  if (sw->second.empty()) session_writes_.erase(sw);
+  return w;
+}
+
+void ObjectStore::AbortObject(Object* obj) {
+  tiers_[obj->tier].arena.SetState(obj->block_offset, ObjectState::kAborted);
+  FreeObject(obj);
+}
+
+absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
+                                           std::optional<uint64_t> checksum) {
+  MutexLock lock(&mu_);
+  auto w = TakeWrite(session, write_id);
+  if (!w.ok()) return w.status();
+  Object* obj = w->obj;
+  if (w->if_absent) {
     if (Object* v = obj->key->visible) {
       std::string msg = fmt::format("{} was created by another writer first (generation {})",
                                     QuoteKey(obj->key->key), v->generation);
-      CHECK(AbortLocked(session, write_id).ok());
+      AbortObject(obj);
       return absl::AlreadyExistsError(msg);
     }
   }
-  session_writes_[session].erase(write_id);
-  if (session_writes_[session].empty()) session_writes_.erase(session);
-  writes_.erase(it);
   Tier& tier = tiers_[obj->tier];
   obj->generation = ++max_generation_;
   tier.arena.Seal(obj->block_offset, obj->generation, checksum ? &*checksum : nullptr);
@@ -299,27 +312,9 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
 
 absl::Status ObjectStore::Abort(SessionId session, uint64_t write_id) {
   MutexLock lock(&mu_);
-  return AbortLocked(session, write_id);
-}
-
-absl::Status ObjectStore::AbortLocked(SessionId session, uint64_t write_id) {
-  auto it = writes_.find(write_id);
-  if (it == writes_.end()) {
-    return absl::NotFoundError(
-        fmt::format("write {} is not pending (never created, already sealed or aborted)",
-                    write_id));
-  }
-  if (it->second.session != session) {
-    return absl::PermissionDeniedError(
-        fmt::format("write {} belongs to another session", write_id));
-  }
-  Object* obj = it->second.obj;
-  writes_.erase(it);
-  auto sw = session_writes_.find(session);
-  sw->second.erase(write_id);
-  if (sw->second.empty()) session_writes_.erase(sw);
-  tiers_[obj->tier].arena.SetState(obj->block_offset, ObjectState::kAborted);
-  FreeObject(obj);
+  auto w = TakeWrite(session, write_id);
+  if (!w.ok()) return w.status();
+  AbortObject(w->obj);
   return absl::OkStatus();
 }
 
@@ -378,9 +373,9 @@ absl::StatusOr<uint64_t> ObjectStore::Remove(std::string_view key, uint64_t gene
   return g;
 }
 
-ObjectStat ObjectStore::StatOf(const Object* obj) const {
+ObjectInfo ObjectStore::StatOf(const Object* obj) const {
   const ObjectHeader* h = tiers_[obj->tier].arena.header(obj->block_offset);
-  ObjectStat s;
+  ObjectInfo s;
   s.key = obj->key->key;
   s.generation = obj->generation;
   s.size = obj->payload_size;
@@ -393,7 +388,7 @@ ObjectStat ObjectStore::StatOf(const Object* obj) const {
   return s;
 }
 
-absl::StatusOr<ObjectStat> ObjectStore::Stat(std::string_view key) const {
+absl::StatusOr<ObjectInfo> ObjectStore::Stat(std::string_view key) const {
   if (absl::Status s = ValidateKey(key); !s.ok()) return s;
   MutexLock lock(&mu_);
   Object* obj = table_.FindVisible(key);
@@ -420,7 +415,7 @@ void ObjectStore::CloseSession(SessionId session) {
   auto sw = session_writes_.find(session);
   if (sw == session_writes_.end()) return;
   std::vector<uint64_t> ids(sw->second.begin(), sw->second.end());
-  for (uint64_t id : ids) CHECK(AbortLocked(session, id).ok());
+  for (uint64_t id : ids) AbortObject(TakeWrite(session, id)->obj);
 }
 
 StoreStats ObjectStore::Stats() const {

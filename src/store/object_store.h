@@ -69,17 +69,6 @@ struct RecoveryReport {
   std::vector<Arena::CorruptObject> dropped;
 };
 
-struct ObjectStat {
-  std::string key;
-  uint64_t generation = 0;
-  uint64_t size = 0;
-  std::string tier;
-  bool evictable = false;
-  uint32_t leases = 0;
-  bool has_checksum = false;
-  uint64_t checksum = 0;
-  uint32_t tensors = 0;
-};
 
 struct TierStats {
   std::string name;
@@ -149,10 +138,10 @@ class ObjectStore {
   // Makes the visible generation invisible (if it is `generation`, when that is
   // non-zero); it is freed when its last lease ends. Returns the generation.
   absl::StatusOr<uint64_t> Remove(std::string_view key, uint64_t generation);
-  absl::StatusOr<ObjectStat> Stat(std::string_view key) const;
+  absl::StatusOr<ObjectInfo> Stat(std::string_view key) const;
 
   struct ListPage {
-    std::vector<ObjectStat> objects;
+    std::vector<ObjectInfo> objects;
     std::string next_cursor;  // empty when there is nothing more
   };
   ListPage List(std::string_view prefix, size_t limit, std::string_view cursor) const;
@@ -197,8 +186,12 @@ class ObjectStore {
   void Retire(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropLease(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status AbortLocked(SessionId session, uint64_t write_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  ObjectStat StatOf(const Object* obj) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Finds a pending write of `session` and removes it from the write tables;
+  // NotFound or PermissionDenied (changing nothing) otherwise.
+  absl::StatusOr<Write> TakeWrite(SessionId session, uint64_t write_id)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AbortObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  ObjectInfo StatOf(const Object* obj) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::vector<std::string> tier_names_;  // constant after Open
 
