@@ -221,7 +221,7 @@ absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std:
     seal->set_checksum(store::CopyAndChecksum(w->data_, value.data(), value.size()));
     seal->set_has_checksum(true);
   } else {
-    std::memcpy(w->data_, value.data(), value.size());
+    store::Copy(w->data_, value.data(), value.size());
   }
   w->write_id_ = 0;  // the seal below settles it either way
   auto resp = conn_->Call(req);
@@ -239,7 +239,7 @@ absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
   uint64_t at = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     std::memset(w->data_ + at, 0, manifest[i].offset - at);  // alignment padding
-    std::memcpy(w->data_ + manifest[i].offset, tensors[i].data.data(), manifest[i].nbytes);
+    store::Copy(w->data_ + manifest[i].offset, tensors[i].data.data(), manifest[i].nbytes);
     at = manifest[i].offset + manifest[i].nbytes;
   }
   wire::Request req;

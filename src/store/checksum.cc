@@ -65,17 +65,16 @@ uint64_t HashSegment(char* dst, const char* src, size_t n, bool streaming) {
   return digest;
 }
 
-uint64_t Segmented(char* dst, const char* src, size_t n) {
-  if (n <= kChecksumSegment) return HashSegment(dst, src, n, false);
-  bool streaming = dst != nullptr && n >= kStreamingBytes;
+// Runs fn(offset, length) for every kChecksumSegment-sized segment of n
+// bytes, on up to kMaxThreads threads when n is large enough to repay them.
+template <typename Fn>
+void ForEachSegment(size_t n, Fn fn) {
   size_t segments = (n + kChecksumSegment - 1) / kChecksumSegment;
-  std::vector<uint64_t> digests(segments);
   std::atomic<size_t> next{0};
   auto work = [&] {
     for (size_t i; (i = next.fetch_add(1, std::memory_order_relaxed)) < segments;) {
       size_t off = i * kChecksumSegment;
-      digests[i] = HashSegment(dst ? dst + off : nullptr, src + off,
-                               std::min(kChecksumSegment, n - off), streaming);
+      fn(i, off, std::min(kChecksumSegment, n - off));
     }
   };
   std::vector<std::thread> helpers;
@@ -86,6 +85,15 @@ uint64_t Segmented(char* dst, const char* src, size_t n) {
   }
   work();
   for (auto& t : helpers) t.join();
+}
+
+uint64_t Segmented(char* dst, const char* src, size_t n) {
+  if (n <= kChecksumSegment) return HashSegment(dst, src, n, false);
+  bool streaming = dst != nullptr && n >= kStreamingBytes;
+  std::vector<uint64_t> digests((n + kChecksumSegment - 1) / kChecksumSegment);
+  ForEachSegment(n, [&](size_t i, size_t off, size_t len) {
+    digests[i] = HashSegment(dst ? dst + off : nullptr, src + off, len, streaming);
+  });
   if (streaming) _mm_sfence();  // streaming stores visible before the seal
   for (uint64_t& d : digests) d = htole64(d);
   return XXH3_64bits_dispatch(digests.data(), digests.size() * sizeof(uint64_t));
@@ -99,6 +107,24 @@ uint64_t Checksum(const void* data, size_t n) {
 
 uint64_t CopyAndChecksum(void* dst, const void* src, size_t n) {
   return Segmented(static_cast<char*>(dst), static_cast<const char*>(src), n);
+}
+
+void Copy(void* dst, const void* src, size_t n) {
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  if (n < kParallelBytes) {
+    std::memcpy(d, s, n);
+    return;
+  }
+  bool streaming = n >= kStreamingBytes;
+  ForEachSegment(n, [&](size_t, size_t off, size_t len) {
+    if (streaming) {
+      StreamCopy(d + off, s + off, len);
+    } else {
+      std::memcpy(d + off, s + off, len);
+    }
+  });
+  if (streaming) _mm_sfence();
 }
 
 }  // namespace cistern::store

@@ -26,4 +26,7 @@ uint64_t Checksum(const void* data, size_t n);
 // the copy and the hash together run about as fast as a plain memcpy.
 uint64_t CopyAndChecksum(void* dst, const void* src, size_t n);
 
+// CopyAndChecksum without the checksum: the same threads and streaming stores.
+void Copy(void* dst, const void* src, size_t n);
+
 }  // namespace cistern::store

@@ -51,6 +51,17 @@ TEST(ChecksumTest, CopyAndChecksumCopiesExactlyAndAgreesWithChecksum) {
   }
 }
 
+TEST(ChecksumTest, CopyCopiesExactly) {
+  for (size_t n : {size_t{100}, size_t{5 << 20} + 9, size_t{33 << 20} + 1}) {
+    auto src = Random(n + 1, n);
+    std::vector<char> dst(n + 2, 0);
+    Copy(dst.data() + 1, src.data() + 1, n);
+    ASSERT_EQ(std::memcmp(dst.data() + 1, src.data() + 1, n), 0) << n;
+    EXPECT_EQ(dst[0], 0);
+    EXPECT_EQ(dst[n + 1], 0);
+  }
+}
+
 TEST(ChecksumTest, OneFlippedBitChangesTheChecksum) {
   auto v = Random(9 << 20, 3);
   uint64_t before = Checksum(v.data(), v.size());
