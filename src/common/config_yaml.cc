@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <cerrno>
 #include <charconv>
 #include <cmath>
@@ -671,6 +672,86 @@ absl::Status ApplyOverride(std::string_view assignment, Message* msg) {
   }
   Commit(copy.get(), msg);
   return absl::OkStatus();
+}
+
+namespace {
+
+std::string EnumShortName(const google::protobuf::EnumValueDescriptor* v) {
+  std::string type;
+  for (char c : v->type()->name()) {
+    if (std::isupper(static_cast<unsigned char>(c)) && !type.empty()) type += '_';
+    type += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  }
+  std::string name = v->name();
+  if (name.rfind(type + "_", 0) == 0) name = name.substr(type.size() + 1);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+void EmitScalar(YAML::Emitter& out, const google::protobuf::Message& msg,
+                const google::protobuf::FieldDescriptor* f, int index) {
+  using FD = google::protobuf::FieldDescriptor;
+  const auto* r = msg.GetReflection();
+  bool rep = index >= 0;
+  switch (f->cpp_type()) {
+    case FD::CPPTYPE_INT32: out << (rep ? r->GetRepeatedInt32(msg, f, index) : r->GetInt32(msg, f)); break;
+    case FD::CPPTYPE_INT64: out << (rep ? r->GetRepeatedInt64(msg, f, index) : r->GetInt64(msg, f)); break;
+    case FD::CPPTYPE_UINT32: out << (rep ? r->GetRepeatedUInt32(msg, f, index) : r->GetUInt32(msg, f)); break;
+    case FD::CPPTYPE_UINT64: out << (rep ? r->GetRepeatedUInt64(msg, f, index) : r->GetUInt64(msg, f)); break;
+    case FD::CPPTYPE_DOUBLE: out << (rep ? r->GetRepeatedDouble(msg, f, index) : r->GetDouble(msg, f)); break;
+    case FD::CPPTYPE_FLOAT: out << (rep ? r->GetRepeatedFloat(msg, f, index) : r->GetFloat(msg, f)); break;
+    case FD::CPPTYPE_BOOL: out << (rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f)); break;
+    case FD::CPPTYPE_ENUM:
+      out << EnumShortName(rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f));
+      break;
+    case FD::CPPTYPE_STRING:
+      out << YAML::DoubleQuoted << (rep ? r->GetRepeatedString(msg, f, index) : r->GetString(msg, f));
+      break;
+    case FD::CPPTYPE_MESSAGE: break;
+  }
+}
+
+void EmitMessage(YAML::Emitter& out, const google::protobuf::Message& msg) {
+  using FD = google::protobuf::FieldDescriptor;
+  const auto* d = msg.GetDescriptor();
+  const auto* r = msg.GetReflection();
+  out << YAML::BeginMap;
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FD* f = d->field(i);
+    if (f->is_repeated()) {
+      int n = r->FieldSize(msg, f);
+      if (n == 0) continue;
+      out << YAML::Key << f->name() << YAML::Value << YAML::BeginSeq;
+      for (int j = 0; j < n; ++j) {
+        if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+          EmitMessage(out, r->GetRepeatedMessage(msg, f, j));
+        } else {
+          EmitScalar(out, msg, f, j);
+        }
+      }
+      out << YAML::EndSeq;
+      continue;
+    }
+    if (f->cpp_type() == FD::CPPTYPE_MESSAGE) {
+      if (!r->HasField(msg, f)) continue;
+      out << YAML::Key << f->name() << YAML::Value;
+      EmitMessage(out, r->GetMessage(msg, f));
+      continue;
+    }
+    if (f->has_presence() && !r->HasField(msg, f)) continue;
+    if (f->cpp_type() == FD::CPPTYPE_ENUM && r->GetEnumValue(msg, f) == 0) continue;
+    out << YAML::Key << f->name() << YAML::Value;
+    EmitScalar(out, msg, f, -1);
+  }
+  out << YAML::EndMap;
+}
+
+}  // namespace
+
+std::string ToYaml(const google::protobuf::Message& msg) {
+  YAML::Emitter out;
+  EmitMessage(out, msg);
+  return std::string(out.c_str()) + "\n";
 }
 
 }  // namespace cistern

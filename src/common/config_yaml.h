@@ -72,6 +72,11 @@ absl::Status LoadYamlString(std::string_view yaml, google::protobuf::Message* ms
 // YAML (`tiers.1={name: ssd, size: 1GiB}`, `allowed_uids=[0, 1000]`).
 absl::Status ApplyOverride(std::string_view assignment, google::protobuf::Message* msg);
 
+// Renders `msg` as YAML that LoadYamlString reads back to an equal message:
+// set fields only (plus every scalar of proto3 messages with its value), enums
+// by their short lower-case name.
+std::string ToYaml(const google::protobuf::Message& msg);
+
 // A byte count: a non-negative number with an optional unit, case-insensitive,
 // with optional space between: B; K/KB, M/MB, G/GB, T/TB (powers of 1000);
 // Ki/KiB, Mi/MiB, Gi/GiB, Ti/TiB (powers of 1024). No unit means bytes. A

@@ -699,3 +699,24 @@ TEST(ApplyOverrideTest, MessageAndWholeRepeatedValuesAreParsedAsYaml) {
 
 }  // namespace
 }  // namespace cistern
+
+namespace cistern {
+namespace {
+
+TEST(ToYamlTest, RoundTripsThroughTheLoader) {
+  config::DaemonConfig c;
+  ASSERT_TRUE(LoadYamlString("socket_path: \"/tmp/a b.sock\"\ntoken: 'x: y'\nlog_level: debug\n"
+                             "allowed_uids: [0, 1000]\ntiers:\n  - name: mem\n    size: 4GiB\n"
+                             "    high_watermark: 0.9\nrecovery:\n  on_corrupt_object: drop\n",
+                             &c)
+                  .ok());
+  std::string yaml = ToYaml(c);
+  config::DaemonConfig back;
+  ASSERT_TRUE(LoadYamlString(yaml, &back).ok()) << yaml;
+  EXPECT_EQ(back.SerializeAsString(), c.SerializeAsString()) << yaml;
+  EXPECT_NE(yaml.find("log_level: debug"), std::string::npos) << yaml;
+  EXPECT_EQ(yaml.find("low_watermark"), std::string::npos) << "unset optional emitted";
+}
+
+}  // namespace
+}  // namespace cistern

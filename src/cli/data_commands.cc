@@ -1,0 +1,219 @@
+#include "src/cli/data_commands.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+
+#include "fmt/format.h"
+#include "include/cistern/client.h"
+#include "src/common/unique_fd.h"
+
+namespace cistern::cli {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::string msg(s.message());
+  if (s.code() == absl::StatusCode::kUnavailable) msg += " (is cisternd running?)";
+  std::fprintf(stderr, "cistern: %s\n", msg.c_str());
+  return 1;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Connect(const Target& t) {
+  ConnectOptions o;
+  o.socket_path = t.socket;
+  if (o.socket_path.empty()) {
+    if (const char* a = std::getenv("CISTERN_ADDRESS"); a && *a) o.socket_path = a;
+  }
+  o.token = t.token;
+  if (o.token.empty()) {
+    if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;
+  }
+  o.client_name = "cistern-cli";
+  return Client::Connect(o);
+}
+
+bool WriteAll(int fd, const std::byte* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0 && errno == EINTR) continue;
+    if (w <= 0) return false;
+    p += w;
+    n -= w;
+  }
+  return true;
+}
+
+std::string InfoJson(const ObjectInfo& o) {
+  return fmt::format(
+      "{{\"key\": {}, \"generation\": {}, \"size\": {}, \"tier\": {}, \"evictable\": {}, "
+      "\"leases\": {}, \"tensors\": {}, \"checksum\": {}}}",
+      JsonString(o.key), o.generation, o.size, JsonString(o.tier), o.evictable, o.leases,
+      o.tensors, o.has_checksum ? fmt::format("\"{:016x}\"", o.checksum) : "null");
+}
+
+}  // namespace
+
+std::string JsonString(std::string_view s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          out += fmt::format("\\u{:04x}", c);
+        } else {
+          out += static_cast<char>(c);
+        }
+    }
+  }
+  return out + "\"";
+}
+
+int Put(const Target& t, const std::string& key, const std::string& file, bool evictable,
+        bool if_absent, bool json) {
+  UniqueFd fd(file == "-" ? ::dup(0) : ::open(file.c_str(), O_RDONLY | O_CLOEXEC));
+  if (!fd.valid()) {
+    std::fprintf(stderr, "cistern: cannot open '%s': %s\n", file.c_str(), std::strerror(errno));
+    return 2;
+  }
+  auto c = Connect(t);
+  if (!c.ok()) return Fail(c.status());
+  PutOptions opts;
+  opts.evictable = evictable;
+  opts.if_absent = if_absent;
+  struct stat st {};
+  absl::StatusOr<ObjectRef> ref;
+  if (::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode)) {
+    // A regular file: read it straight into the reserved object.
+    auto w = (*c)->Create(key, st.st_size, opts);
+    if (!w.ok()) return Fail(w.status());
+    size_t done = 0;
+    while (done < w->size()) {
+      ssize_t n = ::read(fd.get(), w->data() + done, w->size() - done);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        std::fprintf(stderr, "cistern: reading '%s' failed after %zu bytes\n", file.c_str(), done);
+        return 1;  // the writer aborts
+      }
+      done += n;
+    }
+    ref = w->Seal();
+  } else {
+    std::string data;
+    char buf[1 << 16];
+    for (ssize_t n; (n = ::read(fd.get(), buf, sizeof buf)) != 0;) {
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        std::fprintf(stderr, "cistern: reading '%s': %s\n", file.c_str(), std::strerror(errno));
+        return 1;
+      }
+      data.append(buf, n);
+    }
+    ref = (*c)->Put(key, data, opts);
+  }
+  if (!ref.ok()) return Fail(ref.status());
+  if (json) {
+    std::printf("{\"key\": %s, \"generation\": %llu, \"size\": %llu}\n", JsonString(key).c_str(),
+                static_cast<unsigned long long>(ref->generation),
+                static_cast<unsigned long long>(ref->size));
+  } else {
+    std::printf("put %s: generation %llu, %llu bytes\n", key.c_str(),
+                static_cast<unsigned long long>(ref->generation),
+                static_cast<unsigned long long>(ref->size));
+  }
+  return 0;
+}
+
+int Get(const Target& t, const std::string& key, const std::string& out, bool json) {
+  auto c = Connect(t);
+  if (!c.ok()) return Fail(c.status());
+  auto v = (*c)->Get(key);
+  if (!v.ok()) return Fail(v.status());
+  UniqueFd fd(out.empty() ? ::dup(1) : ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  if (!fd.valid()) {
+    std::fprintf(stderr, "cistern: cannot write '%s': %s\n", out.c_str(), std::strerror(errno));
+    return 2;
+  }
+  if (!WriteAll(fd.get(), v->data(), v->size())) {
+    std::fprintf(stderr, "cistern: writing %s failed: %s\n", out.empty() ? "stdout" : out.c_str(),
+                 std::strerror(errno));
+    return 1;
+  }
+  if (json && !out.empty()) {
+    std::printf("{\"key\": %s, \"generation\": %llu, \"size\": %zu, \"output\": %s}\n",
+                JsonString(key).c_str(), static_cast<unsigned long long>(v->generation()),
+                v->size(), JsonString(out).c_str());
+  }
+  return 0;
+}
+
+int List(const Target& t, const std::string& prefix, bool json) {
+  auto c = Connect(t);
+  if (!c.ok()) return Fail(c.status());
+  std::string cursor;
+  bool first = true;
+  if (json) std::printf("{\"objects\": [");
+  do {
+    auto page = (*c)->List(prefix, 0, cursor);
+    if (!page.ok()) {
+      if (json) std::printf("]}\n");
+      return Fail(page.status());
+    }
+    for (const ObjectInfo& o : page->objects) {
+      if (json) {
+        std::printf("%s\n  %s", first ? "" : ",", InfoJson(o).c_str());
+      } else {
+        std::printf("%-40s %14llu  gen %-8llu %s%s\n", o.key.c_str(),
+                    static_cast<unsigned long long>(o.size),
+                    static_cast<unsigned long long>(o.generation), o.tier.c_str(),
+                    o.evictable ? " evictable" : "");
+      }
+      first = false;
+    }
+    cursor = page->next_cursor;
+  } while (!cursor.empty());
+  if (json) std::printf("%s]}\n", first ? "" : "\n");
+  return 0;
+}
+
+int Stat(const Target& t, const std::string& key, bool json) {
+  auto c = Connect(t);
+  if (!c.ok()) return Fail(c.status());
+  auto o = (*c)->Stat(key);
+  if (!o.ok()) return Fail(o.status());
+  if (json) {
+    std::printf("%s\n", InfoJson(*o).c_str());
+    return 0;
+  }
+  std::printf("key:        %s\ngeneration: %llu\nsize:       %llu bytes\ntier:       %s\n"
+              "evictable:  %s\nleases:     %u\ntensors:    %u\nchecksum:   %s\n",
+              o->key.c_str(), static_cast<unsigned long long>(o->generation),
+              static_cast<unsigned long long>(o->size), o->tier.c_str(),
+              o->evictable ? "yes" : "no", o->leases, o->tensors,
+              o->has_checksum ? fmt::format("xxh3:{:016x}", o->checksum).c_str() : "none");
+  return 0;
+}
+
+int Remove(const Target& t, const std::string& key, bool json) {
+  auto c = Connect(t);
+  if (!c.ok()) return Fail(c.status());
+  auto g = (*c)->Remove(key);
+  if (!g.ok()) return Fail(g.status());
+  if (json) {
+    std::printf("{\"key\": %s, \"generation\": %llu}\n", JsonString(key).c_str(),
+                static_cast<unsigned long long>(*g));
+  } else {
+    std::printf("removed %s (generation %llu)\n", key.c_str(), static_cast<unsigned long long>(*g));
+  }
+  return 0;
+}
+
+}  // namespace cistern::cli

@@ -1,0 +1,27 @@
+// The data commands of the `cistern` CLI: put, get, ls, stat, rm. Each returns
+// the process exit code (0 ok, 1 failed, 2 usage error) and reports errors on
+// stderr as "cistern: <what went wrong>".
+#pragma once
+
+#include <string>
+
+namespace cistern::cli {
+
+// Which daemon to talk to. Empty fields fall back to $CISTERN_ADDRESS and
+// $CISTERN_TOKEN, then to the client library's defaults.
+struct Target {
+  std::string socket;
+  std::string token;
+};
+
+int Put(const Target& t, const std::string& key, const std::string& file, bool evictable,
+        bool if_absent, bool json);
+int Get(const Target& t, const std::string& key, const std::string& out, bool json);
+int List(const Target& t, const std::string& prefix, bool json);
+int Stat(const Target& t, const std::string& key, bool json);
+int Remove(const Target& t, const std::string& key, bool json);
+
+// `s` as a JSON string literal.
+std::string JsonString(std::string_view s);
+
+}  // namespace cistern::cli

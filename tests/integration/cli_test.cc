@@ -1,0 +1,128 @@
+// The `cistern` command against a real cisternd.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "tests/integration/daemon_harness.h"
+
+namespace cistern::testing {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct Result {
+  int code;
+  std::string out;  // stdout and stderr together
+};
+
+Result RunCli(const std::string& args) {
+  std::string cmd = BinaryPath("src/cli/cistern") + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+class CliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string err;
+    ASSERT_TRUE(daemon_.Start({}, &err)) << err;
+    addr_ = "--address " + daemon_.socket_path() + " ";
+  }
+  Daemon daemon_;
+  std::string addr_;
+};
+
+TEST_F(CliTest, PutGetRoundTripIsByteIdentical) {
+  std::string in = daemon_.dir() + "/in.bin", out = daemon_.dir() + "/out.bin";
+  std::string data;
+  for (int i = 0; i < 300000; ++i) data += static_cast<char>(i * 7);
+  std::ofstream(in, std::ios::binary) << data;
+  Result put = RunCli(addr_ + "put weights/a " + in);
+  ASSERT_EQ(put.code, 0) << put.out;
+  EXPECT_THAT(put.out, HasSubstr("generation"));
+  Result get = RunCli(addr_ + "get weights/a -o " + out);
+  ASSERT_EQ(get.code, 0) << get.out;
+  EXPECT_EQ(ReadFile(out), data);
+  Result piped = RunCli("--address " + daemon_.socket_path() + " get weights/a | cmp - " + in);
+  EXPECT_EQ(piped.code, 0) << piped.out;
+}
+
+TEST_F(CliTest, LsStatRmSpeakJson) {
+  std::string in = daemon_.dir() + "/v";
+  std::ofstream(in) << "value";
+  ASSERT_EQ(RunCli(addr_ + "put a/1 " + in).code, 0);
+  ASSERT_EQ(RunCli(addr_ + "put --evictable a/2 " + in).code, 0);
+  ASSERT_EQ(RunCli(addr_ + "put b/1 - < " + in).code, 0);
+  Result ls = RunCli(addr_ + "--json ls a/");
+  ASSERT_EQ(ls.code, 0) << ls.out;
+  EXPECT_THAT(ls.out, HasSubstr("\"key\": \"a/1\""));
+  EXPECT_THAT(ls.out, HasSubstr("\"evictable\": true"));
+  EXPECT_THAT(ls.out, ::testing::Not(HasSubstr("b/1")));
+  Result stat = RunCli(addr_ + "--json stat b/1");
+  ASSERT_EQ(stat.code, 0) << stat.out;
+  EXPECT_THAT(stat.out, HasSubstr("\"size\": 5"));
+  ASSERT_EQ(RunCli(addr_ + "rm a/1").code, 0);
+  Result gone = RunCli(addr_ + "stat a/1");
+  EXPECT_EQ(gone.code, 1);
+  EXPECT_THAT(gone.out, HasSubstr("'a/1' not found"));
+}
+
+TEST_F(CliTest, IfAbsentConflictFailsWithExitOne) {
+  std::string in = daemon_.dir() + "/v";
+  std::ofstream(in) << "v";
+  ASSERT_EQ(RunCli(addr_ + "put --if-absent k " + in).code, 0);
+  Result again = RunCli(addr_ + "put --if-absent k " + in);
+  EXPECT_EQ(again.code, 1);
+  EXPECT_THAT(again.out, HasSubstr("exists"));
+}
+
+TEST(CliUsageTest, UsageErrorsExitTwoAndNoDaemonExitsOne) {
+  EXPECT_EQ(RunCli("").code, 2);
+  EXPECT_EQ(RunCli("frobnicate").code, 2);
+  EXPECT_EQ(RunCli("put onlykey").code, 2);
+  Result down = RunCli("--address /tmp/no-such-cistern.sock get k");
+  EXPECT_EQ(down.code, 1);
+  EXPECT_THAT(down.out, HasSubstr("is cisternd running?"));
+}
+
+TEST(CliConfigTest, ValidateNamesTheBadKeyAndShowEffectiveRoundTrips) {
+  Daemon d;  // for its temporary directory and config
+  Result ok = RunCli("config validate " + d.config_path());
+  EXPECT_EQ(ok.code, 0) << ok.out;
+  std::string bad = d.dir() + "/bad.yaml";
+  std::ofstream(bad) << "tiers:\n  - name: mem\n    sise: 1GB\n";
+  Result err = RunCli("config validate " + bad);
+  EXPECT_EQ(err.code, 2);
+  EXPECT_THAT(err.out, HasSubstr("tiers[0].sise"));
+  Result over = RunCli("config validate " + d.config_path() + " --set tiers.0.low_watermark=2");
+  EXPECT_EQ(over.code, 2);
+  std::string shown = d.dir() + "/shown.yaml";
+  Result show = RunCli("config show --effective --config " + d.config_path() + " > " + shown);
+  ASSERT_EQ(show.code, 0) << show.out;
+  EXPECT_THAT(ReadFile(shown), HasSubstr("busy_poll_us: 200"));
+  EXPECT_EQ(RunCli("config validate " + shown).code, 0) << ReadFile(shown);
+}
+
+TEST(CliConfigTest, ShippedExampleConfigIsValid) {
+  Result r = RunCli(std::string("config validate ") + CISTERN_SOURCE_DIR +
+                    "/deploy/config/cisternd.yaml");
+  EXPECT_EQ(r.code, 0) << r.out;
+}
+
+}  // namespace
+}  // namespace cistern::testing
