@@ -161,6 +161,25 @@ struct DaemonStats {
   uint64_t deferred_frees = 0;
 };
 
+struct SessionStatus {
+  uint64_t id = 0;
+  int pid = 0;
+  uint32_t uid = 0;
+  std::string client_name;
+  uint64_t leases = 0;
+  uint64_t pending_writes = 0;
+};
+
+struct DaemonStatus {
+  std::string version;
+  int pid = 0;
+  uint64_t start_unix_ms = 0;
+  uint64_t uptime_ms = 0;
+  std::string socket_path;
+  DaemonStats stats;
+  std::vector<SessionStatus> sessions;  // every session that said hello
+};
+
 // Lays out tensors in one payload: each at the next multiple of 64 bytes.
 // Returns the manifest; `*total` receives the payload size.
 std::vector<TensorInfo> LayoutTensors(const std::vector<TensorInput>& tensors, uint64_t* total);
@@ -196,6 +215,8 @@ class Client {
   absl::StatusOr<ListResult> List(std::string_view prefix = "", uint32_t limit = 0,
                                   std::string_view cursor = "");
   absl::StatusOr<DaemonStats> Stats();
+  // The daemon's version, uptime, usage and sessions (`cistern daemon status`).
+  absl::StatusOr<DaemonStatus> Status();
 
   // Batch forms: one round trip for many small objects. Results are per entry.
   std::vector<absl::StatusOr<ObjectView>> GetMany(const std::vector<std::string>& keys);

@@ -324,12 +324,8 @@ absl::StatusOr<ListResult> Client::List(std::string_view prefix, uint32_t limit,
   return out;
 }
 
-absl::StatusOr<DaemonStats> Client::Stats() {
-  wire::Request req;
-  req.mutable_stats();
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  const auto& s = resp->stats();
+namespace {
+DaemonStats StatsOf(const wire::StatsReply& s) {
   DaemonStats out;
   for (const auto& t : s.tiers()) {
     out.tiers.push_back({t.name(), t.capacity_bytes(), t.used_bytes(), t.evictable_bytes(),
@@ -340,6 +336,35 @@ absl::StatusOr<DaemonStats> Client::Stats() {
   out.pending_writes = s.pending_writes();
   out.sessions = s.sessions();
   out.deferred_frees = s.deferred_frees();
+  return out;
+}
+}  // namespace
+
+absl::StatusOr<DaemonStats> Client::Stats() {
+  wire::Request req;
+  req.mutable_stats();
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return StatsOf(resp->stats());
+}
+
+absl::StatusOr<DaemonStatus> Client::Status() {
+  wire::Request req;
+  req.mutable_daemon_status();
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  const auto& r = resp->daemon_status();
+  DaemonStatus out;
+  out.version = r.version();
+  out.pid = r.pid();
+  out.start_unix_ms = r.start_unix_ms();
+  out.uptime_ms = r.uptime_ms();
+  out.socket_path = r.socket_path();
+  out.stats = StatsOf(r.stats());
+  for (const auto& si : r.sessions()) {
+    out.sessions.push_back(
+        {si.id(), si.pid(), si.uid(), si.client_name(), si.leases(), si.pending_writes()});
+  }
   return out;
 }
 

@@ -87,6 +87,26 @@ void RequestHandler::HandleGet(store::SessionId s, const wire::Get& g, wire::Res
   r->set_size(l->size);
 }
 
+void RequestHandler::FillStats(wire::StatsReply* r) {
+  store::StoreStats st = store_->Stats();
+  for (const auto& t : st.tiers) {
+    auto* tt = r->add_tiers();
+    tt->set_name(t.name);
+    tt->set_capacity_bytes(t.capacity_bytes);
+    tt->set_used_bytes(t.used_bytes);
+    tt->set_evictable_bytes(t.evictable_bytes);
+    tt->set_largest_free_bytes(t.largest_free_bytes);
+    tt->set_fragmentation(t.fragmentation);
+    tt->set_objects(t.objects);
+    tt->set_evictions(t.evictions);
+  }
+  r->set_objects(st.objects);
+  r->set_leases(st.leases);
+  r->set_pending_writes(st.pending_writes);
+  r->set_deferred_frees(st.deferred_frees);
+  r->set_sessions(sessions_);
+}
+
 void RequestHandler::Handle(store::SessionId s, const wire::Request& req,
                             wire::Response* resp) {
   resp->set_id(req.id());
@@ -122,27 +142,10 @@ void RequestHandler::Handle(store::SessionId s, const wire::Request& req,
       r->set_next_cursor(page.next_cursor);
       return;
     }
-    case wire::Request::kStats: {
-      store::StoreStats st = store_->Stats();
-      auto* r = resp->mutable_stats();
-      for (const auto& t : st.tiers) {
-        auto* tt = r->add_tiers();
-        tt->set_name(t.name);
-        tt->set_capacity_bytes(t.capacity_bytes);
-        tt->set_used_bytes(t.used_bytes);
-        tt->set_evictable_bytes(t.evictable_bytes);
-        tt->set_largest_free_bytes(t.largest_free_bytes);
-        tt->set_fragmentation(t.fragmentation);
-        tt->set_objects(t.objects);
-        tt->set_evictions(t.evictions);
-      }
-      r->set_objects(st.objects);
-      r->set_leases(st.leases);
-      r->set_pending_writes(st.pending_writes);
-      r->set_deferred_frees(st.deferred_frees);
-      r->set_sessions(sessions_);
-      return;
-    }
+    case wire::Request::kStats:
+      return FillStats(resp->mutable_stats());
+    case wire::Request::kDaemonStatus:
+      return SetStatus(absl::InternalError("daemon_status is answered by the server"), resp);
     case wire::Request::kBatchGet: {
       const auto& gets = req.batch_get().gets();
       if (static_cast<uint32_t>(gets.size()) > options_.max_batch) {

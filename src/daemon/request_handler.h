@@ -30,6 +30,9 @@ class RequestHandler {
   // Daemon-wide figures the handler cannot know (filled by the server).
   void set_sessions(uint64_t n) { sessions_ = n; }
 
+  // Store-wide figures, as the stats verb answers them.
+  void FillStats(wire::StatsReply* r);
+
  private:
   void HandleCreate(store::SessionId s, const wire::Create& c, wire::Response* resp);
   void HandleSeal(store::SessionId s, const wire::Seal& c, wire::Response* resp);

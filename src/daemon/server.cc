@@ -46,6 +46,10 @@ Server::Server(ServerOptions options, store::ObjectStore* store, Clock* clock)
       store_(store),
       clock_(clock),
       handler_(store, HandlerOptions{options_.max_batch}) {
+  start_time_ = clock_->Now();
+  start_unix_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
   epoll_fd_.Reset(::epoll_create1(EPOLL_CLOEXEC));
   wake_fd_.Reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   epoll_event ev{};
@@ -237,7 +241,12 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     return;
   }
   wire::Response resp;
-  handler_.Handle(s->id, req, &resp);
+  if (req.has_daemon_status()) {
+    resp.set_id(req.id());
+    FillDaemonStatus(resp.mutable_daemon_status());
+  } else {
+    handler_.Handle(s->id, req, &resp);
+  }
   if (!stopping_ && req.has_create() && req.create().wait_ms() > 0 && resp.has_status() &&
       resp.status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted)) {
     s->parked = std::make_unique<wire::Request>(std::move(req));
@@ -313,7 +322,29 @@ void Server::HandleHello(Session* s, const wire::Request& req) {
   }
   s->out.assign(data, n, std::string::npos);
   s->hello_done = true;
+  s->client_name = h.client_name().substr(0, 128);
   spdlog::debug("session {} (pid {}) said hello as '{}'", s->id, s->pid, h.client_name());
+}
+
+void Server::FillDaemonStatus(wire::DaemonStatusReply* r) {
+  r->set_version(options_.daemon_version);
+  r->set_pid(::getpid());
+  r->set_start_unix_ms(start_unix_ms_);
+  r->set_uptime_ms(
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock_->Now() - start_time_).count());
+  r->set_socket_path(options_.socket_path);
+  handler_.FillStats(r->mutable_stats());
+  for (auto& [id, s] : sessions_) {
+    if (!s->hello_done) continue;
+    auto info = store_->SessionInfo(id);
+    auto* si = r->add_sessions();
+    si->set_id(id);
+    si->set_pid(s->pid);
+    si->set_uid(s->uid);
+    si->set_client_name(s->client_name);
+    si->set_leases(info.leases);
+    si->set_pending_writes(info.pending_writes);
+  }
 }
 
 void Server::Reply(Session* s, const wire::Response& resp) {

@@ -67,6 +67,7 @@ class Server {
     UniqueFd fd;
     int pid = 0;
     uint32_t uid = 0;
+    std::string client_name;
     bool hello_done = false;
     bool closing = false;  // close once `out` is flushed
     bool want_write = false;
@@ -84,6 +85,7 @@ class Server {
   void ProcessFrames(Session* s);
   void HandleFrame(Session* s, std::string_view frame);
   void HandleHello(Session* s, const wire::Request& req);
+  void FillDaemonStatus(wire::DaemonStatusReply* r);
   void Reply(Session* s, const wire::Response& resp);
   void ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close);
   void Flush(Session* s);
@@ -106,6 +108,8 @@ class Server {
   std::deque<uint64_t> parked_;  // sessions with a parked create, FIFO
   uint64_t seen_free_epoch_ = 0;
   bool stopping_ = false;
+  Clock::TimePoint start_time_;
+  uint64_t start_unix_ms_ = 0;
 };
 
 }  // namespace cistern::daemon

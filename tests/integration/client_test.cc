@@ -161,6 +161,23 @@ TEST_F(ClientTest, ClientGetsUnavailableWhenTheDaemonDies) {
   EXPECT_EQ(client_->Put("k", "v").status().code(), absl::StatusCode::kUnavailable);
 }
 
+TEST_F(ClientTest, StatusListsSessionsWithTheirLeasesAndWrites) {
+  ASSERT_TRUE(client_->Put("k", "v").ok());
+  auto v = client_->Get("k");
+  auto w = client_->Create("pending", 10);
+  ASSERT_TRUE(v.ok() && w.ok());
+  auto st = client_->Status();
+  ASSERT_TRUE(st.ok()) << st.status();
+  EXPECT_FALSE(st->version.empty());
+  EXPECT_GT(st->pid, 0);
+  EXPECT_EQ(st->socket_path, daemon_.socket_path());
+  ASSERT_EQ(st->sessions.size(), 1u);
+  EXPECT_EQ(st->sessions[0].pid, getpid());
+  EXPECT_EQ(st->sessions[0].leases, 1u);
+  EXPECT_EQ(st->sessions[0].pending_writes, 1u);
+  EXPECT_EQ(st->stats.objects, 1u);
+}
+
 TEST(ClientConnectTest, NoDaemonIsUnavailableNamingTheSocket) {
   ConnectOptions o;
   o.socket_path = "/tmp/no-such-cisternd.sock";
