@@ -211,7 +211,7 @@ class Daemon {
     std::filesystem::remove(arena_path_);
     std::ofstream(config_path_) << fmt::format(
         "runtime_dir: {}\nsocket_path: {}\nlog_level: info\ntiers:\n  - name: mem\n"
-        "    path: {}\n    size: {}\n{}",
+        "    path: {}\n    size: {}\nmetrics_port: 0\n{}",
         dir_, socket_path_, arena_path_, tier_bytes_,
         getenv("CISTERN_BENCH_DAEMON_YAML") ? getenv("CISTERN_BENCH_DAEMON_YAML") : "");
   }

@@ -22,6 +22,7 @@ tiers:
   - name: mem
     path: $arena
     size: 2GiB
+metrics_port: 0
 YAML
 
 starts=0

@@ -176,6 +176,7 @@ struct DaemonStatus {
   uint64_t start_unix_ms = 0;
   uint64_t uptime_ms = 0;
   std::string socket_path;
+  std::string metrics_endpoint;  // host:port of /metrics and /health
   DaemonStats stats;
   std::vector<SessionStatus> sessions;  // every session that said hello
 };

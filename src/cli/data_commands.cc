@@ -10,6 +10,7 @@
 
 #include "fmt/format.h"
 #include "include/cistern/client.h"
+#include "src/cli/daemon_commands.h"
 #include "src/common/unique_fd.h"
 
 namespace cistern::cli {
@@ -28,6 +29,7 @@ absl::StatusOr<std::unique_ptr<Client>> Connect(const Target& t) {
   if (o.socket_path.empty()) {
     if (const char* a = std::getenv("CISTERN_ADDRESS"); a && *a) o.socket_path = a;
   }
+  if (o.socket_path.empty()) o.socket_path = CurrentSessionSocket();
   o.token = t.token;
   if (o.token.empty()) {
     if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;

@@ -7,8 +7,9 @@
 
 namespace cistern::cli {
 
-// Which daemon to talk to. Empty fields fall back to $CISTERN_ADDRESS and
-// $CISTERN_TOKEN, then to the client library's defaults.
+// Which daemon to talk to. An empty socket falls back to $CISTERN_ADDRESS, then
+// the current daemon session (`cistern daemon start`), then the client
+// library's default; an empty token to $CISTERN_TOKEN.
 struct Target {
   std::string socket;
   std::string token;

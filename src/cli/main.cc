@@ -7,13 +7,16 @@
 
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <iostream>
 #include <iterator>
 #include <string>
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "src/cli/daemon_commands.h"
 #include "src/cli/data_commands.h"
+#include "src/cli/load_commands.h"
 #include "src/common/config_yaml.h"
 #include "src/daemon/config.h"
 
@@ -57,10 +60,12 @@ int ConfigShow(const std::string& path, const std::vector<std::string>& sets, bo
 int main(int argc, char** argv) {
   CLI::App app{"cistern: put, get and inspect tensors in the host's cisternd"};
   app.require_subcommand(1);
+  // Global options (--json, --address, --token) may also follow a subcommand.
+  app.fallthrough();
   cistern::cli::Target target;
   bool json = false;
   app.add_option("--address", target.socket,
-                 "cisternd's socket (default: $CISTERN_ADDRESS, else the default socket)");
+                 "cisternd's socket (default: $CISTERN_ADDRESS, else the current daemon session, else the default socket)");
   app.add_option("--token", target.token, "shared secret (default: $CISTERN_TOKEN)");
   app.add_flag("--json", json, "print one JSON document");
 
@@ -107,6 +112,17 @@ int main(int argc, char** argv) {
   show->add_option("--set", sets, "override a key");
   show->add_flag("--effective", effective, "apply overrides and defaults, then print");
   show->callback([&] { rc = ConfigShow(config_path, sets, effective); });
+
+  cistern::cli::RegisterLoadCommands(&app, &target, &json, &rc);
+  cistern::cli::RegisterDaemonCommands(&app, &target, &json, &rc);
+
+  std::function<void(CLI::App*)> fall = [&](CLI::App* a) {
+    for (CLI::App* sub : a->get_subcommands({})) {
+      sub->fallthrough();
+      fall(sub);
+    }
+  };
+  fall(&app);
 
   try {
     app.parse(argc, argv);

@@ -360,6 +360,7 @@ absl::StatusOr<DaemonStatus> Client::Status() {
   out.start_unix_ms = r.start_unix_ms();
   out.uptime_ms = r.uptime_ms();
   out.socket_path = r.socket_path();
+  out.metrics_endpoint = r.metrics_endpoint();
   out.stats = StatsOf(r.stats());
   for (const auto& si : r.sessions()) {
     out.sessions.push_back(

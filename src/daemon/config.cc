@@ -1,5 +1,6 @@
 #include "src/daemon/config.h"
 
+#include <arpa/inet.h>
 #include <sys/sysinfo.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -42,7 +43,16 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   }
   for (auto& t : *cfg->mutable_tiers()) {
     t.set_size(t.size() / 4096 * 4096);  // whole pages; "4GB" is not a page multiple
-    if (t.path().empty()) t.set_path("/dev/shm/cistern-" + uid + "-" + t.name() + ".arena");
+    if (t.path().empty()) {
+      // One arena per user and CISTERN_HOME, stable across restarts.
+      std::string home;
+      if (const char* h = std::getenv("CISTERN_HOME"); h && *h) {
+        uint32_t fnv = 2166136261u;  // FNV-1a: stable across builds and versions
+        for (const char* p = h; *p; ++p) fnv = (fnv ^ static_cast<uint8_t>(*p)) * 16777619u;
+        home = fmt::format("-{:08x}", fnv);
+      }
+      t.set_path("/dev/shm/cistern-" + uid + home + "-" + t.name() + ".arena");
+    }
     if (!t.has_high_watermark()) t.set_high_watermark(0.95);
     if (!t.has_low_watermark()) t.set_low_watermark(std::min(0.85, t.high_watermark()));
   }
@@ -53,6 +63,10 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cfg->max_sessions() == 0) cfg->set_max_sessions(1024);
   if (cfg->max_batch() == 0) cfg->set_max_batch(4096);
   if (!cfg->has_busy_poll_us()) cfg->set_busy_poll_us(200);
+  if (cfg->metrics_address().empty()) cfg->set_metrics_address("127.0.0.1");
+  if (!cfg->has_metrics_port()) cfg->set_metrics_port(9464);
+  if (cfg->log_max_bytes() == 0) cfg->set_log_max_bytes(64 * kMiB);
+  if (cfg->log_max_files() == 0) cfg->set_log_max_files(5);
   if (cfg->recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_UNSPECIFIED) {
     cfg->mutable_recovery()->set_on_corrupt_object(config::CORRUPT_OBJECT_POLICY_FAIL);
   }
@@ -113,6 +127,21 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   }
   if (cfg.max_batch() > 65536) {
     return bad(fmt::format("max_batch {} exceeds 65536", cfg.max_batch()));
+  }
+  in6_addr addr6;
+  if (::inet_pton(AF_INET, cfg.metrics_address().c_str(), &addr6) != 1 &&
+      ::inet_pton(AF_INET6, cfg.metrics_address().c_str(), &addr6) != 1) {
+    return bad(fmt::format("metrics_address '{}' must be a numeric IPv4 or IPv6 address",
+                           cfg.metrics_address()));
+  }
+  if (cfg.metrics_port() > 65535) {
+    return bad(fmt::format("metrics_port {} exceeds 65535", cfg.metrics_port()));
+  }
+  if (cfg.log_max_bytes() < 64 * 1024) {
+    return bad(fmt::format("log_max_bytes {} is below the minimum of 64KiB", cfg.log_max_bytes()));
+  }
+  if (cfg.log_max_files() > 1000) {
+    return bad(fmt::format("log_max_files {} exceeds 1000", cfg.log_max_files()));
   }
   return absl::OkStatus();
 }

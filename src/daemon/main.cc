@@ -2,7 +2,8 @@
 //
 // Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT), 1 when the daemon
 // could not start or serve (arena in use, corrupt arena, socket taken), 2 for
-// a usage or configuration error.
+// a usage or configuration error or a metrics port that is taken (checked
+// before anything else is touched).
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -13,19 +14,25 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "absl/cleanup/cleanup.h"
+#include "spdlog/sinks/rotating_file_sink.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "src/common/fmt_absl.h"
 #include "src/daemon/arena_file.h"
 #include "src/daemon/config.h"
+#include "src/daemon/http_server.h"
+#include "src/daemon/metrics.h"
 #include "src/daemon/server.h"
 #include "src/store/object_store.h"
 
 namespace {
 
 cistern::daemon::Server* g_server = nullptr;
+cistern::daemon::Metrics* g_metrics = nullptr;
 
 void OnSignal(int) {
+  if (g_metrics) g_metrics->set_state(cistern::daemon::HealthState::kDraining);
   if (g_server) g_server->Shutdown();
 }
 
@@ -42,6 +49,26 @@ spdlog::level::level_enum SpdLevel(cistern::config::LogLevel l) {
 
 int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   using namespace cistern;
+  // The metrics endpoint is bound first, so that a port in use stops the
+  // daemon before it has touched an arena or the socket. /health answers 503
+  // until the daemon serves.
+  daemon::Metrics metrics(CISTERN_VERSION);
+  daemon::HttpServerOptions http_opts;
+  http_opts.address = cfg.metrics_address();
+  http_opts.port = static_cast<uint16_t>(cfg.metrics_port());
+  daemon::HttpServer http(http_opts, Clock::Real());
+  http.Handle("/metrics", [&metrics] { return metrics.MetricsPage(); });
+  http.Handle("/health", [&metrics] { return metrics.HealthPage(); });
+  http.Every(std::chrono::seconds(1), [&metrics] { metrics.LogEvictions(); });
+  if (absl::Status s = http.Bind(); !s.ok()) {
+    spdlog::error("cannot serve metrics: {} (another cisternd? set metrics_port; 0 picks a free one)",
+                  s.message());
+    return 2;
+  }
+  http.Start();
+  spdlog::info("metrics on http://{}/metrics, health on http://{}/health", http.endpoint(),
+               http.endpoint());
+
   std::error_code ec;
   std::filesystem::create_directories(cfg.runtime_dir(), ec);
   std::filesystem::create_directories(std::filesystem::path(cfg.socket_path()).parent_path(), ec);
@@ -86,6 +113,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   for (const auto& d : report.dropped) {
     spdlog::error("dropped corrupt object '{}' at offset {}: {}", d.key, d.block_offset, d.reason);
   }
+  metrics.SetRecovery(report);
 
   sopts.socket_path = cfg.socket_path();
   sopts.token = cfg.token();
@@ -96,11 +124,16 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   sopts.max_batch = cfg.max_batch();
   sopts.busy_poll = std::chrono::microseconds(cfg.busy_poll_us());
   sopts.daemon_version = CISTERN_VERSION;
+  sopts.metrics = metrics.requests();
+  sopts.metrics_endpoint = http.endpoint();
   daemon::Server server(sopts, store->get(), Clock::Real());
   if (absl::Status s = server.Listen(); !s.ok()) {
     spdlog::error("{}", s.message());
     return 1;
   }
+  metrics.Attach(store->get(), [&server] { return server.session_count(); });
+  absl::Cleanup detach = [&metrics] { metrics.Detach(); };
+  g_metrics = &metrics;
   g_server = &server;
   struct sigaction sa {};
   sa.sa_handler = OnSignal;
@@ -109,8 +142,12 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
   spdlog::info("cisternd {} ready on '{}' (pid {})", CISTERN_VERSION, cfg.socket_path(), getpid());
+  metrics.set_state(daemon::HealthState::kReady);
   server.Run();
+  metrics.set_state(daemon::HealthState::kDraining);
   g_server = nullptr;
+  g_metrics = nullptr;
+  http.Stop();
   spdlog::info("cisternd stopped cleanly");
   return 0;
 }
@@ -135,7 +172,9 @@ int main(int argc, char** argv) {
     int rc = app.exit(e);
     return rc == 0 ? 0 : 2;
   }
-  auto logger = spdlog::stderr_color_mt("cisternd");
+  // The log goes to stdout (`cistern daemon logs`); stderr carries only what
+  // is printed before logging starts (usage and config errors) and crashes.
+  auto logger = spdlog::stdout_color_mt("cisternd");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [cisternd] %v");
   auto cfg = cistern::daemon::LoadDaemonConfig(config_path, overrides);
@@ -143,6 +182,23 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "cisternd: configuration error: %s\n",
                  std::string(cfg.status().message()).c_str());
     return 2;
+  }
+  if (!cfg->log_file().empty()) {
+    // Rotated at log_max_bytes: cisternd.log, cisternd.1.log (the newest) ...
+    std::error_code ec;
+    std::filesystem::create_directories(std::filesystem::path(cfg->log_file()).parent_path(), ec);
+    try {
+      auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_mt>(
+          cfg->log_file(), cfg->log_max_bytes(), cfg->log_max_files());
+      auto file_logger = std::make_shared<spdlog::logger>("cisternd", std::move(sink));
+      file_logger->flush_on(spdlog::level::trace);
+      spdlog::set_default_logger(file_logger);
+      spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %l [cisternd] %v");
+    } catch (const spdlog::spdlog_ex& e) {
+      std::fprintf(stderr, "cisternd: configuration error: log_file '%s': %s\n",
+                   cfg->log_file().c_str(), e.what());
+      return 2;
+    }
   }
   spdlog::set_level(SpdLevel(cfg->log_level()));
   return Serve(*cfg, format);

@@ -183,6 +183,7 @@ void Server::Accept() {
     spdlog::debug("session {} opened by pid {} uid {}", s->id, s->pid, s->uid);
     sessions_.emplace(s->id, std::move(s));
     handler_.set_sessions(sessions_.size());
+    session_count_.store(sessions_.size(), std::memory_order_relaxed);
   }
 }
 
@@ -214,6 +215,7 @@ void Server::ProcessFrames(Session* s) {
     absl::Status st = s->in.Next(&frame);
     if (!st.ok()) {
       ReplyError(s, 0, st, /*close=*/true);
+      RecordRequest(Verb::kInvalid, st.code(), clock_->Now());
       return;
     }
     if (!frame) return;
@@ -222,12 +224,14 @@ void Server::ProcessFrames(Session* s) {
 }
 
 void Server::HandleFrame(Session* s, std::string_view frame) {
+  Clock::TimePoint start = clock_->Now();
   wire::Request req;
   if (!req.ParseFromArray(frame.data(), static_cast<int>(frame.size()))) {
     ReplyError(s, 0,
                absl::InvalidArgumentError(fmt::format(
                    "malformed request: {} bytes do not parse as a Request", frame.size())),
                /*close=*/false);
+    RecordRequest(Verb::kInvalid, absl::StatusCode::kInvalidArgument, start);
     return;
   }
   if (!s->hello_done) {
@@ -235,9 +239,11 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
       ReplyError(s, req.id(),
                  absl::FailedPreconditionError("the first request of a session must be hello"),
                  /*close=*/true);
+      RecordRequest(VerbOf(req), absl::StatusCode::kFailedPrecondition, start);
       return;
     }
-    HandleHello(s, req);
+    absl::Status hello = HandleHello(s, req);
+    RecordRequest(Verb::kHello, hello.code(), start);
     return;
   }
   wire::Response resp;
@@ -254,10 +260,12 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     parked_.push_back(s->id);
     return;
   }
+  auto code = static_cast<absl::StatusCode>(resp.has_status() ? resp.status().code() : 0);
   if (req.oneway()) {
     if (resp.has_status()) {
       spdlog::debug("session {}: oneway request failed: {}", s->id, resp.status().message());
     }
+    RecordRequest(VerbOf(req), code, start);
     return;
   }
   if (resp.has_status()) {
@@ -265,24 +273,27 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
                   resp.status().message());
   }
   Reply(s, resp);
+  RecordRequest(VerbOf(req), code, start);
 }
 
-void Server::HandleHello(Session* s, const wire::Request& req) {
+void Server::RecordRequest(Verb verb, absl::StatusCode code, Clock::TimePoint start) {
+  if (options_.metrics != nullptr) options_.metrics->Record(verb, code, clock_->Now() - start);
+}
+
+absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   const wire::Hello& h = req.hello();
   if (h.protocol_version() != kProtocolVersion) {
-    ReplyError(s, req.id(),
-               absl::FailedPreconditionError(
-                   fmt::format("protocol version {} is not supported; cisternd speaks {}",
-                               h.protocol_version(), kProtocolVersion)),
-               /*close=*/true);
-    return;
+    absl::Status st = absl::FailedPreconditionError(
+        fmt::format("protocol version {} is not supported; cisternd speaks {}",
+                    h.protocol_version(), kProtocolVersion));
+    ReplyError(s, req.id(), st, /*close=*/true);
+    return st;
   }
   if (!options_.token.empty() && !ConstantTimeEquals(h.token(), options_.token)) {
-    ReplyError(s, req.id(),
-               absl::PermissionDeniedError(h.token().empty() ? "a token is required"
-                                                              : "wrong token"),
-               /*close=*/true);
-    return;
+    absl::Status st =
+        absl::PermissionDeniedError(h.token().empty() ? "a token is required" : "wrong token");
+    ReplyError(s, req.id(), st, /*close=*/true);
+    return st;
   }
   wire::Response resp;
   resp.set_id(req.id());
@@ -316,14 +327,16 @@ void Server::HandleHello(Session* s, const wire::Request& req) {
   std::memcpy(CMSG_DATA(c), options_.arena_fds.data(), sizeof(int) * options_.arena_fds.size());
   ssize_t n = ::sendmsg(s->fd.get(), &msg, MSG_NOSIGNAL);
   if (n <= 0) {
+    absl::Status st = ErrnoStatus(errno, "send hello");
     spdlog::info("session {}: could not send hello: {}", s->id, std::strerror(errno));
     s->closing = true;
-    return;
+    return st;
   }
   s->out.assign(data, n, std::string::npos);
   s->hello_done = true;
   s->client_name = h.client_name().substr(0, 128);
   spdlog::debug("session {} (pid {}) said hello as '{}'", s->id, s->pid, h.client_name());
+  return absl::OkStatus();
 }
 
 void Server::FillDaemonStatus(wire::DaemonStatusReply* r) {
@@ -333,6 +346,7 @@ void Server::FillDaemonStatus(wire::DaemonStatusReply* r) {
   r->set_uptime_ms(
       std::chrono::duration_cast<std::chrono::milliseconds>(clock_->Now() - start_time_).count());
   r->set_socket_path(options_.socket_path);
+  r->set_metrics_endpoint(options_.metrics_endpoint);
   handler_.FillStats(r->mutable_stats());
   for (auto& [id, s] : sessions_) {
     if (!s->hello_done) continue;
@@ -406,6 +420,7 @@ void Server::CloseSession(Session* s, const char* why) {
   parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
   sessions_.erase(id);
   handler_.set_sessions(sessions_.size());
+  session_count_.store(sessions_.size(), std::memory_order_relaxed);
 }
 
 void Server::RetryParked() {
@@ -428,6 +443,8 @@ void Server::RetryParked() {
       parked_.push_back(id);
       continue;
     }
+    RecordRequest(Verb::kCreate, static_cast<absl::StatusCode>(resp.status().code()),
+                  s->parked_deadline - std::chrono::milliseconds(s->parked->create().wait_ms()));
     s->parked.reset();
     Reply(s, resp);
     ProcessFrames(s);
@@ -457,6 +474,8 @@ void Server::ExpireDeadlines() {
       resp.mutable_status()->set_message(
           fmt::format("{} (waited {} ms)", resp.status().message(), s->parked->create().wait_ms()));
     }
+    RecordRequest(Verb::kCreate, static_cast<absl::StatusCode>(resp.status().code()),
+                  s->parked_deadline - std::chrono::milliseconds(s->parked->create().wait_ms()));
     s->parked.reset();
     parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
     Reply(s, resp);
@@ -501,6 +520,8 @@ void Server::Drain() {
       wire::Response resp;
       resp.set_id(s->parked->id());
       SetStatus(absl::UnavailableError("cisternd is shutting down"), &resp);
+      RecordRequest(Verb::kCreate, absl::StatusCode::kUnavailable,
+                    s->parked_deadline - std::chrono::milliseconds(s->parked->create().wait_ms()));
       s->parked.reset();
       Reply(s, resp);
     }

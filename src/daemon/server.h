@@ -9,9 +9,11 @@
 // thread on another CPU costs tens of microseconds, far more than the request.
 //
 // Thread-safety: Run() on one thread; Shutdown() from any thread or a signal
-// handler. Everything else belongs to the loop thread.
+// handler; session_count() from any thread. Everything else belongs to the
+// loop thread.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <map>
@@ -25,6 +27,7 @@
 #include "src/common/clock.h"
 #include "src/common/frame.h"
 #include "src/common/unique_fd.h"
+#include "src/daemon/metrics.h"
 #include "src/daemon/request_handler.h"
 #include "src/store/object_store.h"
 
@@ -41,9 +44,12 @@ struct ServerOptions {
   // Poll without sleeping for this long after the last request (see config.proto).
   Clock::Duration busy_poll = std::chrono::microseconds(200);
   std::string daemon_version;
+  std::string metrics_endpoint;  // reported in daemon_status
   // Tier arenas handed to clients in hello.
   std::vector<wire::TierInfo> tiers;
   std::vector<int> arena_fds;
+  // Where answered requests are counted and timed; null: nowhere.
+  RequestMetrics* metrics = nullptr;
 };
 
 class Server {
@@ -59,7 +65,8 @@ class Server {
   // Async-signal-safe.
   void Shutdown();
 
-  uint64_t session_count() const { return sessions_.size(); }
+  // Open sessions. Thread-safe.
+  uint64_t session_count() const { return session_count_.load(std::memory_order_relaxed); }
 
  private:
   struct Session {
@@ -84,7 +91,8 @@ class Server {
   void OnReadable(Session* s);
   void ProcessFrames(Session* s);
   void HandleFrame(Session* s, std::string_view frame);
-  void HandleHello(Session* s, const wire::Request& req);
+  absl::Status HandleHello(Session* s, const wire::Request& req);
+  void RecordRequest(Verb verb, absl::StatusCode code, Clock::TimePoint start);
   void FillDaemonStatus(wire::DaemonStatusReply* r);
   void Reply(Session* s, const wire::Response& resp);
   void ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close);
@@ -106,6 +114,8 @@ class Server {
   uint64_t next_session_id_ = 1;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::deque<uint64_t> parked_;  // sessions with a parked create, FIFO
+  // sessions_.size(), for other threads (session_count()).
+  std::atomic<uint64_t> session_count_{0};
   uint64_t seen_free_epoch_ = 0;
   bool stopping_ = false;
   Clock::TimePoint start_time_;

@@ -1,6 +1,9 @@
 #include "tests/integration/daemon_harness.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -16,6 +19,37 @@
 
 namespace cistern::testing {
 
+HttpResult HttpGet(uint16_t port, const std::string& path) {
+  HttpResult r;
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{10, 0};
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+    ::close(fd);
+    return r;
+  }
+  std::string req = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\n\r\n";
+  if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+    ::close(fd);
+    return r;
+  }
+  std::string resp;
+  char buf[16384];
+  for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) resp.append(buf, n);
+  ::close(fd);
+  if (resp.rfind("HTTP/1.1 ", 0) == 0) r.status = std::atoi(resp.c_str() + 9);
+  size_t at = resp.find("\r\n\r\n");
+  if (at != std::string::npos) r.body = resp.substr(at + 4);
+  return r;
+}
+
+// The value of the sample written exactly as `series` (name and labels, in
+// the order the daemon writes them), or -1 when there is none.
+
 std::string BinaryPath(const std::string& name) {
   return std::string(CISTERN_BUILD_DIR) + "/" + name;
 }
@@ -28,10 +62,13 @@ Daemon::Daemon(DaemonSpec spec) {
   log_path_ = dir_ + "/cisternd.log";
   arena_path_ = fmt::format("/dev/shm/cistern-test-{}-{}.arena", getpid(),
                             std::filesystem::path(dir_).filename().string());
+  // Daemons of parallel tests must not share the default metrics port (9464).
+  std::string metrics_port =
+      spec.extra_yaml.find("metrics_port:") == std::string::npos ? "metrics_port: 0\n" : "";
   std::ofstream(config_path_) << fmt::format(
       "runtime_dir: {}\nsocket_path: {}\nlog_level: debug\ntiers:\n  - name: mem\n"
-      "    path: {}\n    size: {}\n{}",
-      dir_, socket_path_, arena_path_, spec.tier_bytes, spec.extra_yaml);
+      "    path: {}\n    size: {}\n{}{}",
+      dir_, socket_path_, arena_path_, spec.tier_bytes, metrics_port, spec.extra_yaml);
 }
 
 Daemon::~Daemon() {

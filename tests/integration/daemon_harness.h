@@ -47,6 +47,13 @@ class Daemon {
   pid_t pid_ = -1;
 };
 
+struct HttpResult {
+  int status = 0;  // 0 when nothing answered
+  std::string body;
+};
+// GET http://127.0.0.1:port/path (HTTP/1.0, 10 s timeout).
+HttpResult HttpGet(uint16_t port, const std::string& path);
+
 // Path of a binary built beside the tests (cisternd, cistern_test_client).
 std::string BinaryPath(const std::string& name);
 

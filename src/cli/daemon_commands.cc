@@ -1,0 +1,556 @@
+// Daemon sessions. Each `cistern daemon start` creates
+//   $CISTERN_HOME/hosts/<host_id>/sessions/<session_id>/
+//       config.yaml   the effective config the daemon runs with
+//       meta.json     pid, socket, version, start time (written right after fork,
+//                     before the daemon is ready, so clients can find it)
+//       logs/stdout.log, logs/stderr.log
+// and points $CISTERN_HOME/hosts/<host_id>/current_session at it. One daemon
+// runs per host and CISTERN_HOME: a start while the current session's process
+// is alive fails; a session whose process is gone (kill -9, reboot) is stale
+// and is replaced. <host_id> is the hostname plus the start of /etc/machine-id.
+#include "src/cli/daemon_commands.h"
+
+#include <signal.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <sstream>
+#include <thread>
+
+#include "fmt/format.h"
+#include "include/cistern/client.h"
+#include "src/common/config_yaml.h"
+#include "src/daemon/config.h"
+
+namespace cistern::cli {
+namespace fs = std::filesystem;
+namespace {
+
+using SteadyClock = std::chrono::steady_clock;
+
+struct Meta {
+  std::string session_id;
+  int pid = 0;
+  std::string socket;
+  std::string version;
+  uint64_t start_unix_ms = 0;
+  std::string config;
+  std::string metrics;  // host:port, known once the daemon answers
+  fs::path dir;
+};
+
+std::string HomeDir() {
+  if (const char* h = std::getenv("CISTERN_HOME"); h && *h) return h;
+  const char* home = std::getenv("HOME");
+  return std::string(home && *home ? home : "/tmp") + "/.cistern";
+}
+
+std::string HostId() {
+  char host[256] = {};
+  ::gethostname(host, sizeof host - 1);
+  std::string machine;
+  std::ifstream("/etc/machine-id") >> machine;
+  return std::string(host) + "-" + (machine.empty() ? "nomachineid" : machine.substr(0, 8));
+}
+
+fs::path HostDir() { return fs::path(HomeDir()) / "hosts" / HostId(); }
+
+bool Alive(int pid) {
+  if (pid <= 0) return false;
+  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
+  // A zombie or a recycled pid that is not cisternd does not count.
+  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  std::getline(stat, line);
+  auto close = line.rfind(')');
+  if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z') return false;
+  std::ifstream cmd(fmt::format("/proc/{}/cmdline", pid));
+  std::string argv0;
+  std::getline(cmd, argv0, '\0');
+  return argv0.find("cisternd") != std::string::npos;
+}
+
+std::optional<Meta> ReadMeta(const fs::path& dir) {
+  std::ifstream in(dir / "meta.json");
+  if (!in) return std::nullopt;
+  auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+  if (!j.is_object()) return std::nullopt;
+  Meta m;
+  m.dir = dir;
+  m.session_id = j.value("session_id", "");
+  m.pid = j.value("pid", 0);
+  m.socket = j.value("socket", "");
+  m.version = j.value("version", "");
+  m.start_unix_ms = j.value("start_unix_ms", uint64_t{0});
+  m.config = j.value("config", "");
+  m.metrics = j.value("metrics", "");
+  return m;
+}
+
+void WriteFileAtomically(const fs::path& path, const std::string& text) {
+  fs::path tmp = path;
+  tmp += ".tmp";
+  std::ofstream(tmp) << text;
+  fs::rename(tmp, path);
+}
+
+void WriteMeta(const Meta& m) {
+  nlohmann::json j = {{"session_id", m.session_id}, {"pid", m.pid},
+                      {"socket", m.socket},         {"version", m.version},
+                      {"start_unix_ms", m.start_unix_ms}, {"config", m.config},
+                      {"metrics", m.metrics}};
+  WriteFileAtomically(m.dir / "meta.json", j.dump(2) + "\n");
+}
+
+// The session named `id`, else the current one.
+std::optional<Meta> FindSession(const std::string& id) {
+  std::string sid = id;
+  if (sid.empty()) std::ifstream(HostDir() / "current_session") >> sid;
+  if (sid.empty()) return std::nullopt;
+  return ReadMeta(HostDir() / "sessions" / sid);
+}
+
+std::string LastLines(const fs::path& path, int n) {
+  std::ifstream in(path);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  std::string out;
+  for (size_t i = lines.size() > size_t(n) ? lines.size() - n : 0; i < lines.size(); ++i) {
+    out += "  " + lines[i] + "\n";
+  }
+  return out;
+}
+
+// Where the config comes from when --config is absent.
+absl::StatusOr<std::string> ResolveConfig(const std::string& given) {
+  if (!given.empty()) return given;
+  if (const char* e = std::getenv("CISTERN_CONFIG"); e && *e) return std::string(e);
+  std::vector<fs::path> candidates;
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  candidates.push_back(self / "../share/cistern/cisternd.yaml");
+  candidates.push_back(fs::path(CISTERN_SOURCE_DIR) / "deploy/config/cisternd.yaml");
+  std::string looked = "$CISTERN_CONFIG (unset)";
+  for (const fs::path& p : candidates) {
+    if (fs::exists(p, ec)) return fs::weakly_canonical(p, ec).string();
+    looked += ", " + p.lexically_normal().string();
+  }
+  return absl::NotFoundError("no config file: pass --config FILE; looked at " + looked);
+}
+
+std::string DaemonBinary() {
+  if (const char* e = std::getenv("CISTERN_DAEMON_BIN"); e && *e) return e;
+  std::error_code ec;
+  fs::path self = fs::read_symlink("/proc/self/exe", ec).parent_path();
+  for (const fs::path& p : {self / "cisternd", self / "../daemon/cisternd"}) {
+    if (fs::exists(p, ec)) return fs::weakly_canonical(p, ec).string();
+  }
+  return "cisternd";  // from PATH
+}
+
+std::string NewSessionId() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  std::tm tm{};
+  ::localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
+  return fmt::format("{}-{}", buf, getpid());
+}
+
+uint64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Probe(const std::string& socket) {
+  ConnectOptions o;
+  o.socket_path = socket;
+  o.client_name = "cistern-cli";
+  if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;
+  return Client::Connect(o);
+}
+
+// Sends SIGTERM, waits up to `grace`, then SIGKILL. True if it exited.
+bool StopProcess(int pid, std::chrono::seconds grace, bool is_child) {
+  ::kill(pid, SIGTERM);
+  auto deadline = SteadyClock::now() + grace;
+  while (SteadyClock::now() < deadline) {
+    if (is_child) {
+      if (::waitpid(pid, nullptr, WNOHANG) == pid) return true;
+    } else if (!Alive(pid)) {
+      return true;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ::kill(pid, SIGKILL);
+  if (is_child) ::waitpid(pid, nullptr, 0);
+  return false;
+}
+
+struct StartArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  bool blocking = false;
+  double timeout_s = 60;
+  double grace_s = 30;
+};
+
+volatile sig_atomic_t g_stop_signal = 0;
+void OnStopSignal(int sig) { g_stop_signal = sig; }
+
+int Start(const StartArgs& a, bool json) {
+  auto config_path = ResolveConfig(a.config);
+  if (!config_path.ok()) {
+    std::fprintf(stderr, "cistern: %s\n", std::string(config_path.status().message()).c_str());
+    return 2;
+  }
+  // One daemon per host: a live current session wins; a dead one is replaced.
+  if (auto cur = FindSession(""); cur) {
+    if (Alive(cur->pid)) {
+      std::fprintf(stderr,
+                   "cistern: cisternd is already running: session %s, pid %d, socket %s\n"
+                   "  stop it with `cistern daemon stop` or use it as it is\n",
+                   cur->session_id.c_str(), cur->pid, cur->socket.c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "cistern: replacing stale session %s (pid %d is not running)\n",
+                 cur->session_id.c_str(), cur->pid);
+  }
+  // The effective config: runtime state under the host directory unless the
+  // file says otherwise; --set wins over both.
+  config::DaemonConfig cfg;
+  if (absl::Status s = LoadYamlFile(*config_path, &cfg); !s.ok()) {
+    std::fprintf(stderr, "cistern: %s\n", std::string(s.message()).c_str());
+    return 2;
+  }
+  fs::path host = HostDir();
+  if (cfg.runtime_dir().empty()) cfg.set_runtime_dir((host / "run").string());
+  for (const std::string& set : a.sets) {
+    if (absl::Status s = ApplyOverride(set, &cfg); !s.ok()) {
+      std::fprintf(stderr, "cistern: --set %s: %s\n", set.c_str(), std::string(s.message()).c_str());
+      return 2;
+    }
+  }
+  ::setenv("CISTERN_HOME", HomeDir().c_str(), 1);  // defaults derive from it
+  daemon::ApplyDefaults(&cfg);
+  if (absl::Status s = daemon::ValidateDaemonConfig(cfg); !s.ok()) {
+    std::fprintf(stderr, "cistern: %s: %s\n", config_path->c_str(), std::string(s.message()).c_str());
+    return 2;
+  }
+  Meta m;
+  m.session_id = NewSessionId();
+  m.dir = host / "sessions" / m.session_id;
+  m.socket = cfg.socket_path();
+  m.version = CISTERN_VERSION;
+  m.config = *config_path;
+  std::error_code ec;
+  fs::create_directories(m.dir / "logs", ec);
+  fs::create_directories(cfg.runtime_dir(), ec);
+  if (ec || ::access(cfg.runtime_dir().c_str(), W_OK) != 0) {
+    std::fprintf(stderr, "cistern: runtime_dir '%s' is not writable\n", cfg.runtime_dir().c_str());
+    return 2;
+  }
+  std::string effective = (m.dir / "config.yaml").string();
+  std::ofstream(effective) << ToYaml(cfg);
+  fs::path out = m.dir / "logs" / "stdout.log", err = m.dir / "logs" / "stderr.log";
+
+  std::string bin = DaemonBinary();
+  pid_t pid = ::fork();
+  if (pid == 0) {
+    if (!a.blocking) {
+      ::setsid();
+      FILE* o = std::freopen(out.c_str(), "a", stdout);
+      FILE* e = std::freopen(err.c_str(), "a", stderr);
+      (void)o;
+      (void)e;
+      std::freopen("/dev/null", "r", stdin);
+    }
+    ::execlp(bin.c_str(), bin.c_str(), "--config", effective.c_str(), nullptr);
+    std::fprintf(stderr, "cistern: cannot run '%s': %s\n", bin.c_str(), std::strerror(errno));
+    std::_Exit(127);
+  }
+  m.pid = pid;
+  m.start_unix_ms = UnixMs();
+  WriteMeta(m);
+  WriteFileAtomically(host / "current_session", m.session_id + "\n");
+
+  if (a.blocking) {
+    struct sigaction sa {};
+    sa.sa_handler = OnStopSignal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    int status = 0;
+    for (;;) {
+      pid_t r = ::waitpid(pid, &status, 0);
+      if (r == pid) break;
+      if (r < 0 && errno == EINTR && g_stop_signal) {
+        std::fprintf(stderr, "cistern: stopping cisternd (pid %d)\n", pid);
+        StopProcess(pid, std::chrono::seconds(static_cast<int64_t>(a.grace_s)), true);
+        return 0;
+      }
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+  }
+
+  // Background: wait until it answers, saying so when it takes a while.
+  auto begin = SteadyClock::now();
+  auto next_note = begin + std::chrono::seconds(3);
+  auto deadline = begin + std::chrono::milliseconds(static_cast<int64_t>(a.timeout_s * 1000));
+  for (;;) {
+    int status = 0;
+    if (::waitpid(pid, &status, WNOHANG) == pid) {
+      std::fprintf(stderr, "cistern: cisternd exited during start (%s). Last log lines:\n%s%s",
+                   WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status)).c_str()
+                                     : fmt::format("signal {}", WTERMSIG(status)).c_str(),
+                   LastLines(out, 10).c_str(), LastLines(err, 10).c_str());
+      fs::remove(host / "current_session", ec);
+      return WIFEXITED(status) && WEXITSTATUS(status) == 2 ? 2 : 1;
+    }
+    if (auto c = Probe(m.socket); c.ok()) {
+      if (auto st = (*c)->Status(); st.ok()) {
+        m.metrics = st->metrics_endpoint;
+        WriteMeta(m);
+      }
+      break;
+    }
+    auto now = SteadyClock::now();
+    if (now > deadline) {
+      StopProcess(pid, std::chrono::seconds(5), true);
+      fs::remove(host / "current_session", ec);
+      std::fprintf(stderr, "cistern: cisternd did not become ready within %.0f s. Last log lines:\n%s%s",
+                   a.timeout_s, LastLines(out, 10).c_str(), LastLines(err, 10).c_str());
+      return 1;
+    }
+    if (now > next_note) {
+      std::fprintf(stderr, "cistern: waiting for cisternd (pid %d) to become ready...\n", pid);
+      next_note = now + std::chrono::seconds(2);
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (json) {
+    std::printf("{\"session\": %s, \"pid\": %d, \"socket\": %s, \"metrics\": %s, \"logs\": %s}\n",
+                JsonString(m.session_id).c_str(), pid, JsonString(m.socket).c_str(),
+                JsonString(m.metrics).c_str(), JsonString((m.dir / "logs").string()).c_str());
+  } else {
+    std::printf("cisternd started: session %s, pid %d, socket %s\nmetrics: http://%s/metrics\nlogs: %s\n",
+                m.session_id.c_str(), pid, m.socket.c_str(), m.metrics.c_str(),
+                (m.dir / "logs").c_str());
+  }
+  return 0;
+}
+
+int Stop(const std::string& id, double grace_s, bool json) {
+  auto m = FindSession(id);
+  if (!m) {
+    std::fprintf(stderr, "cistern: no daemon session %s\n", id.empty() ? "is current" : id.c_str());
+    return 1;
+  }
+  if (!Alive(m->pid)) {
+    std::fprintf(stderr, "cistern: session %s is not running (pid %d is gone)\n",
+                 m->session_id.c_str(), m->pid);
+    return 1;
+  }
+  bool clean = StopProcess(m->pid, std::chrono::seconds(static_cast<int64_t>(grace_s)), false);
+  std::string cur;
+  std::ifstream(HostDir() / "current_session") >> cur;
+  std::error_code ec;
+  if (cur == m->session_id) fs::remove(HostDir() / "current_session", ec);
+  if (json) {
+    std::printf("{\"session\": %s, \"pid\": %d, \"stopped\": true, \"killed\": %s}\n",
+                JsonString(m->session_id).c_str(), m->pid, clean ? "false" : "true");
+  } else {
+    std::printf("cisternd stopped: session %s, pid %d%s\n", m->session_id.c_str(), m->pid,
+                clean ? "" : " (killed after the grace period)");
+  }
+  return 0;
+}
+
+std::string Bytes(uint64_t n) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = n;
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  return u == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, units[u]);
+}
+
+int Status(bool json) {
+  auto m = FindSession("");
+  if (!m || !Alive(m->pid)) {
+    if (json) {
+      std::printf("{\"running\": false, \"session\": %s}\n",
+                  m ? JsonString(m->session_id).c_str() : "null");
+    } else if (m) {
+      std::printf("cisternd is not running (session %s, pid %d is gone)\n",
+                  m->session_id.c_str(), m->pid);
+    } else {
+      std::printf("cisternd is not running (no session under %s)\n", HostDir().c_str());
+    }
+    return 1;
+  }
+  auto c = Probe(m->socket);
+  absl::StatusOr<DaemonStatus> st = c.ok() ? (*c)->Status() : c.status();
+  if (!st.ok()) {
+    if (json) {
+      std::printf("{\"running\": true, \"healthy\": false, \"session\": %s, \"pid\": %d, "
+                  "\"error\": %s}\n",
+                  JsonString(m->session_id).c_str(), m->pid,
+                  JsonString(std::string(st.status().message())).c_str());
+    } else {
+      std::printf("cisternd pid %d (session %s) is running but not answering: %s\n", m->pid,
+                  m->session_id.c_str(), std::string(st.status().message()).c_str());
+    }
+    return 1;
+  }
+  if (json) {
+    std::string tiers, sessions;
+    for (const auto& t : st->stats.tiers) {
+      tiers += fmt::format(
+          "{}{{\"name\": {}, \"capacity_bytes\": {}, \"used_bytes\": {}, \"evictable_bytes\": {}, "
+          "\"objects\": {}, \"evictions\": {}}}",
+          tiers.empty() ? "" : ", ", JsonString(t.name), t.capacity_bytes, t.used_bytes,
+          t.evictable_bytes, t.objects, t.evictions);
+    }
+    for (const auto& s : st->sessions) {
+      sessions += fmt::format(
+          "{}{{\"id\": {}, \"pid\": {}, \"uid\": {}, \"client\": {}, \"leases\": {}, "
+          "\"pending_writes\": {}}}",
+          sessions.empty() ? "" : ", ", s.id, s.pid, s.uid, JsonString(s.client_name), s.leases,
+          s.pending_writes);
+    }
+    std::printf(
+        "{\"running\": true, \"healthy\": true, \"session\": %s, \"pid\": %d, \"version\": %s, "
+        "\"uptime_s\": %.1f, \"socket\": %s, \"metrics\": %s, \"objects\": %llu, \"leases\": %llu, "
+        "\"pending_writes\": %llu, \"tiers\": [%s], \"sessions\": [%s]}\n",
+        JsonString(m->session_id).c_str(), st->pid, JsonString(st->version).c_str(),
+        st->uptime_ms / 1000.0, JsonString(st->socket_path).c_str(),
+        JsonString(st->metrics_endpoint).c_str(), static_cast<unsigned long long>(st->stats.objects),
+        static_cast<unsigned long long>(st->stats.leases),
+        static_cast<unsigned long long>(st->stats.pending_writes), tiers.c_str(),
+        sessions.c_str());
+    return 0;
+  }
+  std::printf("cisternd %s: healthy, pid %d, up %.0f s, session %s\nsocket: %s\nmetrics: http://%s/metrics\n",
+              st->version.c_str(), st->pid, st->uptime_ms / 1000.0, m->session_id.c_str(),
+              st->socket_path.c_str(), st->metrics_endpoint.c_str());
+  std::printf("objects: %llu, leases: %llu, unsealed writes: %llu\n",
+              static_cast<unsigned long long>(st->stats.objects),
+              static_cast<unsigned long long>(st->stats.leases),
+              static_cast<unsigned long long>(st->stats.pending_writes));
+  std::printf("%-12s %12s %12s %12s %10s\n", "tier", "total", "used", "evictable", "evictions");
+  for (const auto& t : st->stats.tiers) {
+    std::printf("%-12s %12s %12s %12s %10llu\n", t.name.c_str(), Bytes(t.capacity_bytes).c_str(),
+                Bytes(t.used_bytes).c_str(), Bytes(t.evictable_bytes).c_str(),
+                static_cast<unsigned long long>(t.evictions));
+  }
+  std::printf("sessions (%zu):\n", st->sessions.size());
+  for (const auto& s : st->sessions) {
+    std::printf("  #%llu pid %d %-20s leases %llu, unsealed writes %llu\n",
+                static_cast<unsigned long long>(s.id), s.pid, s.client_name.c_str(),
+                static_cast<unsigned long long>(s.leases),
+                static_cast<unsigned long long>(s.pending_writes));
+  }
+  return 0;
+}
+
+int Logs(const std::string& id, bool follow, bool err) {
+  auto m = FindSession(id);
+  if (!m) {
+    std::fprintf(stderr, "cistern: no daemon session %s\n", id.empty() ? "is current" : id.c_str());
+    return 1;
+  }
+  fs::path path = m->dir / "logs" / (err ? "stderr.log" : "stdout.log");
+  std::ifstream in(path);
+  if (!in) {
+    std::fprintf(stderr, "cistern: no log at %s (a --blocking session logs to its terminal)\n",
+                 path.c_str());
+    return 1;
+  }
+  char buf[65536];
+  for (;;) {
+    in.read(buf, sizeof buf);
+    std::streamsize n = in.gcount();
+    if (n > 0) {
+      std::fwrite(buf, 1, n, stdout);
+      continue;
+    }
+    std::fflush(stdout);
+    if (!follow) return 0;
+    in.clear();
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+}
+
+}  // namespace
+
+std::string CurrentSessionSocket() {
+  auto m = FindSession("");
+  return m && Alive(m->pid) ? m->socket : "";
+}
+
+void RegisterDaemonCommands(CLI::App* app, Target* target, const bool* json, int* rc) {
+  auto* d = app->add_subcommand("daemon", "run cisternd in the background and manage it");
+  d->require_subcommand(1);
+
+  static StartArgs start;
+  auto add_start_options = [](CLI::App* c) {
+    c->add_option("--config", start.config,
+                  "config file (default: $CISTERN_CONFIG, then the shipped example)");
+    c->add_option("--set", start.sets, "override a config key, e.g. --set tiers.0.size=4GB");
+    c->add_option("--timeout", start.timeout_s, "seconds to wait for readiness (default 60)");
+  };
+  auto* s = d->add_subcommand("start", "start cisternd and wait until it answers");
+  add_start_options(s);
+  s->add_flag("--blocking", start.blocking,
+              "run in the foreground, logging to this terminal; SIGINT/SIGTERM stop it");
+  s->add_option("--grace", start.grace_s, "with --blocking: seconds between SIGTERM and SIGKILL");
+  s->callback([=] { *rc = Start(start, *json); });
+
+  static std::string session;
+  static double grace = 30;
+  auto* stop = d->add_subcommand("stop", "stop a session (default: the current one)");
+  stop->add_option("SESSION_ID", session);
+  stop->add_option("--grace", grace, "seconds between SIGTERM and SIGKILL (default 30)");
+  stop->callback([=] { *rc = Stop(session, grace, *json); });
+
+  auto* restart = d->add_subcommand("restart", "stop the current session and start a new one");
+  add_start_options(restart);
+  restart->add_option("--grace", grace, "seconds between SIGTERM and SIGKILL (default 30)");
+  restart->callback([=] {
+    auto cur = FindSession("");
+    if (cur && Alive(cur->pid)) {
+      if (start.config.empty()) start.config = cur->config;
+      if (int r = Stop("", grace, false); r != 0) {
+        *rc = r;
+        return;
+      }
+    }
+    *rc = Start(start, *json);
+  });
+
+  auto* status = d->add_subcommand("status", "health, usage and sessions of the current daemon");
+  status->callback([=] { *rc = Status(*json); });
+
+  static bool follow = false, err = false;
+  auto* logs = d->add_subcommand("logs", "print a session's log (default: the current one)");
+  logs->add_option("SESSION_ID", session);
+  logs->add_flag("-f,--follow", follow, "keep printing as the log grows");
+  logs->add_flag("--stderr", err, "print stderr (crash output, config errors)");
+  logs->callback([=] { *rc = Logs(session, follow, err); });
+}
+
+}  // namespace cistern::cli

@@ -1,0 +1,206 @@
+// `cistern daemon start|stop|status|logs` in a temporary $CISTERN_HOME.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "fmt/format.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "include/cistern/client.h"
+#include "tests/integration/daemon_harness.h"
+
+namespace cistern::testing {
+namespace {
+
+namespace fs = std::filesystem;
+using ::testing::HasSubstr;
+
+// Running and not a zombie waiting for init to reap it.
+bool Running(int pid) {
+  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
+  std::string line;
+  if (!std::getline(stat, line)) return false;
+  auto close = line.rfind(')');
+  return close != std::string::npos && line.size() > close + 2 && line[close + 2] != 'Z';
+}
+
+class DaemonCliTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/cistern-home-XXXXXX";
+    home_ = ::mkdtemp(tmpl);
+    arena_ = fmt::format("/dev/shm/cistern-clitest-{}-{}.arena", getpid(),
+                         fs::path(home_).filename().string());
+    // A small tier with an arena of our own; the rest from the shipped example.
+    sets_ = fmt::format("--set tiers.0.size=64MiB --set tiers.0.path={} --set metrics_port=0 ",
+                        arena_);
+  }
+  void TearDown() override {
+    Run("daemon stop --grace 5");
+    std::error_code ec;
+    fs::remove_all(home_, ec);
+    fs::remove(arena_, ec);
+  }
+  struct Result {
+    int code;
+    std::string out;
+  };
+  Result Run(const std::string& args) {
+    std::string cmd = fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= {} {} 2>&1", home_,
+                                  BinaryPath("src/cli/cistern"), args);
+    FILE* p = ::popen(cmd.c_str(), "r");
+    std::string out;
+    char buf[4096];
+    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+    int status = ::pclose(p);
+    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+  }
+  nlohmann::json Json(const std::string& args) {
+    Result r = Run("--json " + args);
+    auto j = nlohmann::json::parse(r.out, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << r.out;
+    return j;
+  }
+  // Session directories under the home.
+  std::vector<fs::path> Sessions() {
+    std::vector<fs::path> out;
+    std::error_code ec;
+    for (auto& host : fs::directory_iterator(fs::path(home_) / "hosts", ec)) {
+      for (auto& s : fs::directory_iterator(host.path() / "sessions", ec)) out.push_back(s.path());
+    }
+    return out;
+  }
+
+  std::string home_, arena_, sets_;
+};
+
+TEST_F(DaemonCliTest, StartStatusStopWithSessionFiles) {
+  Result start = Run("daemon start " + sets_);
+  ASSERT_EQ(start.code, 0) << start.out;
+  EXPECT_THAT(start.out, HasSubstr("cisternd started"));
+  auto sessions = Sessions();
+  ASSERT_EQ(sessions.size(), 1u);
+  std::ifstream meta_in(sessions[0] / "meta.json");
+  auto meta = nlohmann::json::parse(meta_in);
+  int pid = meta["pid"];
+  EXPECT_TRUE(Running(pid));
+  EXPECT_TRUE(fs::exists(sessions[0] / "config.yaml"));
+  EXPECT_EQ(Run("config validate " + (sessions[0] / "config.yaml").string()).code, 0);
+
+  // Data commands find the daemon through the current session.
+  std::string file = home_ + "/v";
+  std::ofstream(file) << "value";
+  ASSERT_EQ(Run("put k " + file).code, 0);
+  auto status = Json("daemon status");
+  EXPECT_EQ(status["running"], true);
+  EXPECT_EQ(status["healthy"], true);
+  EXPECT_EQ(status["pid"], pid);
+  EXPECT_EQ(status["objects"], 1);
+  EXPECT_EQ(status["tiers"][0]["capacity_bytes"], (64 << 20) - 4096);
+  EXPECT_THAT(Run("daemon logs").out, HasSubstr("ready on"));
+  std::ifstream meta_again(sessions[0] / "meta.json");
+  std::string metrics = nlohmann::json::parse(meta_again)["metrics"];
+  EXPECT_THAT(metrics, HasSubstr("127.0.0.1:"));
+  uint16_t port = static_cast<uint16_t>(std::stoi(metrics.substr(metrics.rfind(':') + 1)));
+  HttpResult scrape = HttpGet(port, "/metrics");
+  EXPECT_EQ(scrape.status, 200);
+  EXPECT_THAT(scrape.body, HasSubstr("cistern_objects 1"));
+
+  Result stop = Run("daemon stop");
+  ASSERT_EQ(stop.code, 0) << stop.out;
+  EXPECT_FALSE(Running(pid)) << "cisternd still running";
+  Result after = Run("daemon status");
+  EXPECT_EQ(after.code, 1);
+  EXPECT_THAT(after.out, HasSubstr("not running"));
+}
+
+TEST_F(DaemonCliTest, SecondStartIsRefusedAndNamesTheRunningSession) {
+  ASSERT_EQ(Run("daemon start " + sets_).code, 0);
+  Result again = Run("daemon start " + sets_);
+  EXPECT_EQ(again.code, 1);
+  EXPECT_THAT(again.out, HasSubstr("already running"));
+  EXPECT_EQ(Sessions().size(), 1u);
+}
+
+TEST_F(DaemonCliTest, StaleSessionAfterKill9IsReplacedAndDataSurvives) {
+  ASSERT_EQ(Run("daemon start " + sets_).code, 0);
+  std::string file = home_ + "/v";
+  std::ofstream(file) << "persisted";
+  ASSERT_EQ(Run("put kept " + file).code, 0);
+  int pid = Json("daemon status")["pid"];
+  ::kill(pid, SIGKILL);
+  for (int i = 0; i < 200 && Running(pid); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  Result start = Run("daemon start " + sets_);
+  ASSERT_EQ(start.code, 0) << start.out;
+  EXPECT_THAT(start.out, HasSubstr("replacing stale session"));
+  Result get = Run("get kept");
+  EXPECT_EQ(get.code, 0);
+  EXPECT_EQ(get.out, "persisted");
+}
+
+TEST_F(DaemonCliTest, BlockingModeStopsTheDaemonOnSigterm) {
+  pid_t cli = ::fork();
+  if (cli == 0) {
+    ::setenv("CISTERN_HOME", home_.c_str(), 1);
+    int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::dup2(null, 2);
+    std::string bin = BinaryPath("src/cli/cistern");
+    std::string sz = "tiers.0.size=64MiB", path = "tiers.0.path=" + arena_;
+    ::execl(bin.c_str(), bin.c_str(), "daemon", "start", "--blocking", "--grace", "5", "--set",
+            sz.c_str(), "--set", path.c_str(), "--set", "metrics_port=0", nullptr);
+    std::_Exit(127);
+  }
+  int daemon_pid = 0;
+  for (int i = 0; i < 500; ++i) {
+    auto st = Json("daemon status");
+    if (st.value("healthy", false)) {
+      daemon_pid = st["pid"];
+      break;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_GT(daemon_pid, 0);
+  ::kill(cli, SIGTERM);
+  int status = 0;
+  ::waitpid(cli, &status, 0);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  EXPECT_FALSE(Running(daemon_pid)) << "cisternd outlived the blocking CLI";
+}
+
+TEST_F(DaemonCliTest, BadConfigsExitTwoAndLeaveNoDaemon) {
+  std::string bad_key = home_ + "/bad.yaml";
+  std::ofstream(bad_key) << "tiers:\n  - name: mem\n    size: 64MiB\n    colour: blue\n";
+  struct Case {
+    std::string args;
+    std::string expect;
+  } cases[] = {
+      {"--config " + bad_key, "tiers[0].colour"},
+      {sets_ + "--set tiers.0.size=lots", "tiers.0.size"},
+      {sets_ + "--set tiers.0.size=-1GB", "tiers.0.size"},
+      {"--set tiers.0.size=100000TiB --set metrics_port=0", "physical memory"},
+      {sets_ + "--set socket_path=/tmp/" + std::string(120, 's'), "socket_path"},
+      {sets_ + "--set runtime_dir=/dev/null/run", "runtime_dir"},
+      {sets_ + "--set log_level=chatty", "log_level"},
+      {"--config /no/such/file.yaml", "/no/such/file.yaml"},
+  };
+  for (const Case& c : cases) {
+    Result r = Run("daemon start " + c.args);
+    EXPECT_EQ(r.code, 2) << c.args << "\n" << r.out;
+    EXPECT_THAT(r.out, HasSubstr(c.expect)) << c.args;
+    EXPECT_EQ(Run("daemon status").code, 1) << "a daemon was left behind by: " << c.args;
+  }
+}
+
+}  // namespace
+}  // namespace cistern::testing
