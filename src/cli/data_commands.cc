@@ -23,21 +23,6 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Connect(const Target& t) {
-  ConnectOptions o;
-  o.socket_path = t.socket;
-  if (o.socket_path.empty()) {
-    if (const char* a = std::getenv("CISTERN_ADDRESS"); a && *a) o.socket_path = a;
-  }
-  if (o.socket_path.empty()) o.socket_path = CurrentSessionSocket();
-  o.token = t.token;
-  if (o.token.empty()) {
-    if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;
-  }
-  o.client_name = "cistern-cli";
-  return Client::Connect(o);
-}
-
 bool WriteAll(int fd, const std::byte* p, size_t n) {
   while (n > 0) {
     ssize_t w = ::write(fd, p, n);
@@ -58,6 +43,21 @@ std::string InfoJson(const ObjectInfo& o) {
 }
 
 }  // namespace
+
+absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const Target& t) {
+  ConnectOptions o;
+  o.socket_path = t.socket;
+  if (o.socket_path.empty()) {
+    if (const char* a = std::getenv("CISTERN_ADDRESS"); a && *a) o.socket_path = a;
+  }
+  if (o.socket_path.empty()) o.socket_path = CurrentSessionSocket();
+  o.token = t.token;
+  if (o.token.empty()) {
+    if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;
+  }
+  o.client_name = "cistern-cli";
+  return Client::Connect(o);
+}
 
 std::string JsonString(std::string_view s) {
   std::string out = "\"";
@@ -86,7 +86,7 @@ int Put(const Target& t, const std::string& key, const std::string& file, bool e
     std::fprintf(stderr, "cistern: cannot open '%s': %s\n", file.c_str(), std::strerror(errno));
     return 2;
   }
-  auto c = Connect(t);
+  auto c = ConnectTo(t);
   if (!c.ok()) return Fail(c.status());
   PutOptions opts;
   opts.evictable = evictable;
@@ -135,7 +135,7 @@ int Put(const Target& t, const std::string& key, const std::string& file, bool e
 }
 
 int Get(const Target& t, const std::string& key, const std::string& out, bool json) {
-  auto c = Connect(t);
+  auto c = ConnectTo(t);
   if (!c.ok()) return Fail(c.status());
   auto v = (*c)->Get(key);
   if (!v.ok()) return Fail(v.status());
@@ -158,7 +158,7 @@ int Get(const Target& t, const std::string& key, const std::string& out, bool js
 }
 
 int List(const Target& t, const std::string& prefix, bool json) {
-  auto c = Connect(t);
+  auto c = ConnectTo(t);
   if (!c.ok()) return Fail(c.status());
   std::string cursor;
   bool first = true;
@@ -187,7 +187,7 @@ int List(const Target& t, const std::string& prefix, bool json) {
 }
 
 int Stat(const Target& t, const std::string& key, bool json) {
-  auto c = Connect(t);
+  auto c = ConnectTo(t);
   if (!c.ok()) return Fail(c.status());
   auto o = (*c)->Stat(key);
   if (!o.ok()) return Fail(o.status());
@@ -205,7 +205,7 @@ int Stat(const Target& t, const std::string& key, bool json) {
 }
 
 int Remove(const Target& t, const std::string& key, bool json) {
-  auto c = Connect(t);
+  auto c = ConnectTo(t);
   if (!c.ok()) return Fail(c.status());
   auto g = (*c)->Remove(key);
   if (!g.ok()) return Fail(g.status());

@@ -3,7 +3,11 @@
 // stderr as "cistern: <what went wrong>".
 #pragma once
 
+#include <memory>
 #include <string>
+
+#include "absl/status/statusor.h"
+#include "include/cistern/client.h"
 
 namespace cistern::cli {
 
@@ -14,6 +18,9 @@ struct Target {
   std::string socket;
   std::string token;
 };
+
+// Connects to the daemon `t` names (see Target).
+absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const Target& t);
 
 int Put(const Target& t, const std::string& key, const std::string& file, bool evictable,
         bool if_absent, bool json);

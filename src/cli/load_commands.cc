@@ -42,19 +42,6 @@ int BadInput(absl::string_view msg) {
   return 2;
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Connect(const Target& t) {
-  ConnectOptions o;
-  o.socket_path = t.socket;
-  if (o.socket_path.empty()) {
-    if (const char* a = std::getenv("CISTERN_ADDRESS"); a && *a) o.socket_path = a;
-  }
-  o.token = t.token;
-  if (o.token.empty()) {
-    if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;
-  }
-  o.client_name = "cistern-cli";
-  return Client::Connect(o);
-}
 
 std::string HumanBytes(uint64_t n) {
   constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
@@ -254,7 +241,7 @@ int Load(const Target& target, const LoadOptions& options, bool json) {
                  metadata_entries == 1 ? "entry" : "entries");
   }
 
-  auto c = Connect(target);
+  auto c = ConnectTo(target);
   if (!c.ok()) return Fail(c.status());
   PutOptions put;
   put.evictable = options.evictable;
@@ -296,7 +283,7 @@ int Load(const Target& target, const LoadOptions& options, bool json) {
 }
 
 int Export(const Target& target, const std::string& key, const std::string& path, bool json) {
-  auto c = Connect(target);
+  auto c = ConnectTo(target);
   if (!c.ok()) return Fail(c.status());
   auto v = (*c)->Get(key);
   if (!v.ok()) return Fail(v.status());

@@ -269,8 +269,15 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     return;
   }
   if (resp.has_status()) {
-    spdlog::debug("session {}: request {} rejected: {}", s->id, req.id(),
-                  resp.status().message());
+    // Malformed or unauthorised requests point at a client bug: info. Misses,
+    // conflicts and full tiers are normal traffic: debug.
+    auto c = static_cast<absl::StatusCode>(resp.status().code());
+    bool client_bug = c == absl::StatusCode::kInvalidArgument ||
+                      c == absl::StatusCode::kPermissionDenied ||
+                      c == absl::StatusCode::kFailedPrecondition;
+    spdlog::log(client_bug ? spdlog::level::info : spdlog::level::debug,
+                "session {} (pid {}): request {} rejected: {}", s->id, s->pid, req.id(),
+                resp.status().message());
   }
   Reply(s, resp);
   RecordRequest(VerbOf(req), code, start);

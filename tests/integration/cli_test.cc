@@ -118,6 +118,33 @@ TEST(CliConfigTest, ValidateNamesTheBadKeyAndShowEffectiveRoundTrips) {
   EXPECT_EQ(RunCli("config validate " + shown).code, 0) << ReadFile(shown);
 }
 
+// docs/operations.md must name every command and option that --help lists.
+TEST(CliDocsTest, OperationsGuideCoversEveryCommandAndOption) {
+  std::string doc = ReadFile(std::string(CISTERN_SOURCE_DIR) + "/docs/operations.md");
+  ASSERT_FALSE(doc.empty());
+  std::vector<std::string> commands = {
+      "",           "put",          "get",           "ls",           "stat",
+      "rm",         "load",         "export",        "config validate", "config show",
+      "daemon start", "daemon stop", "daemon restart", "daemon status", "daemon logs"};
+  for (const std::string& cmd : commands) {
+    if (!cmd.empty()) {
+      EXPECT_NE(doc.find("cistern " + cmd), std::string::npos) << "`cistern " << cmd << "`";
+    }
+    Result help = RunCli(cmd + " --help");
+    ASSERT_EQ(help.code, 0) << cmd;
+    std::istringstream lines(help.out);
+    for (std::string line; std::getline(lines, line);) {
+      for (size_t at = line.find("--"); at != std::string::npos; at = line.find("--", at + 2)) {
+        size_t end = line.find_first_of(" ,=:;)", at);
+        std::string option = line.substr(at, end == std::string::npos ? end : end - at);
+        if (option == "--help" || option.size() < 3) continue;
+        EXPECT_NE(doc.find(option), std::string::npos)
+            << "docs/operations.md lacks `cistern " << cmd << "` option " << option;
+      }
+    }
+  }
+}
+
 TEST(CliConfigTest, ShippedExampleConfigIsValid) {
   Result r = RunCli(std::string("config validate ") + CISTERN_SOURCE_DIR +
                     "/deploy/config/cisternd.yaml");
