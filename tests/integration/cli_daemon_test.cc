@@ -1,5 +1,8 @@
 // `cistern daemon start|stop|status|logs` in a temporary $CISTERN_HOME.
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -200,6 +203,24 @@ TEST_F(DaemonCliTest, BadConfigsExitTwoAndLeaveNoDaemon) {
     EXPECT_THAT(r.out, HasSubstr(c.expect)) << c.args;
     EXPECT_EQ(Run("daemon status").code, 1) << "a daemon was left behind by: " << c.args;
   }
+}
+
+TEST_F(DaemonCliTest, TakenMetricsPortExitsTwoNamingItAndLeavesNoDaemon) {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+  ASSERT_EQ(::listen(fd, 1), 0);
+  socklen_t len = sizeof a;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  int port = ntohs(a.sin_port);
+  Result r = Run("daemon start " + sets_ + fmt::format("--set metrics_port={}", port));
+  ::close(fd);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_THAT(r.out, HasSubstr(fmt::format("port {} is already in use", port)));
+  EXPECT_EQ(Run("daemon status").code, 1);
+  EXPECT_FALSE(fs::exists(arena_)) << "the arena was created before the port was checked";
 }
 
 }  // namespace
