@@ -16,13 +16,6 @@
 namespace cistern::cli {
 namespace {
 
-int Fail(const absl::Status& s) {
-  std::string msg(s.message());
-  if (s.code() == absl::StatusCode::kUnavailable) msg += " (is cisternd running?)";
-  std::fprintf(stderr, "cistern: %s\n", msg.c_str());
-  return 1;
-}
-
 bool WriteAll(int fd, const std::byte* p, size_t n) {
   while (n > 0) {
     ssize_t w = ::write(fd, p, n);
@@ -43,6 +36,13 @@ std::string InfoJson(const ObjectInfo& o) {
 }
 
 }  // namespace
+
+int Fail(const absl::Status& s) {
+  std::string msg(s.message());
+  if (s.code() == absl::StatusCode::kUnavailable) msg += " (is cisternd running?)";
+  std::fprintf(stderr, "cistern: %s\n", msg.c_str());
+  return 1;
+}
 
 absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const Target& t) {
   ConnectOptions o;

@@ -19,6 +19,10 @@ struct Target {
   std::string token;
 };
 
+// Prints "cistern: <message>" on stderr (with a hint when the daemon is not
+// running) and returns exit code 1.
+int Fail(const absl::Status& s);
+
 // Connects to the daemon `t` names (see Target).
 absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const Target& t);
 

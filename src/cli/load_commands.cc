@@ -30,13 +30,6 @@ namespace {
 // Bytes per pread into the object, and so the progress bar's step at most.
 constexpr uint64_t kReadChunk = 16 << 20;
 
-int Fail(const absl::Status& s) {
-  std::string msg(s.message());
-  if (s.code() == absl::StatusCode::kUnavailable) msg += " (is cisternd running?)";
-  std::fprintf(stderr, "cistern: %s\n", msg.c_str());
-  return 1;
-}
-
 int BadInput(absl::string_view msg) {
   std::fprintf(stderr, "cistern: %.*s\n", static_cast<int>(msg.size()), msg.data());
   return 2;

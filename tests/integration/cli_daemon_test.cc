@@ -52,19 +52,9 @@ class DaemonCliTest : public ::testing::Test {
     fs::remove_all(home_, ec);
     fs::remove(arena_, ec);
   }
-  struct Result {
-    int code;
-    std::string out;
-  };
+  using Result = CliResult;
   Result Run(const std::string& args) {
-    std::string cmd = fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= {} {} 2>&1", home_,
-                                  BinaryPath("src/cli/cistern"), args);
-    FILE* p = ::popen(cmd.c_str(), "r");
-    std::string out;
-    char buf[4096];
-    for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-    int status = ::pclose(p);
-    return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+    return RunCli(args, fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= ", home_));
   }
   nlohmann::json Json(const std::string& args) {
     Result r = Run("--json " + args);

@@ -50,6 +50,23 @@ HttpResult HttpGet(uint16_t port, const std::string& path) {
 // The value of the sample written exactly as `series` (name and labels, in
 // the order the daemon writes them), or -1 when there is none.
 
+CliResult RunCli(const std::string& args, const std::string& env) {
+  std::string cmd = env + BinaryPath("src/cli/cistern") + " " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  char buf[4096];
+  for (size_t n; (n = std::fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
+  int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
 std::string BinaryPath(const std::string& name) {
   return std::string(CISTERN_BUILD_DIR) + "/" + name;
 }

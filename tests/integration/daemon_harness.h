@@ -54,6 +54,16 @@ struct HttpResult {
 // GET http://127.0.0.1:port/path (HTTP/1.0, 10 s timeout).
 HttpResult HttpGet(uint16_t port, const std::string& path);
 
+// Runs the `cistern` binary with `args` through the shell (so args may hold
+// redirections), with `env` (e.g. "CISTERN_HOME=/tmp/x ") before it.
+struct CliResult {
+  int code;
+  std::string out;  // stdout and stderr together
+};
+CliResult RunCli(const std::string& args, const std::string& env = "");
+
+std::string ReadFile(const std::string& path);
+
 // Path of a binary built beside the tests (cisternd, cistern_test_client).
 std::string BinaryPath(const std::string& name);
 
