@@ -2,14 +2,15 @@
 # (scripts/bootstrap is idempotent), builds, and runs.
 #
 #   make demo    the main job end to end on the embedded default (release build)
-#   make test    every test: unit + integration under ASan+UBSan, concurrency under TSan
+#   make test    every test: unit + integration under ASan+UBSan, unit under TSan,
+#                the Python package's pytest suite against a release build
 #   make bench   the side-by-side benchmarks (see docs/benchmarks.md)
 #   make tsan    TSan build of the unit tests (the store's concurrency test among them)
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DPython_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3
 
-.PHONY: all bootstrap build release asan tsan test demo bench clean
+.PHONY: all bootstrap build release asan tsan pytest test demo bench clean
 
 all: build
 
@@ -37,9 +38,16 @@ tsan: bootstrap build/tsan/build.ninja
 	cmake --build build/tsan -j $(JOBS) --target store_test common_test daemon_test
 	cd build/tsan && TSAN_OPTIONS=halt_on_error=1 ctest -L unit --output-on-failure -j $(JOBS)
 
+# Debian's python3 with the package built into build/release/python.
+pytest: bootstrap build/release/build.ninja
+	cmake --build build/release -j $(JOBS) --target _cistern cisternd
+	PYTHONPATH=build/release/python:python/tests CISTERN_BUILD_DIR=build/release \
+	  /usr/bin/python3 -m pytest -q python/tests
+
 test: asan
 	cd build/asan && ctest --output-on-failure -j $(JOBS) --timeout 600
 	$(MAKE) tsan
+	$(MAKE) pytest
 
 demo: release
 	scripts/demo.sh build/release

@@ -60,7 +60,9 @@ struct PutOptions {
 
 // A leased, read-only view of one sealed generation. The bytes stay valid and
 // unchanged until the view is released or destroyed, even if the key is
-// removed or overwritten meanwhile. Move-only.
+// removed or overwritten meanwhile. They lie in a read-only mapping of the
+// arena: a write through a cast-away const faults instead of changing shared
+// data. Move-only.
 class ObjectView {
  public:
   ObjectView() = default;

@@ -267,7 +267,7 @@ absl::StatusOr<ObjectView> Client::MakeView(std::string_view key, const void* ge
       r.block_offset() + sizeof(store::ObjectHeader) > r.payload_offset()) {
     return absl::DataLossError("cisternd returned a lease outside the arena");  // v releases
   }
-  char* base = conn_->tier_base(r.tier());
+  const char* base = conn_->tier_read_base(r.tier());
   v.data_ = reinterpret_cast<const std::byte*>(base + r.payload_offset());
   v.size_ = r.size();
   const auto* h = reinterpret_cast<const store::ObjectHeader*>(base + r.block_offset());

@@ -63,18 +63,26 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOption
   }
   c->session_id_ = h.session_id();
   for (int i = 0; i < h.tiers_size(); ++i) {
-    void* p = ::mmap(nullptr, h.tiers(i).arena_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED,
-                     owned[i].get(), 0);
-    if (p == MAP_FAILED) {
+    uint64_t size = h.tiers(i).arena_bytes();
+    void* rw = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, owned[i].get(), 0);
+    if (rw == MAP_FAILED) {
       return ErrnoStatus(errno, fmt::format("map arena of tier '{}'", h.tiers(i).name()));
     }
-    c->tiers_.push_back({static_cast<char*>(p), h.tiers(i).arena_bytes()});
+    void* ro = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, owned[i].get(), 0);
+    if (ro == MAP_FAILED) {
+      ::munmap(rw, size);
+      return ErrnoStatus(errno, fmt::format("map arena of tier '{}'", h.tiers(i).name()));
+    }
+    c->tiers_.push_back({static_cast<char*>(rw), static_cast<const char*>(ro), size});
   }
   return c;
 }
 
 Connection::~Connection() {
-  for (const Mapping& m : tiers_) ::munmap(m.base, m.size);
+  for (const Mapping& m : tiers_) {
+    ::munmap(m.base, m.size);
+    ::munmap(const_cast<char*>(m.read_base), m.size);
+  }
 }
 
 absl::Status Connection::Broken() const {

@@ -30,7 +30,10 @@ class Connection {
   // daemon has already ended the session and everything it held).
   void SendOneway(wire::Request& req);
 
+  // The writable mapping (for writers) and a read-only mapping of the same
+  // file (for views, so no reader can change shared bytes).
   char* tier_base(uint32_t tier) const { return tiers_[tier].base; }
+  const char* tier_read_base(uint32_t tier) const { return tiers_[tier].read_base; }
   uint64_t tier_size(uint32_t tier) const { return tiers_[tier].size; }
   size_t tier_count() const { return tiers_.size(); }
   uint64_t session_id() const { return session_id_; }
@@ -39,6 +42,7 @@ class Connection {
  private:
   struct Mapping {
     char* base = nullptr;
+    const char* read_base = nullptr;
     uint64_t size = 0;
   };
   Connection() : in_(1ull << 30) {}

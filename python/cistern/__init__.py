@@ -1,0 +1,271 @@
+"""Cistern: zero-copy shared-memory tensors for every process on a host.
+
+    import cistern
+    c = cistern.connect()                        # address=, token=
+    ref = c.put("llama/layer0", state_dict)      # bytes, numpy array, torch tensor, or dict of them
+    sd = c.get("llama/layer0", as_="torch")      # dict of read-only tensors viewing shared memory
+    arr = c.get("blob", as_="numpy")
+    c.remove("llama/layer0"); c.stat(key); c.list(prefix)
+
+Values returned by ``get`` view the daemon's shared memory directly: no copy is
+made, and the object's bytes stay in place (a lease) for as long as any array or
+tensor built over them is alive, even if the key is removed or overwritten.
+The bytes lie in a read-only mapping: numpy arrays are read-only (writing raises
+ValueError); torch has no read-only tensors, so an in-place write to a returned
+tensor faults (SIGSEGV) rather than change data other processes share. Copy
+(``t.clone()``) before modifying.
+
+Errors: ``KeyError`` (not found), ``MemoryError`` (the tier is full),
+``PermissionError`` (token or uid refused), ``ValueError`` (bad key, value or
+option), ``ConnectionError`` (the daemon is not running), ``FileExistsError``
+(``if_absent`` and the key exists); all are also ``cistern.Error``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket as _socket
+import warnings
+from typing import Any, Dict, NamedTuple, Optional
+
+from . import _cistern
+
+__all__ = ["connect", "Client", "ObjectRef", "Error"]
+
+BARE = "."  # the manifest name of a bare (non-dict) array or tensor
+
+
+class Error(Exception):
+    """Base of every error Cistern raises; ``code`` is the status code name."""
+
+    code = "UNKNOWN"
+
+
+def _error_type(name: str, builtin: type, code: str) -> type:
+    return type(name, (Error, builtin), {"code": code, "__str__": lambda self: str(self.args[0])})
+
+
+NotFoundError = _error_type("NotFoundError", KeyError, "NOT_FOUND")
+ExhaustedError = _error_type("ExhaustedError", MemoryError, "RESOURCE_EXHAUSTED")
+PermissionDeniedError = _error_type("PermissionDeniedError", PermissionError, "PERMISSION_DENIED")
+InvalidArgumentError = _error_type("InvalidArgumentError", ValueError, "INVALID_ARGUMENT")
+UnavailableError = _error_type("UnavailableError", ConnectionError, "UNAVAILABLE")
+AlreadyExistsError = _error_type("AlreadyExistsError", FileExistsError, "ALREADY_EXISTS")
+
+# absl::StatusCode values.
+_BY_CODE = {
+    3: InvalidArgumentError,
+    5: NotFoundError,
+    6: AlreadyExistsError,
+    7: PermissionDeniedError,
+    8: ExhaustedError,
+    14: UnavailableError,
+}
+
+
+def _translate(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _cistern.Error as e:
+            code, message = e.args
+            cls = _BY_CODE.get(code)
+            if cls is None:
+                cls = type("Error", (Error,), {"code": str(code)})
+            raise cls(message) from None
+
+    return wrapper
+
+
+class ObjectRef(NamedTuple):
+    key: str
+    generation: int
+    nbytes: int
+
+
+def _current_session_socket() -> Optional[str]:
+    """The socket of the daemon `cistern daemon start` runs on this host."""
+    home = os.environ.get("CISTERN_HOME") or os.path.join(os.path.expanduser("~"), ".cistern")
+    try:
+        with open("/etc/machine-id") as f:
+            machine = f.read().strip()[:8]
+    except OSError:
+        machine = ""
+    host = os.path.join(home, "hosts", f"{_socket.gethostname()}-{machine or 'nomachineid'}")
+    try:
+        with open(os.path.join(host, "current_session")) as f:
+            session = f.read().strip()
+        with open(os.path.join(host, "sessions", session, "meta.json")) as f:
+            meta = json.load(f)
+        os.kill(int(meta["pid"]), 0)
+        return meta["socket"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+@_translate
+def connect(address: Optional[str] = None, token: Optional[str] = None,
+            name: str = "python") -> "Client":
+    """Connects to the host's cisternd: ``address``, else ``$CISTERN_ADDRESS``,
+    else the current ``cistern daemon start`` session, else the default socket.
+    ``token`` defaults to ``$CISTERN_TOKEN``."""
+    address = address or os.environ.get("CISTERN_ADDRESS") or _current_session_socket() or ""
+    if token is None:
+        token = os.environ.get("CISTERN_TOKEN", "")
+    return Client(_cistern.Client(address, token, name))
+
+
+# --- conversions -------------------------------------------------------------
+
+def _numpy():
+    import numpy
+    return numpy
+
+
+def _torch():
+    import torch
+    return torch
+
+
+_NUMPY_DTYPES = {
+    "float64": "float64", "float32": "float32", "float16": "float16", "int64": "int64",
+    "int32": "int32", "int16": "int16", "int8": "int8", "uint8": "uint8", "bool": "bool",
+    "uint16": "uint16", "uint32": "uint32", "uint64": "uint64",
+}
+
+
+def _torch_dtypes():
+    torch = _torch()
+    return {
+        "float64": torch.float64, "float32": torch.float32, "float16": torch.float16,
+        "bfloat16": torch.bfloat16, "int64": torch.int64, "int32": torch.int32,
+        "int16": torch.int16, "int8": torch.int8, "uint8": torch.uint8, "bool": torch.bool,
+    }
+
+
+def _is_torch(value) -> bool:
+    return type(value).__module__.startswith("torch") and hasattr(value, "data_ptr")
+
+
+def _tensor_entry(name: str, value):
+    """(name, dtype name, shape, contiguous buffer) for one array or tensor."""
+    if _is_torch(value):
+        if value.device.type != "cpu":
+            raise ValueError(f"tensor '{name}' is on {value.device}; Cistern holds CPU tensors "
+                             "only (move it with .cpu())")
+        dtype = str(value.dtype).replace("torch.", "")
+        if dtype not in _torch_dtypes():
+            raise ValueError(f"tensor '{name}' has unsupported dtype {value.dtype}")
+        shape = list(value.shape)
+        flat = value.detach().contiguous().reshape(-1)  # one copy if not contiguous
+        return name, dtype, shape, flat.view(_torch().uint8).numpy()
+    np = _numpy()
+    if isinstance(value, np.ndarray):
+        dtype = value.dtype.name
+        if dtype not in _NUMPY_DTYPES:
+            raise ValueError(f"array '{name}' has unsupported dtype {value.dtype}")
+        return name, dtype, list(value.shape), np.ascontiguousarray(value).reshape(-1).view(np.uint8)
+    raise TypeError(f"'{name}': expected a numpy array or torch tensor, got {type(value).__name__}")
+
+
+def _from_view(view, as_: str):
+    tensors = view.tensors
+    if as_ == "memoryview":
+        return memoryview(view)
+    if not tensors:
+        if as_ == "torch":
+            torch = _torch()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.frombuffer(view, dtype=torch.uint8)
+        return _numpy().frombuffer(view, dtype=_numpy().uint8)
+    out = {}
+    for t in tensors:
+        count = 1
+        for d in t["shape"]:
+            count *= d
+        if as_ == "torch":
+            torch = _torch()
+            dt = _torch_dtypes().get(t["dtype"])
+            if dt is None:
+                raise ValueError(f"tensor '{t['name']}' has dtype {t['dtype']}, which torch lacks")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "the given buffer is not writable"
+                if count == 0:
+                    arr = torch.empty(t["shape"], dtype=dt)
+                else:
+                    arr = torch.frombuffer(view, dtype=dt, count=count,
+                                           offset=t["offset"]).reshape(t["shape"])
+        else:
+            np = _numpy()
+            if t["dtype"] not in _NUMPY_DTYPES:
+                raise ValueError(f"tensor '{t['name']}' has dtype {t['dtype']}, which numpy "
+                                 "lacks; use as_='torch'")
+            arr = np.frombuffer(view, dtype=_NUMPY_DTYPES[t["dtype"]], count=count,
+                                offset=t["offset"]).reshape(t["shape"])
+        out[t["name"]] = arr
+    if list(out) == [BARE]:
+        return out[BARE]
+    return out
+
+
+class Client:
+    """A session with cisternd. Thread-safe; calls release the GIL."""
+
+    def __init__(self, native):
+        self._c = native
+
+    @property
+    def address(self) -> str:
+        return self._c.socket
+
+    @_translate
+    def put(self, key: str, value: Any, *, evictable: bool = False, if_absent: bool = False,
+            timeout: Optional[float] = None, checksum: bool = True) -> ObjectRef:
+        """Stores ``value`` as a new generation of ``key``: bytes-like, a numpy
+        array, a torch tensor, or a dict of str to arrays/tensors (one object,
+        one allocation). ``timeout`` (seconds) waits for space instead of
+        raising MemoryError at once."""
+        opts = dict(evictable=evictable, if_absent=if_absent, timeout=timeout or 0.0,
+                    checksum=checksum)
+        if isinstance(value, (bytes, bytearray, memoryview)):
+            return ObjectRef(*self._c.put_bytes(key, memoryview(value).cast("B"), **opts))
+        if isinstance(value, dict):
+            if not value:
+                raise ValueError(f"put of '{key}': the dict is empty")
+            entries = []
+            for name, v in value.items():
+                if not isinstance(name, str):
+                    raise TypeError(f"put of '{key}': dict keys must be str, got {name!r}")
+                entries.append(_tensor_entry(name, v))
+            return ObjectRef(*self._c.put_tensors(key, entries, **opts))
+        return ObjectRef(*self._c.put_tensors(key, [_tensor_entry(BARE, value)], **opts))
+
+    @_translate
+    def get(self, key: str, *, generation: int = 0, as_: str = "numpy"):
+        """The current generation of ``key`` (or exactly ``generation``),
+        zero-copy: a numpy array / torch tensor for a stored array or bytes, a
+        dict of them for a stored dict. ``as_``: "numpy", "torch" or
+        "memoryview"."""
+        if as_ not in ("numpy", "torch", "memoryview"):
+            raise ValueError(f"as_ must be 'numpy', 'torch' or 'memoryview', not {as_!r}")
+        return _from_view(self._c.get(key, generation), as_)
+
+    @_translate
+    def remove(self, key: str, *, generation: int = 0) -> int:
+        return self._c.remove(key, generation)
+
+    @_translate
+    def stat(self, key: str) -> Dict[str, Any]:
+        return self._c.stat(key)
+
+    @_translate
+    def list(self, prefix: str = ""):
+        return self._c.list(prefix)
+
+    @_translate
+    def stats(self) -> Dict[str, Any]:
+        return self._c.stats()

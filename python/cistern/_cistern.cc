@@ -1,0 +1,254 @@
+// The pybind11 module under the `cistern` Python package: a thin layer over
+// the C++ client (include/cistern/client.h). Values cross as buffers; the pure
+// Python side (cistern/__init__.py) builds numpy arrays and torch tensors over
+// them. Every call that talks to the daemon releases the GIL. Errors become
+// cistern.Error carrying the absl status code, which __init__.py maps to the
+// Python exception types (KeyError, MemoryError, ...).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "include/cistern/client.h"
+
+namespace py = pybind11;
+using cistern::Client;
+using cistern::ObjectView;
+
+namespace {
+
+py::object g_error;  // cistern._cistern.Error
+
+[[noreturn]] void Raise(const absl::Status& s) {
+  py::object e = g_error(static_cast<int>(s.code()), std::string(s.message()));
+  PyErr_SetObject(g_error.ptr(), e.ptr());
+  throw py::error_already_set();
+}
+
+template <typename T>
+T Check(absl::StatusOr<T> v) {
+  if (!v.ok()) Raise(v.status());
+  return std::move(*v);
+}
+
+// A leased view; exposes its bytes through the buffer protocol (read-only).
+// Python objects built over the buffer keep it, and so the lease, alive.
+struct View {
+  ObjectView view;
+  std::vector<py::dict> tensors() const {
+    std::vector<py::dict> out;
+    for (const auto& t : view.tensors()) {
+      py::dict d;
+      d["name"] = t.name;
+      d["dtype"] = std::string(cistern::DTypeName(t.dtype));
+      d["shape"] = t.shape;
+      d["offset"] = t.offset;
+      d["nbytes"] = t.nbytes;
+      out.push_back(d);
+    }
+    return out;
+  }
+};
+
+cistern::PutOptions Options(bool evictable, bool if_absent, double timeout, bool checksum) {
+  cistern::PutOptions o;
+  o.evictable = evictable;
+  o.if_absent = if_absent;
+  if (timeout > 0) o.wait = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
+  o.checksum = checksum;
+  return o;
+}
+
+py::tuple Ref(const cistern::ObjectRef& r) { return py::make_tuple(r.key, r.generation, r.size); }
+
+py::dict Info(const cistern::ObjectInfo& o) {
+  py::dict d;
+  d["key"] = o.key;
+  d["generation"] = o.generation;
+  d["size"] = o.size;
+  d["tier"] = o.tier;
+  d["evictable"] = o.evictable;
+  d["leases"] = o.leases;
+  d["tensors"] = o.tensors;
+  d["checksum"] = o.has_checksum ? py::object(py::int_(o.checksum)) : py::none();
+  return d;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cistern, m) {
+  m.doc() = "Cistern's native client; use the `cistern` package instead.";
+  g_error = py::reinterpret_borrow<py::object>(
+      PyErr_NewException("cistern._cistern.Error", PyExc_RuntimeError, nullptr));
+  m.attr("Error") = g_error;
+
+  py::class_<View, std::shared_ptr<View>>(m, "View", py::buffer_protocol())
+      .def_property_readonly("key", [](const View& v) { return v.view.key(); })
+      .def_property_readonly("generation", [](const View& v) { return v.view.generation(); })
+      .def_property_readonly("nbytes", [](const View& v) { return v.view.size(); })
+      .def_property_readonly("address",
+                             [](const View& v) { return reinterpret_cast<uintptr_t>(v.view.data()); })
+      .def_property_readonly("tensors", &View::tensors)
+      .def_property_readonly("leased", [](const View& v) { return v.view.valid(); })
+      .def("release",
+           [](View& v) {
+             if (!v.view.valid()) return;
+             absl::Status s;
+             {
+               py::gil_scoped_release unlocked;
+               s = v.view.Release();
+             }
+             if (!s.ok()) Raise(s);
+           })
+      .def_buffer([](View& v) -> py::buffer_info {
+        if (!v.view.valid()) {
+          throw py::value_error("the view of '" + v.view.key() + "' was released");
+        }
+        return py::buffer_info(const_cast<std::byte*>(v.view.data()), 1,
+                               py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(v.view.size())}, {1}, /*readonly=*/true);
+      });
+
+  py::class_<Client, std::shared_ptr<Client>>(m, "Client")
+      .def(py::init([](const std::string& socket, const std::string& token,
+                       const std::string& name) {
+             cistern::ConnectOptions o;
+             o.socket_path = socket;
+             o.token = token;
+             o.client_name = name;
+             absl::StatusOr<std::unique_ptr<Client>> c;
+             {
+               py::gil_scoped_release unlocked;
+               c = Client::Connect(o);
+             }
+             return std::shared_ptr<Client>(Check(std::move(c)));
+           }),
+           py::arg("socket") = "", py::arg("token") = "", py::arg("name") = "python")
+      .def_property_readonly("socket", &Client::socket_path)
+      .def(
+          "put_bytes",
+          [](Client& c, const std::string& key, py::buffer value, bool evictable, bool if_absent,
+             double timeout, bool checksum) {
+            py::buffer_info b = value.request();  // the Python side passes contiguous buffers
+            auto bytes = std::span<const std::byte>(static_cast<const std::byte*>(b.ptr),
+                                                    static_cast<size_t>(b.size * b.itemsize));
+            absl::StatusOr<cistern::ObjectRef> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = c.Put(key, bytes, Options(evictable, if_absent, timeout, checksum));
+            }
+            return Ref(Check(std::move(r)));
+          },
+          py::arg("key"), py::arg("value"), py::arg("evictable") = false,
+          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
+      .def(
+          "put_tensors",
+          // tensors: list of (name, dtype name, shape, contiguous buffer)
+          [](Client& c, const std::string& key, const py::list& tensors, bool evictable,
+             bool if_absent, double timeout, bool checksum) {
+            std::vector<cistern::TensorInput> in;
+            std::vector<py::buffer_info> keep;
+            for (const py::handle& item : tensors) {
+              auto t = item.cast<py::tuple>();
+              cistern::TensorInput ti;
+              ti.name = t[0].cast<std::string>();
+              std::string dtype = t[1].cast<std::string>();
+              auto d = cistern::DTypeFromName(dtype);
+              if (!d) Raise(absl::InvalidArgumentError("tensor '" + ti.name + "' has unsupported dtype " + dtype));
+              ti.dtype = *d;
+              ti.shape = t[2].cast<std::vector<uint64_t>>();
+              keep.push_back(t[3].cast<py::buffer>().request());
+              ti.data = std::span<const std::byte>(static_cast<const std::byte*>(keep.back().ptr),
+                                                   keep.back().size * keep.back().itemsize);
+              in.push_back(std::move(ti));
+            }
+            absl::StatusOr<cistern::ObjectRef> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = c.PutTensors(key, in, Options(evictable, if_absent, timeout, checksum));
+            }
+            return Ref(Check(std::move(r)));
+          },
+          py::arg("key"), py::arg("tensors"), py::arg("evictable") = false,
+          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
+      .def(
+          "get",
+          [](Client& c, const std::string& key, uint64_t generation) {
+            absl::StatusOr<ObjectView> v;
+            {
+              py::gil_scoped_release unlocked;
+              v = c.Get(key, generation);
+            }
+            auto view = std::make_shared<View>();
+            view->view = Check(std::move(v));
+            return view;
+          },
+          py::arg("key"), py::arg("generation") = 0)
+      .def(
+          "remove",
+          [](Client& c, const std::string& key, uint64_t generation) {
+            absl::StatusOr<uint64_t> g;
+            {
+              py::gil_scoped_release unlocked;
+              g = c.Remove(key, generation);
+            }
+            return Check(std::move(g));
+          },
+          py::arg("key"), py::arg("generation") = 0)
+      .def("stat",
+           [](Client& c, const std::string& key) {
+             absl::StatusOr<cistern::ObjectInfo> o;
+             {
+               py::gil_scoped_release unlocked;
+               o = c.Stat(key);
+             }
+             return Info(Check(std::move(o)));
+           })
+      .def(
+          "list",
+          [](Client& c, const std::string& prefix) {
+            py::list out;
+            std::string cursor;
+            do {
+              absl::StatusOr<cistern::ListResult> page;
+              {
+                py::gil_scoped_release unlocked;
+                page = c.List(prefix, 0, cursor);
+              }
+              auto p = Check(std::move(page));
+              for (const auto& o : p.objects) out.append(Info(o));
+              cursor = p.next_cursor;
+            } while (!cursor.empty());
+            return out;
+          },
+          py::arg("prefix") = "")
+      .def("stats", [](Client& c) {
+        absl::StatusOr<cistern::DaemonStats> s;
+        {
+          py::gil_scoped_release unlocked;
+          s = c.Stats();
+        }
+        auto st = Check(std::move(s));
+        py::dict d;
+        d["objects"] = st.objects;
+        d["leases"] = st.leases;
+        d["pending_writes"] = st.pending_writes;
+        d["sessions"] = st.sessions;
+        py::list tiers;
+        for (const auto& t : st.tiers) {
+          py::dict td;
+          td["name"] = t.name;
+          td["capacity_bytes"] = t.capacity_bytes;
+          td["used_bytes"] = t.used_bytes;
+          td["evictable_bytes"] = t.evictable_bytes;
+          tiers.append(td);
+        }
+        d["tiers"] = tiers;
+        return d;
+      });
+
+  m.def("default_socket", &cistern::DefaultSocketPath);
+}

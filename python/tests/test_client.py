@@ -1,0 +1,165 @@
+"""The Python client against a real cisternd: round trips, zero copy, leases,
+read-only views, and the error mapping."""
+
+import subprocess
+import sys
+import os
+
+import numpy as np
+import pytest
+import torch
+
+import cistern
+from conftest import Daemon
+
+NUMPY_DTYPES = ["float64", "float32", "float16", "int64", "int32", "int16", "int8", "uint8",
+                "bool", "uint16", "uint32", "uint64"]
+TORCH_DTYPES = [torch.float64, torch.float32, torch.float16, torch.bfloat16, torch.int64,
+                torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+def used(client):
+    return client.stats()["tiers"][0]["used_bytes"]
+
+
+def test_bytes_round_trip(client):
+    ref = client.put("blob", b"hello world")
+    assert ref == cistern.ObjectRef("blob", ref.generation, 11)
+    assert bytes(client.get("blob")) == b"hello world"
+    assert bytes(client.get("blob", as_="memoryview")) == b"hello world"
+
+
+@pytest.mark.parametrize("dtype", NUMPY_DTYPES)
+def test_numpy_round_trip_every_dtype(client, dtype):
+    rng = np.random.default_rng(7)
+    a = (rng.integers(0, 100, size=(3, 5)) % (2 if dtype == "bool" else 100)).astype(dtype)
+    client.put("a", a)
+    got = client.get("a")
+    assert got.dtype == a.dtype and got.shape == a.shape
+    np.testing.assert_array_equal(got, a)
+
+
+@pytest.mark.parametrize("dtype", TORCH_DTYPES, ids=str)
+def test_torch_round_trip_every_dtype(client, dtype):
+    t = (torch.arange(24).reshape(2, 3, 4) % (2 if dtype == torch.bool else 50)).to(dtype)
+    client.put("t", {"t": t, "scalar": torch.tensor(3, dtype=dtype)})
+    got = client.get("t", as_="torch")
+    assert got["t"].dtype == dtype and tuple(got["t"].shape) == (2, 3, 4)
+    assert torch.equal(got["t"], t)
+    assert got["scalar"].shape == () and torch.equal(got["scalar"], torch.tensor(3, dtype=dtype))
+
+
+def test_state_dict_is_one_object_with_aligned_tensors(client):
+    sd = {f"layers.{i}.weight": torch.randn(7, 3) for i in range(4)}
+    sd["empty"] = torch.zeros(0, 5)
+    client.put("sd", sd)
+    assert client.stat("sd")["tensors"] == 5
+    got = client.get("sd", as_="torch")
+    assert list(got) == list(sd)
+    for k in sd:
+        assert torch.equal(got[k], sd[k])
+    assert all(t.data_ptr() % 64 == 0 for t in got.values() if t.numel())
+
+
+def test_get_is_zero_copy_into_the_arena(client):
+    client.put("a", np.arange(1000, dtype=np.int64))
+    view = client._c.get("a", 0)
+    first = client.get("a")
+    second = client.get("a", as_="torch")
+    start = view.address
+    assert first.__array_interface__["data"][0] == start  # no copy: it is the arena
+    assert second.data_ptr() == start
+    # Another process sees the same physical pages: it reads what we stored.
+    code = ("import cistern,sys; c=cistern.connect(sys.argv[1]); "
+            "a=c.get('a'); sys.exit(0 if int(a.sum())==499500 else 1)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    assert subprocess.run([sys.executable, "-c", code, client.address], env=env).returncode == 0
+
+
+def test_views_are_read_only(client):
+    client.put("a", {"x": np.ones(4, dtype=np.float32)})
+    arr = client.get("a")["x"]
+    with pytest.raises(ValueError):
+        arr[0] = 5
+    # torch has no read-only tensors: an in-place write must fault, not land.
+    code = ("import cistern,sys; c=cistern.connect(sys.argv[1]); "
+            "t=c.get('a', as_='torch')['x']; t.add_(1)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    r = subprocess.run([sys.executable, "-c", code, client.address], env=env)
+    assert r.returncode == -11  # SIGSEGV
+    assert float(client.get("a")["x"].sum()) == 4.0
+
+
+def test_a_view_keeps_bytes_alive_after_remove_until_it_dies(client):
+    baseline = used(client)
+    client.put("k", np.full(100000, 7, dtype=np.int32))
+    arr = client.get("k")
+    client.remove("k")
+    with pytest.raises(KeyError):
+        client.get("k")
+    assert int(arr.sum()) == 700000  # still readable, unchanged
+    assert used(client) > baseline
+    del arr
+    assert client.stats()["leases"] == 0
+    assert used(client) == baseline
+
+
+def test_generation_reads_exactly_that_generation(client):
+    g1 = client.put("k", b"one").generation
+    g2 = client.put("k", b"two").generation
+    assert g2 > g1
+    assert bytes(client.get("k", generation=g2)) == b"two"
+    with pytest.raises(KeyError):
+        client.get("k", generation=g1)
+
+
+def test_non_contiguous_input_is_stored_contiguously(client):
+    base = torch.arange(20, dtype=torch.float32).reshape(4, 5)
+    client.put("t", {"t": base.t()})
+    assert torch.equal(client.get("t", as_="torch")["t"], base.t().contiguous())
+
+
+def test_error_mapping(client):
+    with pytest.raises(KeyError):
+        client.get("missing")
+    with pytest.raises(ValueError, match="key is empty"):
+        client.put("", b"x")
+    with pytest.raises(ValueError, match="does not fit"):
+        client.put("huge", np.zeros(1 << 30, dtype=np.uint8))
+    client.put("once", b"x", if_absent=True)
+    with pytest.raises(FileExistsError):
+        client.put("once", b"y", if_absent=True)
+    with pytest.raises(ValueError, match="meta"):
+        client.put("gpu", torch.empty(3, device="meta"))
+    with pytest.raises(TypeError):
+        client.put("obj", {"x": [1, 2, 3]})
+    with pytest.raises(ValueError, match="empty"):
+        client.put("nothing", {})
+    try:
+        client.get("missing")
+    except cistern.Error as e:
+        assert e.code == "NOT_FOUND"
+
+
+def test_full_tier_is_memory_error(client):
+    chunk = np.zeros(60 << 20, dtype=np.uint8)
+    with pytest.raises(MemoryError, match="no room"):
+        for i in range(10):
+            client.put(f"fill{i}", chunk)
+
+
+def test_no_daemon_is_connection_error():
+    with pytest.raises(ConnectionError, match="/tmp/no-such-cistern.sock"):
+        cistern.connect("/tmp/no-such-cistern.sock")
+
+
+def test_token_is_checked():
+    d = Daemon('token: "s3cret"\n')
+    try:
+        with pytest.raises(PermissionError):
+            cistern.connect(d.socket)
+        with pytest.raises(PermissionError):
+            cistern.connect(d.socket, token="guess")
+        cistern.connect(d.socket, token="s3cret").put("k", b"v")
+    finally:
+        d.stop()
