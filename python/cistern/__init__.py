@@ -65,17 +65,20 @@ _BY_CODE = {
 }
 
 
+def _raise(code: int, message: str):
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        cls = type("Error", (Error,), {"code": str(code)})
+    raise cls(message) from None
+
+
 def _translate(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except _cistern.Error as e:
-            code, message = e.args
-            cls = _BY_CODE.get(code)
-            if cls is None:
-                cls = type("Error", (Error,), {"code": str(code)})
-            raise cls(message) from None
+            _raise(*e.args)
 
     return wrapper
 
@@ -212,6 +215,33 @@ def _from_view(view, as_: str):
     return out
 
 
+class Writer:
+    """A reserved, invisible object filled in place through ``buffer`` (a
+    writable memoryview of the shared memory). Sealed when the ``with`` block
+    ends, aborted if it raises; ``ref`` is the sealed ObjectRef.
+
+    Do not keep arrays made from ``buffer`` beyond the block: the memory stays
+    mapped, and a write after the seal would change a sealed object (whose
+    checksum then fails at the daemon's next restart)."""
+
+    def __init__(self, pending):
+        self._w = pending
+        self.buffer = memoryview(pending).cast("B")
+        self.ref: Optional[ObjectRef] = None
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    @_translate
+    def __exit__(self, exc_type, exc, tb):
+        self.buffer.release()
+        if exc_type is not None:
+            self._w.abort()
+            return False
+        self.ref = ObjectRef(*self._w.seal())
+        return False
+
+
 class Client:
     """A session with cisternd. Thread-safe; calls release the GIL."""
 
@@ -253,6 +283,74 @@ class Client:
         if as_ not in ("numpy", "torch", "memoryview"):
             raise ValueError(f"as_ must be 'numpy', 'torch' or 'memoryview', not {as_!r}")
         return _from_view(self._c.get(key, generation), as_)
+
+    @_translate
+    def writer(self, key: str, nbytes: int, *, evictable: bool = False, if_absent: bool = False,
+               timeout: Optional[float] = None, checksum: bool = True) -> Writer:
+        """``with c.writer(key, n) as w: w.buffer[:] = ...`` fills a new
+        generation of ``key`` in place: no copy through this process."""
+        return Writer(self._c.create(key, nbytes, evictable=evictable, if_absent=if_absent,
+                                     timeout=timeout or 0.0, checksum=checksum))
+
+    @_translate
+    def put_many(self, items: Dict[str, Any], *, evictable: bool = False,
+                 if_absent: bool = False) -> list:
+        """Stores many values; bytes-like values travel in one batch (one round
+        trip), others are put one by one. Raises the first failure after trying
+        them all; returns ObjectRefs in the order of ``items``."""
+        keys = list(items)
+        raw = [(k, memoryview(v).cast("B")) for k, v in items.items()
+               if isinstance(v, (bytes, bytearray, memoryview))]
+        refs = {}
+        errors = []
+        for (k, _), r in zip(raw, self._c.put_many(raw, evictable=evictable,
+                                                   if_absent=if_absent) if raw else []):
+            if isinstance(r[1], int):
+                refs[k] = ObjectRef(*r)
+            else:
+                errors.append(r)
+        batched = {k for k, _ in raw}
+        for k in keys:
+            if k not in batched:
+                refs[k] = self.put(k, items[k], evictable=evictable, if_absent=if_absent)
+        if errors:
+            _raise(*errors[0])
+        return [refs[k] for k in keys]
+
+    @_translate
+    def get_many(self, keys, *, as_: str = "numpy") -> list:
+        """Values of many keys in one round trip, in order; KeyError (naming
+        the first missing key) if any is missing."""
+        results = self._c.get_many(list(keys))
+        failed = next((r for r in results if isinstance(r, tuple)), None)
+        if failed is not None:
+            for r in results:  # end the leases now, not when the traceback dies
+                if not isinstance(r, tuple):
+                    r.release()
+            _raise(*failed)
+        return [_from_view(v, as_) for v in results]
+
+    @_translate
+    def get_into(self, key: str, out, *, generation: int = 0):
+        """Copies ``key`` into caller-owned ``out``: an array/tensor, or a dict
+        of them with the same names, dtypes and shapes as the stored object."""
+        torch_out = _is_torch(next(iter(out.values())) if isinstance(out, dict) else out)
+        got = self.get(key, generation=generation, as_="torch" if torch_out else "numpy")
+        pairs = [(k, out[k], got.get(k)) for k in out] if isinstance(out, dict) else [(key, out, got)]
+        if isinstance(out, dict) and isinstance(got, dict) and set(out) != set(got):
+            raise ValueError(f"get_into '{key}': names differ: stored {sorted(got)}, "
+                             f"given {sorted(out)}")
+        for name, dst, src in pairs:
+            if src is None or tuple(dst.shape) != tuple(src.shape) or dst.dtype != src.dtype:
+                raise ValueError(f"get_into '{key}': '{name}' is stored as "
+                                 f"{getattr(src, 'dtype', None)} {tuple(getattr(src, 'shape', ()))}, "
+                                 f"given {dst.dtype} {tuple(dst.shape)}")
+        for name, dst, src in pairs:
+            if torch_out:
+                dst.copy_(src)
+            else:
+                dst[...] = src
+        return out
 
     @_translate
     def remove(self, key: str, *, generation: int = 0) -> int:

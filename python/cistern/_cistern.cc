@@ -53,6 +53,11 @@ struct View {
   }
 };
 
+// A pending write; its buffer is writable until Seal or Abort.
+struct PendingWrite {
+  cistern::Writer writer;
+};
+
 cistern::PutOptions Options(bool evictable, bool if_absent, double timeout, bool checksum) {
   cistern::PutOptions o;
   o.evictable = evictable;
@@ -110,6 +115,36 @@ PYBIND11_MODULE(_cistern, m) {
         return py::buffer_info(const_cast<std::byte*>(v.view.data()), 1,
                                py::format_descriptor<uint8_t>::format(), 1,
                                {static_cast<py::ssize_t>(v.view.size())}, {1}, /*readonly=*/true);
+      });
+
+  py::class_<PendingWrite, std::shared_ptr<PendingWrite>>(m, "PendingWrite",
+                                                          py::buffer_protocol())
+      .def_property_readonly("key", [](const PendingWrite& w) { return w.writer.key(); })
+      .def_property_readonly("nbytes", [](const PendingWrite& w) { return w.writer.size(); })
+      .def("seal",
+           [](PendingWrite& w) {
+             absl::StatusOr<cistern::ObjectRef> r;
+             {
+               py::gil_scoped_release unlocked;
+               r = w.writer.Seal();
+             }
+             return Ref(Check(std::move(r)));
+           })
+      .def("abort",
+           [](PendingWrite& w) {
+             if (w.writer.data() == nullptr) return;
+             absl::Status s;
+             {
+               py::gil_scoped_release unlocked;
+               s = w.writer.Abort();
+             }
+             if (!s.ok()) Raise(s);
+           })
+      .def_buffer([](PendingWrite& w) -> py::buffer_info {
+        if (w.writer.data() == nullptr) throw py::value_error("the write was sealed or aborted");
+        return py::buffer_info(w.writer.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(w.writer.size())}, {1},
+                               /*readonly=*/false);
       });
 
   py::class_<Client, std::shared_ptr<Client>>(m, "Client")
@@ -187,6 +222,75 @@ PYBIND11_MODULE(_cistern, m) {
             return view;
           },
           py::arg("key"), py::arg("generation") = 0)
+      .def(
+          "create",
+          [](Client& c, const std::string& key, uint64_t nbytes, bool evictable, bool if_absent,
+             double timeout, bool checksum) {
+            absl::StatusOr<cistern::Writer> w;
+            {
+              py::gil_scoped_release unlocked;
+              w = c.Create(key, nbytes, Options(evictable, if_absent, timeout, checksum));
+            }
+            auto pw = std::make_shared<PendingWrite>();
+            pw->writer = Check(std::move(w));
+            return pw;
+          },
+          py::arg("key"), py::arg("nbytes"), py::arg("evictable") = false,
+          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
+      .def(
+          "get_many",
+          // One round trip; a list of View or (code, message) per key.
+          [](Client& c, const std::vector<std::string>& keys) {
+            std::vector<absl::StatusOr<ObjectView>> views;
+            {
+              py::gil_scoped_release unlocked;
+              views = c.GetMany(keys);
+            }
+            py::list out;
+            for (auto& v : views) {
+              if (!v.ok()) {
+                out.append(py::make_tuple(static_cast<int>(v.status().code()),
+                                          std::string(v.status().message())));
+                continue;
+              }
+              auto view = std::make_shared<View>();
+              view->view = std::move(*v);
+              out.append(py::cast(view));
+            }
+            return out;
+          })
+      .def(
+          "put_many",
+          // items: list of (key, contiguous buffer); one round trip each way.
+          [](Client& c, const py::list& items, bool evictable, bool if_absent, bool checksum) {
+            std::vector<std::pair<std::string, std::span<const std::byte>>> in;
+            std::vector<py::buffer_info> keep;
+            for (const py::handle& item : items) {
+              auto t = item.cast<py::tuple>();
+              keep.push_back(t[1].cast<py::buffer>().request());
+              in.push_back({t[0].cast<std::string>(),
+                            std::span<const std::byte>(
+                                static_cast<const std::byte*>(keep.back().ptr),
+                                keep.back().size * keep.back().itemsize)});
+            }
+            std::vector<absl::StatusOr<cistern::ObjectRef>> refs;
+            {
+              py::gil_scoped_release unlocked;
+              refs = c.PutMany(in, Options(evictable, if_absent, 0, checksum));
+            }
+            py::list out;
+            for (auto& r : refs) {
+              if (r.ok()) {
+                out.append(Ref(*r));
+              } else {
+                out.append(py::make_tuple(static_cast<int>(r.status().code()),
+                                          std::string(r.status().message())));
+              }
+            }
+            return out;
+          },
+          py::arg("items"), py::arg("evictable") = false, py::arg("if_absent") = false,
+          py::arg("checksum") = true)
       .def(
           "remove",
           [](Client& c, const std::string& key, uint64_t generation) {

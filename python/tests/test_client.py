@@ -163,3 +163,54 @@ def test_token_is_checked():
         cistern.connect(d.socket, token="s3cret").put("k", b"v")
     finally:
         d.stop()
+
+
+def test_writer_fills_in_place_and_seals_on_exit(client):
+    with client.writer("w", 16) as w:
+        w.buffer[:] = bytes(range(16))
+    assert w.ref.nbytes == 16 and w.ref.generation > 0
+    assert bytes(client.get("w")) == bytes(range(16))
+    assert client.stat("w")["checksum"] is not None
+
+
+def test_writer_aborts_on_exception_and_leaves_nothing(client):
+    baseline = used(client)
+    with pytest.raises(RuntimeError, match="boom"):
+        with client.writer("w", 1 << 20) as w:
+            w.buffer[:10] = b"x" * 10
+            raise RuntimeError("boom")
+    with pytest.raises(KeyError):
+        client.get("w")
+    assert used(client) == baseline
+    assert client.stats()["pending_writes"] == 0
+
+
+def test_put_many_and_get_many(client):
+    items = {f"k{i}": bytes([i]) * 4096 for i in range(64)}
+    items["arr"] = np.arange(10)
+    refs = client.put_many(items)
+    assert [r.key for r in refs] == list(items)
+    got = client.get_many(list(items))
+    for (k, v), g in zip(items.items(), got):
+        if isinstance(v, bytes):
+            assert bytes(g) == v
+        else:
+            np.testing.assert_array_equal(g, v)
+    with pytest.raises(KeyError, match="'nope' not found"):
+        client.get_many(["k1", "nope"])
+    del got, g
+    assert client.stats()["leases"] == 0
+
+
+def test_get_into_fills_caller_owned_tensors(client):
+    sd = {"w": torch.randn(3, 4), "b": torch.arange(4, dtype=torch.int64)}
+    client.put("sd", sd)
+    out = {"w": torch.empty(3, 4), "b": torch.empty(4, dtype=torch.int64)}
+    client.get_into("sd", out)
+    assert torch.equal(out["w"], sd["w"]) and torch.equal(out["b"], sd["b"])
+    arr = np.empty((3, 4), dtype=np.float32)
+    client.put("a", sd["w"].numpy())
+    client.get_into("a", arr)
+    np.testing.assert_array_equal(arr, sd["w"].numpy())
+    with pytest.raises(ValueError, match="'w' is stored as"):
+        client.get_into("sd", {"w": torch.empty(2, 2), "b": torch.empty(4, dtype=torch.int64)})
