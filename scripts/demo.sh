@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # make demo: start cisternd in a temporary directory, put a synthetic 1 GiB
 # tensor dict, attach it zero-copy from 4 processes, kill -9 and restart the
-# daemon, show the object survived, stop the daemon. Usage: demo.sh BUILD_DIR
+# daemon, show the object survived, do the same from Python (a torch state
+# dict shared by 4 processes, features handed from a producer to a consumer),
+# stop the daemon. Usage: demo.sh BUILD_DIR
 set -euo pipefail
 build=$(cd "${1:-build/release}" && pwd)
 cisternd="$build/src/daemon/cisternd"
@@ -54,7 +56,9 @@ echo "  killed pid $pid"
 start
 grep "recovery:" "$log" | sed 's/^.*recovery:/  recovery:/'
 "$demo" check "$dir/cisternd.sock" llama/weights
-echo "== 5. stop the daemon (SIGTERM drains and exits 0)"
+echo "== 5. from Python: a torch state dict shared by 4 processes, features from a producer to a consumer"
+PYTHONPATH="$build/python" /usr/bin/python3 "$(dirname "$0")/../examples/demo_python.py" "$dir/cisternd.sock"
+echo "== 6. stop the daemon (SIGTERM drains and exits 0)"
 kill -TERM "$pid"; rc=0; wait "$pid" || rc=$?
 pid=""
 echo "  cisternd exited with status $rc"
