@@ -90,6 +90,7 @@ struct ObjectInfo {
   bool has_checksum = false;
   uint64_t checksum = 0;
   uint32_t tensors = 0;
+  uint64_t create_unix_ms = 0;  // when the generation was created (wall clock)
 };
 
 }  // namespace cistern

@@ -32,7 +32,7 @@ from typing import Any, Dict, NamedTuple, Optional
 
 from . import _cistern
 
-__all__ = ["connect", "Client", "ObjectRef", "Error"]
+__all__ = ["connect", "Client", "ObjectRef", "Error", "FeatureStore", "SampleRef", "Lease"]
 
 BARE = "."  # the manifest name of a bare (non-dict) array or tensor
 
@@ -367,3 +367,6 @@ class Client:
     @_translate
     def stats(self) -> Dict[str, Any]:
         return self._c.stats()
+
+
+from .feature_store import FeatureSpec, FeatureStore, Lease, SampleRef  # noqa: E402

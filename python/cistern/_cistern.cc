@@ -78,6 +78,7 @@ py::dict Info(const cistern::ObjectInfo& o) {
   d["evictable"] = o.evictable;
   d["leases"] = o.leases;
   d["tensors"] = o.tensors;
+  d["create_unix_ms"] = o.create_unix_ms;
   d["checksum"] = o.has_checksum ? py::object(py::int_(o.checksum)) : py::none();
   return d;
 }
@@ -341,6 +342,7 @@ PYBIND11_MODULE(_cistern, m) {
         d["leases"] = st.leases;
         d["pending_writes"] = st.pending_writes;
         d["sessions"] = st.sessions;
+        d["deferred_frees"] = st.deferred_frees;
         py::list tiers;
         for (const auto& t : st.tiers) {
           py::dict td;

@@ -65,8 +65,9 @@ absl::Status StatusOf(const wire::Response& r) {
 }
 
 ObjectInfo InfoOf(const wire::ObjectInfo& w) {
-  return ObjectInfo{w.key(),          w.generation(), w.size(),     w.tier(),    w.evictable(),
-                    w.leases(),       w.has_checksum(), w.checksum(), w.tensors()};
+  return ObjectInfo{w.key(),    w.generation(),   w.size(),     w.tier(),
+                    w.evictable(), w.leases(),     w.has_checksum(), w.checksum(),
+                    w.tensors(),   w.create_unix_ms()};
 }
 
 // Where a create reply says to write; DataLoss if it points outside the arena.

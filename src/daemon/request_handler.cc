@@ -15,6 +15,7 @@ void FillInfo(const ObjectInfo& s, wire::ObjectInfo* out) {
   out->set_checksum(s.checksum);
   out->set_has_checksum(s.has_checksum);
   out->set_tensors(s.tensors);
+  out->set_create_unix_ms(s.create_unix_ms);
 }
 
 absl::Status BatchTooLarge(int n, uint32_t max) {

@@ -385,6 +385,7 @@ ObjectInfo ObjectStore::StatOf(const Object* obj) const {
   s.has_checksum = (h->flags & kFlagHasChecksum) != 0;
   s.checksum = h->checksum;
   s.tensors = h->tensor_count;
+  s.create_unix_ms = h->create_unix_ns / 1'000'000;
   return s;
 }
 
