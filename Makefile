@@ -10,7 +10,7 @@
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DPython_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3
 
-.PHONY: all bootstrap build release asan tsan pytest test demo bench clean
+.PHONY: all bootstrap build release asan tsan pytest pipcheck test demo bench clean
 
 all: build
 
@@ -44,10 +44,20 @@ pytest: bootstrap build/release/build.ninja
 	PYTHONPATH=build/release/python:python/tests CISTERN_BUILD_DIR=build/release \
 	  /usr/bin/python3 -m pytest -q python/tests
 
+# The package installs with pip into a venv of Debian's python3 (no downloads)
+# and passes the client tests from there.
+pipcheck: bootstrap release
+	rm -rf build/venv
+	/usr/bin/python3 -m venv --system-site-packages build/venv
+	build/venv/bin/pip install -q --no-build-isolation --no-deps .
+	cd build && CISTERN_BUILD_DIR=$(CURDIR)/build/release PYTHONPATH=$(CURDIR)/python/tests \
+	  venv/bin/python -m pytest -q $(CURDIR)/python/tests/test_client.py
+
 test: asan
 	cd build/asan && ctest --output-on-failure -j $(JOBS) --timeout 600
 	$(MAKE) tsan
 	$(MAKE) pytest
+	$(MAKE) pipcheck
 
 demo: release
 	scripts/demo.sh build/release
