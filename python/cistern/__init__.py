@@ -174,6 +174,39 @@ def _tensor_entry(name: str, value):
     raise TypeError(f"'{name}': expected a numpy array or torch tensor, got {type(value).__name__}")
 
 
+def _flatten(key: str, d: dict, prefix: str):
+    """(path, leaf) pairs of a possibly nested dict; nesting becomes '/' in the
+    stored tensor names, so '/' may not appear inside a key."""
+    if not d:
+        raise ValueError(f"put of '{key}': {'the dict' if not prefix else repr(prefix[:-1])} is empty")
+    out = []
+    for name, v in d.items():
+        if not isinstance(name, str):
+            raise TypeError(f"put of '{key}': dict keys must be str, got {name!r}")
+        if not name or "/" in name:
+            raise ValueError(f"put of '{key}': dict key {name!r} must be non-empty and contain "
+                             "no '/' (it separates nested dicts)")
+        if isinstance(v, dict):
+            out.extend(_flatten(key, v, prefix + name + "/"))
+        else:
+            out.append((prefix + name, v))
+    return out
+
+
+def _nest(flat: dict) -> dict:
+    """Rebuilds nested dicts from '/'-separated names."""
+    if not any("/" in k for k in flat):
+        return flat
+    out: dict = {}
+    for path, v in flat.items():
+        *parents, leaf = path.split("/")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = v
+    return out
+
+
 def _from_view(view, as_: str):
     tensors = view.tensors
     if as_ == "memoryview":
@@ -212,7 +245,7 @@ def _from_view(view, as_: str):
         out[t["name"]] = arr
     if list(out) == [BARE]:
         return out[BARE]
-    return out
+    return _nest(out)
 
 
 class Writer:
@@ -256,21 +289,16 @@ class Client:
     def put(self, key: str, value: Any, *, evictable: bool = False, if_absent: bool = False,
             timeout: Optional[float] = None, checksum: bool = True) -> ObjectRef:
         """Stores ``value`` as a new generation of ``key``: bytes-like, a numpy
-        array, a torch tensor, or a dict of str to arrays/tensors (one object,
-        one allocation). ``timeout`` (seconds) waits for space instead of
+        array, a torch tensor, or a dict of str to arrays/tensors, possibly
+        nested (one object, one allocation; nesting is kept in the tensor names
+        as '/', so keys may not contain '/'). ``timeout`` (seconds) waits for space instead of
         raising MemoryError at once."""
         opts = dict(evictable=evictable, if_absent=if_absent, timeout=timeout or 0.0,
                     checksum=checksum)
         if isinstance(value, (bytes, bytearray, memoryview)):
             return ObjectRef(*self._c.put_bytes(key, memoryview(value).cast("B"), **opts))
         if isinstance(value, dict):
-            if not value:
-                raise ValueError(f"put of '{key}': the dict is empty")
-            entries = []
-            for name, v in value.items():
-                if not isinstance(name, str):
-                    raise TypeError(f"put of '{key}': dict keys must be str, got {name!r}")
-                entries.append(_tensor_entry(name, v))
+            entries = [_tensor_entry(name, v) for name, v in _flatten(key, value, "")]
             return ObjectRef(*self._c.put_tensors(key, entries, **opts))
         return ObjectRef(*self._c.put_tensors(key, [_tensor_entry(BARE, value)], **opts))
 

@@ -61,6 +61,21 @@ def test_state_dict_is_one_object_with_aligned_tensors(client):
     assert all(t.data_ptr() % 64 == 0 for t in got.values() if t.numel())
 
 
+def test_nested_state_dict_round_trips(client):
+    sd = {"encoder": {"layers.0.weight": torch.randn(2, 3), "norm": {"bias": torch.zeros(3)}},
+          "head": torch.arange(4, dtype=torch.int64)}
+    client.put("nested", sd)
+    got = client.get("nested", as_="torch")
+    assert set(got) == {"encoder", "head"} and set(got["encoder"]) == {"layers.0.weight", "norm"}
+    assert torch.equal(got["encoder"]["layers.0.weight"], sd["encoder"]["layers.0.weight"])
+    assert torch.equal(got["encoder"]["norm"]["bias"], sd["encoder"]["norm"]["bias"])
+    assert torch.equal(got["head"], sd["head"])
+    with pytest.raises(ValueError, match="contain no '/'"):
+        client.put("bad", {"a/b": torch.zeros(1)})
+    with pytest.raises(ValueError, match="is empty"):
+        client.put("bad", {"a": {}})
+
+
 def test_get_is_zero_copy_into_the_arena(client):
     client.put("a", np.arange(1000, dtype=np.int64))
     view = client._c.get("a", 0)
