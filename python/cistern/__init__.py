@@ -219,30 +219,31 @@ def _from_view(view, as_: str):
                 return torch.frombuffer(view, dtype=torch.uint8)
         return _numpy().frombuffer(view, dtype=_numpy().uint8)
     out = {}
-    for t in tensors:
-        count = 1
-        for d in t["shape"]:
-            count *= d
-        if as_ == "torch":
-            torch = _torch()
-            dt = _torch_dtypes().get(t["dtype"])
+    torch = _torch() if as_ == "torch" else None
+    dtypes = _torch_dtypes() if torch is not None else _NUMPY_DTYPES
+    np = _numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch: "the given buffer is not writable"
+        for t in tensors:
+            count = 1
+            for d in t["shape"]:
+                count *= d
+            dt = dtypes.get(t["dtype"])
             if dt is None:
-                raise ValueError(f"tensor '{t['name']}' has dtype {t['dtype']}, which torch lacks")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "the given buffer is not writable"
+                lib = "torch" if torch is not None else "numpy"
+                hint = "" if torch is not None else "; use as_='torch'"
+                raise ValueError(f"tensor '{t['name']}' has dtype {t['dtype']}, which {lib} "
+                                 f"lacks{hint}")
+            if torch is not None:
                 if count == 0:
                     arr = torch.empty(t["shape"], dtype=dt)
                 else:
                     arr = torch.frombuffer(view, dtype=dt, count=count,
                                            offset=t["offset"]).reshape(t["shape"])
-        else:
-            np = _numpy()
-            if t["dtype"] not in _NUMPY_DTYPES:
-                raise ValueError(f"tensor '{t['name']}' has dtype {t['dtype']}, which numpy "
-                                 "lacks; use as_='torch'")
-            arr = np.frombuffer(view, dtype=_NUMPY_DTYPES[t["dtype"]], count=count,
-                                offset=t["offset"]).reshape(t["shape"])
-        out[t["name"]] = arr
+            else:
+                arr = np.frombuffer(view, dtype=dt, count=count,
+                                    offset=t["offset"]).reshape(t["shape"])
+            out[t["name"]] = arr
     if list(out) == [BARE]:
         return out[BARE]
     return _nest(out)
