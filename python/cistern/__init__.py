@@ -276,6 +276,32 @@ class Writer:
         return False
 
 
+class Leased:
+    """A value from ``Client.lease``: ``value`` views the shared memory until
+    ``release()`` or the end of the ``with`` block, which end the lease at
+    once instead of when the arrays are garbage-collected. Do not use
+    ``value`` afterwards: its memory may be reused for other objects."""
+
+    def __init__(self, view, value):
+        self._view = view
+        self.value = value
+        self.key = view.key
+        self.generation = view.generation
+
+    @_translate
+    def release(self) -> None:
+        """Ends the lease now. Idempotent."""
+        self.value = None
+        self._view.release()
+
+    def __enter__(self):
+        return self.value
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
 class Client:
     """A session with cisternd. Thread-safe; calls release the GIL."""
 
@@ -380,6 +406,15 @@ class Client:
             else:
                 dst[...] = src
         return out
+
+    @_translate
+    def lease(self, key: str, *, generation: int = 0, as_: str = "numpy") -> Leased:
+        """Like ``get``, but the lease ends at ``release()`` or when the
+        ``with`` block exits: ``with c.lease(key) as sd: ...``."""
+        if as_ not in ("numpy", "torch", "memoryview"):
+            raise ValueError(f"as_ must be 'numpy', 'torch' or 'memoryview', not {as_!r}")
+        view = self._c.get(key, generation)
+        return Leased(view, _from_view(view, as_))
 
     @_translate
     def remove(self, key: str, *, generation: int = 0) -> int:

@@ -119,6 +119,23 @@ def test_a_view_keeps_bytes_alive_after_remove_until_it_dies(client):
     assert used(client) == baseline
 
 
+def test_lease_ends_at_release_or_block_exit(client):
+    baseline = used(client)
+    client.put("k", np.arange(100000, dtype=np.int64))
+    with client.lease("k") as arr:
+        assert int(arr[-1]) == 99999
+        assert client.stats()["leases"] == 1
+    assert client.stats()["leases"] == 0
+    client.remove("k")
+    assert used(client) == baseline  # freed though `arr` is still referenced
+    client.put("k", b"v")
+    held = client.lease("k", as_="memoryview")
+    assert bytes(held.value) == b"v"
+    held.release()
+    held.release()  # idempotent
+    assert held.value is None and client.stats()["leases"] == 0
+
+
 def test_generation_reads_exactly_that_generation(client):
     g1 = client.put("k", b"one").generation
     g2 = client.put("k", b"two").generation
