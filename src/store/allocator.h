@@ -14,7 +14,8 @@ namespace cistern::store {
 
 class Allocator {
  public:
-  // Manages [begin, begin + size). Starts with nothing free; call AddFree.
+  // Manages [begin, begin + size). Starts with nothing free; Free the ranges
+  // that are (recovery frees what its arena walk finds free).
   Allocator(uint64_t begin, uint64_t size) : begin_(begin), size_(size) {}
 
   struct Allocation {
@@ -31,10 +32,6 @@ class Allocator {
   // Returns [offset, offset + n) and coalesces it with free neighbours. The
   // result is the free range that now contains it.
   std::pair<uint64_t, uint64_t> Free(uint64_t offset, uint64_t n);
-
-  // Marks a range free without coalescing checks beyond its neighbours (used
-  // while rebuilding from an arena walk). Same contract as Free.
-  std::pair<uint64_t, uint64_t> AddFree(uint64_t offset, uint64_t n) { return Free(offset, n); }
 
   uint64_t capacity() const { return size_; }
   uint64_t free_bytes() const { return free_bytes_; }

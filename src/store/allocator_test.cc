@@ -10,9 +10,9 @@ namespace {
 
 TEST(AllocatorTest, BestFitPicksSmallestRangeThatHolds) {
   Allocator a(0, 64 * 100);
-  a.AddFree(0, 64 * 10);
-  a.AddFree(64 * 20, 64 * 3);
-  a.AddFree(64 * 30, 64 * 5);
+  a.Free(0, 64 * 10);
+  a.Free(64 * 20, 64 * 3);
+  a.Free(64 * 30, 64 * 5);
   auto x = a.Allocate(64 * 3);
   ASSERT_TRUE(x);
   EXPECT_EQ(x->offset, 64u * 20);
@@ -27,7 +27,7 @@ TEST(AllocatorTest, BestFitPicksSmallestRangeThatHolds) {
 
 TEST(AllocatorTest, FreeCoalescesWithBothNeighbours) {
   Allocator a(0, 64 * 3);
-  a.AddFree(0, 64 * 3);
+  a.Free(0, 64 * 3);
   auto x = a.Allocate(64);
   auto y = a.Allocate(64);
   auto z = a.Allocate(64);
@@ -48,7 +48,7 @@ TEST(AllocatorTest, FreeCoalescesWithBothNeighbours) {
 
 TEST(AllocatorTest, ExhaustionReturnsNothingAndChangesNothing) {
   Allocator a(4096, 64 * 8);
-  a.AddFree(4096, 64 * 8);
+  a.Free(4096, 64 * 8);
   EXPECT_FALSE(a.Allocate(64 * 9));
   EXPECT_EQ(a.free_bytes(), 64u * 8);
   a.CheckInvariantsForTest();
@@ -58,7 +58,7 @@ TEST(AllocatorTest, RandomWorkloadKeepsInvariantsAndReturnsToEmpty) {
   std::mt19937_64 rng(7);
   const uint64_t kSize = 64 * 4096;
   Allocator a(0, kSize);
-  a.AddFree(0, kSize);
+  a.Free(0, kSize);
   std::vector<std::pair<uint64_t, uint64_t>> live;
   for (int i = 0; i < 20000; ++i) {
     if (live.empty() || rng() % 3 != 0) {
@@ -83,7 +83,7 @@ TEST(AllocatorTest, RandomWorkloadKeepsInvariantsAndReturnsToEmpty) {
 
 TEST(AllocatorDeathTest, DoubleFreeAborts) {
   Allocator a(0, 64 * 4);
-  a.AddFree(0, 64 * 4);
+  a.Free(0, 64 * 4);
   auto x = a.Allocate(64);
   a.Free(x->offset, 64);
   EXPECT_DEATH(a.Free(x->offset, 64), "double free");

@@ -128,7 +128,7 @@ absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc, bool drop
   auto flush_run = [&] {
     if (run_size == 0) return;
     WriteFreeTag(run_start, run_size);
-    alloc->AddFree(run_start, run_size);
+    alloc->Free(run_start, run_size);
     run_size = 0;
   };
   uint64_t off = data_offset();
