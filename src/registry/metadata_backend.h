@@ -1,0 +1,95 @@
+// MetadataBackend: where Cistern keeps every durable piece of metadata (stream
+// ledgers now; workers, heartbeats and the replica catalog later). It is an
+// ordered key-value map with atomic, durable batches — the shape etcd offers
+// too, so an etcd backend can implement the same interface.
+//
+// Keys and values are arbitrary bytes; keys sort bytewise. Callers build their
+// own key layout on top (a component prefix, then fixed-width big-endian
+// numbers where order matters).
+//
+// Thread-safety: implementations are safe to call from any thread; calls are
+// serialised internally (one writer).
+//
+// Errors (the message names the backend, e.g. the database path, and the cause):
+//   ResourceExhausted  the disk or database is full; nothing was applied.
+//   Unavailable        the storage cannot be written or read now (read-only
+//                      file, I/O error, locked by another process); nothing
+//                      was applied.
+//   DataLoss           the stored data is corrupt.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/functional/function_ref.h"
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace cistern::registry {
+
+// Puts and deletes applied together by MetadataBackend::Apply, in order.
+class WriteBatch {
+ public:
+  struct Op {
+    std::string key;
+    std::optional<std::string> value;  // nullopt: delete `key`
+  };
+  void Put(std::string key, std::string value) { ops_.push_back({std::move(key), std::move(value)}); }
+  void Delete(std::string key) { ops_.push_back({std::move(key), std::nullopt}); }
+  const std::vector<Op>& ops() const { return ops_; }
+  bool empty() const { return ops_.empty(); }
+  size_t size() const { return ops_.size(); }
+  void Clear() { ops_.clear(); }
+
+ private:
+  std::vector<Op> ops_;
+};
+
+class MetadataBackend {
+ public:
+  virtual ~MetadataBackend() = default;
+
+  // Applies every op of `batch` or none. On OK the batch is durable (it
+  // survives a crash of this process and, for durable backends, of the host).
+  // On error nothing was applied. An empty batch is OK and writes nothing.
+  virtual absl::Status Apply(const WriteBatch& batch) = 0;
+
+  // The value of `key`, or nullopt when absent.
+  virtual absl::StatusOr<std::optional<std::string>> Get(std::string_view key) = 0;
+
+  // Calls `visit(key, value)` for every key starting with `prefix`, in key
+  // order, until it returns false. `visit` must not call into the backend.
+  virtual absl::Status Scan(std::string_view prefix,
+                            absl::FunctionRef<bool(std::string_view key, std::string_view value)>
+                                visit) = 0;
+
+  // What and where, for logs and errors: "sqlite:/path/registry.db", "memory".
+  virtual std::string Describe() const = 0;
+};
+
+// A backend in process memory: nothing survives the process. For tests and
+// for callers that need no durability. `FailWritesForTest` makes every later
+// Apply fail with the given status (OK restores normal operation).
+class MemoryBackend : public MetadataBackend {
+ public:
+  MemoryBackend();
+  ~MemoryBackend() override;
+  absl::Status Apply(const WriteBatch& batch) override;
+  absl::StatusOr<std::optional<std::string>> Get(std::string_view key) override;
+  absl::Status Scan(std::string_view prefix,
+                    absl::FunctionRef<bool(std::string_view, std::string_view)> visit) override;
+  std::string Describe() const override { return "memory"; }
+
+  void FailWritesForTest(absl::Status status);
+  // Applies that succeeded so far.
+  uint64_t applied_batches() const;
+
+ private:
+  struct State;
+  std::unique_ptr<State> state_;
+};
+
+}  // namespace cistern::registry
