@@ -233,6 +233,7 @@ class Client {
   const std::string& socket_path() const;
 
  private:
+  friend class Stream;
   explicit Client(std::shared_ptr<client_internal::Connection> conn);
   absl::StatusOr<ObjectView> MakeView(std::string_view key, const void* get_reply);
   std::shared_ptr<client_internal::Connection> conn_;

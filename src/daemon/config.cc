@@ -70,6 +70,18 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cfg->recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_UNSPECIFIED) {
     cfg->mutable_recovery()->set_on_corrupt_object(config::CORRUPT_OBJECT_POLICY_FAIL);
   }
+  if (cfg->state_dir().empty()) {
+    const char* home = std::getenv("CISTERN_HOME");
+    cfg->set_state_dir(home && *home ? std::string(home) + "/state" : "/var/tmp/cistern-" + uid);
+  }
+  auto* reg = cfg->mutable_registry();
+  if (reg->mode() == config::REGISTRY_MODE_UNSPECIFIED) reg->set_mode(config::REGISTRY_MODE_EMBEDDED);
+  if (reg->path().empty()) reg->set_path(cfg->state_dir() + "/registry.db");
+  auto* st = cfg->mutable_streams();
+  if (st->lease_timeout_ms() == 0) st->set_lease_timeout_ms(60'000);
+  if (!st->has_high_watermark_bytes()) st->set_high_watermark_bytes(cfg->tiers(0).size() / 2);
+  if (!st->has_low_watermark_bytes()) st->set_low_watermark_bytes(st->high_watermark_bytes() / 5 * 4);
+  if (st->max_lease_refs() == 0) st->set_max_lease_refs(4096);
 }
 
 absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
@@ -139,6 +151,20 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   }
   if (cfg.log_max_bytes() < 64 * 1024) {
     return bad(fmt::format("log_max_bytes {} is below the minimum of 64KiB", cfg.log_max_bytes()));
+  }
+  if (cfg.state_dir().empty() || cfg.state_dir()[0] != '/') {
+    return bad(fmt::format("state_dir '{}' must be absolute", cfg.state_dir()));
+  }
+  if (cfg.registry().path().empty() || cfg.registry().path()[0] != '/') {
+    return bad(fmt::format("registry.path '{}' must be absolute", cfg.registry().path()));
+  }
+  const auto& st = cfg.streams();
+  if (st.high_watermark_bytes() > 0 && st.low_watermark_bytes() > st.high_watermark_bytes()) {
+    return bad(fmt::format("streams.low_watermark_bytes {} is above streams.high_watermark_bytes {}",
+                           st.low_watermark_bytes(), st.high_watermark_bytes()));
+  }
+  if (st.max_lease_refs() > (1u << 20)) {
+    return bad(fmt::format("streams.max_lease_refs {} exceeds {}", st.max_lease_refs(), 1u << 20));
   }
   if (cfg.log_max_files() > 1000) {
     return bad(fmt::format("log_max_files {} exceeds 1000", cfg.log_max_files()));

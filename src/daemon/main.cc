@@ -24,7 +24,9 @@
 #include "src/daemon/http_server.h"
 #include "src/daemon/metrics.h"
 #include "src/daemon/server.h"
+#include "src/registry/sqlite_backend.h"
 #include "src/store/object_store.h"
+#include "src/stream/stream_manager.h"
 
 namespace {
 
@@ -115,6 +117,32 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   }
   metrics.SetRecovery(report);
 
+  // The embedded registry and the streams in it, reconciled against the store.
+  std::filesystem::create_directories(std::filesystem::path(cfg.registry().path()).parent_path(),
+                                      ec);
+  auto registry = registry::OpenSqliteBackend({.path = cfg.registry().path()});
+  if (!registry.ok()) {
+    spdlog::error("registry: {}", registry.status().message());
+    return 1;
+  }
+  stream::StreamDefaults stream_defaults;
+  stream_defaults.lease_timeout_ms = cfg.streams().lease_timeout_ms();
+  stream_defaults.high_watermark_bytes = cfg.streams().high_watermark_bytes();
+  stream_defaults.low_watermark_bytes = cfg.streams().low_watermark_bytes();
+  stream_defaults.max_lease_refs = cfg.streams().max_lease_refs();
+  std::vector<std::pair<std::string, stream::ReconcileReport>> reconciled;
+  auto streams = stream::StreamManager::Open(registry->get(), store->get(), Clock::Real(),
+                                             stream_defaults, &reconciled);
+  if (!streams.ok()) {
+    spdlog::error("streams: {}", streams.status().message());
+    return 1;
+  }
+  spdlog::info("registry {}: {} streams", (*registry)->Describe(), reconciled.size());
+  for (const auto& [name, r] : reconciled) {
+    spdlog::info("stream '{}' reconciled: {} released, {} requeued, {} lost", name, r.released,
+                 r.requeued, r.lost);
+  }
+
   sopts.socket_path = cfg.socket_path();
   sopts.token = cfg.token();
   sopts.allowed_uids.assign(cfg.allowed_uids().begin(), cfg.allowed_uids().end());
@@ -126,7 +154,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   sopts.daemon_version = CISTERN_VERSION;
   sopts.metrics = metrics.requests();
   sopts.metrics_endpoint = http.endpoint();
-  daemon::Server server(sopts, store->get(), Clock::Real());
+  daemon::Server server(sopts, store->get(), streams->get(), Clock::Real());
   if (absl::Status s = server.Listen(); !s.ok()) {
     spdlog::error("{}", s.message());
     return 1;
@@ -141,6 +169,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
   signal(SIGPIPE, SIG_IGN);
+  signal(SIGXFSZ, SIG_IGN);  // a file-size limit surfaces as a write error (EFBIG)
   spdlog::info("cisternd {} ready on '{}' (pid {})", CISTERN_VERSION, cfg.socket_path(), getpid());
   metrics.set_state(daemon::HealthState::kReady);
   server.Run();

@@ -14,7 +14,9 @@ namespace {
 constexpr std::string_view kVerbNames[kVerbCount] = {
     "hello",        "create",     "seal",          "abort",   "get",       "release",
     "remove",       "stat",       "list",          "stats",   "batch_get", "batch_release",
-    "batch_create", "batch_seal", "daemon_status", "invalid",
+    "batch_create", "batch_seal", "daemon_status", "stream_open", "stream_commit",
+    "stream_lease", "stream_ack", "stream_fail", "stream_stat", "stream_list", "stream_reconcile",
+    "invalid",
 };
 
 prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type) {
@@ -67,6 +69,22 @@ Verb VerbOf(const wire::Request& req) {
       return Verb::kBatchSeal;
     case wire::Request::kDaemonStatus:
       return Verb::kDaemonStatus;
+    case wire::Request::kStreamOpen:
+      return Verb::kStreamOpen;
+    case wire::Request::kStreamCommit:
+      return Verb::kStreamCommit;
+    case wire::Request::kStreamLease:
+      return Verb::kStreamLease;
+    case wire::Request::kStreamAck:
+      return Verb::kStreamAck;
+    case wire::Request::kStreamFail:
+      return Verb::kStreamFail;
+    case wire::Request::kStreamStat:
+      return Verb::kStreamStat;
+    case wire::Request::kStreamList:
+      return Verb::kStreamList;
+    case wire::Request::kStreamReconcile:
+      return Verb::kStreamReconcile;
     default:
       return Verb::kInvalid;
   }

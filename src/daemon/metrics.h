@@ -66,6 +66,14 @@ enum class Verb : uint8_t {
   kBatchCreate,
   kBatchSeal,
   kDaemonStatus,
+  kStreamOpen,
+  kStreamCommit,
+  kStreamLease,
+  kStreamAck,
+  kStreamFail,
+  kStreamStat,
+  kStreamList,
+  kStreamReconcile,
   kInvalid,
 };
 inline constexpr size_t kVerbCount = static_cast<size_t>(Verb::kInvalid) + 1;

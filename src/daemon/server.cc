@@ -41,11 +41,13 @@ sockaddr_un UnixAddress(const std::string& path) {
 
 }  // namespace
 
-Server::Server(ServerOptions options, store::ObjectStore* store, Clock* clock)
+Server::Server(ServerOptions options, store::ObjectStore* store, stream::StreamManager* streams,
+               Clock* clock)
     : options_(std::move(options)),
       store_(store),
       clock_(clock),
-      handler_(store, HandlerOptions{options_.max_batch}) {
+      handler_(store, HandlerOptions{options_.max_batch}),
+      streams_(streams) {
   start_time_ = clock_->Now();
   start_unix_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
@@ -247,16 +249,12 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     return;
   }
   wire::Response resp;
-  if (req.has_daemon_status()) {
-    resp.set_id(req.id());
-    FillDaemonStatus(resp.mutable_daemon_status());
-  } else {
-    handler_.Handle(s->id, req, &resp);
-  }
-  if (!stopping_ && req.has_create() && req.create().wait_ms() > 0 && resp.has_status() &&
-      resp.status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted)) {
+  if (!stopping_ && Dispatch(s, req, StreamHandler::Attempt::kFirst, &resp)) {
     s->parked = std::make_unique<wire::Request>(std::move(req));
-    s->parked_deadline = clock_->Now() + std::chrono::milliseconds(s->parked->create().wait_ms());
+    s->parked_since = start;
+    uint64_t wait_ms = s->parked->has_create() ? s->parked->create().wait_ms()
+                                               : StreamHandler::WaitMs(*s->parked);
+    s->parked_deadline = start + std::chrono::milliseconds(wait_ms);
     parked_.push_back(s->id);
     return;
   }
@@ -281,6 +279,34 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
   }
   Reply(s, resp);
   RecordRequest(VerbOf(req), code, start);
+}
+
+bool Server::Dispatch(Session* s, const wire::Request& req, StreamHandler::Attempt attempt,
+                      wire::Response* resp) {
+  if (req.has_daemon_status()) {
+    resp->set_id(req.id());
+    FillDaemonStatus(resp->mutable_daemon_status());
+    return false;
+  }
+  if (StreamHandler::Handles(req)) {
+    std::string client = s->client_name.empty() ? fmt::format("pid-{}", s->pid) : s->client_name;
+    return streams_.Handle(req, client, attempt, resp);
+  }
+  handler_.Handle(s->id, req, resp);
+  return attempt != StreamHandler::Attempt::kFinal && req.has_create() &&
+         req.create().wait_ms() > 0 && resp->has_status() &&
+         resp->status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted);
+}
+
+void Server::Unpark(Session* s, wire::Response& resp) {
+  uint64_t id = s->id;
+  RecordRequest(VerbOf(*s->parked), static_cast<absl::StatusCode>(resp.status().code()),
+                s->parked_since);
+  s->parked.reset();
+  parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
+  Reply(s, resp);
+  ProcessFrames(s);
+  if (sessions_.count(id)) Flush(s);
 }
 
 void Server::RecordRequest(Verb verb, absl::StatusCode code, Clock::TimePoint start) {
@@ -431,12 +457,14 @@ void Server::CloseSession(Session* s, const char* why) {
 }
 
 void Server::RetryParked() {
+  streams_.ReclaimExpired();  // expired stream leases bump the stream epoch
   uint64_t epoch = store_->free_epoch();
-  if (epoch == seen_free_epoch_ || parked_.empty()) {
-    seen_free_epoch_ = epoch;
-    return;
-  }
+  uint64_t stream_epoch = streams_.epoch();
+  // Answers given below that change a stream are seen next round.
+  bool changed = epoch != seen_free_epoch_ || stream_epoch != seen_stream_epoch_;
   seen_free_epoch_ = epoch;
+  seen_stream_epoch_ = stream_epoch;
+  if (!changed || parked_.empty()) return;
   std::deque<uint64_t> waiting;
   waiting.swap(parked_);
   for (uint64_t id : waiting) {
@@ -444,18 +472,11 @@ void Server::RetryParked() {
     if (it == sessions_.end()) continue;
     Session* s = it->second.get();
     wire::Response resp;
-    handler_.Handle(s->id, *s->parked, &resp);
-    if (resp.has_status() &&
-        resp.status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted)) {
+    if (Dispatch(s, *s->parked, StreamHandler::Attempt::kRetry, &resp)) {
       parked_.push_back(id);
       continue;
     }
-    RecordRequest(Verb::kCreate, static_cast<absl::StatusCode>(resp.status().code()),
-                  s->parked_deadline - std::chrono::milliseconds(s->parked->create().wait_ms()));
-    s->parked.reset();
-    Reply(s, resp);
-    ProcessFrames(s);
-    if (sessions_.count(id)) Flush(s);
+    Unpark(s, resp);
   }
 }
 
@@ -476,18 +497,13 @@ void Server::ExpireDeadlines() {
     if (it == sessions_.end()) continue;
     Session* s = it->second.get();
     wire::Response resp;
-    handler_.Handle(s->id, *s->parked, &resp);  // one last try
+    Dispatch(s, *s->parked, StreamHandler::Attempt::kFinal, &resp);  // one last try
     if (resp.has_status()) {
+      auto waited = std::chrono::duration_cast<std::chrono::milliseconds>(now - s->parked_since);
       resp.mutable_status()->set_message(
-          fmt::format("{} (waited {} ms)", resp.status().message(), s->parked->create().wait_ms()));
+          fmt::format("{} (waited {} ms)", resp.status().message(), waited.count()));
     }
-    RecordRequest(Verb::kCreate, static_cast<absl::StatusCode>(resp.status().code()),
-                  s->parked_deadline - std::chrono::milliseconds(s->parked->create().wait_ms()));
-    s->parked.reset();
-    parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
-    Reply(s, resp);
-    ProcessFrames(s);
-    if (sessions_.count(id)) Flush(s);
+    Unpark(s, resp);
   }
 }
 
@@ -501,6 +517,13 @@ int Server::NextTimeoutMs() {
     }
     if (s->parked && (!any || s->parked_deadline < next)) {
       next = s->parked_deadline;
+      any = true;
+    }
+  }
+  if (!parked_.empty()) {
+    auto expiry = streams_.NextLeaseExpiry();
+    if (expiry && (!any || *expiry < next)) {
+      next = *expiry;
       any = true;
     }
   }
@@ -527,8 +550,7 @@ void Server::Drain() {
       wire::Response resp;
       resp.set_id(s->parked->id());
       SetStatus(absl::UnavailableError("cisternd is shutting down"), &resp);
-      RecordRequest(Verb::kCreate, absl::StatusCode::kUnavailable,
-                    s->parked_deadline - std::chrono::milliseconds(s->parked->create().wait_ms()));
+      RecordRequest(VerbOf(*s->parked), absl::StatusCode::kUnavailable, s->parked_since);
       s->parked.reset();
       Reply(s, resp);
     }

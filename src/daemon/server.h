@@ -2,9 +2,12 @@
 // Every connection is a session. Requests of a session are handled in order,
 // one at a time, on the loop thread; the work per request is a few map
 // operations under the store's mutex (clients copy the bytes themselves), so
-// one thread serves many clients. A create that asks to wait for space is
-// parked (its session reads nothing more) and retried whenever the store frees
-// bytes, until its deadline. After serving a request the loop keeps polling
+// one thread serves many clients. A request that may wait — a create waiting
+// for space, a stream commit waiting out backpressure, a stream lease waiting
+// for refs — is parked (its session reads nothing more) and retried whenever
+// the store frees bytes, a stream changes or a stream lease expires, and one
+// last time at its deadline. Stream verbs that change a ledger write the
+// registry on this thread (one transaction, one fsync). After serving a request the loop keeps polling
 // for `busy_poll` before it sleeps: on virtual machines waking a sleeping
 // thread on another CPU costs tens of microseconds, far more than the request.
 //
@@ -29,6 +32,7 @@
 #include "src/common/unique_fd.h"
 #include "src/daemon/metrics.h"
 #include "src/daemon/request_handler.h"
+#include "src/daemon/stream_handler.h"
 #include "src/store/object_store.h"
 
 namespace cistern::daemon {
@@ -54,7 +58,9 @@ struct ServerOptions {
 
 class Server {
  public:
-  Server(ServerOptions options, store::ObjectStore* store, Clock* clock);
+  // `streams` may be null: stream verbs then fail with FailedPrecondition.
+  Server(ServerOptions options, store::ObjectStore* store, stream::StreamManager* streams,
+         Clock* clock);
   ~Server();
 
   // Binds and listens; FailedPrecondition if a live daemon owns the socket.
@@ -81,8 +87,9 @@ class Server {
     FrameBuffer in;
     std::string out;
     Clock::TimePoint hello_deadline;
-    // A create waiting for space.
+    // A request waiting (see the top of this file).
     std::unique_ptr<wire::Request> parked;
+    Clock::TimePoint parked_since;
     Clock::TimePoint parked_deadline;
     explicit Session(uint64_t max_frame) : in(max_frame) {}
   };
@@ -91,6 +98,12 @@ class Server {
   void OnReadable(Session* s);
   void ProcessFrames(Session* s);
   void HandleFrame(Session* s, std::string_view frame);
+  // Answers `req` into `resp`, or returns true if it would block and may wait.
+  bool Dispatch(Session* s, const wire::Request& req, StreamHandler::Attempt attempt,
+                wire::Response* resp);
+  // Answers a parked request (it no longer blocks, or its time is up) and
+  // resumes its session.
+  void Unpark(Session* s, wire::Response& resp);
   absl::Status HandleHello(Session* s, const wire::Request& req);
   void RecordRequest(Verb verb, absl::StatusCode code, Clock::TimePoint start);
   void FillDaemonStatus(wire::DaemonStatusReply* r);
@@ -108,6 +121,7 @@ class Server {
   store::ObjectStore* store_;
   Clock* clock_;
   RequestHandler handler_;
+  StreamHandler streams_;
   UniqueFd listen_fd_;
   UniqueFd epoll_fd_;
   UniqueFd wake_fd_;  // eventfd written by Shutdown()
@@ -117,6 +131,7 @@ class Server {
   // sessions_.size(), for other threads (session_count()).
   std::atomic<uint64_t> session_count_{0};
   uint64_t seen_free_epoch_ = 0;
+  uint64_t seen_stream_epoch_ = 0;
   bool stopping_ = false;
   Clock::TimePoint start_time_;
   uint64_t start_unix_ms_ = 0;

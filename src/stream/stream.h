@@ -123,6 +123,9 @@ class Stream {
 
   // Bumped by anything that may unblock a waiting commit or lease.
   uint64_t epoch() const { return epoch_; }
+  // Returns leases past their deadline to the queue (lease and FillInfo do
+  // this too).
+  void ReclaimExpired();
   // The earliest lease deadline, if anything is leased.
   std::optional<Clock::TimePoint> NextLeaseExpiry() const;
 
@@ -150,7 +153,6 @@ class Stream {
   bool Durable(const ledger::SampleRecord& r) const;
   void Enqueue(Sample* s);
   void Dequeue(Sample* s);
-  void ReclaimExpired();
   // Frees the object and forgets the sample (after the ledger says so).
   void Finish(Sample* s, Done how);
   // Releases every awaiting sample the marker covers now.

@@ -52,6 +52,10 @@ class StreamManager {
   // Changes whenever any stream's epoch does (see Stream::epoch).
   uint64_t epoch() const;
   std::optional<Clock::TimePoint> NextLeaseExpiry() const;
+  // Returns every stream's expired leases to its queue.
+  void ReclaimExpired() {
+    for (auto& [name, s] : streams_) s->ReclaimExpired();
+  }
   registry::MetadataBackend* backend() const { return backend_; }
 
  private:

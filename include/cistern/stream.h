@@ -1,0 +1,157 @@
+// Streams from C++: durable queues of sample references between producers
+// and consumers, served by cisternd (docs/streams.md has the guarantees).
+//
+//   auto s = cistern::Stream::Open(client.get(), "rollouts", {});
+//   s->Commit({ref});                       // idempotent on sample_id
+//   auto refs = s->Lease({.max_refs = 32, .wait = 1s});
+//   ... train on the objects the refs name (Client::Get(key, generation)) ...
+//   s->Ack(*refs, /*global_step=*/step, /*optimizer_durable=*/saved);
+//
+// A Stream borrows its Client (which must outlive it) and is as thread-safe as
+// the Client: calls are serialised on its connection, so a Lease that waits
+// holds up other calls on the same Client.
+//
+// Errors (the message names the stream, sample, lease or limit):
+//   InvalidArgument     bad name, bad ref (sample_id, key, generation 0,
+//                       metadata over 4 KiB), bad options (low > high).
+//   NotFound            no such stream, sample or object generation.
+//   FailedPrecondition  a lease that is no longer current (expired and leased
+//                       again), a sample already dropped.
+//   ResourceExhausted   backpressure outlasted the commit's wait; the registry
+//                       database is full.
+//   Unavailable         the daemon is gone, or the registry cannot be written.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "include/cistern/client.h"
+#include "include/cistern/object.h"
+
+namespace cistern {
+
+struct FeatureSpec {
+  std::string name;
+  DType dtype = DType::kFloat32;
+  std::vector<uint64_t> shape;
+};
+
+// Metadata only: the object (key, generation) holds the tensors.
+struct SampleRef {
+  std::string sample_id;
+  std::string key;
+  uint64_t generation = 0;
+  uint64_t nbytes = 0;  // 0 on commit: the daemon fills in the object's size
+  std::vector<FeatureSpec> features;
+  std::map<std::string, std::string> metadata;
+  // Set by Lease; Ack and Fail name the lease with them.
+  uint64_t lease_id = 0;
+  uint32_t deliveries = 0;
+};
+
+// Unset fields keep the stream's value (or take the daemon's default).
+struct StreamOptions {
+  std::optional<uint64_t> lease_timeout_ms;
+  std::optional<uint64_t> high_watermark_bytes;
+  std::optional<uint64_t> low_watermark_bytes;
+  std::optional<uint32_t> max_in_flight_per_producer;
+  std::optional<uint32_t> max_lease_refs;
+};
+
+struct StreamInfo {
+  std::string name;
+  StreamOptions options;  // effective: every field set
+  uint64_t create_unix_ms = 0;
+  uint64_t depth = 0;
+  uint64_t in_flight = 0;
+  uint64_t awaiting_durable = 0;
+  uint64_t resident_bytes = 0;
+  bool paused = false;
+  uint64_t committed = 0;
+  uint64_t acked = 0;
+  uint64_t dropped = 0;
+  uint64_t lost = 0;
+  std::optional<uint64_t> global_step;
+  std::optional<uint64_t> durable_step;
+  bool optimizer_durable = false;
+  uint64_t producer_waits = 0;
+  uint64_t producer_rejections = 0;
+  uint64_t consumer_starved = 0;
+  uint64_t consumer_empty = 0;
+  uint64_t expired_leases = 0;
+  uint64_t requeued = 0;
+};
+
+struct CommitResult {
+  uint32_t committed = 0;
+  uint32_t duplicates = 0;
+};
+
+struct LeaseOptions {
+  uint32_t max_refs = 1;
+  uint32_t min_refs = 1;               // return once this many are available...
+  std::chrono::milliseconds wait{0};   // ...or after this long with what there is
+  std::optional<std::pair<uint32_t, uint32_t>> partition;  // (index, count)
+};
+
+struct AckResult {
+  uint32_t acked = 0;
+  uint32_t already = 0;
+  uint64_t released = 0;
+};
+
+struct FailResult {
+  uint32_t requeued = 0;
+  uint32_t dropped = 0;
+};
+
+struct ReconcileResult {
+  uint64_t released = 0;
+  uint64_t requeued = 0;
+  uint64_t lost = 0;
+  uint64_t pending = 0;
+};
+
+class Stream {
+ public:
+  // Opens `name`, creating it if it does not exist; set options update it.
+  static absl::StatusOr<Stream> Open(Client* client, std::string_view name,
+                                     const StreamOptions& options = {});
+  // Every stream of the daemon.
+  static absl::StatusOr<std::vector<StreamInfo>> List(Client* client);
+
+  const std::string& name() const { return name_; }
+
+  // Commits refs in one transaction; a sample_id committed before is skipped.
+  // Waits up to `wait` while the stream applies backpressure.
+  absl::StatusOr<CommitResult> Commit(const std::vector<SampleRef>& refs,
+                                      std::chrono::milliseconds wait = {},
+                                      std::string_view producer = "");
+  absl::StatusOr<std::vector<SampleRef>> Lease(const LeaseOptions& options);
+  // Durable when it returns OK. Idempotent.
+  absl::StatusOr<AckResult> Ack(const std::vector<SampleRef>& refs,
+                                std::optional<uint64_t> global_step = std::nullopt,
+                                bool optimizer_durable = false);
+  absl::StatusOr<FailResult> Fail(const std::vector<SampleRef>& refs, bool retryable = true);
+  absl::StatusOr<StreamInfo> Stat();
+  // Requeues every leased and every acked-but-not-durable sample (after a
+  // consumer restart). Idempotent.
+  absl::StatusOr<ReconcileResult> Reconcile();
+
+  // Stable partition of a sample id: XXH64(sample_id, seed 0) % count.
+  static uint32_t PartitionOf(std::string_view sample_id, uint32_t count);
+
+ private:
+  Stream(Client* client, std::string name) : client_(client), name_(std::move(name)) {}
+  Client* client_;
+  std::string name_;
+};
+
+}  // namespace cistern

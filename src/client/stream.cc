@@ -1,0 +1,194 @@
+#include "include/cistern/stream.h"
+
+#include <xxhash.h>
+
+#include "src/client/connection.h"
+
+namespace cistern {
+namespace {
+
+void ToWire(const SampleRef& r, wire::SampleRef* w) {
+  w->set_sample_id(r.sample_id);
+  w->set_key(r.key);
+  w->set_generation(r.generation);
+  w->set_nbytes(r.nbytes);
+  for (const auto& f : r.features) {
+    auto* wf = w->add_features();
+    wf->set_name(f.name);
+    wf->set_dtype(static_cast<wire::DType>(f.dtype));
+    for (uint64_t d : f.shape) wf->add_shape(d);
+  }
+  for (const auto& [k, v] : r.metadata) (*w->mutable_metadata())[k] = v;
+}
+
+SampleRef FromWire(const wire::SampleRef& w) {
+  SampleRef r;
+  r.sample_id = w.sample_id();
+  r.key = w.key();
+  r.generation = w.generation();
+  r.nbytes = w.nbytes();
+  for (const auto& wf : w.features()) {
+    r.features.push_back({wf.name(), static_cast<DType>(wf.dtype()),
+                          std::vector<uint64_t>(wf.shape().begin(), wf.shape().end())});
+  }
+  for (const auto& [k, v] : w.metadata()) r.metadata[k] = v;
+  r.lease_id = w.lease_id();
+  r.deliveries = w.deliveries();
+  return r;
+}
+
+void ToWire(const StreamOptions& o, wire::StreamOptions* w) {
+  if (o.lease_timeout_ms) w->set_lease_timeout_ms(*o.lease_timeout_ms);
+  if (o.high_watermark_bytes) w->set_high_watermark_bytes(*o.high_watermark_bytes);
+  if (o.low_watermark_bytes) w->set_low_watermark_bytes(*o.low_watermark_bytes);
+  if (o.max_in_flight_per_producer) {
+    w->set_max_in_flight_per_producer(*o.max_in_flight_per_producer);
+  }
+  if (o.max_lease_refs) w->set_max_lease_refs(*o.max_lease_refs);
+}
+
+StreamInfo FromWire(const wire::StreamInfo& w) {
+  StreamInfo i;
+  i.name = w.name();
+  const auto& o = w.options();
+  i.options.lease_timeout_ms = o.lease_timeout_ms();
+  i.options.high_watermark_bytes = o.high_watermark_bytes();
+  i.options.low_watermark_bytes = o.low_watermark_bytes();
+  i.options.max_in_flight_per_producer = o.max_in_flight_per_producer();
+  i.options.max_lease_refs = o.max_lease_refs();
+  i.create_unix_ms = w.create_unix_ms();
+  i.depth = w.depth();
+  i.in_flight = w.in_flight();
+  i.awaiting_durable = w.awaiting_durable();
+  i.resident_bytes = w.resident_bytes();
+  i.paused = w.paused();
+  i.committed = w.committed();
+  i.acked = w.acked();
+  i.dropped = w.dropped();
+  i.lost = w.lost();
+  if (w.has_global_step()) i.global_step = w.global_step();
+  if (w.has_durable_step()) i.durable_step = w.durable_step();
+  i.optimizer_durable = w.optimizer_durable();
+  i.producer_waits = w.producer_waits();
+  i.producer_rejections = w.producer_rejections();
+  i.consumer_starved = w.consumer_starved();
+  i.consumer_empty = w.consumer_empty();
+  i.expired_leases = w.expired_leases();
+  i.requeued = w.requeued();
+  return i;
+}
+
+template <typename Msg>
+void AddHandles(const std::vector<SampleRef>& refs, Msg* m) {
+  for (const auto& r : refs) {
+    auto* h = m->add_refs();
+    h->set_sample_id(r.sample_id);
+    h->set_generation(r.generation);
+    h->set_lease_id(r.lease_id);
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<Stream> Stream::Open(Client* client, std::string_view name,
+                                    const StreamOptions& options) {
+  wire::Request req;
+  req.mutable_stream_open()->set_name(std::string(name));
+  ToWire(options, req.mutable_stream_open()->mutable_options());
+  auto resp = client->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return Stream(client, std::string(name));
+}
+
+absl::StatusOr<std::vector<StreamInfo>> Stream::List(Client* client) {
+  wire::Request req;
+  req.mutable_stream_list();
+  auto resp = client->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  std::vector<StreamInfo> out;
+  for (const auto& s : resp->stream_list().streams()) out.push_back(FromWire(s));
+  return out;
+}
+
+absl::StatusOr<CommitResult> Stream::Commit(const std::vector<SampleRef>& refs,
+                                            std::chrono::milliseconds wait,
+                                            std::string_view producer) {
+  wire::Request req;
+  auto* c = req.mutable_stream_commit();
+  c->set_name(name_);
+  for (const auto& r : refs) ToWire(r, c->add_refs());
+  c->set_producer(std::string(producer));
+  c->set_wait_ms(wait.count() > 0 ? wait.count() : 0);
+  auto resp = client_->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return CommitResult{resp->stream_commit().committed(), resp->stream_commit().duplicates()};
+}
+
+absl::StatusOr<std::vector<SampleRef>> Stream::Lease(const LeaseOptions& options) {
+  wire::Request req;
+  auto* l = req.mutable_stream_lease();
+  l->set_name(name_);
+  l->set_max_refs(options.max_refs);
+  l->set_min_refs(options.min_refs);
+  l->set_wait_ms(options.wait.count() > 0 ? options.wait.count() : 0);
+  if (options.partition) {
+    l->set_partition_index(options.partition->first);
+    l->set_partition_count(options.partition->second);
+  }
+  auto resp = client_->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  std::vector<SampleRef> out;
+  out.reserve(resp->stream_lease().refs_size());
+  for (const auto& r : resp->stream_lease().refs()) out.push_back(FromWire(r));
+  return out;
+}
+
+absl::StatusOr<AckResult> Stream::Ack(const std::vector<SampleRef>& refs,
+                                      std::optional<uint64_t> global_step,
+                                      bool optimizer_durable) {
+  wire::Request req;
+  auto* a = req.mutable_stream_ack();
+  a->set_name(name_);
+  AddHandles(refs, a);
+  if (global_step) a->set_global_step(*global_step);
+  a->set_optimizer_durable(optimizer_durable);
+  auto resp = client_->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  const auto& r = resp->stream_ack();
+  return AckResult{r.acked(), r.already(), r.released()};
+}
+
+absl::StatusOr<FailResult> Stream::Fail(const std::vector<SampleRef>& refs, bool retryable) {
+  wire::Request req;
+  auto* f = req.mutable_stream_fail();
+  f->set_name(name_);
+  AddHandles(refs, f);
+  f->set_retryable(retryable);
+  auto resp = client_->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return FailResult{resp->stream_fail().requeued(), resp->stream_fail().dropped()};
+}
+
+absl::StatusOr<StreamInfo> Stream::Stat() {
+  wire::Request req;
+  req.mutable_stream_stat()->set_name(name_);
+  auto resp = client_->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  return FromWire(resp->stream_info());
+}
+
+absl::StatusOr<ReconcileResult> Stream::Reconcile() {
+  wire::Request req;
+  req.mutable_stream_reconcile()->set_name(name_);
+  auto resp = client_->conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  const auto& r = resp->stream_reconcile();
+  return ReconcileResult{r.released(), r.requeued(), r.lost(), r.pending()};
+}
+
+uint32_t Stream::PartitionOf(std::string_view sample_id, uint32_t count) {
+  if (count == 0) return 0;
+  return static_cast<uint32_t>(XXH64(sample_id.data(), sample_id.size(), 0) % count);
+}
+
+}  // namespace cistern
