@@ -25,6 +25,7 @@
 // under default scheduling; extra rows pin processes to CPUs as a diagnostic
 // (a request/reply round trip costs far more when it wakes the other CPU).
 #include <fcntl.h>
+#include <sqlite3.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -52,6 +53,7 @@
 
 #include "fmt/format.h"
 #include "include/cistern/client.h"
+#include "include/cistern/stream.h"
 #include "src/store/checksum.h"
 
 namespace cistern::bench {
@@ -251,6 +253,7 @@ class Daemon {
   }
 
   pid_t pid() const { return pid_; }
+  const std::string& dir() const { return dir_; }
   const std::string& arena_path() const { return arena_path_; }
   uint64_t tier_bytes() const { return tier_bytes_; }
 
@@ -505,7 +508,7 @@ struct Options {
   double scale = 1.0;  // multiplies every iteration count
   uint64_t tier_bytes = 4 * kGiB;
   uint64_t objects = 1'000'000;
-  std::string phases = "1234";  // which of the four measurements to run
+  std::string phases = "12345";  // which of the five measurements to run
 };
 
 uint64_t Scaled(const Options& o, uint64_t n, uint64_t at_least = 1) {
@@ -542,7 +545,7 @@ Options ParseArgs(int argc, char** argv) {
           "                           [--redis-benchmark PATH]\n"
           "  --scale F    multiply every iteration count by F (default 1)\n"
           "  --objects N  objects for the memory-per-object measurement (default 1000000)\n"
-          "  --phases S   run only the measurements whose numbers are in S (default 1234)\n"
+          "  --phases S   run only the measurements whose numbers are in S (default 12345)\n"
           "environment: CISTERN_BENCH_DAEMON_YAML is appended to cisternd's config\n"
           "  (e.g. 'busy_poll_us: 0' to measure without busy polling)\n");
       std::exit(0);
@@ -851,6 +854,116 @@ Clock::duration RunThreads(Daemon& d, int threads, int cpu, Body body) {
   return Clock::now() - t0;
 }
 
+// ------------------------------------------------------ 5. durable acks ----
+
+// The peer of a stream ack: the same durability from bare SQLite. One
+// transaction per batch, WAL with synchronous=FULL, a row per sample and the
+// marker row, in a file beside the daemon's registry (same disk).
+double SqliteAcksPerSecond(const std::string& path, int batch, int samples) {
+  sqlite3* db = nullptr;
+  if (sqlite3_open(path.c_str(), &db) != SQLITE_OK) Die("sqlite3_open " + path);
+  auto exec = [&](const char* sql) {
+    char* err = nullptr;
+    if (sqlite3_exec(db, sql, nullptr, nullptr, &err) != SQLITE_OK) {
+      Die(fmt::format("sqlite {}: {}", sql, err ? err : "?"));
+    }
+  };
+  exec("PRAGMA journal_mode=WAL");
+  exec("PRAGMA synchronous=FULL");
+  exec("CREATE TABLE IF NOT EXISTS kv(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID");
+  sqlite3_stmt* put = nullptr;
+  sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO kv(key, value) VALUES(?1, ?2)", -1, &put,
+                     nullptr);
+  std::string value(120, 'r');  // about a SampleRecord
+  auto t0 = Clock::now();
+  for (int done = 0; done < samples; done += batch) {
+    exec("BEGIN IMMEDIATE");
+    for (int i = 0; i <= batch; ++i) {  // batch rows + the marker
+      std::string key = i == batch ? "marker" : fmt::format("s/{:012d}", done + i);
+      sqlite3_bind_blob(put, 1, key.data(), key.size(), SQLITE_TRANSIENT);
+      sqlite3_bind_blob(put, 2, value.data(), value.size(), SQLITE_STATIC);
+      if (sqlite3_step(put) != SQLITE_DONE) Die("sqlite insert");
+      sqlite3_reset(put);
+    }
+    exec("COMMIT");
+  }
+  double secs = Seconds(Clock::now() - t0);
+  sqlite3_finalize(put);
+  sqlite3_close(db);
+  return samples / secs;
+}
+
+// Acked samples per second through a stream (every ack durable: optimizer_durable
+// with a step, so each ack also releases its samples), against bare SQLite.
+void BenchStreamAcks(const Options& opt, Daemon& d, std::vector<Target>* targets,
+                     JsonObject* json) {
+  fmt::print("\n== 5. Stream acks, durable (WAL, synchronous=FULL): acked samples/s ==\n");
+  fmt::print("   {:>6} {:>8} {:>14} {:>16} {:>10} {:>14}\n", "batch", "samples", "cistern acks/s",
+             "bare sqlite/s", "ratio", "lease+ack /s");
+  auto c = d.MustConnect();
+  std::vector<std::string> rows;
+  for (int batch : {1, 32, 256}) {
+    int samples = std::max(batch, static_cast<int>((batch == 1 ? 2000 : 20000) * opt.scale));
+    samples = samples / batch * batch;
+    std::string name = fmt::format("bench-acks-{}", batch);
+    StreamOptions so;
+    so.high_watermark_bytes = 0;  // measure acks, not backpressure
+    auto stream = Must(Stream::Open(c.get(), name, so), "open stream");
+    // Commit `samples` small objects, 256 per commit.
+    std::string payload(64, 'p');
+    for (int i = 0; i < samples; i += 256) {
+      std::vector<SampleRef> refs;
+      for (int j = i; j < std::min(samples, i + 256); ++j) {
+        std::string key = fmt::format("{}/{:08d}", name, j);
+        ObjectRef o = Must(c->Put(key, payload), "put " + key);
+        refs.push_back({.sample_id = fmt::format("{:08d}", j), .key = key,
+                        .generation = o.generation});
+      }
+      Must(stream.Commit(refs, std::chrono::seconds(30)), "commit");
+    }
+    Clock::duration acking{};
+    auto t0 = Clock::now();
+    uint64_t step = 0;
+    for (int done = 0; done < samples; done += batch) {
+      auto refs = Must(stream.Lease({.max_refs = static_cast<uint32_t>(batch),
+                                     .min_refs = static_cast<uint32_t>(batch),
+                                     .wait = std::chrono::seconds(10)}),
+                       "lease");
+      if (static_cast<int>(refs.size()) != batch) Die("lease returned a short batch");
+      auto a0 = Clock::now();
+      Must(stream.Ack(refs, ++step, /*optimizer_durable=*/true), "ack");
+      acking += Clock::now() - a0;
+    }
+    double loop_rate = samples / Seconds(Clock::now() - t0);
+    double rate = samples / Seconds(acking);
+    auto info = Must(stream.Stat(), "stat");
+    if (info.acked != static_cast<uint64_t>(samples) || info.resident_bytes != 0) {
+      Die(fmt::format("stream {}: {} acked, {} bytes resident after the run", name, info.acked,
+                      info.resident_bytes));
+    }
+    std::string peer_path = d.dir() + fmt::format("/peer-{}.db", batch);
+    double peer = SqliteAcksPerSecond(peer_path, batch, samples);
+    std::filesystem::remove(peer_path);
+    std::filesystem::remove(peer_path + "-wal");
+    std::filesystem::remove(peer_path + "-shm");
+    fmt::print("   {:>6} {:>8} {:>14.0f} {:>16.0f} {:>9.2f}x {:>14.0f}\n", batch, samples, rate,
+               peer, rate / peer, loop_rate);
+    rows.push_back(JsonObject()
+                       .Int("batch", batch)
+                       .Int("samples", samples)
+                       .Num("cistern_acked_per_s", rate)
+                       .Num("sqlite_rows_per_s", peer)
+                       .Num("ratio", rate / peer)
+                       .Num("lease_and_ack_per_s", loop_rate)
+                       .Dump(4));
+    if (batch == 32) {
+      targets->push_back({"stream durable acks/s at batch 32 (acked samples/s)", "samples/s",
+                          rate, 20000, false});
+    }
+  }
+  json->Raw("stream_acks", JsonArray(rows, 2));
+}
+
 void BenchVsRedis(const Options& opt, Daemon& d, std::vector<Target>* targets, JsonObject* json) {
   constexpr uint64_t kValue = 4 * kKiB;
   constexpr int kKeys = 64, kBatch = 64;
@@ -1146,6 +1259,7 @@ int Main(int argc, char** argv) {
     if (want('1')) BenchGetLatency(opt, d, src, &targets, &json);
     if (want('2')) BenchPutBandwidth(opt, d, src, &targets, &json);
     if (want('3')) BenchVsRedis(opt, d, &targets, &json);
+    if (want('5')) BenchStreamAcks(opt, d, &targets, &json);
   }
   if (opt.phases.find('4') != std::string::npos) BenchMemory(opt, &targets, &json);
 

@@ -70,10 +70,7 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cfg->recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_UNSPECIFIED) {
     cfg->mutable_recovery()->set_on_corrupt_object(config::CORRUPT_OBJECT_POLICY_FAIL);
   }
-  if (cfg->state_dir().empty()) {
-    const char* home = std::getenv("CISTERN_HOME");
-    cfg->set_state_dir(home && *home ? std::string(home) + "/state" : "/var/tmp/cistern-" + uid);
-  }
+  if (cfg->state_dir().empty()) cfg->set_state_dir(cfg->runtime_dir() + "/state");
   auto* reg = cfg->mutable_registry();
   if (reg->mode() == config::REGISTRY_MODE_UNSPECIFIED) reg->set_mode(config::REGISTRY_MODE_EMBEDDED);
   if (reg->path().empty()) reg->set_path(cfg->state_dir() + "/registry.db");
