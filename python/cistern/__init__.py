@@ -15,10 +15,15 @@ ValueError); torch has no read-only tensors, so an in-place write to a returned
 tensor faults (SIGSEGV) rather than change data other processes share. Copy
 (``t.clone()``) before modifying.
 
-Errors: ``KeyError`` (not found), ``MemoryError`` (the tier is full),
-``PermissionError`` (token or uid refused), ``ValueError`` (bad key, value or
-option), ``ConnectionError`` (the daemon is not running), ``FileExistsError``
-(``if_absent`` and the key exists); all are also ``cistern.Error``.
+Streams (durable queues of sample refs between producers and trainers) are
+``cistern.Stream`` and ``cistern.StreamLoader``; see cistern/stream.py.
+
+Errors: ``KeyError`` (not found), ``MemoryError`` (the tier is full, or a
+stream's backpressure outlasted the wait), ``PermissionError`` (token or uid
+refused), ``ValueError`` (bad key, value or option), ``ConnectionError`` (the
+daemon is not running), ``FileExistsError`` (``if_absent`` and the key
+exists), ``cistern.FailedPreconditionError`` (a stream lease that is no longer
+current, a sample already dropped); all are also ``cistern.Error``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from typing import Any, Dict, NamedTuple, Optional
 
 from . import _cistern
 
-__all__ = ["connect", "Client", "ObjectRef", "Error", "FeatureStore", "SampleRef", "Lease"]
+__all__ = ["connect", "Client", "ObjectRef", "Error", "FailedPreconditionError", "FeatureStore",
+           "FeatureSpec", "SampleRef", "Lease", "Stream", "StreamLoader", "Batch", "partition_of"]
 
 BARE = "."  # the manifest name of a bare (non-dict) array or tensor
 
@@ -53,6 +59,9 @@ PermissionDeniedError = _error_type("PermissionDeniedError", PermissionError, "P
 InvalidArgumentError = _error_type("InvalidArgumentError", ValueError, "INVALID_ARGUMENT")
 UnavailableError = _error_type("UnavailableError", ConnectionError, "UNAVAILABLE")
 AlreadyExistsError = _error_type("AlreadyExistsError", FileExistsError, "ALREADY_EXISTS")
+# No builtin means "the state does not allow this now"; RuntimeError is the nearest.
+FailedPreconditionError = _error_type("FailedPreconditionError", RuntimeError,
+                                      "FAILED_PRECONDITION")
 
 # absl::StatusCode values.
 _BY_CODE = {
@@ -61,6 +70,7 @@ _BY_CODE = {
     6: AlreadyExistsError,
     7: PermissionDeniedError,
     8: ExhaustedError,
+    9: FailedPreconditionError,
     14: UnavailableError,
 }
 
@@ -207,24 +217,17 @@ def _nest(flat: dict) -> dict:
     return out
 
 
-def _from_view(view, as_: str):
-    tensors = view.tensors
-    if as_ == "memoryview":
-        return memoryview(view)
-    if not tensors:
-        if as_ == "torch":
-            torch = _torch()
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                return torch.frombuffer(view, dtype=torch.uint8)
-        return _numpy().frombuffer(view, dtype=_numpy().uint8)
+def _tensors(view, as_: str, tensors=None) -> dict:
+    """The tensors of a tensor-dict view by stored (flat, '/'-joined) name, as
+    numpy arrays or torch tensors over the view's buffer (no copy).
+    ``tensors``: ``view.tensors`` if the caller has it already."""
     out = {}
     torch = _torch() if as_ == "torch" else None
     dtypes = _torch_dtypes() if torch is not None else _NUMPY_DTYPES
     np = _numpy()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch: "the given buffer is not writable"
-        for t in tensors:
+        for t in view.tensors if tensors is None else tensors:
             count = 1
             for d in t["shape"]:
                 count *= d
@@ -244,6 +247,21 @@ def _from_view(view, as_: str):
                 arr = np.frombuffer(view, dtype=dt, count=count,
                                     offset=t["offset"]).reshape(t["shape"])
             out[t["name"]] = arr
+    return out
+
+
+def _from_view(view, as_: str):
+    if as_ == "memoryview":
+        return memoryview(view)
+    tensors = view.tensors
+    if not tensors:
+        if as_ == "torch":
+            torch = _torch()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return torch.frombuffer(view, dtype=torch.uint8)
+        return _numpy().frombuffer(view, dtype=_numpy().uint8)
+    out = _tensors(view, as_, tensors)
     if list(out) == [BARE]:
         return out[BARE]
     return _nest(out)
@@ -434,3 +452,4 @@ class Client:
 
 
 from .feature_store import FeatureSpec, FeatureStore, Lease, SampleRef  # noqa: E402
+from .stream import Batch, Stream, StreamLoader, partition_of  # noqa: E402

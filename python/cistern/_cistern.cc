@@ -1,18 +1,23 @@
 // The pybind11 module under the `cistern` Python package: a thin layer over
 // the C++ client (include/cistern/client.h). Values cross as buffers; the pure
 // Python side (cistern/__init__.py) builds numpy arrays and torch tensors over
-// them. Every call that talks to the daemon releases the GIL. Errors become
-// cistern.Error carrying the absl status code, which __init__.py maps to the
-// Python exception types (KeyError, MemoryError, ...).
+// them; cistern/stream.py wraps the Stream binding (include/cistern/stream.h),
+// whose refs cross as plain tuples. Every call that talks to the daemon
+// releases the GIL. Errors become cistern.Error carrying the absl status code,
+// which __init__.py maps to the Python exception types (KeyError, MemoryError,
+// ...).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <cstring>
+#include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "include/cistern/client.h"
+#include "include/cistern/stream.h"
 
 namespace py = pybind11;
 using cistern::Client;
@@ -81,6 +86,103 @@ py::dict Info(const cistern::ObjectInfo& o) {
   d["create_unix_ms"] = o.create_unix_ms;
   d["checksum"] = o.has_checksum ? py::object(py::int_(o.checksum)) : py::none();
   return d;
+}
+
+// ---- streams ----
+
+// A Stream with the Client it borrows: the Python object keeps the Client alive.
+struct PyStream {
+  std::shared_ptr<Client> client;
+  std::optional<cistern::Stream> stream;
+};
+
+// A ref crosses as the tuple (sample_id, key, generation, nbytes,
+// [(name, dtype name, shape)], {metadata}, lease_id, deliveries); the last two
+// may be left out. The Python side checks types before calling in.
+cistern::SampleRef RefFromPy(const py::handle& h) {
+  auto t = h.cast<py::sequence>();
+  if (t.size() < 6) throw py::value_error("a sample ref has at least 6 fields");
+  cistern::SampleRef r;
+  r.sample_id = t[0].cast<std::string>();
+  r.key = t[1].cast<std::string>();
+  r.generation = t[2].cast<uint64_t>();
+  r.nbytes = t[3].cast<uint64_t>();
+  for (const py::handle& f : t[4].cast<py::sequence>()) {
+    auto ft = f.cast<py::sequence>();
+    cistern::FeatureSpec spec;
+    spec.name = ft[0].cast<std::string>();
+    std::string dtype = ft[1].cast<std::string>();
+    auto d = cistern::DTypeFromName(dtype);
+    if (!d) {
+      Raise(absl::InvalidArgumentError("feature '" + spec.name + "' of sample '" + r.sample_id +
+                                       "' has unknown dtype " + dtype));
+    }
+    spec.dtype = *d;
+    spec.shape = ft[2].cast<std::vector<uint64_t>>();
+    r.features.push_back(std::move(spec));
+  }
+  r.metadata = t[5].cast<std::map<std::string, std::string>>();
+  if (t.size() > 6) r.lease_id = t[6].cast<uint64_t>();
+  if (t.size() > 7) r.deliveries = t[7].cast<uint32_t>();
+  return r;
+}
+
+std::vector<cistern::SampleRef> RefsFromPy(const py::sequence& refs) {
+  std::vector<cistern::SampleRef> out;
+  out.reserve(refs.size());
+  for (const py::handle& h : refs) out.push_back(RefFromPy(h));
+  return out;
+}
+
+py::tuple RefToPy(const cistern::SampleRef& r) {
+  py::list features;
+  for (const auto& f : r.features) {
+    features.append(py::make_tuple(f.name, std::string(cistern::DTypeName(f.dtype)),
+                                   py::tuple(py::cast(f.shape))));
+  }
+  return py::make_tuple(r.sample_id, r.key, r.generation, r.nbytes, features, py::cast(r.metadata),
+                        r.lease_id, r.deliveries);
+}
+
+template <typename T>
+py::object Optional(const std::optional<T>& v) {
+  return v ? py::object(py::int_(*v)) : py::none();
+}
+
+py::dict StreamInfoToPy(const cistern::StreamInfo& i) {
+  py::dict d;
+  d["name"] = i.name;
+  py::dict o;
+  o["lease_timeout_ms"] = Optional(i.options.lease_timeout_ms);
+  o["high_watermark_bytes"] = Optional(i.options.high_watermark_bytes);
+  o["low_watermark_bytes"] = Optional(i.options.low_watermark_bytes);
+  o["max_in_flight_per_producer"] = Optional(i.options.max_in_flight_per_producer);
+  o["max_lease_refs"] = Optional(i.options.max_lease_refs);
+  d["options"] = o;
+  d["create_unix_ms"] = i.create_unix_ms;
+  d["depth"] = i.depth;
+  d["in_flight"] = i.in_flight;
+  d["awaiting_durable"] = i.awaiting_durable;
+  d["resident_bytes"] = i.resident_bytes;
+  d["paused"] = i.paused;
+  d["committed"] = i.committed;
+  d["acked"] = i.acked;
+  d["dropped"] = i.dropped;
+  d["lost"] = i.lost;
+  d["global_step"] = Optional(i.global_step);
+  d["durable_step"] = Optional(i.durable_step);
+  d["optimizer_durable"] = i.optimizer_durable;
+  d["producer_waits"] = i.producer_waits;
+  d["producer_rejections"] = i.producer_rejections;
+  d["consumer_starved"] = i.consumer_starved;
+  d["consumer_empty"] = i.consumer_empty;
+  d["expired_leases"] = i.expired_leases;
+  d["requeued"] = i.requeued;
+  return d;
+}
+
+std::chrono::milliseconds Millis(double seconds) {
+  return std::chrono::milliseconds(seconds > 0 ? static_cast<int64_t>(seconds * 1000) : 0);
 }
 
 }  // namespace
@@ -355,6 +457,127 @@ PYBIND11_MODULE(_cistern, m) {
         d["tiers"] = tiers;
         return d;
       });
+
+  py::class_<PyStream, std::shared_ptr<PyStream>>(m, "Stream")
+      .def(py::init([](std::shared_ptr<Client> client, const std::string& name,
+                       std::optional<uint64_t> lease_timeout_ms,
+                       std::optional<uint64_t> high_watermark_bytes,
+                       std::optional<uint64_t> low_watermark_bytes,
+                       std::optional<uint32_t> max_in_flight_per_producer,
+                       std::optional<uint32_t> max_lease_refs) {
+             cistern::StreamOptions o;
+             o.lease_timeout_ms = lease_timeout_ms;
+             o.high_watermark_bytes = high_watermark_bytes;
+             o.low_watermark_bytes = low_watermark_bytes;
+             o.max_in_flight_per_producer = max_in_flight_per_producer;
+             o.max_lease_refs = max_lease_refs;
+             absl::StatusOr<cistern::Stream> s;
+             {
+               py::gil_scoped_release unlocked;
+               s = cistern::Stream::Open(client.get(), name, o);
+             }
+             auto out = std::make_shared<PyStream>();
+             out->stream.emplace(Check(std::move(s)));
+             out->client = std::move(client);
+             return out;
+           }),
+           py::arg("client"), py::arg("name"), py::arg("lease_timeout_ms") = py::none(),
+           py::arg("high_watermark_bytes") = py::none(),
+           py::arg("low_watermark_bytes") = py::none(),
+           py::arg("max_in_flight_per_producer") = py::none(),
+           py::arg("max_lease_refs") = py::none())
+      .def_property_readonly("name", [](const PyStream& s) { return s.stream->name(); })
+      .def(
+          "commit",
+          [](PyStream& s, const py::sequence& refs, double timeout, const std::string& producer) {
+            auto in = RefsFromPy(refs);
+            absl::StatusOr<cistern::CommitResult> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = s.stream->Commit(in, Millis(timeout), producer);
+            }
+            auto c = Check(std::move(r));
+            return py::make_tuple(c.committed, c.duplicates);
+          },
+          py::arg("refs"), py::arg("timeout") = 0.0, py::arg("producer") = "")
+      .def(
+          "lease",
+          [](PyStream& s, uint32_t max_refs, uint32_t min_refs, double timeout,
+             std::optional<std::pair<uint32_t, uint32_t>> partition) {
+            cistern::LeaseOptions o;
+            o.max_refs = max_refs;
+            o.min_refs = min_refs;
+            o.wait = Millis(timeout);
+            o.partition = partition;
+            absl::StatusOr<std::vector<cistern::SampleRef>> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = s.stream->Lease(o);
+            }
+            py::list out;
+            for (const auto& ref : Check(std::move(r))) out.append(RefToPy(ref));
+            return out;
+          },
+          py::arg("max_refs"), py::arg("min_refs") = 1, py::arg("timeout") = 0.0,
+          py::arg("partition") = py::none())
+      .def(
+          "ack",
+          [](PyStream& s, const py::sequence& refs, std::optional<uint64_t> global_step,
+             bool optimizer_durable) {
+            auto in = RefsFromPy(refs);
+            absl::StatusOr<cistern::AckResult> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = s.stream->Ack(in, global_step, optimizer_durable);
+            }
+            auto a = Check(std::move(r));
+            return py::make_tuple(a.acked, a.already, a.released);
+          },
+          py::arg("refs"), py::arg("global_step") = py::none(),
+          py::arg("optimizer_durable") = false)
+      .def(
+          "fail",
+          [](PyStream& s, const py::sequence& refs, bool retryable) {
+            auto in = RefsFromPy(refs);
+            absl::StatusOr<cistern::FailResult> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = s.stream->Fail(in, retryable);
+            }
+            auto f = Check(std::move(r));
+            return py::make_tuple(f.requeued, f.dropped);
+          },
+          py::arg("refs"), py::arg("retryable") = true)
+      .def("stat",
+           [](PyStream& s) {
+             absl::StatusOr<cistern::StreamInfo> r;
+             {
+               py::gil_scoped_release unlocked;
+               r = s.stream->Stat();
+             }
+             return StreamInfoToPy(Check(std::move(r)));
+           })
+      .def("reconcile", [](PyStream& s) {
+        absl::StatusOr<cistern::ReconcileResult> r;
+        {
+          py::gil_scoped_release unlocked;
+          r = s.stream->Reconcile();
+        }
+        auto c = Check(std::move(r));
+        return py::make_tuple(c.released, c.requeued, c.lost, c.pending);
+      });
+
+  m.def("list_streams", [](std::shared_ptr<Client> client) {
+    absl::StatusOr<std::vector<cistern::StreamInfo>> r;
+    {
+      py::gil_scoped_release unlocked;
+      r = cistern::Stream::List(client.get());
+    }
+    py::list out;
+    for (const auto& i : Check(std::move(r))) out.append(StreamInfoToPy(i));
+    return out;
+  });
+  m.def("partition_of", &cistern::Stream::PartitionOf, py::arg("sample_id"), py::arg("count"));
 
   m.def("default_socket", &cistern::DefaultSocketPath);
 }

@@ -38,7 +38,9 @@ class FeatureSpec(NamedTuple):
 
 
 class SampleRef(NamedTuple):
-    """Metadata only: never tensor bytes."""
+    """Metadata only: never tensor bytes. The same type serves the feature
+    store and streams; ``lease_id`` and ``deliveries`` are set only on refs
+    that ``Stream.lease`` returned (``deliveries`` counts this one)."""
 
     sample_id: str
     key: str
@@ -46,6 +48,8 @@ class SampleRef(NamedTuple):
     nbytes: int
     features: Tuple[FeatureSpec, ...]
     metadata: Dict[str, str]
+    lease_id: int = 0
+    deliveries: int = 0
 
 
 class Lease(NamedTuple):
