@@ -2,15 +2,17 @@
 # (scripts/bootstrap is idempotent), builds, and runs.
 #
 #   make demo    the main job end to end on the embedded default (release build)
-#   make test    every test: unit + integration under ASan+UBSan, unit under TSan,
-#                the Python package's pytest suite against a release build
+#   make test    every test: unit + integration (stream fault runs among them) under
+#                ASan+UBSan, unit under TSan, the Python package's pytest suite and the
+#                stream kill-and-restart example against a release build
+#   make stream-demo  a stream trainer killed and restarted mid-run; the ledger is checked
 #   make bench   the side-by-side benchmarks (see docs/benchmarks.md)
 #   make tsan    TSan build of the unit tests (the store's concurrency test among them)
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DPython_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3
 
-.PHONY: all bootstrap build release asan tsan pytest pipcheck test demo bench clean
+.PHONY: all bootstrap build release asan tsan pytest pipcheck test demo stream-demo bench clean
 
 all: build
 
@@ -40,9 +42,10 @@ tsan: bootstrap build/tsan/build.ninja
 
 # Debian's python3 with the package built into build/release/python.
 pytest: bootstrap build/release/build.ninja
-	cmake --build build/release -j $(JOBS) --target _cistern cisternd
+	cmake --build build/release -j $(JOBS) --target _cistern cisternd cistern
 	PYTHONPATH=build/release/python:python/tests CISTERN_BUILD_DIR=build/release \
 	  /usr/bin/python3 -m pytest -q python/tests
+	bash examples/stream_kill_restart.sh build/release
 
 # The package installs with pip into a venv of Debian's python3 (no downloads)
 # and passes the client tests from there.
@@ -61,6 +64,10 @@ test: asan
 
 demo: release
 	scripts/demo.sh build/release
+
+# A trainer killed mid-run and restarted: no sample lost, none retrained after a durable ack.
+stream-demo: release
+	bash examples/stream_kill_restart.sh build/release
 
 bench: release
 	bash bench/run.sh
