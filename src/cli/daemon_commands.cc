@@ -4,7 +4,12 @@
 //       meta.json     pid, socket, version, start time (written right after fork,
 //                     before the daemon is ready, so clients can find it)
 //       logs/stdout.log, logs/stderr.log
-// and points $CISTERN_HOME/hosts/<host_id>/current_session at it. One daemon
+// and points $CISTERN_HOME/hosts/<host_id>/current_session at it. Unless the
+// config says otherwise, every session of the host uses
+//   $CISTERN_HOME/hosts/<host_id>/run/     the socket (runtime_dir)
+//   $CISTERN_HOME/hosts/<host_id>/state/   durable state: registry.db, the
+//                                          stream ledgers (state_dir)
+// so streams outlive sessions (restart, stale-session replacement). One daemon
 // runs per host and CISTERN_HOME: a start while the current session's process
 // is alive fails; a session whose process is gone (kill -9, reboot) is stale
 // and is replaced. <host_id> is the hostname plus the start of /etc/machine-id.
@@ -236,6 +241,7 @@ int Start(const StartArgs& a, bool json) {
   }
   fs::path host = HostDir();
   if (cfg.runtime_dir().empty()) cfg.set_runtime_dir((host / "run").string());
+  if (cfg.state_dir().empty()) cfg.set_state_dir((host / "state").string());
   for (const std::string& set : a.sets) {
     if (absl::Status s = ApplyOverride(set, &cfg); !s.ok()) {
       std::fprintf(stderr, "cistern: --set %s: %s\n", set.c_str(), std::string(s.message()).c_str());
@@ -260,6 +266,21 @@ int Start(const StartArgs& a, bool json) {
   if (ec || ::access(cfg.runtime_dir().c_str(), W_OK) != 0) {
     std::fprintf(stderr, "cistern: runtime_dir '%s' is not writable\n", cfg.runtime_dir().c_str());
     return 2;
+  }
+  // Durable state: the registry database, in state_dir unless registry.path
+  // names another place.
+  for (const fs::path& dir :
+       {fs::path(cfg.state_dir()), fs::path(cfg.registry().path()).parent_path()}) {
+    fs::create_directories(dir, ec);
+    if (ec || ::access(dir.c_str(), W_OK) != 0) {
+      if (dir == fs::path(cfg.state_dir())) {
+        std::fprintf(stderr, "cistern: state_dir '%s' is not writable\n", dir.c_str());
+      } else {
+        std::fprintf(stderr, "cistern: registry.path '%s': directory '%s' is not writable\n",
+                     cfg.registry().path().c_str(), dir.c_str());
+      }
+      return 2;
+    }
   }
   std::string effective = (m.dir / "config.yaml").string();
   std::ofstream(effective) << ToYaml(cfg);
@@ -388,6 +409,14 @@ std::string Bytes(uint64_t n) {
   return u == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, units[u]);
 }
 
+// The state_dir and registry database of a session, from its effective
+// config ("" when it cannot be read).
+std::pair<std::string, std::string> SessionRegistry(const Meta& m) {
+  config::DaemonConfig cfg;
+  if (!LoadYamlFile((m.dir / "config.yaml").string(), &cfg).ok()) return {};
+  return {cfg.state_dir(), cfg.registry().path()};
+}
+
 int Status(bool json) {
   auto m = FindSession("");
   if (!m || !Alive(m->pid)) {
@@ -416,6 +445,7 @@ int Status(bool json) {
     }
     return 1;
   }
+  auto [state_dir, registry] = SessionRegistry(*m);
   if (json) {
     std::string tiers, sessions;
     for (const auto& t : st->stats.tiers) {
@@ -434,11 +464,13 @@ int Status(bool json) {
     }
     std::printf(
         "{\"running\": true, \"healthy\": true, \"session\": %s, \"pid\": %d, \"version\": %s, "
-        "\"uptime_s\": %.1f, \"socket\": %s, \"metrics\": %s, \"objects\": %llu, \"leases\": %llu, "
+        "\"uptime_s\": %.1f, \"socket\": %s, \"metrics\": %s, \"state_dir\": %s, "
+        "\"registry\": %s, \"objects\": %llu, \"leases\": %llu, "
         "\"pending_writes\": %llu, \"tiers\": [%s], \"sessions\": [%s]}\n",
         JsonString(m->session_id).c_str(), st->pid, JsonString(st->version).c_str(),
         st->uptime_ms / 1000.0, JsonString(st->socket_path).c_str(),
-        JsonString(st->metrics_endpoint).c_str(), static_cast<unsigned long long>(st->stats.objects),
+        JsonString(st->metrics_endpoint).c_str(), JsonString(state_dir).c_str(),
+        JsonString(registry).c_str(), static_cast<unsigned long long>(st->stats.objects),
         static_cast<unsigned long long>(st->stats.leases),
         static_cast<unsigned long long>(st->stats.pending_writes), tiers.c_str(),
         sessions.c_str());
@@ -447,6 +479,7 @@ int Status(bool json) {
   std::printf("cisternd %s: healthy, pid %d, up %.0f s, session %s\nsocket: %s\nmetrics: http://%s/metrics\n",
               st->version.c_str(), st->pid, st->uptime_ms / 1000.0, m->session_id.c_str(),
               st->socket_path.c_str(), st->metrics_endpoint.c_str());
+  if (!registry.empty()) std::printf("registry: %s\n", registry.c_str());
   std::printf("objects: %llu, leases: %llu, unsealed writes: %llu\n",
               static_cast<unsigned long long>(st->stats.objects),
               static_cast<unsigned long long>(st->stats.leases),
