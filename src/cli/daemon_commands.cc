@@ -15,6 +15,8 @@
 // and is replaced. <host_id> is the hostname plus the start of /etc/machine-id.
 #include "src/cli/daemon_commands.h"
 
+#include "src/cli/data_commands.h"
+
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -398,17 +400,6 @@ int Stop(const std::string& id, double grace_s, bool json) {
   return 0;
 }
 
-std::string Bytes(uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = n;
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, units[u]);
-}
-
 // The state_dir and registry database of a session, from its effective
 // config ("" when it cannot be read).
 std::pair<std::string, std::string> SessionRegistry(const Meta& m) {
@@ -486,8 +477,8 @@ int Status(bool json) {
               static_cast<unsigned long long>(st->stats.pending_writes));
   std::printf("%-12s %12s %12s %12s %10s\n", "tier", "total", "used", "evictable", "evictions");
   for (const auto& t : st->stats.tiers) {
-    std::printf("%-12s %12s %12s %12s %10llu\n", t.name.c_str(), Bytes(t.capacity_bytes).c_str(),
-                Bytes(t.used_bytes).c_str(), Bytes(t.evictable_bytes).c_str(),
+    std::printf("%-12s %12s %12s %12s %10llu\n", t.name.c_str(), HumanBytes(t.capacity_bytes).c_str(),
+                HumanBytes(t.used_bytes).c_str(), HumanBytes(t.evictable_bytes).c_str(),
                 static_cast<unsigned long long>(t.evictions));
   }
   std::printf("sessions (%zu):\n", st->sessions.size());

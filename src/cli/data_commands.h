@@ -33,6 +33,9 @@ int List(const Target& t, const std::string& prefix, bool json);
 int Stat(const Target& t, const std::string& key, bool json);
 int Remove(const Target& t, const std::string& key, bool json);
 
+// `n` bytes for people: "512 B", "1.5 MiB".
+std::string HumanBytes(uint64_t n);
+
 // `s` as a JSON string literal.
 std::string JsonString(std::string_view s);
 

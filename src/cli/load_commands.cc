@@ -17,6 +17,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "fmt/format.h"
 #include "include/cistern/client.h"
+#include "src/cli/data_commands.h"
 #include "src/cli/safetensors.h"
 #include "src/common/errno_status.h"
 #include "src/common/fmt_absl.h"
@@ -35,17 +36,6 @@ int BadInput(absl::string_view msg) {
   return 2;
 }
 
-
-std::string HumanBytes(uint64_t n) {
-  constexpr const char* kUnits[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
-  double v = static_cast<double>(n);
-  size_t u = 0;
-  while (v >= 1024 && u + 1 < std::size(kUnits)) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, kUnits[u]);
-}
 
 // One input file, open from header validation until its bytes are copied.
 struct Shard {

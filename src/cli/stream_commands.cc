@@ -11,6 +11,7 @@
 #include "fmt/format.h"
 #include "include/cistern/client.h"
 #include "include/cistern/stream.h"
+#include "src/cli/data_commands.h"
 #include "src/stream/stream.h"
 
 namespace cistern::cli {
@@ -18,20 +19,9 @@ namespace {
 
 using Json = nlohmann::ordered_json;
 
-std::string Bytes(uint64_t n) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double v = n;
-  int u = 0;
-  while (v >= 1024 && u < 4) {
-    v /= 1024;
-    ++u;
-  }
-  return u == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, units[u]);
-}
-
 // "1.5 MiB (1572864 bytes)": the unit for reading, the count for scripts.
 std::string BytesExact(uint64_t n) {
-  return n < 1024 ? Bytes(n) : fmt::format("{} ({} bytes)", Bytes(n), n);
+  return n < 1024 ? HumanBytes(n) : fmt::format("{} ({} bytes)", HumanBytes(n), n);
 }
 
 std::string Step(const std::optional<uint64_t>& s) { return s ? std::to_string(*s) : "none"; }
@@ -132,7 +122,7 @@ int StreamList(const Target& t, bool json) {
                 s.name.c_str(), static_cast<unsigned long long>(s.depth),
                 static_cast<unsigned long long>(s.in_flight),
                 static_cast<unsigned long long>(s.awaiting_durable),
-                Bytes(s.resident_bytes).c_str(), static_cast<unsigned long long>(s.committed),
+                HumanBytes(s.resident_bytes).c_str(), static_cast<unsigned long long>(s.committed),
                 static_cast<unsigned long long>(s.acked), s.paused ? "yes" : "no");
   }
   return 0;
