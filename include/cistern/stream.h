@@ -96,8 +96,8 @@ struct CommitResult {
 
 struct LeaseOptions {
   uint32_t max_refs = 1;
-  uint32_t min_refs = 1;               // return once this many are available...
-  std::chrono::milliseconds wait{0};   // ...or after this long with what there is
+  uint32_t min_refs = 1;              // return once this many are available...
+  std::chrono::milliseconds wait{0};  // ...or after this long with what there is
   std::optional<std::pair<uint32_t, uint32_t>> partition;  // (index, count)
 };
 

@@ -144,8 +144,7 @@ absl::StatusOr<std::vector<SampleRef>> Stream::Lease(const LeaseOptions& options
 }
 
 absl::StatusOr<AckResult> Stream::Ack(const std::vector<SampleRef>& refs,
-                                      std::optional<uint64_t> global_step,
-                                      bool optimizer_durable) {
+                                      std::optional<uint64_t> global_step, bool optimizer_durable) {
   wire::Request req;
   auto* a = req.mutable_stream_ack();
   a->set_name(name_);

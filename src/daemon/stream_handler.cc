@@ -54,8 +54,8 @@ bool StreamHandler::Handle(const wire::Request& req, std::string_view client, At
       }
       bool blocked = false;
       wire::StreamCommitReply reply;
-      absl::Status st = (*s)->Commit(c, c.producer().empty() ? client : c.producer(), &reply,
-                                     &blocked);
+      absl::Status st =
+          (*s)->Commit(c, c.producer().empty() ? client : c.producer(), &reply, &blocked);
       if (blocked) {
         if (attempt == Attempt::kFirst) (*s)->CountProducerWait();
         if (may_wait) return true;
@@ -94,15 +94,15 @@ bool StreamHandler::Handle(const wire::Request& req, std::string_view client, At
     }
     case wire::Request::kStreamAck: {
       auto s = streams_->Find(req.stream_ack().name());
-      absl::Status st = s.ok() ? (*s)->Ack(req.stream_ack(), resp->mutable_stream_ack())
-                               : s.status();
+      absl::Status st =
+          s.ok() ? (*s)->Ack(req.stream_ack(), resp->mutable_stream_ack()) : s.status();
       if (!st.ok()) SetStatus(st, resp);
       return false;
     }
     case wire::Request::kStreamFail: {
       auto s = streams_->Find(req.stream_fail().name());
-      absl::Status st = s.ok() ? (*s)->Fail(req.stream_fail(), resp->mutable_stream_fail())
-                               : s.status();
+      absl::Status st =
+          s.ok() ? (*s)->Fail(req.stream_fail(), resp->mutable_stream_fail()) : s.status();
       if (!st.ok()) SetStatus(st, resp);
       return false;
     }

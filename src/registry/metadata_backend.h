@@ -37,7 +37,9 @@ class WriteBatch {
     std::string key;
     std::optional<std::string> value;  // nullopt: delete `key`
   };
-  void Put(std::string key, std::string value) { ops_.push_back({std::move(key), std::move(value)}); }
+  void Put(std::string key, std::string value) {
+    ops_.push_back({std::move(key), std::move(value)});
+  }
   void Delete(std::string key) { ops_.push_back({std::move(key), std::nullopt}); }
   const std::vector<Op>& ops() const { return ops_; }
   bool empty() const { return ops_.empty(); }
@@ -62,9 +64,9 @@ class MetadataBackend {
 
   // Calls `visit(key, value)` for every key starting with `prefix`, in key
   // order, until it returns false. `visit` must not call into the backend.
-  virtual absl::Status Scan(std::string_view prefix,
-                            absl::FunctionRef<bool(std::string_view key, std::string_view value)>
-                                visit) = 0;
+  virtual absl::Status Scan(
+      std::string_view prefix,
+      absl::FunctionRef<bool(std::string_view key, std::string_view value)> visit) = 0;
 
   // What and where, for logs and errors: "sqlite:/path/registry.db", "memory".
   virtual std::string Describe() const = 0;

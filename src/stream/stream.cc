@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
@@ -57,8 +58,8 @@ std::string Quote(std::string_view s) { return store::QuoteKey(s); }
 absl::Status ValidateSampleId(std::string_view id) {
   if (id.empty()) return absl::InvalidArgumentError("sample_id is empty");
   if (id.size() > kMaxSampleIdBytes) {
-    return absl::InvalidArgumentError(fmt::format("sample_id of {} bytes exceeds the limit of {}",
-                                                  id.size(), kMaxSampleIdBytes));
+    return absl::InvalidArgumentError(
+        fmt::format("sample_id of {} bytes exceeds the limit of {}", id.size(), kMaxSampleIdBytes));
   }
   if (id.find('\0') != std::string_view::npos || !IsValidUtf8(id)) {
     return absl::InvalidArgumentError(
@@ -120,23 +121,21 @@ absl::Status ValidateStreamName(std::string_view name) {
     bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
               c == '.' || c == '_' || c == '-';
     if (!ok) {
-      return absl::InvalidArgumentError(
-          fmt::format("stream name {} must be 1..{} bytes of [A-Za-z0-9._-]", Quote(name),
-                      kMaxNameBytes));
+      return absl::InvalidArgumentError(fmt::format(
+          "stream name {} must be 1..{} bytes of [A-Za-z0-9._-]", Quote(name), kMaxNameBytes));
     }
   }
   return absl::OkStatus();
 }
 
 absl::Status ValidateOptions(const wire::StreamOptions& o) {
-  if (!o.has_lease_timeout_ms() || !o.has_high_watermark_bytes() ||
-      !o.has_low_watermark_bytes() || !o.has_max_in_flight_per_producer() ||
-      !o.has_max_lease_refs()) {
+  if (!o.has_lease_timeout_ms() || !o.has_high_watermark_bytes() || !o.has_low_watermark_bytes() ||
+      !o.has_max_in_flight_per_producer() || !o.has_max_lease_refs()) {
     return absl::InvalidArgumentError("stream options are incomplete");
   }
   if (o.lease_timeout_ms() == 0 || o.lease_timeout_ms() > kMaxLeaseTimeoutMs) {
-    return absl::InvalidArgumentError(fmt::format(
-        "lease_timeout_ms {} must be 1..{}", o.lease_timeout_ms(), kMaxLeaseTimeoutMs));
+    return absl::InvalidArgumentError(
+        fmt::format("lease_timeout_ms {} must be 1..{}", o.lease_timeout_ms(), kMaxLeaseTimeoutMs));
   }
   if (o.high_watermark_bytes() > 0 && o.low_watermark_bytes() > o.high_watermark_bytes()) {
     return absl::InvalidArgumentError(
@@ -158,8 +157,11 @@ Stream::Stream(std::string name, registry::MetadataBackend* backend, store::Obje
                Clock* clock)
     : name_(std::move(name)), backend_(backend), store_(store), clock_(clock) {
   // Lease ids differ across restarts, so a handle from before a restart never
-  // matches a lease granted after it.
-  next_lease_id_ = (UnixMs() << 16) + 1;
+  // matches a lease granted after it: each incarnation starts at a random
+  // point (a start from the wall clock repeats when a restart takes under a
+  // millisecond or the clock steps back).
+  std::random_device rd;
+  next_lease_id_ = ((uint64_t{rd()} << 32 | rd()) >> 1) + 1;
 }
 
 Stream::~Stream() {
@@ -195,7 +197,8 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Load(
   RETURN_IF_ERROR(ValidateOptions(meta.options()));
   ReconcileReport rep;
   registry::WriteBatch batch;
-  std::vector<std::pair<wire::SampleRef, uint64_t>> to_free;  // after the batch is durable
+  // After the batch is durable; `released` counts those still there.
+  std::vector<std::pair<wire::SampleRef, bool>> to_free;
   std::vector<uint64_t> pins;  // taken here; given back if the batch fails
   for (const auto& [seq, rec] : records) {
     s->next_seq_ = std::max(s->next_seq_, seq + 1);
@@ -205,7 +208,7 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Load(
       case ledger::SampleRecord::DROPPED:
         ++s->counters_.dropped;
         s->done_[id] = Done::kDropped;
-        to_free.push_back({rec.ref(), 0});
+        to_free.push_back({rec.ref(), false});
         continue;
       case ledger::SampleRecord::LOST:
         ++s->counters_.lost;
@@ -215,8 +218,7 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Load(
         if (s->Durable(rec)) {
           ++s->counters_.acked;
           s->done_[id] = Done::kReleased;
-          to_free.push_back({rec.ref(), 0});
-          ++rep.released;
+          to_free.push_back({rec.ref(), true});
           continue;
         }
         break;
@@ -254,6 +256,7 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Load(
     s->resident_bytes_ += rec.ref().nbytes();
     ++s->producer_in_flight_[rec.producer()];
     Sample* raw = sample.get();
+    s->live_keys_.emplace(rec.ref().key(), id);
     s->live_.emplace(id, std::move(sample));
     s->Enqueue(raw);
   }
@@ -261,7 +264,10 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Load(
     for (uint64_t pin : pins) (void)store->Release(kStreamSession, pin);
     return st;
   }
-  for (const auto& [ref, pin] : to_free) s->FreeObject(ref, pin);
+  for (const auto& [ref, released] : to_free) {
+    // Only this generation: a producer may have put a newer one under the key.
+    if (store->Remove(ref.key(), ref.generation()).ok() && released) ++rep.released;
+  }
   s->paused_ = s->Paused();
   if (report) *report = rep;
   return s;
@@ -278,8 +284,7 @@ absl::Status Stream::UpdateOptions(const wire::StreamOptions& update) {
   batch.Put(MetaKey(name_), meta.SerializeAsString());
   RETURN_IF_ERROR(backend_->Apply(batch));
   meta_ = std::move(meta);
-  paused_ = false;
-  paused_ = Paused();
+  Paused();  // the new watermarks apply from now on, hysteresis included
   ++epoch_;
   return absl::OkStatus();
 }
@@ -330,22 +335,38 @@ void Stream::Finish(Sample* s, Done how) {
           }
         }
       } else {
-        awaiting_stepless_.erase(s->record.ack_seq());
+        auto [b, e] = awaiting_stepless_.equal_range(s->record.ack_seq());
+        for (auto it = b; it != e; ++it) {
+          if (it->second == s) {
+            awaiting_stepless_.erase(it);
+            break;
+          }
+        }
       }
       break;
   }
   FreeObject(s->record.ref(), s->pin);
   resident_bytes_ -= s->record.ref().nbytes();
   done_[id] = how;
+  live_keys_.erase(s->record.ref().key());
   live_.erase(id);
   ++epoch_;
 }
 
 void Stream::ReclaimExpired() {
   Clock::TimePoint now = clock_->Now();
+  // Back to the queue by deadline, then in commit order (leased_ orders the
+  // refs of one lease by address).
+  std::vector<Sample*> expired;
   while (!leased_.empty() && leased_.begin()->first <= now) {
-    Sample* s = leased_.begin()->second;
+    expired.push_back(leased_.begin()->second);
     leased_.erase(leased_.begin());
+  }
+  std::stable_sort(expired.begin(), expired.end(), [](const Sample* a, const Sample* b) {
+    return a->lease_deadline != b->lease_deadline ? a->lease_deadline < b->lease_deadline
+                                                  : a->seq < b->seq;
+  });
+  for (Sample* s : expired) {
     s->lease_id = 0;
     Enqueue(s);
     ++counters_.expired_leases;
@@ -374,6 +395,22 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
     }
     fresh.push_back(&r);
   }
+  // One live sample per object: releasing one would free the other's bytes.
+  absl::flat_hash_map<std::string_view, std::string_view> keys;
+  for (const wire::SampleRef* r : fresh) {
+    auto held = live_keys_.find(r->key());
+    std::string_view other = held != live_keys_.end() ? std::string_view(held->second) : "";
+    if (other.empty()) {
+      auto [it, added] = keys.emplace(r->key(), r->sample_id());
+      if (!added) other = it->second;
+    }
+    if (!other.empty()) {
+      return absl::InvalidArgumentError(fmt::format(
+          "ref of sample {} names object {}, which sample {} of stream '{}' already holds; "
+          "each sample needs its own object",
+          Quote(r->sample_id()), Quote(r->key()), Quote(other), name_));
+    }
+  }
   if (fresh.empty()) {
     reply->set_committed(0);
     reply->set_duplicates(duplicates);
@@ -397,10 +434,10 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
           fresh.size(), o.max_in_flight_per_producer(), name_));
     }
     *blocked = true;
-    return absl::ResourceExhaustedError(fmt::format(
-        "producer '{}' has {} unacked refs in stream '{}'; {} more exceed "
-        "max_in_flight_per_producer {}",
-        who, in_flight, name_, fresh.size(), o.max_in_flight_per_producer()));
+    return absl::ResourceExhaustedError(
+        fmt::format("producer '{}' has {} unacked refs in stream '{}'; {} more exceed "
+                    "max_in_flight_per_producer {}",
+                    who, in_flight, name_, fresh.size(), o.max_in_flight_per_producer()));
   }
   // Pin every object: the ref must name a sealed, visible generation.
   std::vector<store::ObjectStore::LeaseInfo> pins;
@@ -411,17 +448,16 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
     auto pin = store_->Get(kStreamSession, r->key(), r->generation());
     if (!pin.ok()) {
       give_back();
-      return absl::Status(pin.status().code(),
-                          fmt::format("ref of sample {}: {}", Quote(r->sample_id()),
-                                      pin.status().message()));
+      return absl::Status(
+          pin.status().code(),
+          fmt::format("ref of sample {}: {}", Quote(r->sample_id()), pin.status().message()));
     }
     pins.push_back(*pin);
     if (r->nbytes() != 0 && r->nbytes() != pin->size) {
       give_back();
-      return absl::InvalidArgumentError(
-          fmt::format("ref of sample {} says nbytes {} but object {} generation {} holds {}",
-                      Quote(r->sample_id()), r->nbytes(), Quote(r->key()), r->generation(),
-                      pin->size));
+      return absl::InvalidArgumentError(fmt::format(
+          "ref of sample {} says nbytes {} but object {} generation {} holds {}",
+          Quote(r->sample_id()), r->nbytes(), Quote(r->key()), r->generation(), pin->size));
     }
   }
   // Durable first.
@@ -450,6 +486,7 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
   for (auto& s : samples) {
     resident_bytes_ += s->record.ref().nbytes();
     Sample* raw = s.get();
+    live_keys_.emplace(s->record.ref().key(), s->record.ref().sample_id());
     live_.emplace(s->record.ref().sample_id(), std::move(s));
     Enqueue(raw);
   }
@@ -462,8 +499,8 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
   return absl::OkStatus();
 }
 
-absl::Status Stream::Lease(const wire::StreamLease& req, bool final,
-                           wire::StreamLeaseReply* reply, bool* blocked) {
+absl::Status Stream::Lease(const wire::StreamLease& req, bool final, wire::StreamLeaseReply* reply,
+                           bool* blocked) {
   *blocked = false;
   if (req.max_refs() == 0) return absl::InvalidArgumentError("max_refs is 0");
   if (req.partition_count() > 0 && req.partition_index() >= req.partition_count()) {
@@ -515,32 +552,32 @@ absl::Status Stream::Resolve(const google::protobuf::RepeatedPtrField<wire::RefH
     if (it == live_.end()) {
       auto d = done_.find(h.sample_id());
       if (d == done_.end()) {
-        return absl::NotFoundError(fmt::format("stream '{}' has no sample {}", name_,
-                                               Quote(h.sample_id())));
+        return absl::NotFoundError(
+            fmt::format("stream '{}' has no sample {}", name_, Quote(h.sample_id())));
       }
       if (for_ack && d->second == Done::kReleased) {
         ++*already;
         continue;
       }
-      return absl::FailedPreconditionError(fmt::format(
-          "sample {} of stream '{}' is {}", Quote(h.sample_id()), name_,
-          d->second == Done::kReleased ? "already acked and released"
-          : d->second == Done::kDropped ? "dropped"
-                                        : "lost"));
+      return absl::FailedPreconditionError(
+          fmt::format("sample {} of stream '{}' is {}", Quote(h.sample_id()), name_,
+                      d->second == Done::kReleased  ? "already acked and released"
+                      : d->second == Done::kDropped ? "dropped"
+                                                    : "lost"));
     }
     Sample* s = it->second.get();
     if (h.generation() != 0 && h.generation() != s->record.ref().generation()) {
-      return absl::FailedPreconditionError(fmt::format(
-          "sample {} of stream '{}' is generation {}, not {}", Quote(h.sample_id()), name_,
-          s->record.ref().generation(), h.generation()));
+      return absl::FailedPreconditionError(
+          fmt::format("sample {} of stream '{}' is generation {}, not {}", Quote(h.sample_id()),
+                      name_, s->record.ref().generation(), h.generation()));
     }
     if (s->state == State::kAwaitingDurable) {
       if (for_ack) {
         ++*already;
         continue;
       }
-      return absl::FailedPreconditionError(fmt::format(
-          "sample {} of stream '{}' is already acked", Quote(h.sample_id()), name_));
+      return absl::FailedPreconditionError(
+          fmt::format("sample {} of stream '{}' is already acked", Quote(h.sample_id()), name_));
     }
     if (s->state != State::kLeased || s->lease_id != h.lease_id()) {
       return absl::FailedPreconditionError(fmt::format(
@@ -569,7 +606,8 @@ absl::Status Stream::Ack(const wire::StreamAck& req, wire::StreamAckReply* reply
   }
   if (req.optimizer_durable()) {
     if (step) {
-      if (!marker.has_durable_step() || *step > marker.durable_step()) marker.set_durable_step(*step);
+      if (!marker.has_durable_step() || *step > marker.durable_step())
+        marker.set_durable_step(*step);
     } else {
       marker.set_durable_ack_seq(ack_seq);
     }
@@ -591,8 +629,8 @@ absl::Status Stream::Ack(const wire::StreamAck& req, wire::StreamAckReply* reply
   }
   batch.Put(MarkerKey(name_), marker.SerializeAsString());
   if (absl::Status st = backend_->Apply(batch); !st.ok()) {
-    return absl::Status(st.code(), fmt::format("stream '{}': ack of {} refs not written: {}",
-                                               name_, targets.size(), st.message()));
+    return absl::Status(st.code(), fmt::format("stream '{}': ack of {} refs not written: {}", name_,
+                                               targets.size(), st.message()));
   }
   // Durable: now memory may forget.
   marker_ = std::move(marker);
@@ -609,6 +647,7 @@ absl::Status Stream::Ack(const wire::StreamAck& req, wire::StreamAckReply* reply
     }
     --producer_in_flight_[s->record.producer()];
   }
+  if (!targets.empty()) ++epoch_;  // a producer at its in-flight cap may go on
   uint64_t released = ReleaseCovered();
   reply->set_acked(targets.size());
   reply->set_already(already);
@@ -689,8 +728,8 @@ absl::StatusOr<ReconcileReport> Stream::Reconcile() {
     records.push_back(std::move(r));
   }
   if (absl::Status st = backend_->Apply(batch); !st.ok()) {
-    return absl::Status(st.code(), fmt::format("stream '{}': reconcile not written: {}", name_,
-                                               st.message()));
+    return absl::Status(st.code(),
+                        fmt::format("stream '{}': reconcile not written: {}", name_, st.message()));
   }
   // Leased refs in commit order, then the un-acked ones, to the tail.
   std::vector<Sample*> leased;

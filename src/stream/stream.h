@@ -82,7 +82,8 @@ class Stream {
 
   // Commits refs; idempotent on sample_id (a committed id is skipped, also
   // within one call). Every ref is validated and its object (key, generation)
-  // pinned before anything is written; any bad ref fails the whole call.
+  // pinned before anything is written; any bad ref — including one naming an
+  // object another live sample of the stream holds — fails the whole call.
   // Backpressure: with the stream paused (resident bytes reached the high
   // watermark and have not fallen below the low one) or the producer at its
   // in-flight cap, sets *blocked and returns ResourceExhausted with the
@@ -179,10 +180,11 @@ class Stream {
 
   absl::flat_hash_map<std::string, std::unique_ptr<Sample>> live_;  // by sample_id
   absl::flat_hash_map<std::string, Done> done_;                     // by sample_id
+  absl::flat_hash_map<std::string, std::string> live_keys_;         // object key -> sample_id
   std::map<uint64_t, Sample*> queue_;                               // by queue_pos
   std::set<std::pair<Clock::TimePoint, Sample*>> leased_;           // by deadline
   std::multimap<uint64_t, Sample*> awaiting_by_step_;
-  std::map<uint64_t, Sample*> awaiting_stepless_;  // by ack_seq
+  std::multimap<uint64_t, Sample*> awaiting_stepless_;  // by ack_seq (one per ack call)
   absl::flat_hash_map<std::string, uint64_t> producer_in_flight_;
 
   struct Counters {

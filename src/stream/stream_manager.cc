@@ -19,8 +19,7 @@ struct Ledger {
 
 absl::StatusOr<std::unique_ptr<StreamManager>> StreamManager::Open(
     registry::MetadataBackend* backend, store::ObjectStore* store, Clock* clock,
-    const StreamDefaults& defaults,
-    std::vector<std::pair<std::string, ReconcileReport>>* reports) {
+    const StreamDefaults& defaults, std::vector<std::pair<std::string, ReconcileReport>>* reports) {
   std::unique_ptr<StreamManager> m(new StreamManager(backend, store, clock, defaults));
   std::map<std::string, Ledger> ledgers;
   absl::Status bad;
@@ -50,8 +49,8 @@ absl::StatusOr<std::unique_ptr<StreamManager>> StreamManager::Open(
     }
     if (!ok) {
       bad = absl::DataLossError(
-          fmt::format("registry {}: record '{}' of stream '{}' does not parse",
-                      backend->Describe(), absl::CHexEscape(absl::string_view(key.data(), key.size())), name));
+          fmt::format("registry {}: record '{}' of stream '{}' does not parse", backend->Describe(),
+                      absl::CHexEscape(absl::string_view(key.data(), key.size())), name));
       return false;
     }
     return true;
@@ -63,8 +62,8 @@ absl::StatusOr<std::unique_ptr<StreamManager>> StreamManager::Open(
                                              backend->Describe(), name));
     }
     ReconcileReport rep;
-    ASSIGN_OR_RETURN(auto s, Stream::Load(name, *l.meta, l.marker, l.records, backend, store,
-                                          clock, &rep));
+    ASSIGN_OR_RETURN(auto s,
+                     Stream::Load(name, *l.meta, l.marker, l.records, backend, store, clock, &rep));
     if (reports) reports->emplace_back(name, rep);
     m->streams_.emplace(name, std::move(s));
   }
@@ -98,8 +97,8 @@ absl::StatusOr<Stream*> StreamManager::OpenStream(std::string_view name,
     RETURN_IF_ERROR(it->second->UpdateOptions(update));
     return it->second.get();
   }
-  ASSIGN_OR_RETURN(auto s,
-                   Stream::Create(std::string(name), WithDefaults(options), backend_, store_, clock_));
+  ASSIGN_OR_RETURN(
+      auto s, Stream::Create(std::string(name), WithDefaults(options), backend_, store_, clock_));
   Stream* raw = s.get();
   streams_.emplace(std::string(name), std::move(s));
   ++created_;
