@@ -56,11 +56,22 @@ def test_commit_is_idempotent_on_sample_id(client, stream):
 
 def test_a_ref_to_a_missing_generation_rejects_the_whole_commit(client, stream):
     good = client.put("good", {"x": np.zeros(4, np.float32)})
+    other = client.put("other", {"x": np.zeros(4, np.float32)})
     refs = [SampleRef("a", "good", good.generation, 0, (), {}),
-            SampleRef("b", "good", good.generation + 100, 0, (), {})]
+            SampleRef("b", "other", other.generation + 100, 0, (), {})]
     with pytest.raises(KeyError, match="b"):
         stream.commit(refs)
     assert stream.depth() == 0
+    assert stream.stat()["committed"] == 0
+    assert client.stat("good")["leases"] == 0  # the pin taken for 'a' was given back
+
+
+def test_two_samples_naming_one_object_are_refused(client, stream):
+    obj = client.put("shared", {"x": np.zeros(4, np.float32)})
+    refs = [SampleRef("a", "shared", obj.generation, 0, (), {}),
+            SampleRef("b", "shared", obj.generation, 0, (), {})]
+    with pytest.raises(ValueError, match="its own object"):
+        stream.commit(refs)
     assert stream.stat()["committed"] == 0
 
 
