@@ -105,7 +105,8 @@ TEST(CliDocsTest, OperationsGuideCoversEveryCommandAndOption) {
   std::vector<std::string> commands = {
       "",           "put",          "get",           "ls",           "stat",
       "rm",         "load",         "export",        "config validate", "config show",
-      "daemon start", "daemon stop", "daemon restart", "daemon status", "daemon logs"};
+      "daemon start", "daemon stop", "daemon restart", "daemon status", "daemon logs",
+      "stream",       "stream ls",   "stream show",    "stream reconcile"};
   for (const std::string& cmd : commands) {
     if (!cmd.empty()) {
       EXPECT_NE(doc.find("cistern " + cmd), std::string::npos) << "`cistern " << cmd << "`";

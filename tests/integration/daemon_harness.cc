@@ -139,6 +139,12 @@ int Daemon::RunToExit(const std::vector<std::string>& args) {
   return Wait();
 }
 
+bool Daemon::Restart(std::string* error) {
+  Kill(SIGKILL);
+  Wait();
+  return Start({}, error);
+}
+
 void Daemon::Kill(int sig) {
   if (pid_ > 0) ::kill(pid_, sig);
 }

@@ -33,12 +33,17 @@ class Daemon {
   // Waits for the daemon to exit; returns the exit code, or 128+signal.
   int Wait();
   bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+  // kill -9, then start again over the same directory, arena and state.
+  bool Restart(std::string* error = nullptr);
 
   absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& token = "") const;
   const std::string& socket_path() const { return socket_path_; }
   const std::string& config_path() const { return config_path_; }
   const std::string& arena_path() const { return arena_path_; }
   const std::string& dir() const { return dir_; }
+  // The registry database: state_dir defaults to <runtime_dir>/state.
+  std::string registry_path() const { return dir_ + "/state/registry.db"; }
   std::string Log() const;
 
  private:
