@@ -22,7 +22,16 @@
                  consumer FeatureStore.get, reads, FeatureStore.release
      shared_dir  producer torch.save to a temp name in /dev/shm + os.rename; the
                  consumer polls for the file, torch.load, reads, os.unlink
+     stream      producer Stream.put per sample (object put + commit, one SQLite
+                 transaction each); the consumer a StreamLoader, batches of 8,
+                 as_="torch", durable acks (each frees its 8 samples), reads
+     stream_b8   the same object puts, the refs committed 8 per Stream.commit;
+                 the same consumer
    samples {"hidden": float32 [3/4 of the bytes], "logits": float16 [1/4]}.
+   Each stream job uses a fresh stream and must end with it empty (depth,
+   in_flight, awaiting_durable, resident_bytes 0) and the daemon's object
+   count as before, or the run stops. The serial table times each side alone,
+   the stream stage by stage (object put, commit, lease, get+read, ack).
 
 Everything this run creates (daemon, arena, files, processes) is removed at
 the end, also on an exception, SIGINT or SIGTERM.
@@ -37,6 +46,7 @@ import json
 import multiprocessing
 import os
 import platform
+import re
 import shutil
 import signal
 import statistics
@@ -406,10 +416,21 @@ def _read(tensors, i):
     return v, float(h[0, 0]) == float(i)
 
 
+STREAM_BATCH = 8  # stream_b8: refs per Stream.commit; both stream variants: samples per lease/ack
+STREAM_WAIT_S = 60.0  # put/commit/lease waits of the stream variants (never reached in a run)
+
+
+def _stream_name(tag):
+    """A stream name (1..128 of [A-Za-z0-9._-]) for a job tag like 'r0-stream-1 MiB'."""
+    return "handoff-" + re.sub(r"[^A-Za-z0-9._-]", "", tag)
+
+
 def _producer(ctl, out, socket, shm_dir):
     import torch
     import cistern
-    fs = cistern.FeatureStore(cistern.connect(socket), namespace="handoff")
+    from cistern import FeatureSpec, SampleRef
+    client = cistern.connect(socket)
+    fs = cistern.FeatureStore(client, namespace="handoff")
     ctl.send("imported")
     while True:
         job = ctl.recv()
@@ -419,6 +440,11 @@ def _producer(ctl, out, socket, shm_dir):
         hs, ls = _sample_shapes(nbytes)
         hidden = torch.randn(hs)
         logits = torch.randn(ls).half()
+        if variant in ("stream", "stream_b8"):
+            stream = cistern.Stream(client, _stream_name(tag))
+            features = (FeatureSpec("hidden", "float32", tuple(hs)),
+                        FeatureSpec("logits", "float16", tuple(ls)))
+            pending = []
         ctl.send("ready")
         ctl.recv()  # go
         for i in range(count):
@@ -427,6 +453,20 @@ def _producer(ctl, out, socket, shm_dir):
             if variant == "cistern":
                 ref = fs.put(f"{tag}-{i}", sample)
                 out.send(tuple(ref))
+            elif variant == "stream":
+                # Stream.put: one object <stream>/<id> (put_tensors, evictable) + commit of
+                # its ref (one SQLite transaction): two round trips, one fsync per sample.
+                stream.put(f"{i:08d}", sample, timeout=STREAM_WAIT_S)
+            elif variant == "stream_b8":
+                # The same object as Stream.put writes; refs committed STREAM_BATCH at a time.
+                sid = f"{i:08d}"
+                key = f"{stream.name}/{sid}"
+                o = client.put(key, sample, evictable=True, if_absent=True,
+                               timeout=STREAM_WAIT_S)
+                pending.append(SampleRef(sid, key, o.generation, o.nbytes, features, {}))
+                if len(pending) == STREAM_BATCH or i == count - 1:
+                    stream.commit(pending, timeout=STREAM_WAIT_S)
+                    pending = []
             else:
                 tmp = os.path.join(shm_dir, f".tmp-{tag}-{i}.pt")
                 torch.save(sample, tmp)
@@ -434,21 +474,58 @@ def _producer(ctl, out, socket, shm_dir):
         ctl.send(time.monotonic())
 
 
+def _consume_stream(client, stream, count, as_):
+    """The stream variants' consumer: a StreamLoader (batches of STREAM_BATCH,
+    durable step-numbered acks, so every ack frees its samples at once) for
+    the full batches, then lease/get/ack for a short tail. Returns (bad, acc)."""
+    import cistern
+    bad, acc = 0, 0.0
+    full = count - count % STREAM_BATCH
+    loader = cistern.StreamLoader(stream, STREAM_BATCH, timeout=STREAM_WAIT_S, as_=as_,
+                                  optimizer_durable=True)
+    got = 0
+    while got < full:
+        batch = next(loader)  # acks the previous batch first
+        for ref, tensors in zip(batch.refs, batch.samples):
+            v, ok = _read(tensors, int(ref.sample_id))
+            acc += v
+            bad += not ok
+        got += len(batch)
+        del tensors, batch
+    loader.close()  # acks the last batch
+    if count > full:
+        refs = stream.lease(count - full, timeout=STREAM_WAIT_S, min_refs=count - full)
+        for ref in refs:
+            tensors = client.get(ref.key, generation=ref.generation, as_=as_)
+            v, ok = _read(tensors, int(ref.sample_id))
+            acc += v
+            bad += not ok
+            del tensors
+        stream.ack(refs, global_step=(loader.step or 0) + 1, optimizer_durable=True)
+    return bad, acc
+
+
 def _consumer(ctl, inp, socket, shm_dir, poll_s):
     import torch
     import cistern
     from cistern import SampleRef
-    fs = cistern.FeatureStore(cistern.connect(socket), namespace="handoff")
+    client = cistern.connect(socket)
+    fs = cistern.FeatureStore(client, namespace="handoff")
     ctl.send("imported")
     while True:
         job = ctl.recv()
         if job is None:
             return
         variant, nbytes, count, tag = job
+        if variant in ("stream", "stream_b8"):
+            stream = cistern.Stream(client, _stream_name(tag))  # create-or-open
         ctl.send("ready")
         ctl.recv()  # go
         bad = empty_polls = 0
         acc = 0.0
+        if variant in ("stream", "stream_b8"):
+            bad, acc = _consume_stream(client, stream, count, "torch")
+            count = 0  # done
         for i in range(count):
             if variant == "cistern":
                 ref = SampleRef(*inp.recv())
@@ -491,6 +568,10 @@ def serial_costs(client, shm_dir, sizes, iters):
         sample = {"hidden": torch.randn(hs), "logits": torch.randn(ls).half()}
         n = iters if nbytes <= MiB else max(20, iters // 8)
         put, get, save, load = [], [], [], []
+        stream = cistern.Stream(client, _stream_name(f"serial-{label}"))
+        feats = tuple(cistern.FeatureSpec(k, str(t.dtype)[6:], tuple(t.shape))
+                      for k, t in sample.items())
+        sstages = {k: [] for k in ("object put", "commit", "lease", "get+read", "ack")}
         for i in range(n + 5):
             sample["hidden"][0, 0] = float(i)
             t0 = time.perf_counter()
@@ -510,21 +591,69 @@ def serial_costs(client, shm_dir, sizes, iters):
             del tensors
             os.unlink(path)
             t4 = time.perf_counter()
-            if not (ok1 and ok2):
+            # The stream, one sample at a time, stage by stage: Stream.put is object put +
+            # commit; the consumer leases 1, gets and reads, acks durably (which frees it).
+            sid = f"{i:08d}"
+            key = f"{stream.name}/{sid}"
+            ts = [time.perf_counter()]
+            o = client.put(key, sample, evictable=True, if_absent=True)
+            ts.append(time.perf_counter())
+            stream.commit([cistern.SampleRef(sid, key, o.generation, o.nbytes, feats, {})])
+            ts.append(time.perf_counter())
+            (lref,) = stream.lease(1)
+            ts.append(time.perf_counter())
+            tensors = client.get(lref.key, generation=lref.generation, as_="torch")
+            _, ok3 = _read(tensors, int(lref.sample_id))
+            del tensors
+            ts.append(time.perf_counter())
+            stream.ack([lref], global_step=i + 1, optimizer_durable=True)
+            ts.append(time.perf_counter())
+            if not (ok1 and ok2 and ok3):
                 raise RuntimeError("serial: wrong values read")
             if i >= 5:
                 put.append(t1 - t0)
                 get.append(t2 - t1)
                 save.append(t3 - t2)
                 load.append(t4 - t3)
+                for k, a, b in zip(sstages, ts, ts[1:]):
+                    sstages[k].append(b - a)
+        info = stream.stat()
+        if any(info[k] for k in STREAM_EMPTY):
+            raise RuntimeError(f"serial: stream {stream.name} not empty: {info}")
         rows.append({"size": label, "iters": n, "cistern_put_us": median(put) * 1e6,
                      "cistern_get_read_release_us": median(get) * 1e6,
                      "torch_save_rename_us": median(save) * 1e6,
-                     "torch_load_read_unlink_us": median(load) * 1e6})
+                     "torch_load_read_unlink_us": median(load) * 1e6,
+                     "stream_us": {k: median(v) * 1e6 for k, v in sstages.items()},
+                     "stream_total_us": median([sum(x) for x in zip(*sstages.values())]) * 1e6})
     return rows
 
 
-def handoff_phase(socket, shm_dir, sizes, rounds, warmup, poll_s):
+STREAM_EMPTY = ("depth", "in_flight", "awaiting_durable", "resident_bytes")
+
+
+def _check_stream_job(client, variant, tag, count, objects_before):
+    """After a stream job: the stream is empty (every sample acked durably and
+    released) and the daemon holds exactly the objects it held before. Returns
+    the stream's stat; RuntimeError otherwise."""
+    import cistern
+    info = cistern.Stream(client, _stream_name(tag)).stat()
+    bad = {k: info[k] for k in STREAM_EMPTY if info[k] != 0}
+    if bad or info["committed"] != count or info["acked"] != count:
+        raise RuntimeError(f"{variant} {tag}: stream not empty after the job: {bad}, committed "
+                           f"{info['committed']}, acked {info['acked']} of {count}")
+    deadline = time.monotonic() + 5
+    while client.stats()["objects"] != objects_before:  # frees deferred by a late view
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{variant} {tag}: the daemon holds {client.stats()['objects']} "
+                               f"objects after the job, {objects_before} before")
+        time.sleep(0.01)
+    return info
+
+
+def handoff_phase(socket, shm_dir, sizes, rounds, warmup, poll_s, variants):
+    import cistern
+    client = cistern.connect(socket)
     ctx = multiprocessing.get_context("spawn")
     p_ctl, p_ctl_child = ctx.Pipe()
     c_ctl, c_ctl_child = ctx.Pipe()
@@ -548,6 +677,7 @@ def handoff_phase(socket, shm_dir, sizes, rounds, warmup, poll_s):
                 if not ctl.poll(120):
                     raise RuntimeError("hand-off process died")
                 ctl.recv()
+            objects_before = client.stats()["objects"]
             t0 = time.monotonic()
             c_ctl.send("go")
             p_ctl.send("go")
@@ -558,10 +688,15 @@ def handoff_phase(socket, shm_dir, sizes, rounds, warmup, poll_s):
             res = c_ctl.recv()
             if res["bad"]:
                 raise RuntimeError(f"{variant}: consumer read {res['bad']} wrong samples")
-            return {"elapsed_s": res["end"] - t0, "producer_s": prod_end - t0,
-                    "empty_polls": res["empty_polls"]}
+            out = {"elapsed_s": res["end"] - t0, "producer_s": prod_end - t0,
+                   "empty_polls": res["empty_polls"]}
+            if variant in ("stream", "stream_b8"):
+                info = _check_stream_job(client, variant, tag, count, objects_before)
+                out["stream"] = {k: info[k] for k in (
+                    "committed", "acked", "producer_waits", "producer_rejections",
+                    "consumer_starved", "consumer_empty", "expired_leases", "requeued")}
+            return out
 
-        variants = ["cistern", "shared_dir"]
         for label, nbytes, count in sizes:
             for v in variants:  # warm-up, not recorded
                 job(v, nbytes, warmup, f"warm-{v}-{label}")
@@ -609,6 +744,9 @@ def main():
     ap.add_argument("--samples-1m", type=int, default=1000, help="1 MiB samples per round")
     ap.add_argument("--samples-16m", type=int, default=120, help="16 MiB samples per round")
     ap.add_argument("--poll-us", type=float, default=100, help="consumer poll sleep (100 us)")
+    ap.add_argument("--handoff-variants", default="cistern,shared_dir,stream,stream_b8",
+                    help="hand-off variants, interleaved (default cistern,shared_dir,stream,"
+                         "stream_b8; shared_dir is the baseline of the ratios)")
     ap.add_argument("--pertensor-iters", type=int, default=2000)
     ap.add_argument("--variants", default="cistern,memmap,torch_load",
                     help="weight-sharing variants to run (default all three)")
@@ -709,7 +847,7 @@ def main():
             hdir = os.path.join(workdir, "handoff")
             os.mkdir(hdir)
             hruns = handoff_phase(daemon.socket, hdir, hsizes, opts.handoff_rounds, 10,
-                                  opts.poll_us / 1e6)
+                                  opts.poll_us / 1e6, opts.handoff_variants.split(","))
             out["handoff_runs"] = hruns
             serial = serial_costs(client, hdir, hsizes, 400)
             out["handoff_serial"] = serial
@@ -859,8 +997,9 @@ def report(opts, sizes, ns, summ, pt, hruns, hsizes, serial, out):
             f"{opts.handoff_rounds} rounds, min-max) ==")
         log("     size  samples variant     samples/s (min-max)          GB/s  producer done s  "
             "consumer done s  empty polls  ratio")
+        hvars = list(dict.fromkeys(r["variant"] for r in hruns))
         for label, nbytes, count in hsizes:
-            for v in ("cistern", "shared_dir"):
+            for v in hvars:
                 rs = [r for r in hruns if r["size"] == label and r["variant"] == v]
                 hsum[(label, v)] = {
                     "samples_per_s": median([r["samples_per_s"] for r in rs]),
@@ -870,15 +1009,27 @@ def report(opts, sizes, ns, summ, pt, hruns, hsizes, serial, out):
                     "producer_s": median([r["producer_s"] for r in rs]),
                     "elapsed_s": median([r["elapsed_s"] for r in rs]),
                     "empty_polls": median([r["empty_polls"] for r in rs]), "count": count}
-            for v in ("cistern", "shared_dir"):
+                if "stream" in rs[0]:
+                    hsum[(label, v)]["producer_waits"] = sum(r["stream"]["producer_waits"]
+                                                             for r in rs)
+            base = hsum.get((label, "shared_dir"))
+            for v in hvars:
                 h = hsum[(label, v)]
-                ratio = h["samples_per_s"] / hsum[(label, "shared_dir")]["samples_per_s"]
+                ratio = f"{h['samples_per_s'] / base['samples_per_s']:6.2f}x" if base else "     -"
                 log(f"   {label:>6} {count:8} {v:<10} "
                     + f"{h['samples_per_s']:9.1f} ({h['min']:.1f}-{h['max']:.1f})".ljust(30)
                     + f"{h['gb_per_s']:6.2f} {h['producer_s']:16.3f} {h['elapsed_s']:16.3f} "
-                      f"{h['empty_polls']:12.0f} {ratio:6.2f}x")
+                      f"{h['empty_polls']:12.0f} {ratio}")
         log("   GB/s = 1e9 bytes/s; done = seconds from go until the producer has handed off, and "
             "until the consumer has released, the last sample")
+        if any(v.startswith("stream") for v in hvars):
+            log(f"   stream = Stream.put per sample (object put + commit); stream_b8 = the same "
+                f"object puts, refs committed {STREAM_BATCH} per Stream.commit; consumer of both: "
+                f"StreamLoader batch {STREAM_BATCH}, durable acks; every stream job ended empty "
+                "(depth, in_flight, awaiting_durable, resident_bytes 0; daemon objects as before); "
+                "producer waits (backpressure) over all rounds: "
+                + ", ".join(f"{k[1]} {k[0]} {h['producer_waits']}" for k, h in hsum.items()
+                            if "producer_waits" in h))
         out["handoff_summary"] = [dict(size=k[0], variant=k[1], **v) for k, v in hsum.items()]
     if serial:
         log("\n   each side's work per sample, alone in one process (median us; no pipe, no polling):")
@@ -889,6 +1040,16 @@ def report(opts, sizes, ns, summ, pt, hruns, hsizes, serial, out):
             b = r["torch_save_rename_us"] + r["torch_load_read_unlink_us"]
             log(f"   {r['size']:>6} {r['cistern_put_us']:13.1f} {r['cistern_get_read_release_us']:17.1f} "
                 f"{r['torch_save_rename_us']:24.1f} {r['torch_load_read_unlink_us']:17.1f} {b / c:13.2f}x")
+        log("   the stream, one sample at a time in the same loop (median us; acks durable, "
+            "one SQLite transaction per commit and per ack):")
+        log("     size  object put   commit    lease  get+read      ack    total   "
+            "shared dir / stream")
+        for r in serial:
+            st = r["stream_us"]
+            b = r["torch_save_rename_us"] + r["torch_load_read_unlink_us"]
+            log(f"   {r['size']:>6} {st['object put']:11.1f} {st['commit']:8.1f} {st['lease']:8.1f} "
+                f"{st['get+read']:9.1f} {st['ack']:8.1f} {r['stream_total_us']:8.1f} "
+                f"{b / r['stream_total_us']:20.2f}x")
 
     # -- targets -------------------------------------------------------------------
     targets = []
@@ -910,15 +1071,22 @@ def report(opts, sizes, ns, summ, pt, hruns, hsizes, serial, out):
                 add(f"1. torch.load / attach at {big} ({what}), N={n}", tl[field] / c[field], 50.0,
                     True)
     for label, _, _ in hsizes:
-        if (label, "cistern") in hsum:
+        if (label, "cistern") in hsum and (label, "shared_dir") in hsum:
             add(f"2. hand-off {label}: cistern / shared dir (samples/s)",
                 hsum[(label, "cistern")]["samples_per_s"]
                 / hsum[(label, "shared_dir")]["samples_per_s"], 5.0, True)
+    for v in ("stream", "stream_b8"):
+        for label, _, _ in hsizes:
+            if (label, v) in hsum and (label, "shared_dir") in hsum:
+                add(f"2. hand-off via {v} {label}: {v} / shared dir (samples/s)",
+                    hsum[(label, v)]["samples_per_s"]
+                    / hsum[(label, "shared_dir")]["samples_per_s"], 5.0, True)
     out["targets"] = targets
     log("\n== Targets ==")
-    log("   target                                                   measured  threshold  verdict")
+    width = max([55] + [len(t["target"]) for t in targets])
+    log("   " + "target".ljust(width) + "   measured  threshold  verdict")
     for t in targets:
-        log(f"   {t['target']:<55} {t['measured']:10.2f}  {'>=' if t['at_least'] else '<='} "
+        log(f"   {t['target']:<{width}} {t['measured']:10.2f}  {'>=' if t['at_least'] else '<='} "
             f"{t['threshold']:6.1f}  {t['verdict']}")
     log(f"   {sum(t['met'] for t in targets)} of {len(targets)} met")
     if out.get("skipped"):
