@@ -875,19 +875,24 @@ double SqliteAcksPerSecond(const std::string& path, int batch, int samples) {
   sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO kv(key, value) VALUES(?1, ?2)", -1, &put,
                      nullptr);
   std::string value(120, 'r');  // about a SampleRecord
-  auto t0 = Clock::now();
-  for (int done = 0; done < samples; done += batch) {
-    exec("BEGIN IMMEDIATE");
-    for (int i = 0; i <= batch; ++i) {  // batch rows + the marker
-      std::string key = i == batch ? "marker" : fmt::format("s/{:012d}", done + i);
-      sqlite3_bind_blob(put, 1, key.data(), key.size(), SQLITE_TRANSIENT);
-      sqlite3_bind_blob(put, 2, value.data(), value.size(), SQLITE_STATIC);
-      if (sqlite3_step(put) != SQLITE_DONE) Die("sqlite insert");
-      sqlite3_reset(put);
+  // Twice over the same rows; the second pass is timed, so that the WAL file
+  // has grown already, as the daemon's has when its acks are timed.
+  double secs = 0;
+  for (int pass = 0; pass < 2; ++pass) {
+    auto t0 = Clock::now();
+    for (int done = 0; done < samples; done += batch) {
+      exec("BEGIN IMMEDIATE");
+      for (int i = 0; i <= batch; ++i) {  // batch rows + the marker
+        std::string key = i == batch ? "marker" : fmt::format("s/{:012d}", done + i);
+        sqlite3_bind_blob(put, 1, key.data(), key.size(), SQLITE_TRANSIENT);
+        sqlite3_bind_blob(put, 2, value.data(), value.size(), SQLITE_STATIC);
+        if (sqlite3_step(put) != SQLITE_DONE) Die("sqlite insert");
+        sqlite3_reset(put);
+      }
+      exec("COMMIT");
     }
-    exec("COMMIT");
+    secs = Seconds(Clock::now() - t0);
   }
-  double secs = Seconds(Clock::now() - t0);
   sqlite3_finalize(put);
   sqlite3_close(db);
   return samples / secs;
