@@ -170,60 +170,26 @@ Verdict Check(const std::string& journal, int samples, const std::string& stream
 
 // stream_workload with its stdout (progress dots) on a pipe and its stderr
 // in a file.
-struct Driver {
-  pid_t pid = -1;
-  int out = -1;
+ChildProcess StartDriver(const Daemon& d, const std::string& stream, const std::string& journal,
+                         uint64_t seed, int samples, const std::string& err_path, bool resume) {
+  std::vector<std::string> args = {BinaryPath("tests/faults/stream_workload"),
+                                   d.socket_path(),
+                                   stream,
+                                   journal,
+                                   std::to_string(seed),
+                                   std::to_string(samples)};
+  if (resume) args.push_back("resume");
+  return ChildProcess::Spawn(std::move(args), err_path);
+}
 
-  Driver(const Daemon& d, const std::string& stream, const std::string& journal, uint64_t seed,
-         int samples, const std::string& err_path, bool resume) {
-    int fds[2];
-    EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-    std::vector<std::string> args = {BinaryPath("tests/faults/stream_workload"),
-                                     d.socket_path(),
-                                     stream,
-                                     journal,
-                                     std::to_string(seed),
-                                     std::to_string(samples)};
-    if (resume) args.push_back("resume");
-    pid = ::fork();
-    if (pid == 0) {
-      ::dup2(fds[1], 1);
-      int err = ::open(err_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
-      ::dup2(err, 2);
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      std::_Exit(127);
-    }
-    ::close(fds[1]);
-    out = fds[0];
+// Reads progress until `ops` confirmed operations were seen in all; false at
+// the driver's end of output.
+bool ReadUntil(ChildProcess& driver, uint64_t ops, uint64_t* seen) {
+  for (; *seen < ops; ++*seen) {
+    if (driver.ReadByte() < 0) return false;
   }
-  ~Driver() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      Wait();
-    }
-    if (out >= 0) ::close(out);
-  }
-  // Reads progress until `ops` confirmed operations were seen in all; false
-  // at the driver's end of output.
-  bool ReadUntil(uint64_t ops, uint64_t* seen) {
-    char buf[256];
-    while (*seen < ops) {
-      ssize_t n = ::read(out, buf, std::min<uint64_t>(sizeof buf, ops - *seen));
-      if (n <= 0) return false;
-      *seen += n;
-    }
-    return true;
-  }
-  int Wait() {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    pid = -1;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-};
+  return true;
+}
 
 std::string Tail(const std::string& s, size_t n) {
   return s.size() <= n ? s : "..." + s.substr(s.size() - n);
@@ -269,8 +235,8 @@ void RunSeed(uint64_t seed, int daemon_kills, int driver_kills, Totals* totals) 
   const std::string stream = fmt::format("fault{}", seed);
   const std::string journal_path = d.dir() + "/journal";
   const std::string driver_err = d.dir() + "/driver.err";
-  auto driver = std::make_unique<Driver>(d, stream, journal_path, seed, samples, driver_err,
-                                         /*resume=*/false);
+  ChildProcess driver =
+      StartDriver(d, stream, journal_path, seed, samples, driver_err, /*resume=*/false);
   auto diagnose = [&] {
     return fmt::format("driver stderr:\n{}\njournal tail:\n{}\ndaemon log tail:\n{}",
                        Tail(ReadFile(driver_err), 2000), Tail(ReadFile(journal_path), 2000),
@@ -282,17 +248,15 @@ void RunSeed(uint64_t seed, int daemon_kills, int driver_kills, Totals* totals) 
     const Kill& kill = kills[k];
     SCOPED_TRACE(fmt::format("kill {} ({}) after op {}", k + 1, kill.driver ? "driver" : "daemon",
                              kill.after_ops));
-    ASSERT_TRUE(driver->ReadUntil(kill.after_ops, &ops))
+    ASSERT_TRUE(ReadUntil(driver, kill.after_ops, &ops))
         << "the driver ended before the kill point\n"
         << diagnose();
     std::this_thread::sleep_for(std::chrono::microseconds(kill.then_us));
     if (kill.driver) {
-      ::kill(driver->pid, SIGKILL);
-      ASSERT_EQ(driver->Wait(), 128 + SIGKILL) << diagnose();
-      driver.reset();
+      ::kill(driver.pid(), SIGKILL);
+      ASSERT_EQ(driver.Wait(), 128 + SIGKILL) << diagnose();
       ++totals->driver_kills;
-      driver = std::make_unique<Driver>(d, stream, journal_path, seed, samples, driver_err,
-                                        /*resume=*/true);
+      driver = StartDriver(d, stream, journal_path, seed, samples, driver_err, /*resume=*/true);
     } else {
       d.Kill(SIGKILL);
       ASSERT_EQ(d.Wait(), 128 + SIGKILL);
@@ -300,8 +264,8 @@ void RunSeed(uint64_t seed, int daemon_kills, int driver_kills, Totals* totals) 
       ASSERT_TRUE(d.Start({}, &err)) << err;
     }
   }
-  driver->ReadUntil(UINT64_MAX, &ops);
-  int code = driver->Wait();
+  ReadUntil(driver, UINT64_MAX, &ops);
+  int code = driver.Wait();
   ASSERT_EQ(code, 0) << "stream_workload failed\n" << diagnose();
 
   Verdict v = Check(ReadFile(journal_path), samples, stream);

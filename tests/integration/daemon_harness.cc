@@ -14,6 +14,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include "fmt/format.h"
 
@@ -69,6 +70,69 @@ std::string ReadFile(const std::string& path) {
 
 std::string BinaryPath(const std::string& name) {
   return std::string(CISTERN_BUILD_DIR) + "/" + name;
+}
+
+ChildProcess ChildProcess::Spawn(std::vector<std::string> argv, const std::string& stderr_path) {
+  int fds[2];
+  if (::pipe2(fds, O_CLOEXEC) != 0) {
+    std::perror("pipe2");
+    std::abort();
+  }
+  ChildProcess c;
+  c.pid_ = ::fork();
+  if (c.pid_ == 0) {
+    ::dup2(fds[1], 1);
+    if (!stderr_path.empty()) {
+      int err = ::open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+      if (err >= 0) ::dup2(err, 2);
+    }
+    std::vector<char*> args;
+    for (auto& a : argv) args.push_back(a.data());
+    args.push_back(nullptr);
+    ::execv(args[0], args.data());
+    std::_Exit(127);
+  }
+  ::close(fds[1]);
+  c.out_ = ::fdopen(fds[0], "r");
+  return c;
+}
+
+ChildProcess::ChildProcess(ChildProcess&& other) noexcept
+    : pid_(std::exchange(other.pid_, -1)), out_(std::exchange(other.out_, nullptr)) {}
+
+ChildProcess& ChildProcess::operator=(ChildProcess&& other) noexcept {
+  if (this != &other) {
+    this->~ChildProcess();
+    pid_ = std::exchange(other.pid_, -1);
+    out_ = std::exchange(other.out_, nullptr);
+  }
+  return *this;
+}
+
+ChildProcess::~ChildProcess() {
+  if (pid_ > 0) {
+    ::kill(pid_, SIGKILL);
+    Wait();
+  }
+  if (out_) std::fclose(out_);
+  out_ = nullptr;
+}
+
+std::string ChildProcess::ReadLine() {
+  char buf[4096];
+  if (!out_ || !std::fgets(buf, sizeof buf, out_)) return "";
+  std::string s(buf);
+  if (!s.empty() && s.back() == '\n') s.pop_back();
+  return s;
+}
+
+int ChildProcess::ReadByte() { return out_ ? std::getc(out_) : -1; }
+
+int ChildProcess::Wait() {
+  int status = 0;
+  if (pid_ > 0) ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 Daemon::Daemon(DaemonSpec spec) {

@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <cstdio>
 #include <memory>
 #include <string>
 #include <vector>
@@ -71,6 +72,30 @@ std::string ReadFile(const std::string& path);
 
 // Path of a binary built beside the tests (cisternd, cistern_test_client).
 std::string BinaryPath(const std::string& name);
+
+// A child process running argv[0] (a path) with its stdout on a pipe and, when
+// `stderr_path` is set, its stderr appended to that file. Move-only; killed
+// (SIGKILL) and reaped on destruction unless Wait() reaped it already.
+class ChildProcess {
+ public:
+  static ChildProcess Spawn(std::vector<std::string> argv, const std::string& stderr_path = "");
+  ChildProcess(ChildProcess&& other) noexcept;
+  ChildProcess& operator=(ChildProcess&& other) noexcept;
+  ~ChildProcess();
+
+  pid_t pid() const { return pid_; }
+  // The next line of its stdout without the newline; "" at the end.
+  std::string ReadLine();
+  // The next byte of its stdout; -1 at the end.
+  int ReadByte();
+  // Waits for it to exit; returns the exit code, or 128+signal.
+  int Wait();
+
+ private:
+  ChildProcess() = default;
+  pid_t pid_ = -1;
+  FILE* out_ = nullptr;
+};
 
 // Deterministic content for a key: every byte is a function of the key and
 // its position, so a reader can verify a whole object from its key alone.

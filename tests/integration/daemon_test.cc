@@ -23,44 +23,10 @@ namespace {
 using ::testing::HasSubstr;
 
 // A cistern_test_client process with its stdout on a pipe.
-struct Child {
-  pid_t pid = -1;
-  FILE* out = nullptr;
-
-  static Child Spawn(std::vector<std::string> args) {
-    int fds[2];
-    EXPECT_EQ(::pipe(fds), 0);
-    Child c;
-    c.pid = ::fork();
-    if (c.pid == 0) {
-      ::dup2(fds[1], 1);
-      ::close(fds[0]);
-      args.insert(args.begin(), BinaryPath("tests/integration/cistern_test_client"));
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      std::_Exit(127);
-    }
-    ::close(fds[1]);
-    c.out = ::fdopen(fds[0], "r");
-    return c;
-  }
-  std::string ReadLine() {
-    char buf[4096];
-    if (!std::fgets(buf, sizeof buf, out)) return "";
-    std::string s(buf);
-    if (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
-  int Wait() {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    if (out) std::fclose(out);
-    out = nullptr;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-};
+ChildProcess TestClient(std::vector<std::string> args) {
+  args.insert(args.begin(), BinaryPath("tests/integration/cistern_test_client"));
+  return ChildProcess::Spawn(std::move(args));
+}
 
 // Polls `pred` for up to 20 s; a condition wait, not a timing assertion.
 template <typename F>
@@ -77,9 +43,9 @@ TEST(DaemonTest, ManyClientProcessesPutAndGetConcurrentlyWithVerifiedContents) {
   Daemon d(DaemonSpec{256 << 20});
   std::string err;
   ASSERT_TRUE(d.Start({}, &err)) << err;
-  std::vector<Child> kids;
+  std::vector<ChildProcess> kids;
   for (int i = 0; i < 6; ++i) {
-    kids.push_back(Child::Spawn({"putget", d.socket_path(), std::to_string(i), "150"}));
+    kids.push_back(TestClient({"putget", d.socket_path(), std::to_string(i), "150"}));
   }
   for (auto& k : kids) EXPECT_EQ(k.Wait(), 0);
   auto c = d.Connect();
@@ -98,9 +64,9 @@ TEST(DaemonTest, KilledClientsReleaseLeasesAndAbortWrites) {
   ASSERT_TRUE(c.ok());
   uint64_t baseline = (*c)->Stats()->tiers[0].used_bytes;
   ASSERT_TRUE((*c)->Put("shared", std::string(1 << 20, 's')).ok());
-  std::vector<Child> holders;
+  std::vector<ChildProcess> holders;
   for (int i = 0; i < 3; ++i) {
-    holders.push_back(Child::Spawn({"hold", d.socket_path(), "shared", "4"}));
+    holders.push_back(TestClient({"hold", d.socket_path(), "shared", "4"}));
     ASSERT_EQ(holders.back().ReadLine(), "ready");
   }
   ASSERT_TRUE((*c)->Remove("shared").ok());  // freed only when the holders are gone
@@ -108,7 +74,7 @@ TEST(DaemonTest, KilledClientsReleaseLeasesAndAbortWrites) {
   EXPECT_EQ(before->leases, 3u);
   EXPECT_EQ(before->pending_writes, 12u);
   EXPECT_GT(before->tiers[0].used_bytes, baseline);
-  for (auto& h : holders) ::kill(h.pid, SIGKILL);
+  for (auto& h : holders) ::kill(h.pid(), SIGKILL);
   for (auto& h : holders) h.Wait();
   EXPECT_TRUE(Eventually([&] {
     auto s = (*c)->Stats();
@@ -121,9 +87,9 @@ TEST(DaemonTest, Kill9UnderLoadLosesNothingSealedAndShowsNothingHalfWritten) {
   Daemon d(DaemonSpec{256 << 20});
   std::string err;
   ASSERT_TRUE(d.Start({}, &err)) << err;
-  std::vector<Child> writers;
+  std::vector<ChildProcess> writers;
   for (int i = 0; i < 3; ++i) {
-    writers.push_back(Child::Spawn({"writer", d.socket_path(), std::to_string(i)}));
+    writers.push_back(TestClient({"writer", d.socket_path(), std::to_string(i)}));
   }
   // Let them seal a good number of objects, then kill the daemon mid-stream.
   std::map<std::string, uint64_t> sealed;

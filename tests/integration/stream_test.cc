@@ -125,51 +125,10 @@ absl::StatusCode CodeOf(const wire::Response& r) {
 }
 
 // A cistern_stream_client process with its stdout on a pipe.
-struct Child {
-  pid_t pid = -1;
-  FILE* out = nullptr;
-
-  static Child Spawn(std::vector<std::string> args) {
-    int fds[2];
-    EXPECT_EQ(::pipe(fds), 0);
-    Child c;
-    c.pid = ::fork();
-    if (c.pid == 0) {
-      ::dup2(fds[1], 1);
-      ::close(fds[0]);
-      args.insert(args.begin(), BinaryPath("tests/integration/cistern_stream_client"));
-      std::vector<char*> argv;
-      for (auto& a : args) argv.push_back(a.data());
-      argv.push_back(nullptr);
-      ::execv(argv[0], argv.data());
-      std::_Exit(127);
-    }
-    ::close(fds[1]);
-    c.out = ::fdopen(fds[0], "r");
-    return c;
-  }
-  ~Child() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      Wait();
-    }
-  }
-  std::string ReadLine() {
-    char buf[4096];
-    if (!std::fgets(buf, sizeof buf, out)) return "";
-    std::string s(buf);
-    if (!s.empty() && s.back() == '\n') s.pop_back();
-    return s;
-  }
-  int Wait() {
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    pid = -1;
-    if (out) std::fclose(out);
-    out = nullptr;
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  }
-};
+ChildProcess StreamClient(std::vector<std::string> args) {
+  args.insert(args.begin(), BinaryPath("tests/integration/cistern_stream_client"));
+  return ChildProcess::Spawn(std::move(args));
+}
 
 class StreamTest : public ::testing::Test {
  protected:
@@ -552,10 +511,10 @@ TEST_F(StreamTest, KilledConsumersLeasesComeBackAfterTheLeaseTimeoutNotBefore) {
   ASSERT_TRUE(s.Commit(refs).ok());
   // Every lease the child takes starts after this.
   auto spawned = Clock::now();
-  Child child = Child::Spawn({"lease", daemon_.socket_path(), "s", "5"});
+  ChildProcess child = StreamClient({"lease", daemon_.socket_path(), "s", "5"});
   std::string line = child.ReadLine();
   ASSERT_EQ(line, "leased k0 k1 k2 k3 k4");
-  ::kill(child.pid, SIGKILL);
+  ::kill(child.pid(), SIGKILL);
   EXPECT_EQ(child.Wait(), 128 + SIGKILL);
   // The session is gone, but its stream leases are not session state: they
   // last until the timeout.
