@@ -12,65 +12,14 @@
 #include "src/common/frame.h"
 #include "src/common/unique_fd.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/integration/raw_connection.h"
 
 namespace cistern::testing {
 namespace {
 
 using ::testing::HasSubstr;
 
-// A hand-driven connection speaking raw frames.
-class Raw {
- public:
-  explicit Raw(const std::string& path) {
-    fd_.Reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-    EXPECT_EQ(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    timeval tv{10, 0};
-    ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-  }
-  void SendBytes(const std::string& b) {
-    ASSERT_EQ(::send(fd_.get(), b.data(), b.size(), MSG_NOSIGNAL), static_cast<ssize_t>(b.size()));
-  }
-  void SendFrame(const std::string& payload) {
-    std::string f;
-    AppendFrameHeader(&f, payload.size());
-    SendBytes(f + payload);
-  }
-  void Send(wire::Request req) { SendFrame(req.SerializeAsString()); }
-  void Hello(const std::string& token = "", uint32_t version = 1) {
-    wire::Request r;
-    r.set_id(1);
-    r.mutable_hello()->set_protocol_version(version);
-    r.mutable_hello()->set_token(token);
-    Send(r);
-  }
-  // The next response; nullopt when the daemon closed the connection.
-  std::optional<wire::Response> Receive() {
-    for (;;) {
-      std::optional<std::string_view> frame;
-      EXPECT_TRUE(in_.Next(&frame).ok());
-      if (frame) {
-        wire::Response r;
-        EXPECT_TRUE(r.ParseFromArray(frame->data(), frame->size()));
-        return r;
-      }
-      char* tail = in_.WritableTail(65536);
-      ssize_t n = ::recv(fd_.get(), tail, 65536, 0);
-      if (n <= 0) return std::nullopt;
-      in_.Commit(n);
-    }
-  }
-  bool ClosedByPeer() {
-    char c;
-    return ::recv(fd_.get(), &c, 1, 0) == 0;
-  }
-
- private:
-  UniqueFd fd_;
-  FrameBuffer in_{1 << 30};
-};
+using Raw = RawConnection;
 
 int Code(const wire::Response& r) { return r.has_status() ? r.status().code() : 0; }
 constexpr int kInvalid = static_cast<int>(absl::StatusCode::kInvalidArgument);

@@ -28,6 +28,7 @@
 #include "src/common/frame.h"
 #include "src/common/unique_fd.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/integration/raw_connection.h"
 
 namespace cistern::testing {
 namespace {
@@ -71,53 +72,16 @@ std::vector<std::string> Ids(const std::vector<SampleRef>& refs) {
   return ids;
 }
 
-// A hand-driven session speaking raw frames, for requests the C++ client
-// cannot make (a stream it never opened, a commit carrying a lease id).
-class Raw {
+// A raw session past its hello, for requests the C++ client cannot make (a
+// stream it never opened, a commit carrying a lease id).
+class Raw : public RawConnection {
  public:
-  explicit Raw(const std::string& path) {
-    fd_.Reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
-    EXPECT_EQ(::connect(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-    timeval tv{10, 0};
-    ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  explicit Raw(const std::string& path) : RawConnection(path) {
     wire::Request hello;
     hello.mutable_hello()->set_protocol_version(1);
     auto r = Call(hello);
     EXPECT_TRUE(r.has_hello()) << r.DebugString();
   }
-  wire::Response Call(wire::Request req) {
-    req.set_id(next_id_++);
-    std::string payload = req.SerializeAsString();
-    std::string frame;
-    AppendFrameHeader(&frame, payload.size());
-    frame += payload;
-    EXPECT_EQ(::send(fd_.get(), frame.data(), frame.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(frame.size()));
-    for (;;) {
-      std::optional<std::string_view> f;
-      EXPECT_TRUE(in_.Next(&f).ok());
-      if (f) {
-        wire::Response r;
-        EXPECT_TRUE(r.ParseFromArray(f->data(), f->size()));
-        return r;
-      }
-      char* tail = in_.WritableTail(65536);
-      ssize_t n = ::recv(fd_.get(), tail, 65536, 0);
-      if (n <= 0) {
-        ADD_FAILURE() << "the daemon closed the connection";
-        return {};
-      }
-      in_.Commit(n);
-    }
-  }
-
- private:
-  UniqueFd fd_;
-  FrameBuffer in_{1 << 30};
-  uint64_t next_id_ = 1;
 };
 
 absl::StatusCode CodeOf(const wire::Response& r) {
