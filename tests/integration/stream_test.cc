@@ -6,9 +6,7 @@
 
 #include <signal.h>
 #include <sys/resource.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -25,8 +23,6 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
-#include "src/common/frame.h"
-#include "src/common/unique_fd.h"
 #include "tests/integration/daemon_harness.h"
 #include "tests/integration/raw_connection.h"
 
