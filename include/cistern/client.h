@@ -183,6 +183,16 @@ struct DaemonStatus {
   std::vector<SessionStatus> sessions;  // every session that said hello
 };
 
+// A corrupt object the daemon set aside at its last start: not served, its
+// bytes kept until removed (recovery.on_corrupt_object: quarantine).
+struct QuarantinedObjectInfo {
+  std::string tier;
+  uint64_t block_offset = 0;  // with the tier, names it
+  uint64_t block_bytes = 0;
+  std::string key;  // empty when unreadable
+  std::string reason;
+};
+
 // Lays out tensors in one payload: each at the next multiple of 64 bytes.
 // Returns the manifest; `*total` receives the payload size.
 std::vector<TensorInfo> LayoutTensors(const std::vector<TensorInput>& tensors, uint64_t* total);
@@ -220,6 +230,10 @@ class Client {
   absl::StatusOr<DaemonStats> Stats();
   // The daemon's version, uptime, usage and sessions (`cistern daemon status`).
   absl::StatusOr<DaemonStatus> Status();
+  // Quarantined objects (`cistern quarantine ls`), and freeing one of them;
+  // NotFound if nothing is quarantined at that offset of that tier.
+  absl::StatusOr<std::vector<QuarantinedObjectInfo>> Quarantined();
+  absl::Status RemoveQuarantined(std::string_view tier, uint64_t block_offset);
 
   // Batch forms: one round trip for many small objects. Results are per entry.
   std::vector<absl::StatusOr<ObjectView>> GetMany(const std::vector<std::string>& keys);

@@ -92,6 +92,24 @@ struct StreamInfo {
 struct CommitResult {
   uint32_t committed = 0;
   uint32_t duplicates = 0;
+  // Per ref, in order: the object the stream holds for that sample id after
+  // the call (generation 0: none, the sample was released or dropped before).
+  std::vector<ObjectRef> held;
+};
+
+struct CommitOptions {
+  std::chrono::milliseconds wait{0};  // how long to wait out backpressure
+  std::string producer;               // empty: the client's name
+  // A ref with generation 0 names whatever generation of its key is visible
+  // when the daemon commits it (check and commit in one step).
+  bool adopt_visible = false;
+};
+
+struct SamplePutOptions {
+  std::map<std::string, std::string> metadata;
+  // Bounds the wait for space and for backpressure together.
+  std::chrono::milliseconds wait{0};
+  std::string producer;
 };
 
 struct LeaseOptions {
@@ -134,6 +152,20 @@ class Stream {
   absl::StatusOr<CommitResult> Commit(const std::vector<SampleRef>& refs,
                                       std::chrono::milliseconds wait = {},
                                       std::string_view producer = "");
+  absl::StatusOr<CommitResult> Commit(const std::vector<SampleRef>& refs,
+                                      const CommitOptions& options);
+  // Writes `tensors` as one evictable object "<stream>/<sample_id>" and commits
+  // its ref; safe to retry and to race with other producers of the same id.
+  // The object is written only if the key has none (if_absent); if it has one,
+  // the daemon commits whatever generation is visible then, atomically, so no
+  // producer ever replaces a generation another producer may be committing.
+  // Returns the ref the stream holds for the sample (its generation is 0 if
+  // the sample was committed and released or dropped before: the call then
+  // removes what it wrote and commits nothing). A failed commit removes what
+  // this call wrote.
+  absl::StatusOr<SampleRef> Put(std::string_view sample_id,
+                                const std::vector<TensorInput>& tensors,
+                                const SamplePutOptions& options = {});
   absl::StatusOr<std::vector<SampleRef>> Lease(const LeaseOptions& options);
   // Durable when it returns OK. Idempotent.
   absl::StatusOr<AckResult> Ack(const std::vector<SampleRef>& refs,

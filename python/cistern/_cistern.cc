@@ -72,6 +72,31 @@ cistern::PutOptions Options(bool evictable, bool if_absent, double timeout, bool
   return o;
 }
 
+// tensors: list of (name, dtype name, shape, contiguous buffer). `keep` holds
+// the buffers (and so the bytes the inputs point at) while they are used.
+std::vector<cistern::TensorInput> TensorsFromPy(const py::list& tensors,
+                                                std::vector<py::buffer_info>* keep) {
+  std::vector<cistern::TensorInput> in;
+  keep->reserve(tensors.size());
+  for (const py::handle& item : tensors) {
+    auto t = item.cast<py::tuple>();
+    cistern::TensorInput ti;
+    ti.name = t[0].cast<std::string>();
+    std::string dtype = t[1].cast<std::string>();
+    auto d = cistern::DTypeFromName(dtype);
+    if (!d) {
+      Raise(absl::InvalidArgumentError("tensor '" + ti.name + "' has unsupported dtype " + dtype));
+    }
+    ti.dtype = *d;
+    ti.shape = t[2].cast<std::vector<uint64_t>>();
+    keep->push_back(t[3].cast<py::buffer>().request());
+    ti.data = std::span<const std::byte>(static_cast<const std::byte*>(keep->back().ptr),
+                                         keep->back().size * keep->back().itemsize);
+    in.push_back(std::move(ti));
+  }
+  return in;
+}
+
 py::tuple Ref(const cistern::ObjectRef& r) { return py::make_tuple(r.key, r.generation, r.size); }
 
 py::dict Info(const cistern::ObjectInfo& o) {
@@ -181,8 +206,13 @@ py::dict StreamInfoToPy(const cistern::StreamInfo& i) {
   return d;
 }
 
+// Seconds from Python as milliseconds for the wire: NaN and negatives are 0,
+// huge values (inf included) saturate instead of overflowing; the daemon
+// clamps waits to its own maximum.
 std::chrono::milliseconds Millis(double seconds) {
-  return std::chrono::milliseconds(seconds > 0 ? static_cast<int64_t>(seconds * 1000) : 0);
+  constexpr double kMaxMs = 1e15;  // ~31,000 years; far below INT64_MAX
+  if (!(seconds > 0)) return std::chrono::milliseconds(0);
+  return std::chrono::milliseconds(static_cast<int64_t>(std::min(seconds * 1000, kMaxMs)));
 }
 
 }  // namespace
@@ -287,22 +317,8 @@ PYBIND11_MODULE(_cistern, m) {
           // tensors: list of (name, dtype name, shape, contiguous buffer)
           [](Client& c, const std::string& key, const py::list& tensors, bool evictable,
              bool if_absent, double timeout, bool checksum) {
-            std::vector<cistern::TensorInput> in;
             std::vector<py::buffer_info> keep;
-            for (const py::handle& item : tensors) {
-              auto t = item.cast<py::tuple>();
-              cistern::TensorInput ti;
-              ti.name = t[0].cast<std::string>();
-              std::string dtype = t[1].cast<std::string>();
-              auto d = cistern::DTypeFromName(dtype);
-              if (!d) Raise(absl::InvalidArgumentError("tensor '" + ti.name + "' has unsupported dtype " + dtype));
-              ti.dtype = *d;
-              ti.shape = t[2].cast<std::vector<uint64_t>>();
-              keep.push_back(t[3].cast<py::buffer>().request());
-              ti.data = std::span<const std::byte>(static_cast<const std::byte*>(keep.back().ptr),
-                                                   keep.back().size * keep.back().itemsize);
-              in.push_back(std::move(ti));
-            }
+            std::vector<cistern::TensorInput> in = TensorsFromPy(tensors, &keep);
             absl::StatusOr<cistern::ObjectRef> r;
             {
               py::gil_scoped_release unlocked;
@@ -500,6 +516,28 @@ PYBIND11_MODULE(_cistern, m) {
             return py::make_tuple(c.committed, c.duplicates);
           },
           py::arg("refs"), py::arg("timeout") = 0.0, py::arg("producer") = "")
+      .def(
+          "put",
+          // Stream::Put: write if absent, then commit whatever is visible in
+          // one step in the daemon; returns the held ref.
+          [](PyStream& s, const std::string& sample_id, const py::list& tensors,
+             const std::map<std::string, std::string>& metadata, double timeout,
+             const std::string& producer) {
+            std::vector<py::buffer_info> keep;
+            std::vector<cistern::TensorInput> in = TensorsFromPy(tensors, &keep);
+            cistern::SamplePutOptions o;
+            o.metadata = metadata;
+            o.wait = Millis(timeout);
+            o.producer = producer;
+            absl::StatusOr<cistern::SampleRef> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = s.stream->Put(sample_id, in, o);
+            }
+            return RefToPy(Check(std::move(r)));
+          },
+          py::arg("sample_id"), py::arg("tensors"), py::arg("metadata"), py::arg("timeout") = 0.0,
+          py::arg("producer") = "")
       .def(
           "lease",
           [](PyStream& s, uint32_t max_refs, uint32_t min_refs, double timeout,

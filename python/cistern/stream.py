@@ -48,7 +48,6 @@ from .feature_store import FeatureSpec, SampleRef
 _INT_OPTIONS = ("lease_timeout_ms", "high_watermark_bytes", "low_watermark_bytes",
                 "max_in_flight_per_producer", "max_lease_refs")
 _OPTIONS = ("lease_timeout",) + _INT_OPTIONS
-_ALREADY_EXISTS = 6  # absl::StatusCode::kAlreadyExists
 
 
 class CommitResult(NamedTuple):
@@ -313,60 +312,24 @@ class Stream:
         ``<stream>/<sample_id>`` and commits its ref (features taken from the
         tensors). ``timeout`` (seconds) bounds the wait for space and for
         backpressure together; then MemoryError, and the object just written
-        is removed. A re-put of a sample that is not committed makes a new
-        generation. Commit is idempotent, so a producer may simply retry
-        after a crash: a re-put of a sample the stream holds (committed, not
-        yet released) writes nothing and returns a ref to the held generation
-        (a new generation would hide it from its consumers); one of a sample
-        the stream released or dropped commits nothing, removes what it wrote
-        and returns a ref that names no object."""
+        is removed.
+
+        Safe to retry and to race: the object is written only if its key has
+        none, and otherwise the daemon commits whichever generation is visible
+        at that moment, in one step, so a put never replaces a generation that
+        another producer (or an earlier try) wrote. A re-put of a sample the
+        stream holds writes nothing and returns a ref to the held generation;
+        one of a sample the stream released or dropped commits nothing,
+        removes what it wrote and returns a ref of generation 0 (no object)."""
         if not isinstance(sample_id, str) or not sample_id:
             raise ValueError(f"sample_id must be a non-empty str, not {sample_id!r}")
         if not isinstance(tensors, dict) or not tensors:
             raise ValueError(f"put of sample {sample_id!r}: tensors must be a non-empty dict")
         metadata = _check_metadata(sample_id, metadata)
-        deadline = None if timeout is None else time.monotonic() + _seconds(timeout, "timeout")
-
-        def left() -> Optional[float]:
-            return None if deadline is None else max(0.0, deadline - time.monotonic())
-
+        seconds = _seconds(timeout, "timeout")
         key = f"{self.name}/{sample_id}"
         entries = [_tensor_entry(name, v) for name, v in _flatten(key, tensors, "")]
-        features = tuple(FeatureSpec(name, dtype, tuple(shape))
-                         for name, dtype, shape, _ in entries)
-        c = self._client._c
-        try:
-            _, gen, nbytes = c.put_tensors(key, entries, evictable=True, if_absent=True,
-                                           timeout=left() or 0.0)
-        except _cistern.Error as e:
-            if e.args[0] != _ALREADY_EXISTS:
-                raise
-            info = c.stat(key)
-            if info["leases"] > 0:
-                # Held: the stream pins the objects of the samples it holds. Writing
-                # would supersede the generation its ref names; confirm instead.
-                held = SampleRef(sample_id, key, info["generation"], info["size"], features,
-                                 metadata)
-                self._s.commit([_to_native(held)], left() or 0.0, producer)
-                return held
-            # Left by a put whose commit failed (or a producer that died): replace it.
-            _, gen, nbytes = c.put_tensors(key, entries, evictable=True, timeout=left() or 0.0)
-        ref = SampleRef(sample_id, key, gen, nbytes, features, metadata)
-        try:
-            committed, _ = self._s.commit([_to_native(ref)], left() or 0.0, producer)
-        except BaseException:
-            _remove_quietly(c, key, gen)
-            raise
-        if not committed:
-            _remove_quietly(c, key, gen)  # committed and released before: nothing to add
-        return ref
-
-
-def _remove_quietly(native_client, key: str, generation: int) -> None:
-    try:
-        native_client.remove(key, generation)
-    except _cistern.Error:
-        pass
+        return _from_native(self._s.put(sample_id, entries, metadata, seconds, producer))
 
 
 _UNSET = object()

@@ -370,6 +370,25 @@ absl::StatusOr<DaemonStatus> Client::Status() {
   return out;
 }
 
+absl::StatusOr<std::vector<QuarantinedObjectInfo>> Client::Quarantined() {
+  wire::Request req;
+  req.mutable_quarantine_list();
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) return resp.status();
+  std::vector<QuarantinedObjectInfo> out;
+  for (const auto& q : resp->quarantine_list().objects()) {
+    out.push_back({q.tier(), q.block_offset(), q.block_bytes(), q.key(), q.reason()});
+  }
+  return out;
+}
+
+absl::Status Client::RemoveQuarantined(std::string_view tier, uint64_t block_offset) {
+  wire::Request req;
+  req.mutable_quarantine_remove()->set_tier(std::string(tier));
+  req.mutable_quarantine_remove()->set_block_offset(block_offset);
+  return conn_->Call(req).status();
+}
+
 std::vector<absl::StatusOr<ObjectView>> Client::GetMany(const std::vector<std::string>& keys) {
   wire::Request req;
   for (const std::string& k : keys) req.mutable_batch_get()->add_gets()->set_key(k);

@@ -2,6 +2,8 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
+
 #include "src/client/connection.h"
 
 namespace cistern {
@@ -113,15 +115,74 @@ absl::StatusOr<std::vector<StreamInfo>> Stream::List(Client* client) {
 absl::StatusOr<CommitResult> Stream::Commit(const std::vector<SampleRef>& refs,
                                             std::chrono::milliseconds wait,
                                             std::string_view producer) {
+  return Commit(refs, CommitOptions{.wait = wait, .producer = std::string(producer)});
+}
+
+absl::StatusOr<CommitResult> Stream::Commit(const std::vector<SampleRef>& refs,
+                                            const CommitOptions& options) {
   wire::Request req;
   auto* c = req.mutable_stream_commit();
   c->set_name(name_);
   for (const auto& r : refs) ToWire(r, c->add_refs());
-  c->set_producer(std::string(producer));
-  c->set_wait_ms(wait.count() > 0 ? wait.count() : 0);
+  c->set_producer(options.producer);
+  c->set_wait_ms(options.wait.count() > 0 ? options.wait.count() : 0);
+  c->set_adopt_visible(options.adopt_visible);
   auto resp = client_->conn_->Call(req);
   if (!resp.ok()) return resp.status();
-  return CommitResult{resp->stream_commit().committed(), resp->stream_commit().duplicates()};
+  const auto& r = resp->stream_commit();
+  CommitResult out{r.committed(), r.duplicates(), {}};
+  for (int i = 0; i < r.held_size() && i < static_cast<int>(refs.size()); ++i) {
+    out.held.push_back({refs[i].key, r.held(i).generation(), r.held(i).nbytes()});
+  }
+  return out;
+}
+
+absl::StatusOr<SampleRef> Stream::Put(std::string_view sample_id,
+                                      const std::vector<TensorInput>& tensors,
+                                      const SamplePutOptions& options) {
+  using Clock = std::chrono::steady_clock;
+  const auto deadline = Clock::now() + options.wait;
+  auto left = [&] {
+    auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    return std::max(ms, std::chrono::milliseconds(0));
+  };
+  SampleRef ref;
+  ref.sample_id = std::string(sample_id);
+  ref.key = name_ + "/" + ref.sample_id;
+  ref.metadata = options.metadata;
+  for (const TensorInput& t : tensors) ref.features.push_back({t.name, t.dtype, t.shape});
+  // Twice at most: the visible generation found by a failed if_absent put may
+  // be evicted or removed before the commit adopts it; then write it after all.
+  for (int attempt = 0;; ++attempt) {
+    PutOptions put;
+    put.evictable = true;
+    put.if_absent = true;
+    put.wait = left();
+    auto written = client_->PutTensors(ref.key, tensors, put);
+    if (!written.ok() && written.status().code() != absl::StatusCode::kAlreadyExists) {
+      return written.status();
+    }
+    const uint64_t mine = written.ok() ? written->generation : 0;
+    ref.generation = mine;
+    ref.nbytes = 0;
+    auto committed = Commit(
+        {ref}, CommitOptions{.wait = left(), .producer = options.producer, .adopt_visible = true});
+    if (!committed.ok()) {
+      if (mine != 0) (void)client_->Remove(ref.key, mine);
+      if (mine == 0 && attempt == 0 && committed.status().code() == absl::StatusCode::kNotFound) {
+        continue;
+      }
+      return committed.status();
+    }
+    const ObjectRef held = committed->held.empty() ? ObjectRef{} : committed->held[0];
+    // Another producer's generation (or none, for a sample finished before)
+    // is what the stream has: ours is surplus. Never remove a held one: the
+    // store refuses that anyway.
+    if (mine != 0 && held.generation != mine) (void)client_->Remove(ref.key, mine);
+    ref.generation = held.generation;
+    ref.nbytes = held.size;
+    return ref;
+  }
 }
 
 absl::StatusOr<std::vector<SampleRef>> Stream::Lease(const LeaseOptions& options) {

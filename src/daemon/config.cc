@@ -68,7 +68,7 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cfg->log_max_bytes() == 0) cfg->set_log_max_bytes(64 * kMiB);
   if (cfg->log_max_files() == 0) cfg->set_log_max_files(5);
   if (cfg->recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_UNSPECIFIED) {
-    cfg->mutable_recovery()->set_on_corrupt_object(config::CORRUPT_OBJECT_POLICY_FAIL);
+    cfg->mutable_recovery()->set_on_corrupt_object(config::CORRUPT_OBJECT_POLICY_QUARANTINE);
   }
   if (cfg->state_dir().empty()) cfg->set_state_dir(cfg->runtime_dir() + "/state");
   auto* reg = cfg->mutable_registry();

@@ -99,8 +99,17 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   }
 
   store::StoreOptions store_opts;
-  store_opts.drop_corrupt =
-      cfg.recovery().on_corrupt_object() == config::CORRUPT_OBJECT_POLICY_DROP;
+  switch (cfg.recovery().on_corrupt_object()) {
+    case config::CORRUPT_OBJECT_POLICY_FAIL:
+      store_opts.on_corrupt = store::Arena::OnCorrupt::kFail;
+      break;
+    case config::CORRUPT_OBJECT_POLICY_DROP:
+      store_opts.on_corrupt = store::Arena::OnCorrupt::kDrop;
+      break;
+    default:
+      store_opts.on_corrupt = store::Arena::OnCorrupt::kQuarantine;
+      break;
+  }
   store::RecoveryReport report;
   auto store = store::ObjectStore::Open(specs, store_opts, &report);
   if (!store.ok()) {
@@ -109,11 +118,18 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   }
   spdlog::info(
       "recovery: {} objects ({} bytes) kept, {} unsealed or removed blocks freed, {} superseded "
-      "generations freed, {} corrupt objects dropped, next generation > {}",
-      report.objects, report.bytes, report.freed_blocks, report.superseded, report.dropped.size(),
-      report.max_generation);
+      "generations freed, {} corrupt objects quarantined, {} dropped, next generation > {}",
+      report.objects, report.bytes, report.freed_blocks, report.superseded,
+      report.quarantined.size(), report.dropped.size(), report.max_generation);
   for (const auto& d : report.dropped) {
     spdlog::error("dropped corrupt object '{}' at offset {}: {}", d.key, d.block_offset, d.reason);
+  }
+  for (const auto& q : report.quarantined) {
+    spdlog::error(
+        "quarantined corrupt object {} (tier '{}', offset {}, {} bytes): {}; it is not served; "
+        "`cistern quarantine rm {}:{}` frees it",
+        q.key.empty() ? "(key unreadable)" : store::QuoteKey(q.key), q.tier, q.block_offset,
+        q.block_size, q.reason, q.tier, q.block_offset);
   }
   metrics.SetRecovery(report);
 

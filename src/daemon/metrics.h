@@ -16,6 +16,7 @@
 //   cistern_tier_bytes{tier,kind}                   gauge, kind = capacity|used|evictable
 //   cistern_evictions_total{tier}                   counter (objects evicted)
 //   cistern_objects, cistern_leases, cistern_pending_writes, cistern_sessions   gauges
+//   cistern_quarantined_objects, cistern_quarantined_bytes                     gauges
 //   cistern_recovered_objects, cistern_recovered_bytes,
 //   cistern_recovery_dropped_objects                gauges: what the last start recovered
 //   cistern_start_time_seconds                      gauge, Unix time
@@ -66,6 +67,9 @@ enum class Verb : uint8_t {
   kBatchCreate,
   kBatchSeal,
   kDaemonStatus,
+  kQuarantineList,
+  kQuarantineRemove,
+  kAdopt,
   kStreamOpen,
   kStreamCommit,
   kStreamLease,

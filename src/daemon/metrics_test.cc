@@ -350,6 +350,8 @@ TEST(MetricsTest, FamilyNamesAndTypesAreTheDocumentedOnes) {
       {"cistern_objects", "gauge"},
       {"cistern_leases", "gauge"},
       {"cistern_pending_writes", "gauge"},
+      {"cistern_quarantined_objects", "gauge"},
+      {"cistern_quarantined_bytes", "gauge"},
       {"cistern_sessions", "gauge"},
       {"cistern_recovered_objects", "gauge"},
       {"cistern_recovered_bytes", "gauge"},

@@ -146,7 +146,25 @@ void RequestHandler::Handle(store::SessionId s, const wire::Request& req,
     case wire::Request::kStats:
       return FillStats(resp->mutable_stats());
     case wire::Request::kDaemonStatus:
-      return SetStatus(absl::InternalError("daemon_status is answered by the server"), resp);
+    case wire::Request::kAdopt:
+      return SetStatus(absl::InternalError("answered by the server, not the request handler"),
+                       resp);
+    case wire::Request::kQuarantineList: {
+      auto* r = resp->mutable_quarantine_list();
+      for (const store::QuarantinedObject& q : store_->Quarantined()) {
+        auto* o = r->add_objects();
+        o->set_tier(q.tier);
+        o->set_block_offset(q.block_offset);
+        o->set_block_bytes(q.block_size);
+        o->set_key(q.key);
+        o->set_reason(q.reason);
+      }
+      return;
+    }
+    case wire::Request::kQuarantineRemove:
+      return SetStatus(store_->RemoveQuarantined(req.quarantine_remove().tier(),
+                                                 req.quarantine_remove().block_offset()),
+                       resp);
     case wire::Request::kBatchGet: {
       const auto& gets = req.batch_get().gets();
       if (static_cast<uint32_t>(gets.size()) > options_.max_batch) {

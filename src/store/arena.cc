@@ -12,6 +12,7 @@
 #include "fmt/format.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/check.h"
+#include "src/common/status_macros.h"
 #include "src/store/checksum.h"
 #include "src/store/manifest.h"
 
@@ -117,7 +118,8 @@ std::string Arena::Verify(uint64_t block_offset, uint64_t block_size,
   return "";
 }
 
-absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc, bool drop_corrupt) {
+absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc,
+                                                     const RecoverOptions& options) {
   RecoveryResult result;
   result.max_generation = max_generation();
   uint64_t run_start = 0, run_size = 0;
@@ -130,6 +132,26 @@ absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc, bool drop
     WriteFreeTag(run_start, run_size);
     alloc->Free(run_start, run_size);
     run_size = 0;
+  };
+  // A corrupt block: fail, free it, or keep it out of everyone's way.
+  auto corrupt = [&](uint64_t off, uint64_t n, std::string key,
+                     std::string reason) -> absl::Status {
+    switch (options.on_corrupt) {
+      case OnCorrupt::kFail:
+        return absl::DataLossError(fmt::format(
+            "object {} at arena offset {} is corrupt: {}; set recovery.on_corrupt_object: "
+            "quarantine (keep it aside) or drop, or restart with --format to discard the arena",
+            key.empty() ? "(key unreadable)" : "'" + key + "'", off, reason));
+      case OnCorrupt::kDrop:
+        result.dropped.push_back({off, n, std::move(key), std::move(reason)});
+        extend_run(off, n);
+        return absl::OkStatus();
+      case OnCorrupt::kQuarantine:
+        flush_run();
+        result.quarantined.push_back({off, n, std::move(key), std::move(reason)});
+        return absl::OkStatus();
+    }
+    return absl::OkStatus();
   };
   uint64_t off = data_offset();
   while (off < size_) {
@@ -153,27 +175,29 @@ absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc, bool drop
         flush_run();
         if (obj.generation > result.max_generation) result.max_generation = obj.generation;
         result.sealed.push_back(std::move(obj));
-      } else if (drop_corrupt) {
-        result.dropped.push_back({off, obj.key, reason});
-        extend_run(off, n);
       } else {
-        return absl::DataLossError(fmt::format(
-            "sealed object '{}' at arena offset {} is corrupt: {}; restart with --format to "
-            "discard the arena, or set recovery.on_corrupt_object: drop to drop such objects",
-            obj.key, off, reason));
+        RETURN_IF_ERROR(corrupt(off, n, obj.key, reason));
       }
     } else if (state == ObjectState::kWriting || state == ObjectState::kAborted ||
                state == ObjectState::kRemoved) {
-      ++result.freed_blocks;
-      extend_run(off, n);
-    } else if (drop_corrupt) {
-      result.dropped.push_back({off, "", fmt::format("unknown object state {}", uint32_t(state))});
-      extend_run(off, n);
+      if (options.keep != nullptr && options.keep->contains(off)) {
+        flush_run();
+        KeptBlock k{off, n, state, h->generation, h->flags, ""};
+        if (h->key_bytes > 0 && h->key_bytes <= kMaxKeyBytes &&
+            sizeof(ObjectHeader) + h->key_bytes <= n) {
+          k.key.assign(reinterpret_cast<const char*>(h) + sizeof(ObjectHeader), h->key_bytes);
+        }
+        if (k.generation > result.max_generation && state != ObjectState::kWriting) {
+          result.max_generation = k.generation;
+        }
+        result.kept.push_back(std::move(k));
+      } else {
+        ++result.freed_blocks;
+        extend_run(off, n);
+      }
     } else {
-      return absl::DataLossError(fmt::format(
-          "arena is corrupt: object at offset {} has unknown state {}; restart with --format "
-          "to discard the arena",
-          off, static_cast<uint32_t>(state)));
+      RETURN_IF_ERROR(
+          corrupt(off, n, "", fmt::format("unknown object state {}", uint32_t(state))));
     }
     off += n;
   }

@@ -13,6 +13,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "include/cistern/object.h"
@@ -44,21 +45,43 @@ class Arena {
   };
   struct CorruptObject {
     uint64_t block_offset = 0;
+    uint64_t block_size = 0;
     std::string key;  // empty when unreadable
     std::string reason;
   };
+  // A block recovery would have freed (writing, aborted or removed) but kept
+  // because a live process still holds it (RecoverOptions::keep).
+  struct KeptBlock {
+    uint64_t block_offset = 0;
+    uint64_t block_size = 0;
+    ObjectState state = ObjectState::kRemoved;
+    uint64_t generation = 0;  // as the header says (0 while writing)
+    uint32_t flags = 0;
+    std::string key;          // as the header says (not verified)
+  };
+  enum class OnCorrupt { kFail, kDrop, kQuarantine };
+  struct RecoverOptions {
+    // A sealed object that fails verification (or a block in an unknown
+    // state): stop with DataLoss naming it; free it; or keep its block,
+    // invisible, and report it (the bytes stay for the operator).
+    OnCorrupt on_corrupt = OnCorrupt::kQuarantine;
+    // Offsets of blocks to keep even if unsealed or removed.
+    const absl::flat_hash_set<uint64_t>* keep = nullptr;
+  };
   struct RecoveryResult {
     std::vector<RecoveredObject> sealed;
-    std::vector<CorruptObject> dropped;  // only with drop_corrupt
-    uint64_t freed_blocks = 0;           // writing, aborted and removed objects
+    std::vector<CorruptObject> dropped;      // with kDrop
+    std::vector<CorruptObject> quarantined;  // with kQuarantine
+    std::vector<KeptBlock> kept;
+    uint64_t freed_blocks = 0;  // writing, aborted and removed objects
     uint64_t max_generation = 0;
   };
   // Walks every block. Sealed objects are verified (header, manifest, payload
   // checksum) and returned; free blocks and writing, aborted or removed objects
-  // are coalesced, written back as free blocks and given to `alloc`. A sealed
-  // object that fails verification is DataLoss naming it, or dropped when
-  // `drop_corrupt`. A broken block chain is always DataLoss.
-  absl::StatusOr<RecoveryResult> Recover(Allocator* alloc, bool drop_corrupt);
+  // are coalesced, written back as free blocks and given to `alloc`, except the
+  // blocks in options.keep. A sealed object that fails verification is treated
+  // as options.on_corrupt says. A broken block chain is always DataLoss.
+  absl::StatusOr<RecoveryResult> Recover(Allocator* alloc, const RecoverOptions& options);
 
   uint64_t data_offset() const { return kSuperblockBytes; }
   uint64_t data_bytes() const { return size_ - kSuperblockBytes; }

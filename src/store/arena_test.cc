@@ -65,13 +65,13 @@ uint64_t FindBlock(char* base, uint64_t size, std::string_view key) {
   return 0;
 }
 
-TEST(ArenaRecoveryTest, FlippedPayloadByteIsDataLossNamingTheObject) {
+TEST(ArenaRecoveryTest, FailPolicyMakesAFlippedPayloadByteDataLossNamingTheObject) {
   StoreHarness h(kSize);
   ASSERT_TRUE(h.Put(1, "good", std::string(500, 'g')).ok());
   ASSERT_TRUE(h.Put(1, "victim", std::string(500, 'v')).ok());
   auto lease = h.store().Get(1, "victim", 0);
   h.base()[lease->payload_offset + 100] ^= 1;
-  auto s = h.Reopen();
+  auto s = h.Reopen(Arena::OnCorrupt::kFail);
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(s.message()), HasSubstr("'victim'"));
   EXPECT_THAT(std::string(s.message()), HasSubstr("payload checksum"));
@@ -86,13 +86,49 @@ TEST(ArenaRecoveryTest, DropPolicyDropsOnlyTheCorruptObject) {
   uint64_t block = FindBlock(h.base(), kSize, "victim");
   ASSERT_NE(block, 0u);
   reinterpret_cast<ObjectHeader*>(h.base() + block)->payload_size += 1;  // header checksum
-  ASSERT_TRUE(h.Reopen(/*drop_corrupt=*/true).ok());
+  ASSERT_TRUE(h.Reopen(Arena::OnCorrupt::kDrop).ok());
   ASSERT_EQ(h.report().dropped.size(), 1u);
   EXPECT_EQ(h.report().dropped[0].key, "victim");
   EXPECT_THAT(h.report().dropped[0].reason, HasSubstr("header checksum"));
   EXPECT_EQ(*h.GetValue(1, "good"), std::string(500, 'g'));
   EXPECT_EQ(*h.GetValue(1, "good2"), std::string(500, 'h'));
   EXPECT_EQ(h.store().Get(1, "victim", 0).status().code(), absl::StatusCode::kNotFound);
+}
+
+// A stray write into one sealed object made the default recovery policy
+// refuse to start, so every object on the host was unavailable (issue 9, 3).
+TEST(ArenaRecoveryTest, ByDefaultACorruptObjectIsQuarantinedAndTheRestServed) {
+  StoreHarness h(kSize);
+  ASSERT_TRUE(h.Put(1, "good", std::string(500, 'g')).ok());
+  ASSERT_TRUE(h.Put(1, "victim", std::string(500, 'v')).ok());
+  uint64_t block = FindBlock(h.base(), kSize, "victim");
+  h.CorruptForTest("victim");
+  ASSERT_TRUE(h.Reopen().ok());
+  ASSERT_EQ(h.report().quarantined.size(), 1u);
+  EXPECT_EQ(h.report().quarantined[0].key, "victim");
+  EXPECT_EQ(h.report().quarantined[0].block_offset, block);
+  EXPECT_THAT(h.report().quarantined[0].reason, HasSubstr("payload checksum"));
+  EXPECT_EQ(*h.GetValue(1, "good"), std::string(500, 'g'));
+  EXPECT_EQ(h.store().Get(1, "victim", 0).status().code(), absl::StatusCode::kNotFound);
+  // Its bytes are kept (the block stays in use) across restarts until removed.
+  uint64_t used = h.store().Stats().tiers[0].used_bytes;
+  EXPECT_EQ(h.store().Stats().quarantined_objects, 1u);
+  ASSERT_TRUE(h.Reopen().ok());
+  ASSERT_EQ(h.store().Quarantined().size(), 1u);
+  EXPECT_EQ(h.store().Stats().tiers[0].used_bytes, used);
+  // A new put of the key is an ordinary object beside the quarantined one.
+  ASSERT_TRUE(h.Put(1, "victim", "fresh").ok());
+  EXPECT_EQ(*h.GetValue(1, "victim"), "fresh");
+  // The operator removes it; a wrong offset changes nothing.
+  EXPECT_EQ(h.store().RemoveQuarantined("mem", block + 64).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(h.store().RemoveQuarantined("nosuch", block).code(),
+            absl::StatusCode::kInvalidArgument);
+  ASSERT_TRUE(h.store().RemoveQuarantined("mem", block).ok());
+  EXPECT_TRUE(h.store().Quarantined().empty());
+  EXPECT_LT(h.store().Stats().tiers[0].used_bytes, used);
+  ASSERT_TRUE(h.Reopen().ok());
+  EXPECT_TRUE(h.report().quarantined.empty());
+  EXPECT_EQ(*h.GetValue(1, "victim"), "fresh");
 }
 
 TEST(ArenaRecoveryTest, BrokenBlockChainIsDataLoss) {
@@ -103,8 +139,8 @@ TEST(ArenaRecoveryTest, BrokenBlockChainIsDataLoss) {
   auto s = h.Reopen();
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss);
   EXPECT_THAT(std::string(s.message()), HasSubstr("invalid block tag"));
-  // Even the drop policy refuses a broken chain: nothing after it can be trusted.
-  EXPECT_EQ(h.Reopen(true).code(), absl::StatusCode::kDataLoss);
+  // Neither drop nor quarantine accepts a broken chain: nothing after it can be trusted.
+  EXPECT_EQ(h.Reopen(Arena::OnCorrupt::kDrop).code(), absl::StatusCode::kDataLoss);
 }
 
 TEST(ArenaRecoveryTest, BlockSizeRunningPastTheEndIsDataLoss) {

@@ -23,6 +23,11 @@ struct Object {
   uint64_t payload_size = 0;
   uint32_t tier = 0;
   uint32_t leases = 0;
+  // Leases that are holds (ObjectStore::Hold): while any lives, the object
+  // cannot be removed or replaced. `holder` names the first holder (an index
+  // into the store's holder names).
+  uint32_t holds = 0;
+  uint32_t holder = 0;
   Visibility visibility = Visibility::kWriting;
   bool evictable = false;
   // Links in the tier's LRU list; non-null only while the object is in it.

@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <random>
 
 #include "absl/strings/escaping.h"
 #include "fmt/format.h"
@@ -90,15 +91,39 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
                                  spec.high_watermark, spec.low_watermark});
     store->tier_names_.push_back(spec.name);
   }
+  store->shared_ = options.shared_leases;
+  {
+    std::random_device rd;  // write ids, like lease ids, differ across restarts
+    store->next_write_id_ = ((uint64_t{rd()} << 32 | rd()) >> 1) + 1;
+  }
+  // Blocks that processes still alive hold, by tier: recovery keeps them.
+  std::vector<absl::flat_hash_set<uint64_t>> keep(store->tiers_.size());
+  for (const RecoveredSession& rs : options.recovered) {
+    for (const auto& e : rs.shared.entries) {
+      if (e.tier < keep.size()) keep[e.tier].insert(e.block_offset);
+    }
+  }
+  // What the arenas hold, by (tier, block offset), until leases are restored.
+  absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Object*> at;
+  absl::flat_hash_map<Object*, ObjectState> kept_state;  // kept blocks only
+  std::vector<Object*> sealed;                             // in arena order
   for (uint32_t i = 0; i < store->tiers_.size(); ++i) {
     Tier& tier = store->tiers_[i];
-    auto result = tier.arena.Recover(&tier.alloc, options.drop_corrupt);
+    Arena::RecoverOptions recover;
+    recover.on_corrupt = options.on_corrupt;
+    recover.keep = &keep[i];
+    auto result = tier.arena.Recover(&tier.alloc, recover);
     if (!result.ok()) {
       return absl::Status(result.status().code(),
                           fmt::format("tier '{}': {}", tier.name, result.status().message()));
     }
     report->freed_blocks += result->freed_blocks;
     for (auto& d : result->dropped) report->dropped.push_back(d);
+    for (auto& q : result->quarantined) {
+      QuarantinedObject obj{tier.name, q.block_offset, q.block_size, q.key, q.reason};
+      report->quarantined.push_back(obj);
+      store->quarantined_.emplace(std::make_pair(i, q.block_offset), std::move(obj));
+    }
     store->max_generation_ = std::max(store->max_generation_, result->max_generation);
     for (const Arena::RecoveredObject& r : result->sealed) {
       Object* obj = store->table_.NewObject(r.key);
@@ -109,22 +134,80 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
       obj->tier = i;
       obj->evictable = (r.flags & kFlagEvictable) != 0;
       ++tier.objects;
-      // A crash between sealing a generation and retiring its predecessor
-      // leaves both sealed: keep the newest, reclaim the other.
-      Object* current = obj->key->visible;
-      if (current && current->generation > obj->generation) {
-        obj->visibility = Visibility::kVisible;  // retired as if it had been visible
-        store->tiers_[obj->tier].arena.SetState(obj->block_offset, ObjectState::kRemoved);
-        store->FreeObject(obj);
-        ++report->superseded;
+      sealed.push_back(obj);
+      at[{i, r.block_offset}] = obj;
+    }
+    for (const Arena::KeptBlock& k : result->kept) {
+      Object* obj = store->table_.NewObject(k.key);
+      obj->generation = k.state == ObjectState::kWriting ? 0 : k.generation;
+      obj->block_offset = k.block_offset;
+      obj->block_size = k.block_size;
+      obj->tier = i;
+      ++tier.objects;
+      kept_state[obj] = k.state;
+      at[{i, k.block_offset}] = obj;
+    }
+  }
+  // The leases and writes of living holders, under their recovered sessions.
+  // An entry that no longer matches its block (a block freed, or reused for
+  // another generation, after the entry was written) is cleared.
+  absl::flat_hash_set<Object*> writing;
+  for (const RecoveredSession& rs : options.recovered) {
+    if (store->shared_) store->slots_[rs.id] = rs.shared.slot;
+    for (const auto& e : rs.shared.entries) {
+      auto it = at.find({e.tier, e.block_offset});
+      Object* obj = it == at.end() ? nullptr : it->second;
+      auto ks = obj ? kept_state.find(obj) : kept_state.end();
+      bool lease = e.kind == SharedLeaseTable::Kind::kLease;
+      bool ok = false;
+      if (obj != nullptr && lease) {
+        ok = (ks == kept_state.end() || ks->second == ObjectState::kRemoved) &&
+             e.generation != 0 && obj->generation == e.generation &&
+             store->leases_.AddWithId(e.id, obj, rs.id, store->shared_ ? e.index : LeaseTable::kNoEntry);
+      } else if (obj != nullptr) {
+        ok = ks != kept_state.end() && ks->second != ObjectState::kRemoved &&
+             !writing.contains(obj) && !store->writes_.contains(e.id);
+      }
+      if (!ok) {
+        if (store->shared_) store->shared_->RemoveEntry(e.index);
+        ++report->stale_entries;
         continue;
       }
-      if (current) {
-        store->Retire(current);
-        ++report->superseded;
+      if (lease) {
+        ++obj->leases;
+        ++report->kept_leases;
+      } else {
+        writing.insert(obj);
+        store->writes_.emplace(
+            e.id, Write{obj, rs.id, false, store->shared_ ? e.index : LeaseTable::kNoEntry, true});
+        store->session_writes_[rs.id].insert(e.id);
+        ++report->kept_writes;
       }
-      store->table_.SetVisible(obj);
-      if (obj->evictable) tier.lru.PushBack(obj);
+    }
+  }
+  // Who is visible. A crash between sealing a generation and retiring its
+  // predecessor leaves both sealed: keep the newest, retire the other (freed
+  // now, or when a surviving lease on it ends).
+  for (Object* obj : sealed) {
+    Tier& tier = store->tiers_[obj->tier];
+    Object* current = obj->key->visible;
+    if (current && current->generation > obj->generation) {
+      store->RetireRecovered(obj);
+      ++report->superseded;
+      continue;
+    }
+    if (current) {
+      store->Retire(current);
+      ++report->superseded;
+    }
+    store->table_.SetVisible(obj);
+    if (obj->evictable && obj->leases == 0) tier.lru.PushBack(obj);
+  }
+  for (auto& [obj, state] : kept_state) {
+    if (state == ObjectState::kRemoved) {
+      store->RetireRecovered(obj);
+    } else if (!writing.contains(obj)) {
+      store->AbortObject(obj);
     }
   }
   for (Tier& tier : store->tiers_) tier.arena.NoteGeneration(store->max_generation_);
@@ -140,7 +223,7 @@ ObjectStore::~ObjectStore() {
   MutexLock lock(&mu_);
   absl::flat_hash_set<Object*> all;
   for (auto& [id, w] : writes_) all.insert(w.obj);
-  for (Object* obj : leases_.RemoveAll()) all.insert(obj);
+  for (const LeaseTable::Lease& l : leases_.RemoveAll()) all.insert(l.obj);
   for (Object* obj : table_.List("", SIZE_MAX, "")) all.insert(obj);
   for (Object* obj : all) {
     tiers_[obj->tier].lru.Remove(obj);
@@ -185,11 +268,12 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
         "{} of {} bytes does not fit in tier '{}' even when empty ({} bytes)",
         QuoteKey(args.key), args.size, tier.name, capacity));
   }
-  if (args.if_absent) {
-    if (Object* v = table_.FindVisible(args.key)) {
+  if (Object* v = table_.FindVisible(args.key)) {
+    if (args.if_absent) {
       return absl::AlreadyExistsError(
           fmt::format("{} exists (generation {})", QuoteKey(args.key), v->generation));
     }
+    if (v->holds > 0) return HeldError(v, "replaced");
   }
   uint64_t block = BlockBytes(args.key.size(), manifest_bytes, args.size);
   auto a = AllocateEvicting(tier, block);
@@ -211,8 +295,21 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
   tier.arena.InitObject(*a, block, args.key, args.tensors, manifest_bytes, args.size, flags,
                         UnixNowNs());
   ++tier.objects;
-  uint64_t id = next_write_id_++;
-  writes_.emplace(id, Write{obj, session, args.if_absent});
+  uint64_t id;
+  do {
+    id = next_write_id_++;
+  } while (id == 0 || writes_.contains(id));
+  uint64_t entry = LeaseTable::kNoEntry;
+  if (auto slot = slots_.find(session); slot != slots_.end()) {
+    auto e = shared_->AddEntry(slot->second, SharedLeaseTable::Kind::kWrite, *tier_index, id,
+                               a->offset, 0);
+    if (!e.ok()) {
+      AbortObject(obj);
+      return e.status();
+    }
+    entry = *e;
+  }
+  writes_.emplace(id, Write{obj, session, args.if_absent, entry});
   session_writes_[session].insert(id);
   EvictToWatermark(tier);
   return WriteInfo{id, *tier_index,
@@ -253,6 +350,16 @@ void ObjectStore::Retire(Object* obj) {
   }
 }
 
+void ObjectStore::RetireRecovered(Object* obj) {
+  obj->visibility = Visibility::kRemoved;
+  tiers_[obj->tier].arena.SetState(obj->block_offset, ObjectState::kRemoved);
+  if (obj->leases == 0) {
+    FreeObject(obj);
+  } else {
+    ++deferred_frees_;
+  }
+}
+
 void ObjectStore::FreeObject(Object* obj) {
   Tier& tier = tiers_[obj->tier];
   CHECK(!obj->in_lru && obj->leases == 0);
@@ -276,6 +383,7 @@ absl::StatusOr<ObjectStore::Write> ObjectStore::TakeWrite(SessionId session, uin
   }
   Write w = it->second;
   writes_.erase(it);
+  if (w.entry != LeaseTable::kNoEntry) shared_->RemoveEntry(w.entry);
   auto sw = session_writes_.find(session);
   sw->second.erase(write_id);
   if (sw->second.empty()) session_writes_.erase(sw);
@@ -293,6 +401,13 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
   auto w = TakeWrite(session, write_id);
   if (!w.ok()) return w.status();
   Object* obj = w->obj;
+  if (w->orphaned) {
+    absl::Status aborted = absl::AbortedError(fmt::format(
+        "write {} of {} was open when cisternd restarted; nothing was stored, put it again",
+        write_id, QuoteKey(obj->key->key)));
+    AbortObject(obj);
+    return aborted;
+  }
   if (w->if_absent) {
     if (Object* v = obj->key->visible) {
       std::string msg = fmt::format("{} was created by another writer first (generation {})",
@@ -300,6 +415,11 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
       AbortObject(obj);
       return absl::AlreadyExistsError(msg);
     }
+  }
+  if (Object* v = obj->key->visible; v && v->holds > 0) {
+    absl::Status held = HeldError(v, "replaced");
+    AbortObject(obj);
+    return held;
   }
   Tier& tier = tiers_[obj->tier];
   obj->generation = ++max_generation_;
@@ -322,6 +442,20 @@ absl::StatusOr<ObjectStore::LeaseInfo> ObjectStore::Get(SessionId session, std::
                                                         uint64_t generation) {
   if (absl::Status s = ValidateKey(key); !s.ok()) return s;
   MutexLock lock(&mu_);
+  return LeaseLocked(session, key, generation, std::nullopt);
+}
+
+absl::StatusOr<ObjectStore::LeaseInfo> ObjectStore::Hold(SessionId session, std::string_view key,
+                                                         uint64_t generation,
+                                                         std::string_view holder) {
+  if (absl::Status s = ValidateKey(key); !s.ok()) return s;
+  MutexLock lock(&mu_);
+  return LeaseLocked(session, key, generation, holder);
+}
+
+absl::StatusOr<ObjectStore::LeaseInfo> ObjectStore::LeaseLocked(
+    SessionId session, std::string_view key, uint64_t generation,
+    std::optional<std::string_view> holder) {
   Object* obj = table_.FindVisible(key);
   if (obj == nullptr) return absl::NotFoundError(fmt::format("{} not found", QuoteKey(key)));
   if (generation != 0 && obj->generation != generation) {
@@ -329,8 +463,20 @@ absl::StatusOr<ObjectStore::LeaseInfo> ObjectStore::Get(SessionId session, std::
                                            generation, QuoteKey(key), obj->generation));
   }
   if (obj->leases++ == 0) tiers_[obj->tier].lru.Remove(obj);
+  if (holder) {
+    if (obj->holds++ == 0) obj->holder = HolderIndex(*holder);
+  }
   LeaseInfo info;
-  info.lease_id = leases_.Add(obj, session);
+  info.lease_id = leases_.Add(obj, session, holder.has_value());
+  if (auto slot = slots_.find(session); slot != slots_.end()) {
+    auto e = shared_->AddEntry(slot->second, SharedLeaseTable::Kind::kLease, obj->tier,
+                               info.lease_id, obj->block_offset, obj->generation);
+    if (!e.ok()) {
+      DropLease(*leases_.Remove(info.lease_id, session));
+      return e.status();
+    }
+    leases_.Find(info.lease_id)->entry = *e;
+  }
   info.generation = obj->generation;
   info.tier = obj->tier;
   info.block_offset = obj->block_offset;
@@ -340,16 +486,37 @@ absl::StatusOr<ObjectStore::LeaseInfo> ObjectStore::Get(SessionId session, std::
   return info;
 }
 
+uint32_t ObjectStore::HolderIndex(std::string_view holder) {
+  for (uint32_t i = 0; i < holders_.size(); ++i) {
+    if (holders_[i] == holder) return i;
+  }
+  holders_.emplace_back(holder);
+  return holders_.size() - 1;
+}
+
+absl::Status ObjectStore::HeldError(const Object* obj, std::string_view what) const {
+  return absl::FailedPreconditionError(fmt::format(
+      "{} generation {} is held by {}{}; it cannot be {} until released", QuoteKey(obj->key->key),
+      obj->generation, holders_[obj->holder],
+      obj->holds > 1 ? fmt::format(" and {} more holds", obj->holds - 1) : "", what));
+}
+
 absl::Status ObjectStore::Release(SessionId session, uint64_t lease_id) {
   MutexLock lock(&mu_);
-  auto obj = leases_.Remove(lease_id, session);
-  if (!obj.ok()) return obj.status();
-  DropLease(*obj);
+  auto lease = leases_.Remove(lease_id, session);
+  if (!lease.ok()) return lease.status();
+  DropLease(*lease);
   return absl::OkStatus();
 }
 
-void ObjectStore::DropLease(Object* obj) {
+void ObjectStore::DropLease(const LeaseTable::Lease& lease) {
+  if (lease.entry != LeaseTable::kNoEntry) shared_->RemoveEntry(lease.entry);
+  Object* obj = lease.obj;
   CHECK(obj->leases > 0);
+  if (lease.hold) {
+    CHECK(obj->holds > 0);
+    --obj->holds;
+  }
   if (--obj->leases > 0) return;
   if (obj->visibility == Visibility::kRemoved) {
     --deferred_frees_;
@@ -368,6 +535,7 @@ absl::StatusOr<uint64_t> ObjectStore::Remove(std::string_view key, uint64_t gene
     return absl::NotFoundError(fmt::format("generation {} of {} is not current (current is {})",
                                            generation, QuoteKey(key), obj->generation));
   }
+  if (obj->holds > 0) return HeldError(obj, "removed");
   uint64_t g = obj->generation;
   Retire(obj);
   return g;
@@ -410,13 +578,67 @@ ObjectStore::ListPage ObjectStore::List(std::string_view prefix, size_t limit,
   return page;
 }
 
+absl::Status ObjectStore::OpenSession(SessionId session, const SessionOwner& owner) {
+  MutexLock lock(&mu_);
+  if (shared_ == nullptr) return absl::OkStatus();
+  if (slots_.contains(session)) {
+    return absl::FailedPreconditionError(fmt::format("session {} is already open", session));
+  }
+  auto slot = shared_->OpenSlot(session, owner.pid, owner.uid, owner.pid_start);
+  if (!slot.ok()) return slot.status();
+  slots_[session] = *slot;
+  return absl::OkStatus();
+}
+
 void ObjectStore::CloseSession(SessionId session) {
   MutexLock lock(&mu_);
-  for (Object* obj : leases_.RemoveSession(session)) DropLease(obj);
+  for (const LeaseTable::Lease& l : leases_.RemoveSession(session)) DropLease(l);
   auto sw = session_writes_.find(session);
-  if (sw == session_writes_.end()) return;
-  std::vector<uint64_t> ids(sw->second.begin(), sw->second.end());
-  for (uint64_t id : ids) AbortObject(TakeWrite(session, id)->obj);
+  if (sw != session_writes_.end()) {
+    std::vector<uint64_t> ids(sw->second.begin(), sw->second.end());
+    for (uint64_t id : ids) AbortObject(TakeWrite(session, id)->obj);
+  }
+  if (auto slot = slots_.find(session); slot != slots_.end()) {
+    shared_->CloseSlot(slot->second);
+    slots_.erase(slot);
+  }
+}
+
+ObjectStore::Adopted ObjectStore::AdoptSession(SessionId from, SessionId to) {
+  MutexLock lock(&mu_);
+  Adopted out;
+  auto to_slot = slots_.find(to);
+  // An entry follows its lease or write to the adopting session's slot (or
+  // is cleared if that session is not recorded).
+  auto move_entry = [&](uint64_t* entry) {
+    if (*entry == LeaseTable::kNoEntry) return;
+    if (to_slot != slots_.end()) {
+      shared_->MoveEntry(*entry, to_slot->second);
+    } else {
+      shared_->RemoveEntry(*entry);
+      *entry = LeaseTable::kNoEntry;
+    }
+  };
+  for (uint64_t id : leases_.MoveSession(from, to)) {
+    move_entry(&leases_.Find(id)->entry);
+    ++out.leases;
+  }
+  if (auto sw = session_writes_.find(from); sw != session_writes_.end()) {
+    std::vector<uint64_t> ids(sw->second.begin(), sw->second.end());
+    session_writes_.erase(sw);
+    for (uint64_t id : ids) {
+      Write& w = writes_.at(id);
+      w.session = to;
+      move_entry(&w.entry);
+      session_writes_[to].insert(id);
+      ++out.writes;
+    }
+  }
+  if (auto slot = slots_.find(from); slot != slots_.end()) {
+    shared_->CloseSlot(slot->second);
+    slots_.erase(slot);
+  }
+  return out;
 }
 
 StoreStats ObjectStore::Stats() const {
@@ -438,7 +660,34 @@ StoreStats ObjectStore::Stats() const {
   s.leases = leases_.size();
   s.pending_writes = writes_.size();
   s.deferred_frees = deferred_frees_;
+  s.quarantined_objects = quarantined_.size();
+  for (const auto& [at, q] : quarantined_) s.quarantined_bytes += q.block_size;
   return s;
+}
+
+std::vector<QuarantinedObject> ObjectStore::Quarantined() const {
+  MutexLock lock(&mu_);
+  std::vector<QuarantinedObject> out;
+  for (const auto& [at, q] : quarantined_) out.push_back(q);
+  return out;
+}
+
+absl::Status ObjectStore::RemoveQuarantined(std::string_view tier_name, uint64_t block_offset) {
+  MutexLock lock(&mu_);
+  auto tier = TierIndex(tier_name);
+  if (!tier.ok()) return tier.status();
+  auto it = quarantined_.find({*tier, block_offset});
+  if (it == quarantined_.end()) {
+    return absl::NotFoundError(fmt::format(
+        "nothing is quarantined at offset {} of tier '{}' ({} quarantined objects in all)",
+        block_offset, tiers_[*tier].name, quarantined_.size()));
+  }
+  Tier& t = tiers_[*tier];
+  auto [start, size] = t.alloc.Free(block_offset, it->second.block_size);
+  t.arena.WriteFreeTag(start, size);
+  ++free_epoch_;
+  quarantined_.erase(it);
+  return absl::OkStatus();
 }
 
 ObjectStore::SessionStats ObjectStore::SessionInfo(SessionId session) const {

@@ -16,11 +16,14 @@
 //                      one; unknown write or lease id.
 //   AlreadyExists      if_absent and the key has a visible generation.
 //   PermissionDenied   a write or lease of another session.
+//   FailedPrecondition the object is held (Hold): it cannot be removed or
+//                      replaced until every hold on it ends; names the holder.
 //   ResourceExhausted  no room in the tier even after evicting everything
 //                      evictable; nothing becomes visible.
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -39,6 +42,7 @@
 #include "src/store/evictor.h"
 #include "src/store/lease_table.h"
 #include "src/store/object_table.h"
+#include "src/store/shared_lease_table.h"
 
 namespace cistern::store {
 
@@ -55,9 +59,41 @@ struct TierSpec {
   double low_watermark = 0.85;
 };
 
+// A session an earlier daemon served whose holder process still lives: its
+// leases and pending writes are restored and their blocks kept.
+struct RecoveredSession {
+  SessionId id = 0;  // the session holding them in this store (until adopted)
+  SharedLeaseTable::Session shared;
+};
+
 struct StoreOptions {
-  // Drop sealed objects that fail verification at open instead of failing.
-  bool drop_corrupt = false;
+  // What Open does with a sealed object that fails verification: by default
+  // it is quarantined (invisible, its bytes kept, listed by Quarantined());
+  // kFail stops Open with DataLoss, kDrop frees it.
+  Arena::OnCorrupt on_corrupt = Arena::OnCorrupt::kQuarantine;
+  // Where the leases and writes of sessions registered with OpenSession are
+  // recorded so that they outlive the daemon (null: nowhere). Attached, with
+  // `recovered`'s slots and entries kept. Must outlive the store.
+  SharedLeaseTable* shared_leases = nullptr;
+  std::vector<RecoveredSession> recovered;
+};
+
+// Who a session is, for the shared lease table (and so for a restarted
+// daemon deciding whether its leases still matter).
+struct SessionOwner {
+  int32_t pid = 0;
+  uint32_t uid = 0;
+  uint64_t pid_start = 0;  // the process's start time, against pid reuse
+};
+
+// A corrupt object set aside at recovery: invisible, its block kept until the
+// operator removes it (RemoveQuarantined).
+struct QuarantinedObject {
+  std::string tier;
+  uint64_t block_offset = 0;
+  uint64_t block_size = 0;
+  std::string key;  // empty when the header is unreadable
+  std::string reason;
 };
 
 struct RecoveryReport {
@@ -66,7 +102,11 @@ struct RecoveryReport {
   uint64_t freed_blocks = 0;      // unsealed or removed objects reclaimed
   uint64_t superseded = 0;        // older sealed generations of a key reclaimed
   uint64_t max_generation = 0;
-  std::vector<Arena::CorruptObject> dropped;
+  std::vector<Arena::CorruptObject> dropped;  // with OnCorrupt::kDrop
+  std::vector<QuarantinedObject> quarantined;
+  uint64_t kept_leases = 0;    // leases of living holders restored (their blocks kept)
+  uint64_t kept_writes = 0;    // their pending writes, kept until aborted
+  uint64_t stale_entries = 0;  // shared entries that no longer matched a block: cleared
 };
 
 
@@ -87,13 +127,16 @@ struct StoreStats {
   uint64_t leases = 0;
   uint64_t pending_writes = 0;
   uint64_t deferred_frees = 0;  // removed objects waiting for their last lease
+  uint64_t quarantined_objects = 0;
+  uint64_t quarantined_bytes = 0;  // their blocks
 };
 
 class ObjectStore {
  public:
   // Attaches every tier (Arena::Attach), rebuilds the table from the arenas and
   // reports what recovery did. FailedPrecondition for an incompatible arena,
-  // DataLoss for a corrupt one (unless options.drop_corrupt drops bad objects).
+  // DataLoss for a broken block chain, and for a corrupt object only with
+  // OnCorrupt::kFail (see StoreOptions).
   static absl::StatusOr<std::unique_ptr<ObjectStore>> Open(std::vector<TierSpec> tiers,
                                                            const StoreOptions& options,
                                                            RecoveryReport* report);
@@ -134,6 +177,12 @@ class ObjectStore {
   // Leases the visible generation of `key`; with generation != 0, only if that
   // generation is the visible one.
   absl::StatusOr<LeaseInfo> Get(SessionId session, std::string_view key, uint64_t generation);
+  // A lease that also keeps the generation current: while it lives, Remove of
+  // the object and a Create or Seal of a newer generation of its key fail with
+  // FailedPrecondition naming `holder` (e.g. "stream 'rollouts'"). Released
+  // with Release like any lease. Streams hold the objects of their samples.
+  absl::StatusOr<LeaseInfo> Hold(SessionId session, std::string_view key, uint64_t generation,
+                                 std::string_view holder);
   absl::Status Release(SessionId session, uint64_t lease_id);
   // Makes the visible generation invisible (if it is `generation`, when that is
   // non-zero); it is freed when its last lease ends. Returns the generation.
@@ -146,10 +195,31 @@ class ObjectStore {
   };
   ListPage List(std::string_view prefix, size_t limit, std::string_view cursor) const;
 
-  // Releases every lease and aborts every pending write of `session`.
+  // Registers `session` in the shared lease table, so that its leases and
+  // writes survive the daemon while `owner` lives. ResourceExhausted when the
+  // table has no free slot; OK (and nothing recorded) without a table.
+  absl::Status OpenSession(SessionId session, const SessionOwner& owner);
+  // Releases every lease and aborts every pending write of `session`, and
+  // frees its slot in the shared lease table.
   void CloseSession(SessionId session);
+  // Gives every lease and pending write of `from` (a recovered session) to
+  // `to`, keeping their ids, and ends `from`. The caller checks that `to`'s
+  // process is `from`'s holder. Adopted writes can only be aborted: Seal of
+  // one is Aborted (the daemon that reserved it is gone).
+  struct Adopted {
+    uint64_t leases = 0;
+    uint64_t writes = 0;
+  };
+  Adopted AdoptSession(SessionId from, SessionId to);
 
   StoreStats Stats() const;
+
+  // Corrupt objects set aside at recovery, in tier and offset order.
+  std::vector<QuarantinedObject> Quarantined() const;
+  // Frees one quarantined object's block. NotFound (naming what is
+  // quarantined) if nothing is quarantined there; InvalidArgument for an
+  // unknown tier.
+  absl::Status RemoveQuarantined(std::string_view tier, uint64_t block_offset);
   struct SessionStats {
     uint64_t leases = 0;
     uint64_t pending_writes = 0;
@@ -174,6 +244,8 @@ class ObjectStore {
     Object* obj;
     SessionId session;
     bool if_absent;
+    uint64_t entry = LeaseTable::kNoEntry;  // in the shared lease table
+    bool orphaned = false;  // recovered from an earlier daemon: abort only
   };
 
   ObjectStore() = default;
@@ -185,7 +257,18 @@ class ObjectStore {
   // Makes a visible object invisible; frees it now if unleased.
   void Retire(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  void DropLease(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Retires an invisible object found at recovery: freed now if unleased,
+  // else when its last (surviving) lease ends.
+  void RetireRecovered(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void DropLease(const LeaseTable::Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<LeaseInfo> LeaseLocked(SessionId session, std::string_view key,
+                                        uint64_t generation,
+                                        std::optional<std::string_view> holder)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint32_t HolderIndex(std::string_view holder) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // FailedPrecondition: `obj` is held, so it cannot be `what` ("removed", "replaced").
+  absl::Status HeldError(const Object* obj, std::string_view what) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Finds a pending write of `session` and removes it from the write tables;
   // NotFound or PermissionDenied (changing nothing) otherwise.
   absl::StatusOr<Write> TakeWrite(SessionId session, uint64_t write_id)
@@ -202,10 +285,16 @@ class ObjectStore {
   absl::flat_hash_map<uint64_t, Write> writes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<SessionId, absl::flat_hash_set<uint64_t>> session_writes_
       ABSL_GUARDED_BY(mu_);
-  uint64_t next_write_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t next_write_id_ ABSL_GUARDED_BY(mu_) = 1;  // random start, as lease ids
+  SharedLeaseTable* shared_ ABSL_GUARDED_BY(mu_) = nullptr;
+  absl::flat_hash_map<SessionId, uint32_t> slots_ ABSL_GUARDED_BY(mu_);  // in shared_
   uint64_t max_generation_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t deferred_frees_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t free_epoch_ ABSL_GUARDED_BY(mu_) = 0;
+  // (tier, block offset) -> the corrupt object kept there.
+  std::map<std::pair<uint32_t, uint64_t>, QuarantinedObject> quarantined_ ABSL_GUARDED_BY(mu_);
+  // Names of holders (Object::holder indexes it); a handful of streams.
+  std::vector<std::string> holders_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace cistern::store

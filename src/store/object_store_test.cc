@@ -376,5 +376,59 @@ TEST(ObjectStoreTest, RecoveryKeepsEvictabilityAndLruMembership) {
   EXPECT_GT(h.store().Stats().tiers[0].evictable_bytes, 0u);
 }
 
+TEST(ObjectStoreTest, AHeldObjectCannotBeRemovedOrReplacedUntilReleased) {
+  StoreHarness h(kMiB);
+  auto g = h.Put(1, "k", "held bytes");
+  ASSERT_TRUE(g.ok());
+  auto hold = h.store().Hold(7, "k", *g, "stream 's'");
+  ASSERT_TRUE(hold.ok()) << hold.status();
+  auto removed = h.store().Remove("k", 0);
+  EXPECT_EQ(removed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(removed.status().message(), HasSubstr("stream 's'"));
+  // A plain put of the key is refused at create; nothing is reserved.
+  uint64_t used = h.store().Stats().tiers[0].used_bytes;
+  auto replaced = h.Put(1, "k", "new bytes");
+  EXPECT_EQ(replaced.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(h.store().Stats().tiers[0].used_bytes, used);
+  EXPECT_EQ(*h.GetValue(2, "k"), "held bytes");
+  ASSERT_TRUE(h.store().Release(7, hold->lease_id).ok());
+  EXPECT_TRUE(h.store().Remove("k", *g).ok());
+}
+
+TEST(ObjectStoreTest, AHoldTakenBetweenCreateAndSealRefusesTheSeal) {
+  StoreHarness h(kMiB);
+  auto g = h.Put(1, "k", "first");
+  ASSERT_TRUE(g.ok());
+  ObjectStore::CreateArgs args;
+  args.key = "k";
+  args.size = 6;
+  auto w = h.store().Create(1, args);
+  ASSERT_TRUE(w.ok());
+  auto hold = h.store().Hold(7, "k", *g, "stream 's'");
+  ASSERT_TRUE(hold.ok());
+  auto sealed = h.store().Seal(1, w->write_id, std::nullopt);
+  EXPECT_EQ(sealed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(h.store().Stats().pending_writes, 0u);  // the write was aborted
+  EXPECT_EQ(*h.GetValue(2, "k"), "first");
+}
+
+TEST(ObjectStoreTest, APlainLeaseDoesNotHold) {
+  StoreHarness h(kMiB);
+  auto g = h.Put(1, "k", "v");
+  ASSERT_TRUE(g.ok());
+  auto lease = h.store().Get(7, "k", 0);
+  ASSERT_TRUE(lease.ok());
+  EXPECT_TRUE(h.store().Remove("k", 0).ok());  // the lease keeps the bytes, not the key
+}
+
+TEST(ObjectStoreTest, EndingTheHoldersSessionEndsTheHold) {
+  StoreHarness h(kMiB);
+  auto g = h.Put(1, "k", "v");
+  ASSERT_TRUE(g.ok());
+  ASSERT_TRUE(h.store().Hold(7, "k", *g, "stream 's'").ok());
+  h.store().CloseSession(7);
+  EXPECT_TRUE(h.store().Remove("k", 0).ok());
+}
+
 }  // namespace
 }  // namespace cistern::store

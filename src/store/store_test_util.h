@@ -22,11 +22,11 @@ class StoreHarness {
 
   // Drops the store without closing sessions, as a kill -9 would, and opens
   // it again over the same memory.
-  absl::Status Reopen(bool drop_corrupt = false) {
+  absl::Status Reopen(Arena::OnCorrupt on_corrupt = Arena::OnCorrupt::kQuarantine) {
     store_.reset();
     TierSpec spec{region_->tier(), region_->base(), region_->size(), high_, low_};
     StoreOptions opts;
-    opts.drop_corrupt = drop_corrupt;
+    opts.on_corrupt = on_corrupt;
     auto s = ObjectStore::Open({spec}, opts, &report_);
     if (!s.ok()) return s.status();
     store_ = std::move(*s);
@@ -48,6 +48,16 @@ class StoreHarness {
     if (!w.ok()) return w.status();
     uint64_t sum = CopyAndChecksum(base() + w->payload_offset, value.data(), value.size());
     return store_->Seal(s, w->write_id, sum);
+  }
+
+  // Flips one payload byte of the visible generation of `key` behind the
+  // store's back, as a stray write through a writable mapping would: the
+  // object fails verification at the next Reopen.
+  void CorruptForTest(std::string_view key) {
+    auto l = store_->Get(0, key, 0);
+    ASSERT_TRUE(l.ok()) << l.status();
+    base()[l->payload_offset] ^= 0x5a;
+    ASSERT_TRUE(store_->Release(0, l->lease_id).ok());
   }
 
   // Reads the bytes a lease points at.

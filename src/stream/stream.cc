@@ -68,14 +68,16 @@ absl::Status ValidateSampleId(std::string_view id) {
   return absl::OkStatus();
 }
 
-absl::Status ValidateRef(const wire::SampleRef& r) {
+absl::Status ValidateRef(const wire::SampleRef& r, bool adopt_visible) {
   RETURN_IF_ERROR(ValidateSampleId(r.sample_id()));
   auto bad = [&](std::string what) {
     return absl::InvalidArgumentError(
         fmt::format("ref of sample {}: {}", Quote(r.sample_id()), what));
   };
   if (absl::Status s = store::ValidateKey(r.key()); !s.ok()) return bad(std::string(s.message()));
-  if (r.generation() == 0) return bad("generation 0; a ref names one sealed generation");
+  if (r.generation() == 0 && !adopt_visible) {
+    return bad("generation 0; a ref names one sealed generation (or set adopt_visible)");
+  }
   if (r.lease_id() != 0 || r.deliveries() != 0) {
     return bad("lease_id and deliveries are set by lease, not by the producer");
   }
@@ -155,7 +157,11 @@ uint64_t Stream::PartitionHash(std::string_view sample_id) {
 
 Stream::Stream(std::string name, registry::MetadataBackend* backend, store::ObjectStore* store,
                Clock* clock)
-    : name_(std::move(name)), backend_(backend), store_(store), clock_(clock) {
+    : name_(std::move(name)),
+      holder_(fmt::format("stream '{}'", name_)),
+      backend_(backend),
+      store_(store),
+      clock_(clock) {
   // Lease ids differ across restarts, so a handle from before a restart never
   // matches a lease granted after it: each incarnation starts at a random
   // point (a start from the wall clock repeats when a restart takes under a
@@ -227,7 +233,7 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Load(
     }
     // Committed, or acked without a durable marker: back in the queue, if the
     // bytes are still there.
-    auto pin = store->Get(kStreamSession, rec.ref().key(), rec.ref().generation());
+    auto pin = store->Hold(kStreamSession, rec.ref().key(), rec.ref().generation(), s->holder_);
     if (!pin.ok()) {
       spdlog::error("stream '{}': sample {} lost: its object {} generation {} is gone ({})",
                     s->name_, Quote(id), Quote(rec.ref().key()), rec.ref().generation(),
@@ -386,7 +392,7 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
   std::vector<const wire::SampleRef*> fresh;
   absl::flat_hash_map<std::string_view, bool> seen;
   uint32_t duplicates = 0;
-  for (const auto& r : req.refs()) RETURN_IF_ERROR(ValidateRef(r));
+  for (const auto& r : req.refs()) RETURN_IF_ERROR(ValidateRef(r, req.adopt_visible()));
   for (const auto& r : req.refs()) {
     if (live_.contains(r.sample_id()) || done_.contains(r.sample_id()) ||
         !seen.emplace(r.sample_id(), true).second) {
@@ -414,6 +420,7 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
   if (fresh.empty()) {
     reply->set_committed(0);
     reply->set_duplicates(duplicates);
+    FillHeld(req, reply);
     return absl::OkStatus();
   }
   const auto& o = meta_.options();
@@ -439,13 +446,15 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
                     "max_in_flight_per_producer {}",
                     who, in_flight, name_, fresh.size(), o.max_in_flight_per_producer()));
   }
-  // Pin every object: the ref must name a sealed, visible generation.
+  // Hold every object: the ref must name a sealed, visible generation (with
+  // adopt_visible and generation 0: whichever is visible now). From here on
+  // the object can be neither removed nor replaced until the stream lets go.
   std::vector<store::ObjectStore::LeaseInfo> pins;
   auto give_back = [&] {
     for (const auto& p : pins) (void)store_->Release(kStreamSession, p.lease_id);
   };
   for (const wire::SampleRef* r : fresh) {
-    auto pin = store_->Get(kStreamSession, r->key(), r->generation());
+    auto pin = store_->Hold(kStreamSession, r->key(), r->generation(), holder_);
     if (!pin.ok()) {
       give_back();
       return absl::Status(
@@ -457,7 +466,7 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
       give_back();
       return absl::InvalidArgumentError(fmt::format(
           "ref of sample {} says nbytes {} but object {} generation {} holds {}",
-          Quote(r->sample_id()), r->nbytes(), Quote(r->key()), r->generation(), pin->size));
+          Quote(r->sample_id()), r->nbytes(), Quote(r->key()), pin->generation, pin->size));
     }
   }
   // Durable first.
@@ -468,6 +477,7 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
     auto s = std::make_unique<Sample>();
     s->seq = next_seq_ + i;
     *s->record.mutable_ref() = *fresh[i];
+    s->record.mutable_ref()->set_generation(pins[i].generation);
     s->record.mutable_ref()->set_nbytes(pins[i].size);
     s->record.set_producer(who);
     s->record.set_state(ledger::SampleRecord::COMMITTED);
@@ -496,7 +506,18 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
   ++epoch_;
   reply->set_committed(fresh.size());
   reply->set_duplicates(duplicates);
+  FillHeld(req, reply);
   return absl::OkStatus();
+}
+
+void Stream::FillHeld(const wire::StreamCommit& req, wire::StreamCommitReply* reply) const {
+  for (const auto& r : req.refs()) {
+    auto* held = reply->add_held();
+    auto it = live_.find(r.sample_id());
+    if (it == live_.end()) continue;  // released, dropped or lost: holds nothing
+    held->set_generation(it->second->record.ref().generation());
+    held->set_nbytes(it->second->record.ref().nbytes());
+  }
 }
 
 absl::Status Stream::Lease(const wire::StreamLease& req, bool final, wire::StreamLeaseReply* reply,

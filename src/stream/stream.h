@@ -82,8 +82,13 @@ class Stream {
 
   // Commits refs; idempotent on sample_id (a committed id is skipped, also
   // within one call). Every ref is validated and its object (key, generation)
-  // pinned before anything is written; any bad ref — including one naming an
-  // object another live sample of the stream holds — fails the whole call.
+  // held (ObjectStore::Hold: it can be neither removed nor replaced while the
+  // stream has the sample) before anything is written; any bad ref — including
+  // one naming an object another live sample of the stream holds — fails the
+  // whole call. With req.adopt_visible, a ref of generation 0 names whatever
+  // generation of its key is visible at that moment, so check-and-commit is one
+  // step in the daemon. reply->held says, per ref, which generation the stream
+  // holds for that sample id after the call (none: released, dropped or lost).
   // Backpressure: with the stream paused (resident bytes reached the high
   // watermark and have not fallen below the low one) or the producer at its
   // in-flight cap, sets *blocked and returns ResourceExhausted with the
@@ -159,12 +164,14 @@ class Stream {
   // Releases every awaiting sample the marker covers now.
   uint64_t ReleaseCovered();
   void FreeObject(const wire::SampleRef& ref, uint64_t pin);
+  void FillHeld(const wire::StreamCommit& req, wire::StreamCommitReply* reply) const;
   // Resolves handles to leased samples for ack/fail; counts acked ones in
   // *already (ack only).
   absl::Status Resolve(const google::protobuf::RepeatedPtrField<wire::RefHandle>& refs,
                        bool for_ack, std::vector<Sample*>* leased, uint32_t* already);
 
   const std::string name_;
+  const std::string holder_;  // "stream '<name>'": how the store names our holds
   registry::MetadataBackend* const backend_;
   store::ObjectStore* const store_;
   Clock* const clock_;

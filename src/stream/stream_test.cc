@@ -427,12 +427,17 @@ TEST(StreamTest, DurablyAckedObjectIsFreedAndTheStoreReturnsToBaseline) {
   EXPECT_EQ(h.Info(s).acked(), 2u);
 }
 
-TEST(StreamTest, ReleaseFreesOnlyTheCommittedGenerationNotANewerOne) {
+TEST(StreamTest, AKeyIsReusableOnlyAfterTheStreamReleasedItsSample) {
   StreamHarness h;
   Stream* s = h.Open("t");
-  ASSERT_TRUE(h.Commit(s, {h.Put("a")}).ok());
-  auto newer = h.Put("a", 50);  // the producer reuses the key for something else
+  auto a = h.Put("a");
+  ASSERT_TRUE(h.Commit(s, {a}).ok());
+  // The producer reuses the key for something else: refused while held.
+  EXPECT_EQ(h.store().Put(kProducer, a.key(), "x").status().code(),
+            absl::StatusCode::kFailedPrecondition);
   ASSERT_TRUE(h.Ack(s, h.Lease(s, 1), 1, true).ok());
+  EXPECT_FALSE(h.Exists(a));
+  auto newer = h.Put("a", 50);
   EXPECT_TRUE(h.Exists(newer));
 }
 
@@ -937,7 +942,9 @@ TEST(StreamTest, SampleWhoseObjectIsGoneAtRestartIsLostAndNeverDelivered) {
   Stream* s = h.Open("t");
   auto a = h.Put("a");
   ASSERT_TRUE(h.Commit(s, {a, h.Put("b")}).ok());
-  ASSERT_TRUE(h.store().store().Remove(a.key(), a.generation()).ok());
+  // The stream holds the object, so only damage can take it: a stray write
+  // makes it fail verification, and the restart quarantines it.
+  h.store().CorruptForTest(a.key());
   ASSERT_TRUE(h.Restart().ok());
   s = h.Find("t");
   ReconcileReport rep = h.Report("t");
@@ -1477,14 +1484,14 @@ void RunModel(uint64_t seed, int ops) {
       ASSERT_TRUE(rep.ok()) << rep.status();
       ASSERT_EQ(rep->requeued, back.size());
       m.Requeue(back, false);
-    } else if (dice < 90) {  // a sample's object disappears behind the stream's back
+    } else if (dice < 90) {  // a stray write damages a sample's object: lost at the next restart
       std::vector<std::string> ids;
       for (const auto& [id, x] : m.samples) {
         if (m.Live(x) && !x.vanished) ids.push_back(id);
       }
       if (ids.empty()) continue;
       auto& x = m.samples[Pick(rng, ids)];
-      ASSERT_TRUE(h.store().store().Remove(x.ref.key(), x.ref.generation()).ok());
+      h.store().CorruptForTest(x.ref.key());
       x.vanished = true;
     } else if (dice < 95) {  // the registry fails one write
       h.backend().FailWritesForTest(absl::UnavailableError("injected"));
@@ -1520,6 +1527,11 @@ void RunModel(uint64_t seed, int ops) {
   EXPECT_EQ(info.acked() + info.dropped() + info.lost(), m.samples.size());
   EXPECT_EQ(h.StoreLeases(), 0u);
   EXPECT_EQ(h.store().store().Stats().objects, 0u);
+  // Damaged objects a restart quarantined are kept for the operator; freed,
+  // the store is back where it started.
+  for (const auto& q : h.store().store().Quarantined()) {
+    ASSERT_TRUE(h.store().store().RemoveQuarantined(q.tier, q.block_offset).ok());
+  }
   EXPECT_EQ(h.UsedBytes(), base_used);
 }
 
@@ -1528,6 +1540,63 @@ TEST(StreamModelTest, RandomOperationsKeepEverySampleInExactlyOnePlace) {
     RunModel(seed, 300);
     if (HasFatalFailure() || HasNonfatalFailure()) break;
   }
+}
+
+TEST(StreamTest, AnObjectTheStreamHoldsCannotBeRemovedOrReplaced) {
+  StreamHarness h;
+  Stream* s = h.Open("st");
+  wire::SampleRef r = h.Put("a");
+  ASSERT_TRUE(h.Commit(s, {r}).ok());
+  auto removed = h.store().store().Remove(r.key(), 0);
+  EXPECT_EQ(removed.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(removed.status().message(), HasSubstr("stream 'st'"));
+  auto replaced = h.store().Put(kProducer, r.key(), "other");
+  EXPECT_EQ(replaced.status().code(), absl::StatusCode::kFailedPrecondition);
+  // Released, the object goes as before.
+  Refs leased = h.Lease(s, 1);
+  ASSERT_EQ(leased.size(), 1u);
+  wire::StreamAck ack;
+  StreamHarness::AddHandles(leased, &ack);
+  ack.set_optimizer_durable(true);
+  wire::StreamAckReply reply;
+  ASSERT_TRUE(s->Ack(ack, &reply).ok());
+  EXPECT_EQ(reply.released(), 1u);
+  EXPECT_EQ(h.store().store().Stat(r.key()).status().code(), absl::StatusCode::kNotFound);
+}
+
+TEST(StreamTest, AdoptVisibleCommitsWhateverGenerationIsVisibleAndReportsIt) {
+  StreamHarness h;
+  Stream* s = h.Open("st");
+  wire::SampleRef r = h.Put("a");
+  uint64_t visible = r.generation();
+  wire::StreamCommit c;
+  wire::SampleRef adopt = r;
+  adopt.set_generation(0);
+  *c.add_refs() = adopt;
+  wire::StreamCommitReply reply;
+  bool blocked = false;
+  // Without the flag generation 0 is refused and nothing changes.
+  EXPECT_EQ(s->Commit(c, "p", &reply, &blocked).code(), absl::StatusCode::kInvalidArgument);
+  c.set_adopt_visible(true);
+  ASSERT_TRUE(s->Commit(c, "p", &reply, &blocked).ok());
+  EXPECT_EQ(reply.committed(), 1u);
+  ASSERT_EQ(reply.held_size(), 1);
+  EXPECT_EQ(reply.held(0).generation(), visible);
+  EXPECT_EQ(reply.held(0).nbytes(), 100u);
+  // A second producer's commit of its own generation of the same sample id is
+  // a duplicate, and the reply names the held generation so it can tidy up.
+  wire::StreamCommit again;
+  wire::SampleRef other = r;
+  other.set_generation(visible + 1000);
+  *again.add_refs() = other;
+  wire::StreamCommitReply reply2;
+  ASSERT_TRUE(s->Commit(again, "q", &reply2, &blocked).ok());
+  EXPECT_EQ(reply2.duplicates(), 1u);
+  ASSERT_EQ(reply2.held_size(), 1);
+  EXPECT_EQ(reply2.held(0).generation(), visible);
+  Refs leased = h.Lease(s, 1);
+  ASSERT_EQ(leased.size(), 1u);
+  EXPECT_EQ(leased[0].generation(), visible);
 }
 
 }  // namespace

@@ -233,16 +233,16 @@ bool ProduceOne(Conn& conn, int i, bool maybe_committed) {
       Fail(fmt::format("commit {} answered dup, but no earlier commit of it was sent", id));
       return false;
     }
-    // A dup's object is the stream's (pinned) or ours to remove; a stream
-    // pin is a lease on the object.
+    // A dup's object is the stream's (held: the store refuses to remove it)
+    // or ours to remove.
     while (dup) {
       if (!conn.Ensure()) return false;
-      auto info = conn.client()->Stat(key);
-      if (!info.ok() && conn.Lost(info.status())) continue;
-      if (!info.ok() || info->generation != gen || info->leases > 0) break;
       auto rm = conn.client()->Remove(key, gen);
       if (rm.ok()) journal->Write(fmt::format("O {} {}", key, gen), false);
-      if (rm.ok() || rm.status().code() == Code::kNotFound) break;
+      if (rm.ok() || rm.status().code() == Code::kNotFound ||
+          rm.status().code() == Code::kFailedPrecondition) {
+        break;
+      }
       if (!conn.Lost(rm.status())) {
         Fail(fmt::format("remove {} generation {}: {}", key, gen, rm.status().ToString()));
         return false;

@@ -162,8 +162,21 @@ TEST(DaemonTest, SigtermDrainsAndExitsZeroAndDataSurvivesRestart) {
   EXPECT_THAT(d.Log(), HasSubstr("stopped cleanly"));
 }
 
-TEST(DaemonTest, CorruptArenaIsRefusedUntilFormatted) {
-  Daemon d;
+// Flips one payload byte of the object holding `fill` bytes in the arena file.
+void FlipPayloadByte(const std::string& arena, char fill) {
+  int fd = ::open(arena.c_str(), O_RDWR);
+  ASSERT_GE(fd, 0);
+  std::string data(1 << 20, '\0');
+  ASSERT_GT(::pread(fd, data.data(), data.size(), 0), 0);
+  size_t at = data.find(std::string(100, fill));
+  ASSERT_NE(at, std::string::npos);
+  char flipped = fill + 1;
+  ASSERT_EQ(::pwrite(fd, &flipped, 1, at + 50), 1);
+  ::close(fd);
+}
+
+TEST(DaemonTest, WithPolicyFailACorruptArenaIsRefusedUntilFormatted) {
+  Daemon d({.extra_yaml = "recovery:\n  on_corrupt_object: fail\n"});
   std::string err;
   ASSERT_TRUE(d.Start({}, &err)) << err;
   {
@@ -172,16 +185,7 @@ TEST(DaemonTest, CorruptArenaIsRefusedUntilFormatted) {
   }
   d.Kill(SIGTERM);
   ASSERT_EQ(d.Wait(), 0);
-  // Flip one payload byte of the object in the arena file.
-  int fd = ::open(d.arena_path().c_str(), O_RDWR);
-  ASSERT_GE(fd, 0);
-  std::string data(1 << 20, '\0');
-  ASSERT_GT(::pread(fd, data.data(), data.size(), 0), 0);
-  size_t at = data.find(std::string(100, 'p'));
-  ASSERT_NE(at, std::string::npos);
-  char flipped = 'q';
-  ASSERT_EQ(::pwrite(fd, &flipped, 1, at + 50), 1);
-  ::close(fd);
+  FlipPayloadByte(d.arena_path(), 'p');
   EXPECT_EQ(d.RunToExit(), 1);
   EXPECT_THAT(d.Log(), HasSubstr("'precious'"));
   EXPECT_THAT(d.Log(), HasSubstr("payload checksum mismatch"));
@@ -189,6 +193,42 @@ TEST(DaemonTest, CorruptArenaIsRefusedUntilFormatted) {
   auto c = d.Connect();
   EXPECT_EQ((*c)->Get("precious").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ((*c)->Stats()->tiers[0].used_bytes, 0u);
+}
+
+// One stray write into one object made the default recovery policy refuse
+// to start, so every object on the host became unavailable (issue 9, item 3).
+TEST(DaemonTest, ByDefaultACorruptObjectIsQuarantinedAndEveryOtherServed) {
+  Daemon d;
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  {
+    auto c = d.Connect();
+    ASSERT_TRUE((*c)->Put("precious", std::string(10000, 'p')).ok());
+    ASSERT_TRUE((*c)->Put("other", std::string(10000, 'o')).ok());
+  }
+  d.Kill(SIGTERM);
+  ASSERT_EQ(d.Wait(), 0);
+  FlipPayloadByte(d.arena_path(), 'p');
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  EXPECT_THAT(d.Log(), HasSubstr("quarantined corrupt object 'precious'"));
+  auto c = d.Connect();
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ((*c)->Get("precious").status().code(), absl::StatusCode::kNotFound);
+  auto other = (*c)->Get("other");
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(other->data()), other->size()),
+            std::string(10000, 'o'));
+  auto q = (*c)->Quarantined();
+  ASSERT_TRUE(q.ok());
+  ASSERT_EQ(q->size(), 1u);
+  EXPECT_EQ((*q)[0].key, "precious");
+  EXPECT_THAT((*q)[0].reason, HasSubstr("payload checksum mismatch"));
+  uint64_t used = (*c)->Stats()->tiers[0].used_bytes;
+  EXPECT_EQ((*c)->RemoveQuarantined((*q)[0].tier, (*q)[0].block_offset + 64).code(),
+            absl::StatusCode::kNotFound);
+  ASSERT_TRUE((*c)->RemoveQuarantined((*q)[0].tier, (*q)[0].block_offset).ok());
+  EXPECT_LT((*c)->Stats()->tiers[0].used_bytes, used);
+  EXPECT_TRUE((*c)->Quarantined()->empty());
 }
 
 TEST(DaemonTest, SecondDaemonOnTheSameArenaOrSocketIsRefused) {
