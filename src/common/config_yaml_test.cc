@@ -721,6 +721,9 @@ TEST(YamlRegressionTest, FlowCommaOutsideACollectionIsASyntaxErrorWithLineAndCol
            {"---\n,", "line 2, column 1"},
            {"&a ,", "line 1, column 4"},
            {"!!str ,", "line 1, column 7"},
+           // Two the fuzzer found (tests/fuzz/corpus/config/regress-loop-*).
+           {std::string_view(",\t\t'\0\t\t'\0&", 10), "line 1, column 1"},
+           {std::string_view("\n,\0\0\0\0\r\0\0\0\x0b", 11), "line 2, column 1"},
        }) {
     EXPECT_THAT(LoadError(c.yaml),
                 IsInvalid("YAML syntax error at " + std::string(c.where), "unexpected ','"))
