@@ -66,6 +66,14 @@ class CliRegressTest : public ::testing::Test {
                                     env, kGuard));
   }
   std::string Path(const std::string& name) { return home_ + "/" + name; }
+  // `cisternd --config file`, confined to the home and the test's arena in
+  // case it does start.
+  CliResult Cisternd(const std::string& file) {
+    return Shell(fmt::format(
+        "{}{} --config {} --set runtime_dir={}/run --set metrics_port=0 --set tiers.0.name=mem "
+        "--set tiers.0.size=64MiB --set tiers.0.path={}",
+        kGuard, BinaryPath("src/daemon/cisternd"), file, home_, arena_));
+  }
   // The only session directory under the home.
   fs::path Session() {
     std::vector<fs::path> out;
@@ -91,8 +99,7 @@ TEST_F(CliRegressTest, FlowCommaConfigExitsTwoWithLineAndColumn) {
     EXPECT_EQ(v.code, 2) << text << "\n" << v.out;
     EXPECT_THAT(v.out, HasSubstr("YAML syntax error at line")) << text;
     EXPECT_THAT(v.out, HasSubstr("unexpected ','")) << text;
-    CliResult d =
-        Shell(std::string(kGuard) + BinaryPath("src/daemon/cisternd") + " --config " + file);
+    CliResult d = Cisternd(file);
     EXPECT_EQ(d.code, 2) << text << "\n" << d.out;
     EXPECT_THAT(d.out, HasSubstr("unexpected ','")) << text;
   }
@@ -135,8 +142,7 @@ TEST_F(CliRegressTest, ConfigsThatBrokeTheDaemonFailValidateAndTheDaemonAlike) {
     CliResult v = Run("config validate " + file);
     EXPECT_EQ(v.code, 2) << c.yaml << v.out;
     EXPECT_THAT(v.out, HasSubstr(c.expect)) << c.yaml;
-    CliResult d =
-        Shell(std::string(kGuard) + BinaryPath("src/daemon/cisternd") + " --config " + file);
+    CliResult d = Cisternd(file);
     EXPECT_EQ(d.code, 2) << c.yaml << d.out;
     EXPECT_THAT(d.out, HasSubstr(c.expect)) << c.yaml;
     CliResult start = Run("daemon start --config " + file + " " + sets_);
