@@ -4,15 +4,19 @@
 #   make demo    the main job end to end on the embedded default (release build)
 #   make test    every test: unit + integration (stream fault runs among them) under
 #                ASan+UBSan, unit under TSan, the Python package's pytest suite and the
-#                stream kill-and-restart example against a release build
+#                stream kill-and-restart example against a release build, and a short
+#                run of each fuzz harness (fuzz-smoke)
 #   make stream-demo  a stream trainer killed and restarted mid-run; the ledger is checked
 #   make bench   the side-by-side benchmarks (see docs/benchmarks.md)
 #   make tsan    TSan build of the unit tests (the store's concurrency test among them)
+#   make fuzz-smoke  each libFuzzer harness (tests/fuzz) for FUZZ_SMOKE_SECONDS (30); part of test
+#   make fuzz    longer campaigns: FUZZ_SECONDS (default 600) per harness
 
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DPython_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3
 
-.PHONY: all bootstrap build release asan tsan pytest pipcheck test demo stream-demo bench clean
+.PHONY: all bootstrap build release asan tsan pytest pipcheck test demo stream-demo bench clean \
+        fuzz-build fuzz-smoke fuzz
 
 all: build
 
@@ -40,6 +44,50 @@ tsan: bootstrap build/tsan/build.ninja
 	cmake --build build/tsan -j $(JOBS) --target store_test common_test daemon_test registry_test stream_test
 	cd build/tsan && TSAN_OPTIONS=halt_on_error=1 ctest -L unit --output-on-failure -j $(JOBS)
 
+# libFuzzer harnesses (docs/testing.md), built by clang in build/fuzz with ASan
+# and UBSan. Each run starts from the seeds in tests/fuzz/corpus/<name> (never
+# written) and build/fuzz/corpus/<name> (what earlier runs found); a crash, a
+# hang (-timeout) or unbounded memory (-rss_limit_mb) fails the target and
+# leaves the input in build/fuzz/artifacts/<name>/. The per-harness log,
+# with libFuzzer's final stats (executions, execs/s), is build/fuzz/<name>.log.
+FUZZ_HARNESSES = frame config safetensors
+FUZZ_SMOKE_SECONDS ?= 30
+FUZZ_SECONDS ?= 600
+FUZZ_MAX_LEN_frame = 65536
+FUZZ_MAX_LEN_config = 65536
+FUZZ_MAX_LEN_safetensors = 262144
+# Safetensors inputs go to the full -max_len from the start (a header nesting
+# 100,000 '[' took 200 KB), rather than growing slowly as libFuzzer does by default.
+FUZZ_FLAGS_safetensors = -len_control=0
+
+build/fuzz/build.ninja: | bootstrap
+	CC=clang CXX=clang++ cmake -S . -B build/fuzz $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCISTERN_SANITIZE=address -DCISTERN_FUZZ=ON
+
+fuzz-build: bootstrap build/fuzz/build.ninja
+	cmake --build build/fuzz -j $(JOBS) --target $(addprefix fuzz_,$(FUZZ_HARNESSES))
+
+define run_fuzzers
+	@set -e; for h in $(FUZZ_HARNESSES); do \
+	  mkdir -p build/fuzz/corpus/$$h build/fuzz/artifacts/$$h; \
+	  flags=; case $$h in frame) len=$(FUZZ_MAX_LEN_frame);; config) len=$(FUZZ_MAX_LEN_config);; \
+	    *) len=$(FUZZ_MAX_LEN_safetensors); flags="$(FUZZ_FLAGS_safetensors)";; esac; \
+	  echo "fuzz_$$h: $(1) s, -max_len=$$len"; \
+	  if ! build/fuzz/tests/fuzz/fuzz_$$h -max_total_time=$(1) -max_len=$$len $$flags -timeout=10 \
+	      -rss_limit_mb=2048 -print_final_stats=1 -artifact_prefix=build/fuzz/artifacts/$$h/ \
+	      build/fuzz/corpus/$$h tests/fuzz/corpus/$$h > build/fuzz/$$h.log 2>&1; then \
+	    tail -n 60 build/fuzz/$$h.log; echo "fuzz_$$h FAILED: see build/fuzz/artifacts/$$h/"; exit 1; \
+	  fi; \
+	  grep -E 'stat::(number_of_executed_units|average_exec_per_sec|peak_rss_mb)' build/fuzz/$$h.log; \
+	done
+endef
+
+fuzz-smoke: fuzz-build
+	$(call run_fuzzers,$(FUZZ_SMOKE_SECONDS))
+
+fuzz: fuzz-build
+	$(call run_fuzzers,$(FUZZ_SECONDS))
+
 # Debian's python3 with the package built into build/release/python.
 pytest: bootstrap build/release/build.ninja
 	cmake --build build/release -j $(JOBS) --target _cistern cisternd cistern
@@ -61,6 +109,7 @@ test: asan
 	$(MAKE) tsan
 	$(MAKE) pytest
 	$(MAKE) pipcheck
+	$(MAKE) fuzz-smoke
 
 demo: release
 	scripts/demo.sh build/release

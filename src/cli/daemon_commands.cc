@@ -3,7 +3,12 @@
 //       config.yaml   the effective config the daemon runs with
 //       meta.json     pid, socket, version, start time (written right after fork,
 //                     before the daemon is ready, so clients can find it)
-//       logs/stdout.log, logs/stderr.log
+//       logs/stdout.log   the daemon's log (its log_file unless the config
+//                         names another), rotated at log_max_bytes into
+//                         stdout.1.log ... stdout.<log_max_files>.log
+//       logs/stderr.log   the daemon's stdout and stderr: what it prints
+//                         before its log is set up (usage and config errors)
+//                         and crash reports
 // and points $CISTERN_HOME/hosts/<host_id>/current_session at it. Unless the
 // config says otherwise, every session of the host uses
 //   $CISTERN_HOME/hosts/<host_id>/run/     the socket (runtime_dir)
@@ -180,12 +185,27 @@ uint64_t UnixMs() {
       .count();
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Probe(const std::string& socket) {
+// The token a command presents: --token, else $CISTERN_TOKEN, else
+// `configured` (the token of the daemon's own config, when it can be read).
+std::string TokenFor(const Target& t, const std::string& configured) {
+  if (!t.token.empty()) return t.token;
+  if (const char* k = std::getenv("CISTERN_TOKEN"); k && *k) return k;
+  return configured;
+}
+
+absl::StatusOr<std::unique_ptr<Client>> Probe(const std::string& socket, const std::string& token) {
   ConnectOptions o;
   o.socket_path = socket;
   o.client_name = "cistern-cli";
-  if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;
+  o.token = token;
   return Client::Connect(o);
+}
+
+// The session's effective config (config.yaml); nullopt when it cannot be read.
+std::optional<config::DaemonConfig> SessionConfig(const Meta& m) {
+  config::DaemonConfig cfg;
+  if (!LoadYamlFile((m.dir / "config.yaml").string(), &cfg).ok()) return std::nullopt;
+  return cfg;
 }
 
 // Sends SIGTERM, waits up to `grace`, then SIGKILL. True if it exited.
@@ -216,7 +236,7 @@ struct StartArgs {
 volatile sig_atomic_t g_stop_signal = 0;
 void OnStopSignal(int sig) { g_stop_signal = sig; }
 
-int Start(const StartArgs& a, bool json) {
+int Start(const StartArgs& a, const Target& target, bool json) {
   auto config_path = ResolveConfig(a.config);
   if (!config_path.ok()) {
     std::fprintf(stderr, "cistern: %s\n", std::string(config_path.status().message()).c_str());
@@ -251,14 +271,18 @@ int Start(const StartArgs& a, bool json) {
     }
   }
   ::setenv("CISTERN_HOME", HomeDir().c_str(), 1);  // defaults derive from it
+  Meta m;
+  m.session_id = NewSessionId();
+  m.dir = host / "sessions" / m.session_id;
+  // In the background the daemon logs to the session's rotated log file.
+  if (!a.blocking && cfg.log_file().empty()) {
+    cfg.set_log_file((m.dir / "logs" / "stdout.log").string());
+  }
   daemon::ApplyDefaults(&cfg);
   if (absl::Status s = daemon::ValidateDaemonConfig(cfg); !s.ok()) {
     std::fprintf(stderr, "cistern: %s: %s\n", config_path->c_str(), std::string(s.message()).c_str());
     return 2;
   }
-  Meta m;
-  m.session_id = NewSessionId();
-  m.dir = host / "sessions" / m.session_id;
   m.socket = cfg.socket_path();
   m.version = CISTERN_VERSION;
   m.config = *config_path;
@@ -286,17 +310,19 @@ int Start(const StartArgs& a, bool json) {
   }
   std::string effective = (m.dir / "config.yaml").string();
   std::ofstream(effective) << ToYaml(cfg);
-  fs::path out = m.dir / "logs" / "stdout.log", err = m.dir / "logs" / "stderr.log";
+  fs::path out = cfg.log_file().empty() ? m.dir / "logs" / "stdout.log" : fs::path(cfg.log_file());
+  fs::path err = m.dir / "logs" / "stderr.log";
 
   std::string bin = DaemonBinary();
   pid_t pid = ::fork();
   if (pid == 0) {
     if (!a.blocking) {
+      // The log goes to log_file (rotated); stdout and stderr carry only what
+      // comes before it is set up, and crash reports.
       ::setsid();
-      FILE* o = std::freopen(out.c_str(), "a", stdout);
       FILE* e = std::freopen(err.c_str(), "a", stderr);
-      (void)o;
       (void)e;
+      ::dup2(STDERR_FILENO, STDOUT_FILENO);
       std::freopen("/dev/null", "r", stdin);
     }
     ::execlp(bin.c_str(), bin.c_str(), "--config", effective.c_str(), nullptr);
@@ -341,12 +367,25 @@ int Start(const StartArgs& a, bool json) {
       fs::remove(host / "current_session", ec);
       return WIFEXITED(status) && WEXITSTATUS(status) == 2 ? 2 : 1;
     }
-    if (auto c = Probe(m.socket); c.ok()) {
+    // The probe presents the token the daemon was configured with. Any answer
+    // but Unavailable (not listening yet) is final: a refusal names its reason.
+    auto c = Probe(m.socket, cfg.token().empty() ? TokenFor(target, "") : cfg.token());
+    if (c.ok()) {
       if (auto st = (*c)->Status(); st.ok()) {
         m.metrics = st->metrics_endpoint;
         WriteMeta(m);
       }
       break;
+    }
+    if (c.status().code() != absl::StatusCode::kUnavailable) {
+      StopProcess(pid, std::chrono::seconds(5), true);
+      fs::remove(host / "current_session", ec);
+      std::fprintf(stderr,
+                   "cistern: cisternd (pid %d) refused the readiness probe: %s; it was stopped. "
+                   "Last log lines:\n%s%s",
+                   pid, std::string(c.status().message()).c_str(), LastLines(out, 10).c_str(),
+                   LastLines(err, 10).c_str());
+      return 1;
     }
     auto now = SteadyClock::now();
     if (now > deadline) {
@@ -400,15 +439,7 @@ int Stop(const std::string& id, double grace_s, bool json) {
   return 0;
 }
 
-// The state_dir and registry database of a session, from its effective
-// config ("" when it cannot be read).
-std::pair<std::string, std::string> SessionRegistry(const Meta& m) {
-  config::DaemonConfig cfg;
-  if (!LoadYamlFile((m.dir / "config.yaml").string(), &cfg).ok()) return {};
-  return {cfg.state_dir(), cfg.registry().path()};
-}
-
-int Status(bool json) {
+int Status(const Target& target, bool json) {
   auto m = FindSession("");
   if (!m || !Alive(m->pid)) {
     if (json) {
@@ -422,7 +453,8 @@ int Status(bool json) {
     }
     return 1;
   }
-  auto c = Probe(m->socket);
+  std::optional<config::DaemonConfig> session_cfg = SessionConfig(*m);
+  auto c = Probe(m->socket, TokenFor(target, session_cfg ? session_cfg->token() : ""));
   absl::StatusOr<DaemonStatus> st = c.ok() ? (*c)->Status() : c.status();
   if (!st.ok()) {
     if (json) {
@@ -436,7 +468,8 @@ int Status(bool json) {
     }
     return 1;
   }
-  auto [state_dir, registry] = SessionRegistry(*m);
+  std::string state_dir = session_cfg ? session_cfg->state_dir() : "";
+  std::string registry = session_cfg ? session_cfg->registry().path() : "";
   if (json) {
     std::string tiers, sessions;
     for (const auto& t : st->stats.tiers) {
@@ -491,6 +524,26 @@ int Status(bool json) {
   return 0;
 }
 
+// `base` with `index` before its extension, as the daemon's rotation names its
+// files: stdout.log -> stdout.1.log.
+fs::path Rotated(const fs::path& base, int index) {
+  fs::path p = base;
+  return p.replace_filename(
+      fmt::format("{}.{}{}", base.stem().string(), index, base.extension().string()));
+}
+
+// Copies what is left of `in` to stdout.
+void Drain(std::ifstream& in) {
+  char buf[65536];
+  for (;;) {
+    in.read(buf, sizeof buf);
+    std::streamsize n = in.gcount();
+    if (n <= 0) break;
+    std::fwrite(buf, 1, n, stdout);
+  }
+  in.clear();
+}
+
 int Logs(const std::string& id, bool follow, bool err) {
   auto m = FindSession(id);
   if (!m) {
@@ -498,24 +551,35 @@ int Logs(const std::string& id, bool follow, bool err) {
     return 1;
   }
   fs::path path = m->dir / "logs" / (err ? "stderr.log" : "stdout.log");
+  int keep = 0;  // rotated files beside the log
+  if (std::optional<config::DaemonConfig> cfg = SessionConfig(*m); cfg && !err) {
+    if (!cfg->log_file().empty()) path = cfg->log_file();
+    keep = static_cast<int>(cfg->log_max_files());
+  }
   std::ifstream in(path);
   if (!in) {
     std::fprintf(stderr, "cistern: no log at %s (a --blocking session logs to its terminal)\n",
                  path.c_str());
     return 1;
   }
-  char buf[65536];
+  // The rotated files first, oldest first, then the current one.
+  for (int i = keep; i >= 1; --i) {
+    std::ifstream old(Rotated(path, i));
+    if (old) Drain(old);
+  }
+  struct stat st {};
+  ino_t inode = ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
   for (;;) {
-    in.read(buf, sizeof buf);
-    std::streamsize n = in.gcount();
-    if (n > 0) {
-      std::fwrite(buf, 1, n, stdout);
-      continue;
-    }
+    Drain(in);
     std::fflush(stdout);
     if (!follow) return 0;
-    in.clear();
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // Rotated: what was written to the old file is read above; go on with the new one.
+    if (::stat(path.c_str(), &st) == 0 && st.st_ino != inode) {
+      Drain(in);
+      in = std::ifstream(path);
+      inode = st.st_ino;
+    }
   }
 }
 
@@ -542,7 +606,7 @@ void RegisterDaemonCommands(CLI::App* app, Target* target, const bool* json, int
   s->add_flag("--blocking", start.blocking,
               "run in the foreground, logging to this terminal; SIGINT/SIGTERM stop it");
   s->add_option("--grace", start.grace_s, "with --blocking: seconds between SIGTERM and SIGKILL");
-  s->callback([=] { *rc = Start(start, *json); });
+  s->callback([=] { *rc = Start(start, *target, *json); });
 
   static std::string session;
   static double grace = 30;
@@ -563,11 +627,11 @@ void RegisterDaemonCommands(CLI::App* app, Target* target, const bool* json, int
         return;
       }
     }
-    *rc = Start(start, *json);
+    *rc = Start(start, *target, *json);
   });
 
   auto* status = d->add_subcommand("status", "health, usage and sessions of the current daemon");
-  status->callback([=] { *rc = Status(*json); });
+  status->callback([=] { *rc = Status(*target, *json); });
 
   static bool follow = false, err = false;
   auto* logs = d->add_subcommand("logs", "print a session's log (default: the current one)");

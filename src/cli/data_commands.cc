@@ -4,8 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <string>
 
 #include "fmt/format.h"
@@ -36,6 +39,31 @@ std::string InfoJson(const ObjectInfo& o) {
 }
 
 }  // namespace
+
+absl::Status CheckOutputPath(const std::string& path) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) {
+    return absl::InvalidArgumentError(
+        fmt::format("cannot write '{}': it is a directory; name a file", path));
+  }
+  fs::path parent = fs::path(path).parent_path();
+  if (parent.empty()) parent = ".";
+  if (!fs::is_directory(parent, ec)) {
+    return absl::InvalidArgumentError(
+        fmt::format("cannot write '{}': directory '{}' does not exist", path, parent.string()));
+  }
+  if (::access(parent.c_str(), W_OK) != 0) {
+    return absl::InvalidArgumentError(fmt::format("cannot write '{}': directory '{}': {}", path,
+                                                  parent.string(), std::strerror(errno)));
+  }
+  return absl::OkStatus();
+}
+
+int UsageError(const absl::Status& s) {
+  std::fprintf(stderr, "cistern: %s\n", std::string(s.message()).c_str());
+  return 2;
+}
 
 int Fail(const absl::Status& s) {
   std::string msg(s.message());
@@ -97,14 +125,20 @@ int Put(const Target& t, const std::string& key, const std::string& file, bool e
     std::fprintf(stderr, "cistern: cannot open '%s': %s\n", file.c_str(), std::strerror(errno));
     return 2;
   }
+  struct stat st {};
+  bool stat_ok = ::fstat(fd.get(), &st) == 0;
+  if (stat_ok && S_ISDIR(st.st_mode)) {
+    std::fprintf(stderr, "cistern: '%s' is a directory; put stores one file (or - for stdin)\n",
+                 file.c_str());
+    return 2;
+  }
   auto c = ConnectTo(t);
   if (!c.ok()) return Fail(c.status());
   PutOptions opts;
   opts.evictable = evictable;
   opts.if_absent = if_absent;
-  struct stat st {};
   absl::StatusOr<ObjectRef> ref;
-  if (::fstat(fd.get(), &st) == 0 && S_ISREG(st.st_mode)) {
+  if (stat_ok && S_ISREG(st.st_mode)) {
     // A regular file: read it straight into the reserved object.
     auto w = (*c)->Create(key, st.st_size, opts);
     if (!w.ok()) return Fail(w.status());
@@ -146,6 +180,9 @@ int Put(const Target& t, const std::string& key, const std::string& file, bool e
 }
 
 int Get(const Target& t, const std::string& key, const std::string& out, bool json) {
+  if (!out.empty()) {
+    if (absl::Status s = CheckOutputPath(out); !s.ok()) return UsageError(s);
+  }
   auto c = ConnectTo(t);
   if (!c.ok()) return Fail(c.status());
   auto v = (*c)->Get(key);

@@ -1,6 +1,8 @@
 // The data commands of the `cistern` CLI: put, get, ls, stat, rm. Each returns
-// the process exit code (0 ok, 1 failed, 2 usage error) and reports errors on
-// stderr as "cistern: <what went wrong>".
+// the process exit code (0 ok, 1 the operation failed, 2 usage or config error,
+// a bad local path the user gave among them) and reports errors on stderr as
+// "cistern: <what went wrong>". Local paths are checked before the daemon is
+// asked anything.
 #pragma once
 
 #include <memory>
@@ -22,6 +24,14 @@ struct Target {
 // Prints "cistern: <message>" on stderr (with a hint when the daemon is not
 // running) and returns exit code 1.
 int Fail(const absl::Status& s);
+
+// Prints "cistern: <message>" on stderr and returns exit code 2: a usage
+// error, such as a bad local path the user gave.
+int UsageError(const absl::Status& s);
+
+// InvalidArgument naming `path` unless a file can be written there: `path` is
+// not a directory, and its parent is a directory this process may write.
+absl::Status CheckOutputPath(const std::string& path);
 
 // Connects to the daemon `t` names (see Target).
 absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const Target& t);

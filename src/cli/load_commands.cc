@@ -266,6 +266,7 @@ int Load(const Target& target, const LoadOptions& options, bool json) {
 }
 
 int Export(const Target& target, const std::string& key, const std::string& path, bool json) {
+  if (absl::Status s = CheckOutputPath(path); !s.ok()) return UsageError(s);
   auto c = ConnectTo(target);
   if (!c.ok()) return Fail(c.status());
   auto v = (*c)->Get(key);

@@ -1,7 +1,8 @@
 // cistern: the command line for Cistern's users and operators.
 //
 // Exit codes: 0 ok; 1 the operation failed (the daemon said no, or is not
-// running); 2 usage or configuration error. With --json, commands print one
+// running); 2 usage or configuration error, a bad local path the user gave
+// (missing, a directory where a file belongs) among them. With --json, commands print one
 // JSON document on stdout (formats in docs/operations.md).
 #include <unistd.h>
 
@@ -14,6 +15,9 @@
 #include <vector>
 
 #include "CLI/CLI.hpp"
+#include "google/protobuf/stubs/logging.h"
+#include "spdlog/sinks/stdout_sinks.h"
+#include "spdlog/spdlog.h"
 #include "src/cli/daemon_commands.h"
 #include "src/cli/data_commands.h"
 #include "src/cli/load_commands.h"
@@ -22,6 +26,25 @@
 #include "src/daemon/config.h"
 
 namespace {
+
+// libprotobuf's own messages go through the CLI's logger ("cistern: protobuf:
+// ..." on stderr) rather than straight to stderr in its own format.
+void LogProtobufMessage(google::protobuf::LogLevel level, const char* file, int line,
+                        const std::string& message) {
+  spdlog::level::level_enum l = level == google::protobuf::LOGLEVEL_INFO      ? spdlog::level::info
+                                : level == google::protobuf::LOGLEVEL_WARNING ? spdlog::level::warn
+                                : level == google::protobuf::LOGLEVEL_ERROR
+                                    ? spdlog::level::err
+                                    : spdlog::level::critical;
+  spdlog::log(l, "protobuf: {} ({}:{})", message, file, line);
+}
+
+void SetUpLogging() {
+  auto logger = spdlog::stderr_logger_mt("cistern");
+  logger->set_pattern("cistern: %l: %v");
+  spdlog::set_default_logger(logger);
+  google::protobuf::SetLogHandler(&LogProtobufMessage);
+}
 
 int ConfigValidate(const std::string& path, const std::vector<std::string>& sets) {
   auto cfg = cistern::daemon::LoadDaemonConfig(path, sets);
@@ -59,6 +82,7 @@ int ConfigShow(const std::string& path, const std::vector<std::string>& sets, bo
 }  // namespace
 
 int main(int argc, char** argv) {
+  SetUpLogging();
   CLI::App app{"cistern: put, get and inspect tensors in the host's cisternd"};
   app.require_subcommand(1);
   // Global options (--json, --address, --token) may also follow a subcommand.

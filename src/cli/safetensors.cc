@@ -49,10 +49,54 @@ uint64_t LoadLe64(std::string_view p) {
   return v;
 }
 
-// A JSON value as it appears in a message, cut short if long.
+// Error messages show at most this many bytes of a value or a name.
+constexpr size_t kShownBytes = 64;
+
+// `s` cut to kShownBytes (then "..."), for a message.
+std::string Shown(std::string_view s) {
+  if (s.size() <= kShownBytes) return std::string(s);
+  return std::string(s.substr(0, kShownBytes - 4)) + " ...";
+}
+
+// Appends `j` as compact JSON to `out`, stopping once `out` holds more than
+// kShownBytes bytes or below kShownDepth levels ("[...]", "{...}"): never
+// more work than a short message needs, however large or deep `j` is.
+constexpr int kShownDepth = 4;
+void AppendBrief(const Json& j, int depth, std::string* out) {
+  if (out->size() > kShownBytes) return;
+  if (j.is_array() || j.is_object()) {
+    bool array = j.is_array();
+    if (depth >= kShownDepth && !j.empty()) {
+      *out += array ? "[...]" : "{...}";
+      return;
+    }
+    *out += array ? '[' : '{';
+    bool first = true;
+    for (auto it = j.begin(); it != j.end() && out->size() <= kShownBytes; ++it) {
+      if (!first) *out += ',';
+      first = false;
+      if (!array) {
+        AppendBrief(Json(Shown(it.key())), depth + 1, out);
+        *out += ':';
+      }
+      AppendBrief(*it, depth + 1, out);
+    }
+    *out += array ? ']' : '}';
+    return;
+  }
+  if (j.is_string()) {
+    *out += Json(Shown(j.get_ref<const std::string&>()))
+                .dump(-1, ' ', false, Json::error_handler_t::replace);
+    return;
+  }
+  *out += j.dump();  // a number, a boolean or null: short
+}
+
+// A JSON value as it appears in a message, cut short if long or deep.
 std::string Brief(const Json& j) {
-  std::string s = j.dump(-1, ' ', false, Json::error_handler_t::replace);
-  if (s.size() > 64) s = s.substr(0, 60) + " ...";
+  std::string s;
+  AppendBrief(j, 0, &s);
+  if (s.size() > kShownBytes) s = s.substr(0, kShownBytes - 4) + " ...";
   return s;
 }
 
@@ -106,7 +150,7 @@ absl::StatusOr<std::vector<uint64_t>> UnsignedArray(const Json* j) {
 absl::StatusOr<SafetensorsTensor> ParseEntry(std::string_view file, const std::string& name,
                                              const Json& e, uint64_t data_bytes) {
   auto bad = [&](std::string_view what) {
-    return Invalid(file, fmt::format("tensor '{}' {}", name, what));
+    return Invalid(file, fmt::format("tensor '{}' {}", Shown(name), what));
   };
   if (!e.is_object()) return bad(fmt::format("is {}, not an object", Brief(e)));
   SafetensorsTensor t;
@@ -171,8 +215,8 @@ absl::Status ParseMetadata(std::string_view file, const Json& m, SafetensorsMeta
   }
   for (auto it = m.begin(); it != m.end(); ++it) {
     if (!it.value().is_string()) {
-      return Invalid(file, fmt::format("{} entry '{}' is {}, not a string", kMetadataKey, it.key(),
-                                       Brief(it.value())));
+      return Invalid(file, fmt::format("{} entry '{}' is {}, not a string", kMetadataKey,
+                                       Shown(it.key()), Brief(it.value())));
     }
     out->emplace_back(it.key(), it.value().get<std::string>());
   }
@@ -186,13 +230,15 @@ absl::Status CheckCoverage(std::string_view file, const std::vector<SafetensorsT
   const SafetensorsTensor* prev = nullptr;
   for (const SafetensorsTensor& t : tensors) {
     if (t.begin < at) {
-      return Invalid(file, fmt::format("tensors '{}' [{}, {}) and '{}' [{}, {}) overlap",
-                                       prev->name, prev->begin, prev->end, t.name, t.begin, t.end));
+      return Invalid(
+          file, fmt::format("tensors '{}' [{}, {}) and '{}' [{}, {}) overlap", Shown(prev->name),
+                            prev->begin, prev->end, Shown(t.name), t.begin, t.end));
     }
     if (t.begin > at) {
       return Invalid(
-          file, fmt::format("bytes [{}, {}) of the data area belong to no tensor ({} '{}')", at,
-                            t.begin, prev ? "between '" + prev->name + "' and" : "before", t.name));
+          file,
+          fmt::format("bytes [{}, {}) of the data area belong to no tensor ({} '{}')", at, t.begin,
+                      prev ? "between '" + Shown(prev->name) + "' and" : "before", Shown(t.name)));
     }
     at = t.end;
     prev = &t;
@@ -201,6 +247,35 @@ absl::Status CheckCoverage(std::string_view file, const std::vector<SafetensorsT
     return Invalid(file, fmt::format("the data area has {} bytes but the tensors cover only the "
                                      "first {}; the rest belongs to no tensor",
                                      data_bytes, at));
+  }
+  return absl::OkStatus();
+}
+
+// At most kSafetensorsMaxNesting levels of arrays and objects in the JSON
+// `text`, counted outside strings; the parser checks the rest. Values built
+// from a deeper text were too deep to print or to walk recursively.
+absl::Status CheckNesting(std::string_view file, std::string_view text) {
+  uint64_t depth = 0;
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') {
+        ++i;
+      } else if (c == '"') {
+        in_string = false;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > kSafetensorsMaxNesting) {
+        return Invalid(file, fmt::format("header nests arrays and objects more than {} deep (at "
+                                         "byte {} of the header)",
+                                         kSafetensorsMaxNesting, i));
+      }
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
   }
   return absl::OkStatus();
 }
@@ -249,6 +324,7 @@ absl::StatusOr<SafetensorsFile> ParseSafetensorsHeader(std::string_view file,
   if (auto nul = text.find('\0'); nul != std::string_view::npos) {
     return Invalid(file, fmt::format("header is not valid JSON: a NUL byte at byte {}", nul));
   }
+  RETURN_IF_ERROR(CheckNesting(file, text));
   absl::flat_hash_set<std::string> seen;
   std::string repeated;
   auto note_keys = [&](int depth, Json::parse_event_t event, Json& parsed) {
@@ -264,13 +340,16 @@ absl::StatusOr<SafetensorsFile> ParseSafetensorsHeader(std::string_view file,
   } catch (const Json::exception& e) {
     std::string_view what = e.what();  // "[json.exception.parse_error.101] parse error at ..."
     if (auto p = what.find("] "); p != std::string_view::npos) what.remove_prefix(p + 2);
-    return Invalid(file, fmt::format("header is not valid JSON: {}", what));
+    // "... last read: '<token>'" quotes the token, which may be as long as the header.
+    std::string shown(what.substr(0, 4 * kShownBytes));
+    if (what.size() > shown.size()) shown += " ...";
+    return Invalid(file, fmt::format("header is not valid JSON: {}", shown));
   }
   if (!j.is_object()) {
     return Invalid(file, fmt::format("header is {}, not a JSON object", Brief(j)));
   }
   if (!repeated.empty()) {
-    return Invalid(file, fmt::format("'{}' appears twice in the header", repeated));
+    return Invalid(file, fmt::format("'{}' appears twice in the header", Shown(repeated)));
   }
 
   SafetensorsFile out;

@@ -26,6 +26,10 @@ namespace cistern::cli {
 inline constexpr uint64_t kSafetensorsMaxHeaderBytes = 100'000'000;
 // The u64 that precedes the JSON.
 inline constexpr uint64_t kSafetensorsLengthBytes = 8;
+// The deepest nesting of arrays and objects a header may have: the recursion
+// limit of serde_json, which the reference implementation parses with. A
+// valid header needs 3.
+inline constexpr uint64_t kSafetensorsMaxNesting = 128;
 
 struct SafetensorsTensor {
   std::string name;
@@ -63,13 +67,14 @@ std::optional<DType> DTypeFromSafetensorsName(std::string_view name);
 // InvalidArgument, naming the tensor and the rule broken, when: the file is
 // shorter than 8 bytes; N exceeds kSafetensorsMaxHeaderBytes or the file; fewer
 // than 8 + N bytes were given; the header is not UTF-8 JSON (followed only by
-// whitespace) or not an object; a name is empty or repeats; an entry is not an
-// object with a known "dtype", a "shape" of non-negative integers and
+// whitespace), nests deeper than kSafetensorsMaxNesting, or is not an object; a name is empty or
+// repeats; an entry is not an object with a known "dtype", a "shape" of non-negative integers and
 // "data_offsets" [begin, end] of non-negative integers with begin <= end <=
 // the data area's size; end - begin != product(shape) * dtype size; two tensors
 // overlap, or bytes of the data area belong to no tensor; "__metadata__" is not
 // an object of strings. Keys other than the three in a tensor's entry are
-// ignored, as the reference implementation does.
+// ignored, as the reference implementation does. Messages show names and
+// values cut to 64 bytes, so they stay short whatever the header holds.
 absl::StatusOr<SafetensorsFile> ParseSafetensorsHeader(std::string_view file_name,
                                                        std::string_view bytes, uint64_t file_size);
 

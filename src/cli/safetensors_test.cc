@@ -306,5 +306,49 @@ INSTANTIATE_TEST_SUITE_P(
                 "__metadata__ entry 'k' is 1, not a string"}),
     [](const ::testing::TestParamInfo<BadFile>& info) { return info.param.name; });
 
+// ---- Regressions: issue 9 ----
+
+// `cistern load` crashed (stack overflow) on a 200 KB header nesting 100,000
+// '[': formatting the error dumped the nested value recursively.
+TEST(SafetensorsRegressionTest, DeepNestingIsRejectedBeforeItIsParsedOrPrinted) {
+  std::string deep(100'000, '[');
+  for (const std::string& header :
+       {"{\"a\":" + deep + std::string(100'000, ']') + "}", deep + std::string(100'000, ']'), deep,
+        "{\"__metadata__\":{\"k\":" + std::string(100'000, '{')}) {
+    auto f = Parse(File(header));
+    ASSERT_FALSE(f.ok());
+    EXPECT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(Msg(f.status()), HasSubstr("nests arrays and objects more than 128 deep"));
+    EXPECT_LT(Msg(f.status()).size(), 200u) << Msg(f.status());
+  }
+  // Brackets inside strings do not count; 128 levels parse (and fail as a tensor entry).
+  auto in_string = Parse(File("{\"a\":\"" + deep + "\"}"));
+  EXPECT_THAT(Msg(in_string.status()), HasSubstr("tensor 'a' is \"[[[["));
+  auto limit = Parse(File("{\"a\":" + std::string(127, '[') + std::string(127, ']') + "}"));
+  EXPECT_THAT(Msg(limit.status()), HasSubstr("tensor 'a' is [[[[[...]]]]], not an object"));
+}
+
+// Error messages quoted names and values whole, however long: a message could
+// be as long as the header (100 MB).
+TEST(SafetensorsRegressionTest, ErrorMessagesStayShortWhateverTheHeaderHolds) {
+  std::string big(1 << 20, 'n');
+  std::vector<std::string> headers = {
+      "{\"" + big + "\":3}",                                  // entry not an object
+      "{" + E("a", "\"" + big + "\"", "[1]", "[0,1]") + "}",  // unknown dtype
+      "{" + E("a", R"("U8")", "[" + std::string(1 << 18, '1') + "]", "[0,1]") + "}",  // shape
+      "{\"a\":[" + std::string(1 << 18, '1') + "," + big.substr(0, 1000) + "]}",
+      "{\"__metadata__\":{\"" + big + "\":1}}",  // metadata key
+      "{\"a\":\"" + big + "\x01\"}",             // JSON error quoting a token
+      "{\"" + big + "\":1,\"" + big + "\":1}",   // repeated name
+      "{" + E(big, R"("U8")", "[4]", "[0,4]") + "," + E(big + "b", R"("U8")", "[4]", "[2,6]") +
+          "}",  // overlap
+  };
+  for (size_t i = 0; i < headers.size(); ++i) {
+    auto f = Parse(File(headers[i], 6));
+    ASSERT_FALSE(f.ok()) << i;
+    EXPECT_LT(Msg(f.status()).size(), 400u) << i << ": " << Msg(f.status()).substr(0, 400);
+  }
+}
+
 }  // namespace
 }  // namespace cistern::cli

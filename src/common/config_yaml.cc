@@ -13,6 +13,27 @@
 //
 // Numbers with units are parsed exactly, without floating point: "1.5GiB" is
 // 1 * 2^30 + 5 * 2^30 / 10, and the fractional part must divide evenly.
+//
+// Reading a YAML text (ParseDocument) takes two passes over it, because
+// yaml-cpp 0.7 accepts some texts it should reject and loops forever on
+// others. The first pass feeds the parser's events to Prescan, which builds
+// nothing and throws a ParserException (a syntax error with line and column)
+// at the first of these:
+//  - A document that consumed no token. yaml-cpp's document loop ends only at
+//    the end of the input, and a token no rule of a node takes (a flow ','
+//    outside a flow collection: ",", ",*x", "[a],") is never consumed, so
+//    every further document is a null at the same place, forever (LoadAll
+//    grew without bound; Load returned a null for the whole text). Every
+//    document that consumes a token starts at a new mark, so two documents in
+//    a row starting at one mark mean a stuck token: the error names it.
+//  - A quoted scalar without its closing quote: the scanner takes the end of
+//    the input after a line break for one ("token: \"abc\n" read as "abc ").
+//  - More than kMaxNodes nodes.
+// The text must also be UTF-8 (yaml-cpp passes invalid bytes through, and
+// a protobuf string cannot hold them) and at most kMaxYamlBytes. Only then
+// does the second pass, YAML::Load, build the one document's node tree, which
+// YamlReader walks; the walk counts the nodes it visits, so that aliases
+// (which share a node) cannot make it visit more than kMaxNodes either.
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -25,15 +46,19 @@
 #include <limits>
 #include <memory>
 #include <set>
+#include <sstream>
 #include <variant>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "cistern/config.pb.h"
 #include "fmt/format.h"
 #include "google/protobuf/descriptor.h"
 #include "src/common/errno_status.h"
 #include "src/common/status_macros.h"
 #include "src/common/unique_fd.h"
+#include "src/common/utf8.h"
+#include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
 
 namespace cistern {
@@ -45,6 +70,10 @@ using google::protobuf::EnumValueDescriptor;
 using google::protobuf::FieldDescriptor;
 using google::protobuf::Message;
 using google::protobuf::Reflection;
+
+// Bounds on what one text may hold (see the top of the file).
+constexpr size_t kMaxYamlBytes = kMaxConfigYamlBytes;
+constexpr uint64_t kMaxNodes = kMaxConfigYamlNodes;
 
 absl::Status Invalid(std::string msg) { return absl::InvalidArgumentError(std::move(msg)); }
 
@@ -59,6 +88,23 @@ std::string_view Trim(std::string_view s) {
   while (!s.empty() && IsSpace(s.front())) s.remove_prefix(1);
   while (!s.empty() && IsSpace(s.back())) s.remove_suffix(1);
   return s;
+}
+
+// The offset of the first byte of `s` that is not part of a well-formed UTF-8
+// sequence; s.size() when there is none.
+size_t FirstInvalidUtf8(std::string_view s) {
+  size_t i = 0;
+  while (i < s.size()) {
+    auto lead = static_cast<uint8_t>(s[i]);
+    size_t len = lead < 0x80         ? 1
+                 : lead >> 5 == 0x6  ? 2
+                 : lead >> 4 == 0xE  ? 3
+                 : lead >> 3 == 0x1E ? 4
+                                     : 0;
+    if (len == 0 || i + len > s.size() || !IsValidUtf8(s.substr(i, len))) return i;
+    i += len;
+  }
+  return i;
 }
 
 bool EqualsIgnoreCase(std::string_view a, std::string_view b) {
@@ -327,7 +373,14 @@ absl::StatusOr<ScalarValue> ParseFloating(const FieldDescriptor* f, std::string_
 // Turns the text of one YAML scalar into a value for field `f`. The error text
 // says what was expected and what was found, but not where.
 absl::StatusOr<ScalarValue> ParseFieldScalar(const FieldDescriptor* f, std::string_view raw) {
-  if (f->cpp_type() == FieldDescriptor::CPPTYPE_STRING) return ScalarValue(std::string(raw));
+  if (f->cpp_type() == FieldDescriptor::CPPTYPE_STRING) {
+    // The value is not shown: it may be a secret (token).
+    if (f->type() == FieldDescriptor::TYPE_STRING && !IsValidUtf8(raw)) {
+      return Invalid(fmt::format("expected a UTF-8 string; byte {} of the value is not UTF-8",
+                                 FirstInvalidUtf8(raw)));
+    }
+    return ScalarValue(std::string(raw));
+  }
   std::string_view text = Trim(raw);
   switch (f->cpp_type()) {
     case FieldDescriptor::CPPTYPE_BOOL:
@@ -480,6 +533,12 @@ class YamlReader {
   // (appending when `index` equals its size) from one node.
   absl::Status ReadElement(const YAML::Node& node, const std::string& path, Message* msg,
                            const FieldDescriptor* f, int index) const {
+    if (++visited_ > kMaxNodes) {
+      return Error(node, path,
+                   fmt::format("the document has more than {} values (aliases count each time "
+                               "they are used)",
+                               kMaxNodes));
+    }
     if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
       return ReadMessage(node, path, SubMessage(msg, f, index));
     }
@@ -506,12 +565,140 @@ class YamlReader {
   }
 
   bool cite_lines_;
+  mutable uint64_t visited_ = 0;  // ReadElement calls, bounded by kMaxNodes
 };
 
 absl::Status SyntaxError(const YAML::Exception& e, std::string_view context) {
   if (e.mark.is_null()) return Invalid(fmt::format("{}: {}", context, e.msg));
   return Invalid(fmt::format("{} at line {}, column {}: {}", context, e.mark.line + 1,
                              e.mark.column + 1, e.msg));
+}
+
+// Where `pos` is in `text`, as a yaml-cpp mark (0-based line and column).
+YAML::Mark MarkAt(std::string_view text, size_t pos) {
+  YAML::Mark m;
+  m.pos = static_cast<int>(pos);
+  for (size_t i = 0; i < pos && i < text.size(); ++i) {
+    if (text[i] == '\n') {
+      ++m.line;
+      m.column = 0;
+    } else {
+      ++m.column;
+    }
+  }
+  return m;
+}
+
+// The offset just past the closing quote of the quoted scalar that opens at
+// `open` (text[open] is ' or "), or npos when the text ends first.
+size_t QuotedScalarEnd(std::string_view text, size_t open) {
+  char quote = text[open];
+  for (size_t i = open + 1; i < text.size(); ++i) {
+    if (quote == '"' && text[i] == '\\') {
+      ++i;  // an escape: the next character is never the closing quote
+    } else if (text[i] == quote) {
+      if (quote == '\'' && i + 1 < text.size() && text[i + 1] == '\'') {
+        ++i;  // '' is a quote inside a single-quoted scalar
+        continue;
+      }
+      return i + 1;
+    }
+  }
+  return std::string_view::npos;
+}
+
+// The first pass (see the top of the file): the parser's events, checked;
+// throws YAML::ParserException at the first problem. Counts the documents.
+class Prescan : public YAML::EventHandler {
+ public:
+  explicit Prescan(std::string_view text) : text_(text) {}
+
+  int documents() const { return documents_; }
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (documents_ > 0 && mark.pos == last_start_.pos) {
+      std::string token = mark.pos >= 0 && static_cast<size_t>(mark.pos) < text_.size()
+                              ? fmt::format("'{}'", text_[mark.pos])
+                              : std::string("token");
+      throw YAML::ParserException(
+          mark, fmt::format(
+                    "unexpected {}{}", token,
+                    token == "','" ? " (a ',' separates entries only inside [...] or {...})" : ""));
+    }
+    last_start_ = mark;
+    ++documents_;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { Count(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { Count(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string& tag, YAML::anchor_t,
+                const std::string&) override {
+    Count(mark);
+    // Quoted scalars have the tag "!"; the mark is their opening quote.
+    if (tag != "!" || mark.pos < 0 || static_cast<size_t>(mark.pos) >= text_.size()) return;
+    char c = text_[mark.pos];
+    if ((c == '"' || c == '\'') &&
+        QuotedScalarEnd(text_, static_cast<size_t>(mark.pos)) == std::string_view::npos) {
+      throw YAML::ParserException(
+          mark, fmt::format("the {}-quoted string that starts here has no closing {}",
+                            c == '"' ? "double" : "single", c));
+    }
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    Count(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    Count(mark);
+  }
+  void OnMapEnd() override {}
+
+ private:
+  void Count(const YAML::Mark& mark) {
+    if (++nodes_ > kMaxNodes) {
+      throw YAML::ParserException(mark, fmt::format("more than {} values", kMaxNodes));
+    }
+  }
+
+  std::string_view text_;
+  int documents_ = 0;
+  YAML::Mark last_start_;
+  uint64_t nodes_ = 0;
+};
+
+// The one document of `text` (a null node for an empty text). InvalidArgument
+// for a text above kMaxYamlBytes and for more than one document; for a syntax
+// error, what Prescan rejects and bytes that are not UTF-8, InvalidArgument
+// "<context> at line L, column C: <what>".
+absl::StatusOr<YAML::Node> ParseDocument(std::string_view text, std::string_view context) {
+  if (text.size() > kMaxYamlBytes) {
+    return Invalid(
+        fmt::format("the YAML text is {} bytes; the limit is {}", text.size(), kMaxYamlBytes));
+  }
+  if (size_t bad = FirstInvalidUtf8(text); bad < text.size()) {
+    YAML::Mark m = MarkAt(text, bad);
+    return Invalid(
+        fmt::format("{} at line {}, column {}: byte 0x{:02x} is not UTF-8 (the text "
+                    "must be UTF-8)",
+                    context, m.line + 1, m.column + 1, static_cast<uint8_t>(text[bad])));
+  }
+  std::string copy(text);
+  try {
+    std::istringstream in(copy);
+    YAML::Parser parser(in);
+    Prescan prescan(copy);
+    while (parser.HandleNextDocument(prescan)) {
+    }
+    if (prescan.documents() > 1) {
+      return Invalid(fmt::format("expected one YAML document, found {}", prescan.documents()));
+    }
+    if (prescan.documents() == 0) return YAML::Node();
+    return YAML::Load(copy);
+  } catch (const YAML::Exception& e) {
+    return SyntaxError(e, context);
+  }
 }
 
 std::unique_ptr<Message> CopyOf(const Message& msg) {
@@ -562,14 +749,15 @@ absl::Status ApplyPath(const std::vector<std::string_view>& components, std::str
           f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE || (f->is_repeated() && index < 0);
       if (!whole_value)
         return reader.ReadElement(YAML::Node(std::string(value)), path, msg, f, index);
-      YAML::Node node;
-      try {
-        node = YAML::Load(std::string(value));
-      } catch (const YAML::Exception& e) {
-        return SyntaxError(e, fmt::format("the value for '{}' is not valid YAML", path));
+      absl::StatusOr<YAML::Node> node =
+          ParseDocument(value, fmt::format("the value for '{}' is not valid YAML", path));
+      if (!node.ok()) {
+        if (absl::StrContains(node.status().message(), "not valid YAML")) return node.status();
+        return Invalid(
+            fmt::format("the value for '{}': {}", path, std::string(node.status().message())));
       }
-      if (index >= 0) return reader.ReadElement(node, path, msg, f, index);
-      return reader.ReadField(node, path, msg, f);
+      if (index >= 0) return reader.ReadElement(*node, path, msg, f, index);
+      return reader.ReadField(*node, path, msg, f);
     }
     if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) {
       return Invalid(fmt::format("'{}' is a {}, not a message; it has no key '{}'", path,
@@ -611,14 +799,11 @@ absl::StatusOr<double> ParseFraction(std::string_view text) {
 }
 
 absl::Status LoadYamlString(std::string_view yaml, Message* msg) {
+  ASSIGN_OR_RETURN(YAML::Node doc, ParseDocument(yaml, "YAML syntax error"));
+  if (doc.IsNull()) return absl::OkStatus();
   try {
-    std::vector<YAML::Node> docs = YAML::LoadAll(std::string(yaml));
-    if (docs.size() > 1) {
-      return Invalid(fmt::format("expected one YAML document, found {}", docs.size()));
-    }
-    if (docs.empty() || docs[0].IsNull()) return absl::OkStatus();
     std::unique_ptr<Message> copy = CopyOf(*msg);
-    RETURN_IF_ERROR(YamlReader(/*cite_lines=*/true).ReadMessage(docs[0], "", copy.get()));
+    RETURN_IF_ERROR(YamlReader(/*cite_lines=*/true).ReadMessage(doc, "", copy.get()));
     Commit(copy.get(), msg);
     return absl::OkStatus();
   } catch (const YAML::Exception& e) {
@@ -641,6 +826,10 @@ absl::Status LoadYamlFile(const std::string& path, Message* msg) {
     if (n < 0) return ErrnoStatus(errno, fmt::format("cannot read config file '{}'", path));
     if (n == 0) break;
     text.append(buf, static_cast<size_t>(n));
+    if (text.size() > kMaxConfigYamlBytes) {  // a device or a pipe may never end
+      return Invalid(fmt::format("config file '{}' is larger than the limit of {} bytes", path,
+                                 kMaxConfigYamlBytes));
+    }
   }
   absl::Status s = LoadYamlString(text, msg);
   if (s.ok()) return s;

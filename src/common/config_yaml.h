@@ -12,7 +12,8 @@
 // read back as set. Map fields are not supported.
 //
 // Scalars, by field type:
-//   string, bytes   the scalar's text, whatever it looks like.
+//   string          the scalar's text, whatever it looks like; it must be UTF-8.
+//   bytes           the scalar's text.
 //   bool            true/false, yes/no, on/off (any case).
 //   integers        decimal digits with an optional '-'; no fractions, no
 //                   exponents; '-' is rejected for unsigned fields, and values
@@ -36,6 +37,13 @@
 // than one document are errors. On any error `*msg` is left exactly as it was:
 // loading happens in a copy that replaces `*msg` only on success.
 //
+// Bounds. A YAML text (a file, or a --set value read as YAML) must be UTF-8
+// and at most kMaxConfigYamlBytes, and holds at most kMaxConfigYamlNodes
+// values, counting an alias each time it is used. Syntax errors (with line and
+// column) include what yaml-cpp 0.7 lets through: a token no rule takes, such
+// as a flow ',' outside [...] or {...} (yaml-cpp loops on it forever, or reads
+// the text as null), and a quoted string with no closing quote.
+//
 // The functions are thread-safe; `msg` must not be used concurrently.
 #pragma once
 
@@ -48,6 +56,9 @@
 #include "google/protobuf/message.h"
 
 namespace cistern {
+
+inline constexpr size_t kMaxConfigYamlBytes = 1 << 20;
+inline constexpr uint64_t kMaxConfigYamlNodes = 100'000;
 
 // Loads the YAML file at `path` into `*msg`. NotFound / PermissionDenied (the
 // message names the path) when it cannot be opened; InvalidArgument, prefixed
@@ -67,9 +78,9 @@ absl::Status LoadYamlString(std::string_view yaml, google::protobuf::Message* ms
 // one is an error. When KEY names a scalar (or one element of a repeated
 // scalar field), VALUE is that scalar's text, read exactly as a YAML scalar
 // for that field would be (`recovery.on_corrupt_object=drop`); it is taken
-// verbatim, so `token=` sets the empty string. When KEY names a message, an
-// element of a repeated message, or a whole repeated field, VALUE is parsed as
-// YAML (`tiers.1={name: ssd, size: 1GiB}`, `allowed_uids=[0, 1000]`).
+// verbatim, so `token=` sets the empty string (a string must still be UTF-8). When KEY names a
+// message, an element of a repeated message, or a whole repeated field, VALUE is parsed as YAML
+// (`tiers.1={name: ssd, size: 1GiB}`, `allowed_uids=[0, 1000]`).
 absl::Status ApplyOverride(std::string_view assignment, google::protobuf::Message* msg);
 
 // Renders `msg` as YAML that LoadYamlString reads back to an equal message:

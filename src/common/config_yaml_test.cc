@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "cistern/config.pb.h"
+#include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "google/protobuf/descriptor.pb.h"
 #include "google/protobuf/struct.pb.h"
@@ -695,6 +696,117 @@ TEST(ApplyOverrideTest, MessageAndWholeRepeatedValuesAreParsedAsYaml) {
   EXPECT_THAT(OverrideError("allowed_uids=5"), IsInvalid("'allowed_uids'", "sequence"));
   EXPECT_THAT(OverrideError("tiers=[{sise: 1}]"), IsInvalid("unknown key 'tiers[0].sise'"));
   EXPECT_THAT(OverrideError("recovery={on_corrupt_object: drop"), IsInvalid("not valid YAML"));
+}
+
+// ---- Regressions: issue 9 ----
+
+// yaml-cpp 0.7 looped forever (LoadAll growing without bound) on a text with a
+// flow ',' outside [...] or {...}, the class a fuzzer found 17 variants of.
+TEST(YamlRegressionTest, FlowCommaOutsideACollectionIsASyntaxErrorWithLineAndColumn) {
+  struct Case {
+    std::string_view yaml;
+    std::string_view where;
+  };
+  for (const Case& c : std::initializer_list<Case>{
+           {",", "line 1, column 1"},
+           {",*x", "line 1, column 1"},
+           {", a", "line 1, column 1"},
+           {",,", "line 1, column 1"},
+           {",\n", "line 1, column 1"},
+           {"  ,", "line 1, column 3"},
+           {"[a],", "line 1, column 4"},
+           {"{a: 1},", "line 1, column 7"},
+           {"'a' ,", "line 1, column 5"},
+           {"token: x\n---\n,", "line 3, column 1"},
+           {"---\n,", "line 2, column 1"},
+           {"&a ,", "line 1, column 4"},
+           {"!!str ,", "line 1, column 7"},
+           // Two the fuzzer found (tests/fuzz/corpus/config/regress-loop-*).
+           {std::string_view(",\t\t'\0\t\t'\0&", 10), "line 1, column 1"},
+           {std::string_view("\n,\0\0\0\0\r\0\0\0\x0b", 11), "line 2, column 1"},
+       }) {
+    EXPECT_THAT(LoadError(c.yaml),
+                IsInvalid("YAML syntax error at " + std::string(c.where), "unexpected ','"))
+        << c.yaml;
+  }
+}
+
+// `--set allowed_uids=,1000` parsed its value as null and cleared the list (and
+// `--set key=,*x` was null for any message or list key).
+TEST(YamlRegressionTest, OverrideValueWithAFlowCommaIsASyntaxErrorAndChangesNothing) {
+  DaemonConfig c = OneTier();
+  c.add_allowed_uids(0);
+  const DaemonConfig before = c;
+  for (std::string_view o : {"allowed_uids=,1000", "tiers=,*x", "recovery=,", "tiers.0=,"}) {
+    EXPECT_THAT(ApplyOverride(o, &c).ToString(), IsInvalid("not valid YAML", "unexpected ','"))
+        << o;
+    EXPECT_TRUE(Same(c, before)) << o << "\n" << c.DebugString();
+  }
+  // A string is still taken verbatim.
+  ASSERT_TRUE(ApplyOverride("token=,*x", &c).ok());
+  EXPECT_EQ(c.token(), ",*x");
+}
+
+// `token: "abc` followed by a line break was accepted as "abc " (yaml-cpp
+// takes the end of the input for the closing quote).
+TEST(YamlRegressionTest, QuotedStringWithoutItsClosingQuoteIsASyntaxError) {
+  EXPECT_THAT(LoadError("token: \"abc\n"),
+              IsInvalid("YAML syntax error at line 1, column 8", "no closing \""));
+  EXPECT_THAT(LoadError("token: 'abc\n\n"),
+              IsInvalid("YAML syntax error at line 1, column 8", "no closing '"));
+  EXPECT_THAT(LoadError("token: 'it''s\n"), IsInvalid("no closing '"));
+  EXPECT_THAT(LoadError("token: \"a\\\"\n"), IsInvalid("no closing \""));
+  // Closed ones, over lines and with escaped quotes, still load.
+  EXPECT_EQ(MustLoad("token: \"ab\n  cd\"\n").token(), "ab cd");
+  EXPECT_EQ(MustLoad("token: \"a\\\"b\"\n").token(), "a\"b");
+  EXPECT_EQ(MustLoad("token: 'it''s'\n").token(), "it's");
+  EXPECT_EQ(MustLoad("token: \"\\\\\"\n").token(), "\\");
+  EXPECT_EQ(MustLoad("allowed_uids: [\"1\", '2']\ntoken: |\n  x\n").token(), "x\n");
+}
+
+// A token that is not UTF-8 was accepted, although no client can send it and
+// `config show --effective` printed U+FFFD for it.
+TEST(YamlRegressionTest, TextThatIsNotUtf8IsRejectedWithLineAndColumn) {
+  EXPECT_THAT(LoadError("log_level: info\ntoken: ab\xff\n"),
+              IsInvalid("YAML syntax error at line 2, column 10", "byte 0xff is not UTF-8"));
+  EXPECT_THAT(LoadError("token: \xc3\x28\n"), IsInvalid("line 1, column 8", "0xc3"));
+  EXPECT_THAT(LoadError("token: \xed\xa0\x80\n"), IsInvalid("line 1, column 8"));  // a surrogate
+  // --set takes a string verbatim, but it must be UTF-8 too.
+  DaemonConfig c;
+  c.set_token("keep");
+  EXPECT_THAT(ApplyOverride("token=ab\xff", &c).ToString(),
+              IsInvalid("'token'", "byte 2 of the value is not UTF-8"));
+  EXPECT_EQ(c.token(), "keep");
+  // UTF-8 is fine, U+FFFD itself included.
+  EXPECT_EQ(MustLoad("token: \"h\xc3\xa9\xef\xbf\xbd\"\n").token(), "h\xc3\xa9\xef\xbf\xbd");
+  ASSERT_TRUE(ApplyOverride("token=\xe2\x82\xac", &c).ok());
+  EXPECT_EQ(c.token(), "\xe2\x82\xac");
+}
+
+// Nothing bounded what one text could make the loader build or walk: a large
+// file, a device that never ends, or aliases used over and over.
+TEST(YamlRegressionTest, TextsNodesAndAliasExpansionAreBounded) {
+  EXPECT_THAT(LoadError(std::string(kMaxConfigYamlBytes + 1, '#')),
+              IsInvalid("the YAML text is", "the limit is 1048576"));
+  std::string uids = "allowed_uids: [";
+  for (uint64_t i = 0; i <= kMaxConfigYamlNodes; ++i) uids += "1,";
+  uids += "1]\n";
+  EXPECT_THAT(LoadError(uids), IsInvalid("more than 100000 values"));
+  // Ten levels of ten aliases each: 10^10 values once expanded.
+  std::string yaml = "values:\n  - &l0 {number_value: 1}\n";
+  for (int level = 1; level <= 10; ++level) {
+    yaml += fmt::format("  - &l{} {{list_value: {{values: [", level);
+    for (int i = 0; i < 10; ++i) yaml += fmt::format("{}*l{}", i ? ", " : "", level - 1);
+    yaml += "]}}\n";
+  }
+  EXPECT_THAT(LoadErrorInto<google::protobuf::ListValue>(yaml),
+              IsInvalid("more than 100000 values", "aliases"));
+}
+
+TEST_F(LoadYamlFileTest, FileThatNeverEndsIsRejectedAtTheLimit) {
+  DaemonConfig c;
+  EXPECT_THAT(LoadYamlFile("/dev/zero", &c).ToString(),
+              IsInvalid("'/dev/zero' is larger than the limit of 1048576 bytes"));
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <set>
 
@@ -12,6 +13,8 @@
 #include "src/common/config_yaml.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/status_macros.h"
+#include "src/common/utf8.h"
+#include "src/stream/stream.h"
 
 namespace cistern::daemon {
 namespace {
@@ -25,6 +28,48 @@ bool ValidTierName(const std::string& name) {
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
   }
   return true;
+}
+
+// Every duration and size field of `msg` (recursively) within the bounds that
+// hold for all of them; `path` names `msg` ("" at the top, "tiers[1]").
+absl::Status CheckFieldRanges(const google::protobuf::Message& msg, const std::string& path) {
+  using google::protobuf::FieldDescriptor;
+  const auto* d = msg.GetDescriptor();
+  const auto* r = msg.GetReflection();
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* f = d->field(i);
+    std::string at = path.empty() ? f->name() : path + "." + f->name();
+    if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
+      if (f->is_repeated()) {
+        for (int j = 0; j < r->FieldSize(msg, f); ++j) {
+          RETURN_IF_ERROR(
+              CheckFieldRanges(r->GetRepeatedMessage(msg, f, j), fmt::format("{}[{}]", at, j)));
+        }
+      } else if (r->HasField(msg, f)) {
+        RETURN_IF_ERROR(CheckFieldRanges(r->GetMessage(msg, f), at));
+      }
+      continue;
+    }
+    bool duration = f->options().GetExtension(config::duration_ms);
+    bool size = f->options().GetExtension(config::size);
+    if ((!duration && !size) || f->is_repeated()) continue;
+    uint64_t v = f->cpp_type() == FieldDescriptor::CPPTYPE_UINT64   ? r->GetUInt64(msg, f)
+                 : f->cpp_type() == FieldDescriptor::CPPTYPE_UINT32 ? r->GetUInt32(msg, f)
+                 : f->cpp_type() == FieldDescriptor::CPPTYPE_INT64
+                     ? static_cast<uint64_t>(std::max<int64_t>(0, r->GetInt64(msg, f)))
+                     : static_cast<uint64_t>(std::max<int32_t>(0, r->GetInt32(msg, f)));
+    if (duration && v > kMaxConfigDurationMs) {
+      return absl::InvalidArgumentError(
+          fmt::format("{} {} ms is above the longest duration any key takes, {} ms (7 days)", at, v,
+                      kMaxConfigDurationMs));
+    }
+    if (size && v > kMaxConfigSizeBytes) {
+      return absl::InvalidArgumentError(
+          fmt::format("{} {} bytes is above the largest size any key takes, {} bytes (1 PiB)", at,
+                      v, kMaxConfigSizeBytes));
+    }
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -83,6 +128,24 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
 
 absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   auto bad = [](std::string msg) { return absl::InvalidArgumentError(std::move(msg)); };
+  // The keys whose ranges the daemon depends on; the stream defaults get the
+  // check every stream open runs on them.
+  if (cfg.hello_timeout_ms() < 1 || cfg.hello_timeout_ms() > kMaxHelloTimeoutMs) {
+    return bad(fmt::format("hello_timeout_ms {} must be 1..{} (1h)", cfg.hello_timeout_ms(),
+                           kMaxHelloTimeoutMs));
+  }
+  {
+    wire::StreamOptions o;
+    o.set_lease_timeout_ms(cfg.streams().lease_timeout_ms());
+    o.set_high_watermark_bytes(cfg.streams().high_watermark_bytes());
+    o.set_low_watermark_bytes(cfg.streams().low_watermark_bytes());
+    o.set_max_in_flight_per_producer(0);
+    o.set_max_lease_refs(cfg.streams().max_lease_refs());
+    if (absl::Status s = stream::ValidateOptions(o); !s.ok()) {
+      return bad(fmt::format("streams.{}", s.message()));
+    }
+  }
+  if (!IsValidUtf8(cfg.token())) return bad("token is not valid UTF-8");
   if (cfg.socket_path().size() >= sizeof(sockaddr_un::sun_path)) {
     return bad(fmt::format("socket_path '{}' is {} bytes; Unix sockets allow at most {}",
                            cfg.socket_path(), cfg.socket_path().size(),
@@ -166,6 +229,8 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   if (cfg.log_max_files() > 1000) {
     return bad(fmt::format("log_max_files {} exceeds 1000", cfg.log_max_files()));
   }
+  // Last, so that a key's own range is the one its error names.
+  RETURN_IF_ERROR(CheckFieldRanges(cfg, ""));
   return absl::OkStatus();
 }
 

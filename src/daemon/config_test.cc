@@ -3,9 +3,13 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <functional>
+#include <string>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/stream/stream.h"
 
 namespace cistern::daemon {
 namespace {
@@ -68,6 +72,84 @@ TEST(DaemonConfigTest, SemanticErrorsNameTheKey) {
     EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument) << c.expect;
     EXPECT_THAT(std::string(cfg.status().message()), HasSubstr(c.expect));
   }
+}
+
+// ---- Regressions: issue 9 ----
+
+// `hello_timeout_ms: 10000000000000` validated, then overflowed the daemon's
+// deadline arithmetic, so every connection was closed as "no hello".
+TEST(DaemonConfigRegressionTest, HelloTimeoutOutsideItsRangeIsRejected) {
+  for (std::string v : {"10000000000000", "18446744073709551615", "2h"}) {
+    auto cfg = LoadDaemonConfig("", {"hello_timeout_ms=" + v});
+    EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument) << v;
+    EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("hello_timeout_ms")) << v;
+  }
+  EXPECT_TRUE(LoadDaemonConfig("", {"hello_timeout_ms=1h"}).ok());
+}
+
+// `streams.lease_timeout_ms: 720h` passed `config validate`, then every stream
+// open failed on the stream's own 7-day limit.
+TEST(DaemonConfigRegressionTest, StreamDefaultsGetTheChecksOfAStreamOpen) {
+  auto cfg = LoadDaemonConfig("", {"streams.lease_timeout_ms=720h"});
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(cfg.status().message()),
+              HasSubstr("streams.lease_timeout_ms 2592000000 must be 1..604800000"));
+  auto week = LoadDaemonConfig("", {"streams.lease_timeout_ms=168h"});
+  ASSERT_TRUE(week.ok()) << week.status();
+  // What the daemon passes to every stream open passes the stream's check.
+  wire::StreamOptions o;
+  o.set_lease_timeout_ms(week->streams().lease_timeout_ms());
+  o.set_high_watermark_bytes(week->streams().high_watermark_bytes());
+  o.set_low_watermark_bytes(week->streams().low_watermark_bytes());
+  o.set_max_in_flight_per_producer(0);
+  o.set_max_lease_refs(week->streams().max_lease_refs());
+  EXPECT_TRUE(stream::ValidateOptions(o).ok());
+}
+
+// Duration and size keys had no upper bound, so values the daemon cannot use
+// passed validation; every such key, present and future, must have one.
+TEST(DaemonConfigRegressionTest, EveryDurationAndSizeKeyHasARange) {
+  using google::protobuf::Descriptor;
+  using google::protobuf::FieldDescriptor;
+  // Dotted --set paths of every singular duration or size field, through
+  // sub-messages (tiers.0.size, streams.lease_timeout_ms, ...).
+  std::vector<std::string> keys;
+  std::function<void(const Descriptor*, const std::string&)> walk = [&](const Descriptor* d,
+                                                                        const std::string& prefix) {
+    for (int i = 0; i < d->field_count(); ++i) {
+      const FieldDescriptor* f = d->field(i);
+      std::string key = prefix + f->name();
+      if (f->message_type() != nullptr) {
+        walk(f->message_type(), key + (f->is_repeated() ? ".0." : "."));
+      } else if (!f->is_repeated() && (f->options().GetExtension(config::duration_ms) ||
+                                       f->options().GetExtension(config::size))) {
+        keys.push_back(key);
+      }
+    }
+  };
+  walk(config::DaemonConfig::descriptor(), "");
+  ASSERT_THAT(keys, ::testing::IsSupersetOf({"hello_timeout_ms", "tiers.0.size",
+                                             "streams.lease_timeout_ms", "log_max_bytes"}));
+  for (const std::string& key : keys) {
+    std::vector<std::string> sets = {key + "=18446744073709551615"};
+    if (key.rfind("tiers.0.", 0) == 0) sets.insert(sets.begin(), "tiers.0.name=mem");
+    auto cfg = LoadDaemonConfig("", sets);
+    EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument) << key;
+    std::string path = key;
+    if (auto p = path.find(".0."); p != std::string::npos) path.replace(p, 3, "[0].");
+    EXPECT_THAT(std::string(cfg.status().message()), HasSubstr(path)) << key;
+  }
+}
+
+// A token that is not UTF-8 was accepted though no client can send it.
+TEST(DaemonConfigRegressionTest, TokenMustBeUtf8) {
+  auto cfg = LoadDaemonConfig("", {"token=ab\xff"});
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(cfg.status().message()), HasSubstr("token"));
+  config::DaemonConfig direct;
+  ApplyDefaults(&direct);
+  direct.set_token("ab\xff");
+  EXPECT_THAT(std::string(ValidateDaemonConfig(direct).message()), HasSubstr("token"));
 }
 
 }  // namespace

@@ -7,14 +7,18 @@
 #include <signal.h>
 #include <sys/stat.h>
 
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "CLI/CLI.hpp"
 #include "absl/cleanup/cleanup.h"
+#include "google/protobuf/stubs/logging.h"
 #include "spdlog/sinks/rotating_file_sink.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
@@ -36,6 +40,46 @@ cistern::daemon::Metrics* g_metrics = nullptr;
 void OnSignal(int) {
   if (g_metrics) g_metrics->set_state(cistern::daemon::HealthState::kDraining);
   if (g_server) g_server->Shutdown();
+}
+
+// libprotobuf's own messages (a string field that is not UTF-8 in a client's
+// frame, say) go to the daemon's log instead of stderr, at most
+// kProtobufLogsPerSecond a second: a client that sends bad frames cannot flood
+// the log through them. The messages dropped are counted in the next line.
+constexpr int kProtobufLogsPerSecond = 10;
+
+void LogProtobufMessage(google::protobuf::LogLevel level, const char* file, int line,
+                        const std::string& message) {
+  static std::mutex mu;
+  static int64_t window = -1;
+  static int in_window = 0;
+  static uint64_t dropped = 0;
+  uint64_t dropped_before = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                      std::chrono::steady_clock::now().time_since_epoch())
+                      .count();
+    if (now != window) {
+      window = now;
+      in_window = 0;
+    }
+    if (level != google::protobuf::LOGLEVEL_FATAL && ++in_window > kProtobufLogsPerSecond) {
+      ++dropped;
+      return;
+    }
+    dropped_before = std::exchange(dropped, 0);
+  }
+  spdlog::level::level_enum l = level == google::protobuf::LOGLEVEL_INFO      ? spdlog::level::info
+                                : level == google::protobuf::LOGLEVEL_WARNING ? spdlog::level::warn
+                                : level == google::protobuf::LOGLEVEL_ERROR
+                                    ? spdlog::level::err
+                                    : spdlog::level::critical;
+  if (dropped_before > 0) {
+    spdlog::log(l, "protobuf: ({} earlier messages dropped, over {} a second)", dropped_before,
+                kProtobufLogsPerSecond);
+  }
+  spdlog::log(l, "protobuf: {} ({}:{})", message, file, line);
 }
 
 spdlog::level::level_enum SpdLevel(cistern::config::LogLevel l) {
@@ -246,5 +290,6 @@ int main(int argc, char** argv) {
     }
   }
   spdlog::set_level(SpdLevel(cfg->log_level()));
+  google::protobuf::SetLogHandler(&LogProtobufMessage);
   return Serve(*cfg, format);
 }
