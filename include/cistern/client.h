@@ -47,6 +47,11 @@ struct ConnectOptions {
   // (a daemon answers in microseconds; waking a sleeping thread can take
   // longer on virtual machines). 0 disables.
   std::chrono::microseconds spin{50};
+  // When the daemon goes away, connect again at the next call and take back
+  // this client's leases (a restarted daemon keeps them while this process
+  // lives), so views stay valid and a daemon restart costs one reconnect.
+  // false: every call after the daemon left is Unavailable.
+  bool reconnect = true;
 };
 
 struct PutOptions {
@@ -101,6 +106,13 @@ class ObjectView {
 
 // A reserved, invisible object being filled in place. Seal makes it visible;
 // a Writer destroyed without Seal aborts. Move-only.
+//
+// The buffer is the writer's own mapping of the object's pages. At Seal (and
+// Abort) that mapping is replaced by a private copy-on-write one of the same
+// pages, before the daemon is told: a write through a pointer kept past Seal
+// changes only this process's copy, never the shared object (which other
+// processes read and a restart verifies). The memory stays readable until
+// the Writer is destroyed.
 class Writer {
  public:
   Writer() = default;
@@ -124,9 +136,17 @@ class Writer {
   std::shared_ptr<client_internal::Connection> conn_;
   std::string key_;
   uint64_t write_id_ = 0;
+  // Ends shared access to the buffer (see above).
+  void Detach();
   std::byte* data_ = nullptr;
   size_t size_ = 0;
   bool checksum_ = true;
+  // The writer's own mapping of the pages under the buffer (null when it
+  // writes through the connection's mapping, as Put does internally).
+  void* map_ = nullptr;
+  size_t map_bytes_ = 0;
+  uint64_t map_offset_ = 0;  // in the arena file
+  int map_fd_ = -1;          // the connection's descriptor of that file
 };
 
 // One tensor to put: its bytes are copied into the object.
@@ -249,6 +269,12 @@ class Client {
  private:
   friend class Stream;
   explicit Client(std::shared_ptr<client_internal::Connection> conn);
+  // Create; with `own_mapping` the Writer gets its own mapping of its pages
+  // (Create does), without it writes through the connection's (Put, whose
+  // buffer never reaches the caller).
+  absl::StatusOr<Writer> CreateWriter(std::string_view key, uint64_t size,
+                                      const PutOptions& options,
+                                      const std::vector<TensorInfo>& tensors, bool own_mapping);
   absl::StatusOr<ObjectView> MakeView(std::string_view key, const void* get_reply);
   std::shared_ptr<client_internal::Connection> conn_;
 };

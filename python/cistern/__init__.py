@@ -272,9 +272,9 @@ class Writer:
     writable memoryview of the shared memory). Sealed when the ``with`` block
     ends, aborted if it raises; ``ref`` is the sealed ObjectRef.
 
-    Do not keep arrays made from ``buffer`` beyond the block: the memory stays
-    mapped, and a write after the seal would change a sealed object (whose
-    checksum then fails at the daemon's next restart)."""
+    At the seal the buffer's pages become this process's private copy: an
+    array made from ``buffer`` and written after the block changes only that
+    copy, never the sealed object other processes read."""
 
     def __init__(self, pending):
         self._w = pending

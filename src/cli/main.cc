@@ -21,6 +21,7 @@
 #include "src/cli/daemon_commands.h"
 #include "src/cli/data_commands.h"
 #include "src/cli/load_commands.h"
+#include "src/cli/quarantine_commands.h"
 #include "src/cli/stream_commands.h"
 #include "src/common/config_yaml.h"
 #include "src/daemon/config.h"
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
   cistern::cli::RegisterLoadCommands(&app, &target, &json, &rc);
   cistern::cli::RegisterDaemonCommands(&app, &target, &json, &rc);
   cistern::cli::RegisterStreamCommands(&app, &target, &json, &rc);
+  cistern::cli::RegisterQuarantineCommands(&app, &target, &json, &rc);
 
   std::function<void(CLI::App*)> fall = [&](CLI::App* a) {
     for (CLI::App* sub : a->get_subcommands({})) {

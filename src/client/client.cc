@@ -1,5 +1,6 @@
 #include "include/cistern/client.h"
 
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -133,19 +134,37 @@ absl::StatusOr<std::span<const std::byte>> ObjectView::tensor(std::string_view n
 
 Writer::~Writer() {
   if (conn_ && write_id_) (void)Abort();
+  if (map_) ::munmap(map_, map_bytes_);
 }
 Writer::Writer(Writer&& o) noexcept { *this = std::move(o); }
 Writer& Writer::operator=(Writer&& o) noexcept {
   if (this != &o) {
     if (conn_ && write_id_) (void)Abort();
+    if (map_) ::munmap(map_, map_bytes_);
     conn_ = std::move(o.conn_);
     key_ = std::move(o.key_);
     write_id_ = std::exchange(o.write_id_, 0);
     data_ = std::exchange(o.data_, nullptr);
     size_ = std::exchange(o.size_, 0);
     checksum_ = o.checksum_;
+    map_ = std::exchange(o.map_, nullptr);
+    map_bytes_ = std::exchange(o.map_bytes_, 0);
+    map_offset_ = o.map_offset_;
+    map_fd_ = o.map_fd_;
   }
   return *this;
+}
+
+void Writer::Detach() {
+  if (map_ == nullptr) return;
+  // Same address, same pages, now private: later stores stay in this process.
+  void* p = ::mmap(map_, map_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_FIXED, map_fd_,
+                   static_cast<off_t>(map_offset_));
+  if (p == MAP_FAILED) {
+    // Cannot keep it readable: take the pages away instead (a later access
+    // faults rather than reaching shared memory).
+    (void)::mmap(map_, map_bytes_, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+  }
 }
 
 absl::StatusOr<ObjectRef> Writer::Seal() {
@@ -157,6 +176,7 @@ absl::StatusOr<ObjectRef> Writer::Seal() {
     seal->set_checksum(store::Checksum(data_, size_));
     seal->set_has_checksum(true);
   }
+  Detach();
   auto resp = conn_->Call(req);
   ObjectRef ref{key_, 0, size_};
   write_id_ = 0;
@@ -169,6 +189,7 @@ absl::StatusOr<ObjectRef> Writer::Seal() {
 
 absl::Status Writer::Abort() {
   if (!conn_ || !write_id_) return absl::FailedPreconditionError("writer holds no pending write");
+  Detach();
   wire::Request req;
   req.mutable_abort()->set_write_id(write_id_);
   auto resp = conn_->Call(req);
@@ -195,6 +216,13 @@ const std::string& Client::socket_path() const { return conn_->socket_path(); }
 absl::StatusOr<Writer> Client::Create(std::string_view key, uint64_t size,
                                       const PutOptions& options,
                                       const std::vector<TensorInfo>& tensors) {
+  return CreateWriter(key, size, options, tensors, /*own_mapping=*/true);
+}
+
+absl::StatusOr<Writer> Client::CreateWriter(std::string_view key, uint64_t size,
+                                            const PutOptions& options,
+                                            const std::vector<TensorInfo>& tensors,
+                                            bool own_mapping) {
   wire::Request req;
   *req.mutable_create() = MakeCreate(key, size, options, tensors);
   auto resp = conn_->Call(req);
@@ -208,12 +236,28 @@ absl::StatusOr<Writer> Client::Create(std::string_view key, uint64_t size,
   auto data = PayloadOf(*conn_, resp->create());
   if (!data.ok()) return data.status();  // w aborts
   w.data_ = *data;
+  if (own_mapping) {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t at = resp->create().payload_offset();
+    w.map_offset_ = at / page * page;
+    w.map_bytes_ = store::AlignUp(at + w.size_, page) - w.map_offset_;
+    w.map_fd_ = conn_->tier_fd(resp->create().tier());
+    void* p = ::mmap(nullptr, w.map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
+                     w.map_fd_, static_cast<off_t>(w.map_offset_));
+    if (p == MAP_FAILED) {
+      w.map_bytes_ = 0;
+      return absl::ResourceExhaustedError(fmt::format(
+          "cannot map the {} bytes of '{}' for writing: {}", w.size_, key, std::strerror(errno)));
+    }
+    w.map_ = p;
+    w.data_ = static_cast<std::byte*>(p) + (at - w.map_offset_);
+  }
   return w;
 }
 
 absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std::byte> value,
                                       const PutOptions& options) {
-  auto w = Create(key, value.size(), options);
+  auto w = CreateWriter(key, value.size(), options, {}, /*own_mapping=*/false);
   if (!w.ok()) return w.status();
   wire::Request req;
   auto* seal = req.mutable_seal();
@@ -235,7 +279,7 @@ absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
                                              const PutOptions& options) {
   uint64_t total = 0;
   std::vector<TensorInfo> manifest = LayoutTensors(tensors, &total);
-  auto w = Create(key, total, options, manifest);
+  auto w = CreateWriter(key, total, options, manifest, /*own_mapping=*/false);
   if (!w.ok()) return w.status();
   uint64_t at = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {

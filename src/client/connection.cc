@@ -3,6 +3,7 @@
 #include <sched.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -12,6 +13,7 @@
 #include "fmt/format.h"
 #include "src/common/errno_status.h"
 #include "src/common/fmt_absl.h"
+#include "src/common/status_macros.h"
 
 namespace cistern::client_internal {
 namespace {
@@ -19,61 +21,83 @@ constexpr uint32_t kProtocolVersion = 1;
 constexpr size_t kReadChunk = 64 * 1024;
 }  // namespace
 
-absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
-  std::shared_ptr<Connection> c(new Connection);
-  c->socket_path_ = options.socket_path.empty() ? DefaultSocketPath() : options.socket_path;
-  c->spin_ = options.spin;
+Connection::Connection(const ConnectOptions& options) : options_(options), in_(1ull << 30) {
+  if (options_.socket_path.empty()) options_.socket_path = DefaultSocketPath();
+  if (options_.client_name.empty()) options_.client_name = fmt::format("pid-{}", getpid());
+}
+
+absl::StatusOr<wire::HelloReply> Connection::HelloLocked(std::vector<UniqueFd>* owned) {
+  const std::string& path = options_.socket_path;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
-  if (c->socket_path_.size() >= sizeof addr.sun_path) {
+  if (path.size() >= sizeof addr.sun_path) {
     return absl::InvalidArgumentError(
-        fmt::format("socket path '{}' is too long for a Unix socket", c->socket_path_));
+        fmt::format("socket path '{}' is too long for a Unix socket", path));
   }
-  std::memcpy(addr.sun_path, c->socket_path_.data(), c->socket_path_.size());
-  MutexLock lock(&c->mu_);
-  c->fd_.Reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-  if (!c->fd_.valid()) return ErrnoStatus(errno, "socket");
-  if (::connect(c->fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    return absl::UnavailableError(fmt::format("cisternd is not running at '{}': {}",
-                                              c->socket_path_, std::strerror(errno)));
+  std::memcpy(addr.sun_path, path.data(), path.size());
+  fd_.Reset(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+  if (!fd_.valid()) return ErrnoStatus(errno, "socket");
+  if (::connect(fd_.get(), reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+    broken_ = true;
+    return absl::UnavailableError(
+        fmt::format("cisternd is not running at '{}': {}", path, std::strerror(errno)));
   }
+  in_ = FrameBuffer(1ull << 30);
+  broken_ = false;
   wire::Request req;
   auto* hello = req.mutable_hello();
   hello->set_protocol_version(kProtocolVersion);
-  hello->set_token(options.token);
-  hello->set_client_name(options.client_name.empty() ? fmt::format("pid-{}", getpid())
-                                                     : options.client_name);
-  absl::Status sent = c->SendLocked(req);
+  hello->set_token(options_.token);
+  hello->set_client_name(options_.client_name);
+  absl::Status sent = SendLocked(req);
   // Even if sending failed, a refusal (uid, session limit) may be waiting.
-  c->broken_ = false;
+  broken_ = false;
   std::vector<int> fds;
-  auto resp = c->ReceiveLocked(&fds);
-  std::vector<UniqueFd> owned;
-  for (int fd : fds) owned.emplace_back(fd);
-  if (!resp.ok()) return sent.ok() ? resp.status() : sent;
+  auto resp = ReceiveLocked(&fds);
+  for (int fd : fds) owned->emplace_back(fd);
+  auto fail = [&](absl::Status s) {
+    broken_ = true;
+    return s;
+  };
+  if (!resp.ok()) return fail(sent.ok() ? resp.status() : sent);
   if (resp->has_status() && resp->status().code() != 0) {
-    return absl::Status(static_cast<absl::StatusCode>(resp->status().code()),
-                        resp->status().message());
+    return fail(absl::Status(static_cast<absl::StatusCode>(resp->status().code()),
+                             resp->status().message()));
   }
-  if (!resp->has_hello()) return absl::InternalError("cisternd did not answer hello");
+  if (!resp->has_hello()) return fail(absl::InternalError("cisternd did not answer hello"));
   const wire::HelloReply& h = resp->hello();
-  if (static_cast<size_t>(h.tiers_size()) != owned.size()) {
-    return absl::InternalError(fmt::format("hello announced {} tiers but passed {} descriptors",
-                                           h.tiers_size(), owned.size()));
+  if (static_cast<size_t>(h.tiers_size()) != owned->size()) {
+    return fail(absl::InternalError(fmt::format(
+        "hello announced {} tiers but passed {} descriptors", h.tiers_size(), owned->size())));
   }
-  c->session_id_ = h.session_id();
-  for (int i = 0; i < h.tiers_size(); ++i) {
-    uint64_t size = h.tiers(i).arena_bytes();
+  return h;
+}
+
+absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOptions& options) {
+  std::shared_ptr<Connection> c(new Connection(options));
+  MutexLock lock(&c->mu_);
+  std::vector<UniqueFd> owned;
+  auto h = c->HelloLocked(&owned);
+  if (!h.ok()) return h.status();
+  c->session_id_ = h->session_id();
+  c->incarnation_ = h->incarnation();
+  for (int i = 0; i < h->tiers_size(); ++i) {
+    uint64_t size = h->tiers(i).arena_bytes();
+    struct stat st {};
+    if (::fstat(owned[i].get(), &st) != 0) {
+      return ErrnoStatus(errno, fmt::format("stat arena of tier '{}'", h->tiers(i).name()));
+    }
     void* rw = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, owned[i].get(), 0);
     if (rw == MAP_FAILED) {
-      return ErrnoStatus(errno, fmt::format("map arena of tier '{}'", h.tiers(i).name()));
+      return ErrnoStatus(errno, fmt::format("map arena of tier '{}'", h->tiers(i).name()));
     }
     void* ro = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, owned[i].get(), 0);
     if (ro == MAP_FAILED) {
       ::munmap(rw, size);
-      return ErrnoStatus(errno, fmt::format("map arena of tier '{}'", h.tiers(i).name()));
+      return ErrnoStatus(errno, fmt::format("map arena of tier '{}'", h->tiers(i).name()));
     }
-    c->tiers_.push_back({static_cast<char*>(rw), static_cast<const char*>(ro), size});
+    c->tiers_.push_back({static_cast<char*>(rw), static_cast<const char*>(ro), size,
+                         std::move(owned[i]), st.st_dev, st.st_ino});
   }
   return c;
 }
@@ -85,9 +109,63 @@ Connection::~Connection() {
   }
 }
 
+uint64_t Connection::session_id() const {
+  MutexLock lock(&mu_);
+  return session_id_;
+}
+
+uint64_t Connection::reconnects() const {
+  MutexLock lock(&mu_);
+  return reconnects_;
+}
+
+absl::Status Connection::ReconnectLocked() {
+  if (!dead_.ok()) return dead_;
+  std::vector<UniqueFd> owned;
+  auto h = HelloLocked(&owned);
+  if (!h.ok()) return h.status();
+  // The views and writers of this process point into the arenas mapped at
+  // Open; a daemon over other files (formatted again, resized) cannot serve
+  // them, so this connection ends for good.
+  bool same = static_cast<size_t>(h->tiers_size()) == tiers_.size();
+  for (size_t i = 0; same && i < tiers_.size(); ++i) {
+    struct stat st {};
+    same = ::fstat(owned[i].get(), &st) == 0 && st.st_dev == tiers_[i].dev &&
+           st.st_ino == tiers_[i].ino && h->tiers(i).arena_bytes() == tiers_[i].size;
+  }
+  if (!same) {
+    dead_ = absl::UnavailableError(fmt::format(
+        "cisternd at '{}' restarted over other arenas (formatted again or resized) than this "
+        "client mapped; connect a new client",
+        options_.socket_path));
+    fd_.Reset();
+    broken_ = true;
+    return dead_;
+  }
+  uint64_t old_session = session_id_, old_incarnation = incarnation_;
+  session_id_ = h->session_id();
+  incarnation_ = h->incarnation();
+  ++reconnects_;
+  // Take back what the earlier session held. NotFound: nothing survived (the
+  // daemon's shared memory was lost); the old lease ids then name nothing.
+  wire::Request adopt;
+  adopt.mutable_adopt()->set_incarnation(old_incarnation);
+  adopt.mutable_adopt()->set_session_id(old_session);
+  auto adopted = ExchangeLocked(adopt);
+  if (!adopted.ok() && broken_) return adopted.status();
+  if (adopted.ok() && !unsent_releases_.empty()) {
+    wire::Request rel;
+    rel.set_oneway(true);
+    for (uint64_t id : unsent_releases_) rel.mutable_batch_release()->add_lease_ids(id);
+    (void)SendLocked(rel);
+  }
+  unsent_releases_.clear();
+  return absl::OkStatus();
+}
+
 absl::Status Connection::Broken() const {
   return absl::UnavailableError(
-      fmt::format("cisternd closed the connection on '{}'", socket_path_));
+      fmt::format("cisternd closed the connection on '{}'", options_.socket_path));
 }
 
 absl::Status Connection::SendLocked(wire::Request& req) {
@@ -157,7 +235,7 @@ absl::StatusOr<wire::Response> Connection::ReceiveLocked(std::vector<int>* fds) 
       if (n < 0 && errno == EAGAIN) {
         // Poll for a while before sleeping; yield so a daemon sharing this
         // CPU can run.
-        auto until = std::chrono::steady_clock::now() + spin_;
+        auto until = std::chrono::steady_clock::now() + options_.spin;
         while (n < 0 && errno == EAGAIN && std::chrono::steady_clock::now() < until) {
           ::sched_yield();
           n = ::recv(fd_.get(), tail, kReadChunk, MSG_DONTWAIT);
@@ -176,13 +254,11 @@ absl::StatusOr<wire::Response> Connection::ReceiveLocked(std::vector<int>* fds) 
   }
 }
 
-absl::StatusOr<wire::Response> Connection::Call(wire::Request& req) {
-  MutexLock lock(&mu_);
-  if (absl::Status s = SendLocked(req); !s.ok()) return s;
+absl::StatusOr<wire::Response> Connection::ReplyLocked(uint64_t id) {
   for (;;) {
     auto resp = ReceiveLocked(nullptr);
     if (!resp.ok()) return resp.status();
-    if (resp->id() != req.id()) {
+    if (resp->id() != id) {
       if (resp->id() == 0 && resp->has_status()) {
         // The daemon rejected something at the session level.
         return absl::Status(static_cast<absl::StatusCode>(resp->status().code()),
@@ -198,10 +274,42 @@ absl::StatusOr<wire::Response> Connection::Call(wire::Request& req) {
   }
 }
 
+absl::StatusOr<wire::Response> Connection::ExchangeLocked(wire::Request& req) {
+  RETURN_IF_ERROR(SendLocked(req));
+  return ReplyLocked(req.id());
+}
+
+absl::StatusOr<wire::Response> Connection::Call(wire::Request& req) {
+  MutexLock lock(&mu_);
+  if (broken_) {
+    if (!options_.reconnect) return Broken();
+    RETURN_IF_ERROR(ReconnectLocked());
+  }
+  if (absl::Status s = SendLocked(req); !s.ok()) {
+    // The daemon never got it (it was gone before the send): send it again on
+    // a new connection.
+    if (!options_.reconnect || !broken_) return s;
+    RETURN_IF_ERROR(ReconnectLocked());
+    RETURN_IF_ERROR(SendLocked(req));
+  }
+  return ReplyLocked(req.id());
+}
+
 void Connection::SendOneway(wire::Request& req) {
   req.set_oneway(true);
   MutexLock lock(&mu_);
-  (void)SendLocked(req);
+  absl::Status sent = broken_ ? Broken() : SendLocked(req);
+  if (sent.ok() || !options_.reconnect) return;
+  if (ReconnectLocked().ok() && SendLocked(req).ok()) return;
+  // The daemon is down: keep the lease ids for after the next reconnect
+  // (bounded; past that the leases end with this process).
+  constexpr size_t kMaxUnsent = 1 << 20;
+  if (req.has_release() && unsent_releases_.size() < kMaxUnsent) {
+    unsent_releases_.push_back(req.release().lease_id());
+  }
+  for (uint64_t id : req.batch_release().lease_ids()) {
+    if (unsent_releases_.size() < kMaxUnsent) unsent_releases_.push_back(id);
+  }
 }
 
 }  // namespace cistern::client_internal

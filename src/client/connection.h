@@ -1,8 +1,23 @@
-// One session with cisternd: the socket, the mapped arenas, and request/response
-// exchange. Shared (shared_ptr) by the Client and every ObjectView and Writer
-// it made, so mappings stay valid as long as any of them lives.
-// Thread-safe: one mutex serialises use of the socket.
+// One client's connection to cisternd: the socket, the mapped arenas, and
+// request/response exchange. Shared (shared_ptr) by the Client and every
+// ObjectView and Writer it made, so mappings stay valid as long as any of them
+// lives.
+//
+// Reconnection. When the daemon goes away (killed, restarted, upgraded), the
+// next call connects again, says hello, checks that the arenas are the very
+// files mapped here, and adopts the leases and pending writes the earlier
+// session held: a restarted daemon kept them for this process (the shared
+// lease table), so views stay valid and their releases work as before. A
+// request the daemon never received (the send failed) is sent again on the
+// new connection; one that was sent when the connection broke fails with
+// Unavailable (it may or may not have taken effect). Releases that could not
+// be sent while the daemon was down are sent after the next reconnect.
+//
+// Thread-safety: one mutex serialises use of the socket; the mappings are
+// constant after Open.
 #pragma once
+
+#include <sys/types.h>
 
 #include <cstdint>
 #include <memory>
@@ -26,8 +41,8 @@ class Connection {
   // Sends `req` (its id is assigned here) and waits for its response. A
   // response carrying an error status is returned as that status.
   absl::StatusOr<wire::Response> Call(wire::Request& req);
-  // Sends `req` marked oneway and does not wait; failures are ignored (a dead
-  // daemon has already ended the session and everything it held).
+  // Sends `req` marked oneway and does not wait. A release that cannot be
+  // sent now is sent after the next reconnect.
   void SendOneway(wire::Request& req);
 
   // The writable mapping (for writers) and a read-only mapping of the same
@@ -35,33 +50,53 @@ class Connection {
   char* tier_base(uint32_t tier) const { return tiers_[tier].base; }
   const char* tier_read_base(uint32_t tier) const { return tiers_[tier].read_base; }
   uint64_t tier_size(uint32_t tier) const { return tiers_[tier].size; }
+  // The arena file, for a writer's own mapping of its range.
+  int tier_fd(uint32_t tier) const { return tiers_[tier].fd.get(); }
   size_t tier_count() const { return tiers_.size(); }
-  uint64_t session_id() const { return session_id_; }
-  const std::string& socket_path() const { return socket_path_; }
+  uint64_t session_id() const;
+  const std::string& socket_path() const { return options_.socket_path; }
+  // How many times this connection reconnected (for tests).
+  uint64_t reconnects() const;
 
  private:
   struct Mapping {
     char* base = nullptr;
     const char* read_base = nullptr;
     uint64_t size = 0;
+    UniqueFd fd;
+    dev_t dev = 0;
+    ino_t ino = 0;
   };
-  Connection() : in_(1ull << 30) {}
+  explicit Connection(const ConnectOptions& options);
+  // Connects and says hello; on success the arena descriptors are in *fds.
+  absl::StatusOr<wire::HelloReply> HelloLocked(std::vector<UniqueFd>* fds)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A new socket, hello, the same arenas, and the earlier session's leases.
+  absl::Status ReconnectLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<wire::Response> ExchangeLocked(wire::Request& req)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads responses until the one to request `id`.
+  absl::StatusOr<wire::Response> ReplyLocked(uint64_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status SendLocked(wire::Request& req) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<wire::Response> ReceiveLocked(std::vector<int>* fds)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Broken() const;
 
-  std::string socket_path_;
-  std::chrono::nanoseconds spin_{0};
-  uint64_t session_id_ = 0;
+  ConnectOptions options_;      // socket_path filled in; constant
   std::vector<Mapping> tiers_;  // constant after Open
 
-  Mutex mu_;
+  mutable Mutex mu_;
   UniqueFd fd_ ABSL_GUARDED_BY(mu_);
   FrameBuffer in_ ABSL_GUARDED_BY(mu_);
   std::string out_ ABSL_GUARDED_BY(mu_);
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  // Set when reconnecting can never work (the arenas changed): the reason.
+  absl::Status dead_ ABSL_GUARDED_BY(mu_);
+  uint64_t session_id_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t incarnation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
+  std::vector<uint64_t> unsent_releases_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace cistern::client_internal

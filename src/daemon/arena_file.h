@@ -23,6 +23,11 @@ class ArenaFile {
   static absl::StatusOr<std::unique_ptr<ArenaFile>> Open(const std::string& path, uint64_t size,
                                                          uint32_t index, const std::string& name,
                                                          bool format, bool* formatted);
+  // The shared lease table's file (src/store/shared_lease_table.h), locked
+  // and mapped. A new file, or one of another size, is emptied and sized;
+  // `*resized` says so (the caller then formats it).
+  static absl::StatusOr<std::unique_ptr<ArenaFile>> OpenLeaseTable(const std::string& path,
+                                                                   uint64_t size, bool* resized);
   ~ArenaFile();
 
   char* base() const { return base_; }
@@ -32,6 +37,13 @@ class ArenaFile {
 
  private:
   ArenaFile() = default;
+  // Opens, locks, sizes (emptying it if new, `reset`, or of another size when
+  // `mismatch` is empty; else FailedPrecondition ending with `mismatch`) and
+  // maps `path`.
+  static absl::StatusOr<std::unique_ptr<ArenaFile>> OpenMapped(const std::string& path,
+                                                               uint64_t size, bool reset,
+                                                               const std::string& mismatch,
+                                                               bool* was_reset);
   std::string path_;
   UniqueFd fd_;        // locked
   UniqueFd share_fd_;  // handed to clients

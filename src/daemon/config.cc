@@ -107,6 +107,13 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cfg->hello_timeout_ms() == 0) cfg->set_hello_timeout_ms(5000);
   if (cfg->max_sessions() == 0) cfg->set_max_sessions(1024);
   if (cfg->max_batch() == 0) cfg->set_max_batch(4096);
+  if (cfg->max_leases() == 0) cfg->set_max_leases(1 << 20);
+  if (cfg->lease_table_path().empty()) {
+    std::string p = cfg->tiers(0).path();
+    constexpr std::string_view kSuffix = ".arena";
+    if (p.size() > kSuffix.size() && p.ends_with(kSuffix)) p.resize(p.size() - kSuffix.size());
+    cfg->set_lease_table_path(p + ".leases");
+  }
   if (!cfg->has_busy_poll_us()) cfg->set_busy_poll_us(200);
   if (cfg->metrics_address().empty()) cfg->set_metrics_address("127.0.0.1");
   if (!cfg->has_metrics_port()) cfg->set_metrics_port(9464);
@@ -199,6 +206,15 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   }
   if (cfg.max_batch() > 65536) {
     return bad(fmt::format("max_batch {} exceeds 65536", cfg.max_batch()));
+  }
+  if (cfg.max_leases() < cfg.max_batch() || cfg.max_leases() > (uint64_t{1} << 30)) {
+    return bad(fmt::format("max_leases {} must be between max_batch ({}) and {}",
+                           cfg.max_leases(), cfg.max_batch(), uint64_t{1} << 30));
+  }
+  for (const auto& t : cfg.tiers()) {
+    if (cfg.lease_table_path() == t.path()) {
+      return bad(fmt::format("lease_table_path '{}' is tier '{}''s arena", t.path(), t.name()));
+    }
   }
   in6_addr addr6;
   if (::inet_pton(AF_INET, cfg.metrics_address().c_str(), &addr6) != 1 &&

@@ -27,9 +27,11 @@
 #include "src/daemon/config.h"
 #include "src/daemon/http_server.h"
 #include "src/daemon/metrics.h"
+#include "src/daemon/process.h"
 #include "src/daemon/server.h"
 #include "src/registry/sqlite_backend.h"
 #include "src/store/object_store.h"
+#include "src/store/shared_lease_table.h"
 #include "src/stream/stream_manager.h"
 
 namespace {
@@ -142,7 +144,57 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     files.push_back(std::move(*f));
   }
 
+  // The shared lease table: the leases and writes of client processes that
+  // outlived the previous daemon keep their blocks (docs/operations.md).
+  std::vector<uint64_t> identity;
+  for (const auto& f : files) identity.push_back(store::Arena::Identity(f->base()));
+  const uint32_t lease_slots = 2 * cfg.max_sessions();  // recovered sessions need slots too
+  const uint64_t table_bytes = store::SharedLeaseTable::BytesFor(lease_slots, cfg.max_leases());
+  bool table_new = false;
+  auto lease_file =
+      daemon::ArenaFile::OpenLeaseTable(cfg.lease_table_path(), table_bytes, &table_new);
+  if (!lease_file.ok()) {
+    spdlog::error("lease table: {}", lease_file.status().message());
+    return 1;
+  }
+  std::vector<store::SharedLeaseTable::Session> living;
+  std::vector<daemon::RecoveredHolder> holders;
+  absl::StatusOr<store::SharedLeaseTable::Contents> contents =
+      absl::NotFoundError("new lease table");
+  if (!table_new) {
+    contents = store::SharedLeaseTable::Read((*lease_file)->base(), table_bytes, lease_slots,
+                                             cfg.max_leases(), identity);
+    if (!contents.ok()) {
+      spdlog::warn("lease table '{}': {}; starting a new one (no lease held across the restart "
+                   "is kept)",
+                   cfg.lease_table_path(), contents.status().message());
+    }
+  }
+  if (!contents.ok()) {
+    if (absl::Status s = store::SharedLeaseTable::Format((*lease_file)->base(), table_bytes,
+                                                         lease_slots, cfg.max_leases(), identity,
+                                                         1);
+        !s.ok()) {
+      spdlog::error("lease table '{}': {}", cfg.lease_table_path(), s.message());
+      return 1;
+    }
+  } else {
+    for (const auto& sess : contents->sessions) {
+      auto pidfd = daemon::OpenLivingProcess(sess.pid, sess.pid_start);
+      if (!pidfd.ok()) continue;  // the holder is gone: its blocks are freed below
+      living.push_back(sess);
+      holders.push_back({daemon::kRecoveredSessionBase + holders.size(), sess.incarnation,
+                         sess.session_id, sess.pid, sess.uid, std::move(*pidfd)});
+    }
+  }
+  store::SharedLeaseTable lease_table =
+      store::SharedLeaseTable::Attach((*lease_file)->base(), table_bytes, living);
+
   store::StoreOptions store_opts;
+  store_opts.shared_leases = &lease_table;
+  for (size_t i = 0; i < living.size(); ++i) {
+    store_opts.recovered.push_back({holders[i].session, living[i]});
+  }
   switch (cfg.recovery().on_corrupt_object()) {
     case config::CORRUPT_OBJECT_POLICY_FAIL:
       store_opts.on_corrupt = store::Arena::OnCorrupt::kFail;
@@ -167,6 +219,12 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
       report.quarantined.size(), report.dropped.size(), report.max_generation);
   for (const auto& d : report.dropped) {
     spdlog::error("dropped corrupt object '{}' at offset {}: {}", d.key, d.block_offset, d.reason);
+  }
+  if (!holders.empty() || report.stale_entries > 0) {
+    spdlog::info(
+        "lease table: {} client processes outlived the previous daemon; kept {} of their leases "
+        "and {} pending writes until they reconnect or exit ({} stale entries cleared)",
+        holders.size(), report.kept_leases, report.kept_writes, report.stale_entries);
   }
   for (const auto& q : report.quarantined) {
     spdlog::error(
@@ -214,11 +272,13 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   sopts.daemon_version = CISTERN_VERSION;
   sopts.metrics = metrics.requests();
   sopts.metrics_endpoint = http.endpoint();
+  sopts.incarnation = lease_table.incarnation();
   daemon::Server server(sopts, store->get(), streams->get(), Clock::Real());
   if (absl::Status s = server.Listen(); !s.ok()) {
     spdlog::error("{}", s.message());
     return 1;
   }
+  server.WatchRecoveredHolders(std::move(holders));
   metrics.Attach(store->get(), [&server] { return server.session_count(); });
   absl::Cleanup detach = [&metrics] { metrics.Detach(); };
   g_metrics = &metrics;

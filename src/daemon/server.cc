@@ -17,6 +17,7 @@
 #include "spdlog/spdlog.h"
 #include "src/common/errno_status.h"
 #include "src/common/fmt_absl.h"
+#include "src/daemon/process.h"
 
 namespace cistern::daemon {
 namespace {
@@ -100,6 +101,59 @@ void Server::Shutdown() {
   (void)n;
 }
 
+void Server::WatchRecoveredHolders(std::vector<RecoveredHolder> holders) {
+  for (RecoveredHolder& h : holders) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.u64 = h.session;
+    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, h.pidfd.get(), &ev);
+    store::SessionId id = h.session;
+    holders_.emplace(id, std::move(h));
+  }
+}
+
+void Server::HolderExited(store::SessionId session) {
+  auto it = holders_.find(session);
+  if (it == holders_.end()) return;
+  auto info = store_->SessionInfo(session);
+  spdlog::info("pid {} exited without reconnecting: its {} leases and {} writes from before the "
+               "restart end",
+               it->second.pid, info.leases, info.pending_writes);
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, it->second.pidfd.get(), nullptr);
+  holders_.erase(it);
+  store_->CloseSession(session);
+}
+
+void Server::HandleAdopt(Session* s, const wire::Request& req, wire::Response* resp) {
+  resp->set_id(req.id());
+  const wire::Adopt& a = req.adopt();
+  auto it = std::find_if(holders_.begin(), holders_.end(), [&](const auto& kv) {
+    return kv.second.incarnation == a.incarnation() &&
+           kv.second.old_session_id == a.session_id();
+  });
+  if (it == holders_.end()) {
+    SetStatus(absl::NotFoundError(fmt::format(
+                  "no leases of session {} of cisternd incarnation {} survived the restart",
+                  a.session_id(), a.incarnation())),
+              resp);
+    return;
+  }
+  if (it->second.pid != s->pid || it->second.uid != s->uid) {
+    SetStatus(absl::PermissionDeniedError(fmt::format(
+                  "session {} of incarnation {} belonged to pid {}, not pid {}", a.session_id(),
+                  a.incarnation(), it->second.pid, s->pid)),
+              resp);
+    return;
+  }
+  auto adopted = store_->AdoptSession(it->first, s->id);
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, it->second.pidfd.get(), nullptr);
+  holders_.erase(it);
+  spdlog::info("session {} (pid {}) took back {} leases and {} writes from before the restart",
+               s->id, s->pid, adopted.leases, adopted.writes);
+  resp->mutable_adopt()->set_leases(adopted.leases);
+  resp->mutable_adopt()->set_writes(adopted.writes);
+}
+
 void Server::Run() {
   std::vector<epoll_event> events(256);
   seen_free_epoch_ = store_->free_epoch();
@@ -125,6 +179,10 @@ void Server::Run() {
       }
       if (tag == kWakeTag) {
         stopping_ = true;
+        continue;
+      }
+      if (tag >= kRecoveredSessionBase && tag < stream::kStreamSession) {
+        HolderExited(tag);
         continue;
       }
       auto it = sessions_.find(tag);
@@ -288,6 +346,10 @@ bool Server::Dispatch(Session* s, const wire::Request& req, StreamHandler::Attem
     FillDaemonStatus(resp->mutable_daemon_status());
     return false;
   }
+  if (req.has_adopt()) {
+    HandleAdopt(s, req, resp);
+    return false;
+  }
   if (StreamHandler::Handles(req)) {
     std::string client = s->client_name.empty() ? fmt::format("pid-{}", s->pid) : s->client_name;
     return streams_.Handle(req, client, attempt, resp);
@@ -328,9 +390,17 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
     ReplyError(s, req.id(), st, /*close=*/true);
     return st;
   }
+  // Recorded in the shared lease table so that its leases outlive this daemon.
+  if (absl::Status st = store_->OpenSession(
+          s->id, {s->pid, s->uid, ProcessStartTime(s->pid).value_or(0)});
+      !st.ok()) {
+    ReplyError(s, req.id(), st, /*close=*/true);
+    return st;
+  }
   wire::Response resp;
   resp.set_id(req.id());
   auto* r = resp.mutable_hello();
+  r->set_incarnation(options_.incarnation);
   r->set_protocol_version(kProtocolVersion);
   r->set_session_id(s->id);
   r->set_daemon_version(options_.daemon_version);
@@ -443,13 +513,14 @@ void Server::UpdateInterest(Session* s) {
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, s->fd.get(), &ev);
 }
 
-void Server::CloseSession(Session* s, const char* why) {
+void Server::CloseSession(Session* s, const char* why, bool end_leases) {
   uint64_t id = s->id;
   auto info = store_->SessionInfo(id);
-  spdlog::debug("session {} (pid {}) {}: releasing {} leases, aborting {} writes", id, s->pid,
-                why, info.leases, info.pending_writes);
+  spdlog::debug("session {} (pid {}) {}: {} {} leases and {} writes", id, s->pid, why,
+                end_leases ? "ending" : "keeping (for the next daemon)", info.leases,
+                info.pending_writes);
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
-  store_->CloseSession(id);
+  if (end_leases) store_->CloseSession(id);
   parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
   sessions_.erase(id);
   handler_.set_sessions(sessions_.size());
@@ -572,7 +643,11 @@ void Server::Drain() {
       }
     }
   }
-  while (!sessions_.empty()) CloseSession(sessions_.begin()->second.get(), "ended by shutdown");
+  // The clients live on: their leases and writes stay in the shared lease
+  // table for the next daemon.
+  while (!sessions_.empty()) {
+    CloseSession(sessions_.begin()->second.get(), "ended by shutdown", /*end_leases=*/false);
+  }
 }
 
 }  // namespace cistern::daemon

@@ -37,6 +37,24 @@
 
 namespace cistern::daemon {
 
+// Store sessions of client processes that outlived the previous daemon (their
+// leases were restored from the shared lease table) count up from here,
+// below the stream session (1 << 62) and far above the server's own ids.
+inline constexpr store::SessionId kRecoveredSessionBase = store::SessionId{1} << 61;
+
+// A client process that held leases when the previous daemon stopped and
+// still lives. Its leases stay under `session` until it reconnects and adopts
+// them (Adopt names incarnation and old_session_id) or it exits (`pidfd`
+// becomes readable), whichever comes first.
+struct RecoveredHolder {
+  store::SessionId session = 0;
+  uint64_t incarnation = 0;
+  uint64_t old_session_id = 0;
+  int32_t pid = 0;
+  uint32_t uid = 0;
+  UniqueFd pidfd;
+};
+
 struct ServerOptions {
   std::string socket_path;
   std::string token;  // empty: none required
@@ -49,6 +67,7 @@ struct ServerOptions {
   Clock::Duration busy_poll = std::chrono::microseconds(200);
   std::string daemon_version;
   std::string metrics_endpoint;  // reported in daemon_status
+  uint64_t incarnation = 0;      // reported in hello (see RecoveredHolder)
   // Tier arenas handed to clients in hello.
   std::vector<wire::TierInfo> tiers;
   std::vector<int> arena_fds;
@@ -70,6 +89,8 @@ class Server {
   void Run();
   // Async-signal-safe.
   void Shutdown();
+  // Before Run: the holders whose leases the store restored.
+  void WatchRecoveredHolders(std::vector<RecoveredHolder> holders);
 
   // Open sessions. Thread-safe.
   uint64_t session_count() const { return session_count_.load(std::memory_order_relaxed); }
@@ -105,13 +126,19 @@ class Server {
   // resumes its session.
   void Unpark(Session* s, wire::Response& resp);
   absl::Status HandleHello(Session* s, const wire::Request& req);
+  void HandleAdopt(Session* s, const wire::Request& req, wire::Response* resp);
+  // A recovered holder's process exited: its leases and writes end.
+  void HolderExited(store::SessionId session);
   void RecordRequest(Verb verb, absl::StatusCode code, Clock::TimePoint start);
   void FillDaemonStatus(wire::DaemonStatusReply* r);
   void Reply(Session* s, const wire::Response& resp);
   void ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close);
   void Flush(Session* s);
   void UpdateInterest(Session* s);
-  void CloseSession(Session* s, const char* why);
+  // Ends the session. With `end_leases` false (shutdown) its leases and
+  // writes stay recorded in the shared lease table, so that a restarted
+  // daemon keeps them while the client lives.
+  void CloseSession(Session* s, const char* why, bool end_leases = true);
   void RetryParked();
   void ExpireDeadlines();
   int NextTimeoutMs();
@@ -128,6 +155,7 @@ class Server {
   uint64_t next_session_id_ = 1;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::deque<uint64_t> parked_;  // sessions with a parked create, FIFO
+  std::map<store::SessionId, RecoveredHolder> holders_;
   // sessions_.size(), for other threads (session_count()).
   std::atomic<uint64_t> session_count_{0};
   uint64_t seen_free_epoch_ = 0;

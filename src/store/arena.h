@@ -83,6 +83,12 @@ class Arena {
   // as options.on_corrupt says. A broken block chain is always DataLoss.
   absl::StatusOr<RecoveryResult> Recover(Allocator* alloc, const RecoverOptions& options);
 
+  // Names one formatting of an arena: changes whenever it is formatted again.
+  // `base` must hold a valid superblock (Attach checks it).
+  static uint64_t Identity(const char* base) {
+    return reinterpret_cast<const Superblock*>(base)->static_checksum;
+  }
+
   uint64_t data_offset() const { return kSuperblockBytes; }
   uint64_t data_bytes() const { return size_ - kSuperblockBytes; }
   char* base() const { return base_; }
