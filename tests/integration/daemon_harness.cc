@@ -260,4 +260,17 @@ bool MatchesKey(std::string_view key, const std::byte* data, size_t n) {
   return std::memcmp(expect.data(), data, n) == 0;
 }
 
+bool FlipPayloadByte(const std::string& arena_path, char fill) {
+  int fd = ::open(arena_path.c_str(), O_RDWR);
+  if (fd < 0) return false;
+  std::string data(1 << 20, '\0');
+  ssize_t n = ::pread(fd, data.data(), data.size(), 0);
+  size_t at = n > 0 ? data.find(std::string(100, fill)) : std::string::npos;
+  char flipped = static_cast<char>(fill + 1);
+  bool ok = at != std::string::npos && at + 50 < static_cast<size_t>(n) &&
+            ::pwrite(fd, &flipped, 1, static_cast<off_t>(at + 50)) == 1;
+  ::close(fd);
+  return ok;
+}
+
 }  // namespace cistern::testing

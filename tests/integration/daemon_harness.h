@@ -70,6 +70,11 @@ CliResult RunCli(const std::string& args, const std::string& env = "");
 
 std::string ReadFile(const std::string& path);
 
+// Flips one payload byte of the object filled with `fill` bytes (100 of them
+// in a row, within the first MiB of the arena file), as a stray write would.
+// False if no such bytes are there.
+bool FlipPayloadByte(const std::string& arena_path, char fill);
+
 // Path of a binary built beside the tests (cisternd, cistern_test_client).
 std::string BinaryPath(const std::string& name);
 

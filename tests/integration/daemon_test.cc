@@ -162,19 +162,6 @@ TEST(DaemonTest, SigtermDrainsAndExitsZeroAndDataSurvivesRestart) {
   EXPECT_THAT(d.Log(), HasSubstr("stopped cleanly"));
 }
 
-// Flips one payload byte of the object holding `fill` bytes in the arena file.
-void FlipPayloadByte(const std::string& arena, char fill) {
-  int fd = ::open(arena.c_str(), O_RDWR);
-  ASSERT_GE(fd, 0);
-  std::string data(1 << 20, '\0');
-  ASSERT_GT(::pread(fd, data.data(), data.size(), 0), 0);
-  size_t at = data.find(std::string(100, fill));
-  ASSERT_NE(at, std::string::npos);
-  char flipped = fill + 1;
-  ASSERT_EQ(::pwrite(fd, &flipped, 1, at + 50), 1);
-  ::close(fd);
-}
-
 TEST(DaemonTest, WithPolicyFailACorruptArenaIsRefusedUntilFormatted) {
   Daemon d({.extra_yaml = "recovery:\n  on_corrupt_object: fail\n"});
   std::string err;
@@ -185,7 +172,7 @@ TEST(DaemonTest, WithPolicyFailACorruptArenaIsRefusedUntilFormatted) {
   }
   d.Kill(SIGTERM);
   ASSERT_EQ(d.Wait(), 0);
-  FlipPayloadByte(d.arena_path(), 'p');
+  ASSERT_TRUE(FlipPayloadByte(d.arena_path(), 'p'));
   EXPECT_EQ(d.RunToExit(), 1);
   EXPECT_THAT(d.Log(), HasSubstr("'precious'"));
   EXPECT_THAT(d.Log(), HasSubstr("payload checksum mismatch"));
@@ -208,7 +195,7 @@ TEST(DaemonTest, ByDefaultACorruptObjectIsQuarantinedAndEveryOtherServed) {
   }
   d.Kill(SIGTERM);
   ASSERT_EQ(d.Wait(), 0);
-  FlipPayloadByte(d.arena_path(), 'p');
+  ASSERT_TRUE(FlipPayloadByte(d.arena_path(), 'p'));
   ASSERT_TRUE(d.Start({}, &err)) << err;
   EXPECT_THAT(d.Log(), HasSubstr("quarantined corrupt object 'precious'"));
   auto c = d.Connect();

@@ -9,6 +9,8 @@
 #include <string>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -204,6 +206,40 @@ TEST(WriterRegressTest, AWriteThroughTheBufferAfterSealNeverReachesTheObject) {
   auto got = (*again)->Get("w");
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_TRUE(AllOf(got->data(), got->size(), 'a'));
+}
+
+// With one corrupt object the daemon refused to start at all; now it is
+// quarantined, and the operator lists and frees it with the CLI.
+TEST(QuarantineRegressTest, TheCliListsAndFreesQuarantinedObjects) {
+  Daemon d;
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  {
+    auto c = d.Connect();
+    ASSERT_TRUE((*c)->Put("bad", std::string(4096, 'b')).ok());
+    ASSERT_TRUE((*c)->Put("good", std::string(4096, 'g')).ok());
+  }
+  d.Kill(SIGTERM);
+  d.Wait();
+  ASSERT_TRUE(FlipPayloadByte(d.arena_path(), 'b'));
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  std::string addr = "--address " + d.socket_path() + " ";
+  CliResult ls = RunCli(addr + "quarantine ls --json");
+  ASSERT_EQ(ls.code, 0) << ls.out;
+  auto j = nlohmann::json::parse(ls.out);
+  ASSERT_EQ(j.size(), 1u) << ls.out;
+  EXPECT_EQ(j[0]["key"], "bad");
+  EXPECT_THAT(j[0]["reason"].get<std::string>(), HasSubstr("payload checksum"));
+  std::string id = j[0]["id"];
+  EXPECT_EQ(RunCli(addr + "get good -o /dev/null").code, 0);
+  EXPECT_EQ(RunCli(addr + "get bad -o /dev/null").code, 1);
+  EXPECT_EQ(RunCli(addr + "quarantine rm").code, 2);            // neither ids nor --all
+  EXPECT_EQ(RunCli(addr + "quarantine rm nonsense").code, 2);   // not TIER:OFFSET
+  EXPECT_EQ(RunCli(addr + "quarantine rm mem:1").code, 1);      // nothing there
+  EXPECT_EQ(RunCli(addr + "quarantine ls --json").out.find("\"bad\"") != std::string::npos, true);
+  CliResult rm = RunCli(addr + "quarantine rm " + id);
+  EXPECT_EQ(rm.code, 0) << rm.out;
+  EXPECT_THAT(RunCli(addr + "quarantine ls").out, HasSubstr("nothing is quarantined"));
 }
 
 }  // namespace
