@@ -82,6 +82,17 @@ def _raise(code: int, message: str):
     raise cls(message) from None
 
 
+def _seconds(timeout: Optional[float], what: str) -> float:
+    """A caller's wait in seconds: None is 0 (do not wait); negative, NaN and
+    non-numbers are a ValueError. Any length is accepted, float('inf')
+    included: the native layer and the daemon clamp waits to seven days."""
+    if timeout is None:
+        return 0.0
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout >= 0:
+        raise ValueError(f"{what} must be non-negative seconds or None, not {timeout!r}")
+    return float(timeout)
+
+
 def _translate(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -338,7 +349,7 @@ class Client:
         nested (one object, one allocation; nesting is kept in the tensor names
         as '/', so keys may not contain '/'). ``timeout`` (seconds) waits for space instead of
         raising MemoryError at once."""
-        opts = dict(evictable=evictable, if_absent=if_absent, timeout=timeout or 0.0,
+        opts = dict(evictable=evictable, if_absent=if_absent, timeout=_seconds(timeout, "timeout"),
                     checksum=checksum)
         if isinstance(value, (bytes, bytearray, memoryview)):
             return ObjectRef(*self._c.put_bytes(key, memoryview(value).cast("B"), **opts))
@@ -363,7 +374,7 @@ class Client:
         """``with c.writer(key, n) as w: w.buffer[:] = ...`` fills a new
         generation of ``key`` in place: no copy through this process."""
         return Writer(self._c.create(key, nbytes, evictable=evictable, if_absent=if_absent,
-                                     timeout=timeout or 0.0, checksum=checksum))
+                                     timeout=_seconds(timeout, "timeout"), checksum=checksum))
 
     @_translate
     def put_many(self, items: Dict[str, Any], *, evictable: bool = False,

@@ -63,11 +63,20 @@ struct PendingWrite {
   cistern::Writer writer;
 };
 
+// Seconds from Python as milliseconds for the wire: NaN and negatives are 0,
+// huge values (inf included) saturate instead of overflowing; the daemon
+// clamps waits to its own maximum.
+std::chrono::milliseconds Millis(double seconds) {
+  constexpr double kMaxMs = 1e15;  // ~31,000 years; far below INT64_MAX (kMaxWait clamps further)
+  if (!(seconds > 0)) return std::chrono::milliseconds(0);
+  return std::chrono::milliseconds(static_cast<int64_t>(std::min(seconds * 1000, kMaxMs)));
+}
+
 cistern::PutOptions Options(bool evictable, bool if_absent, double timeout, bool checksum) {
   cistern::PutOptions o;
   o.evictable = evictable;
   o.if_absent = if_absent;
-  if (timeout > 0) o.wait = std::chrono::milliseconds(static_cast<int64_t>(timeout * 1000));
+  o.wait = Millis(timeout);
   o.checksum = checksum;
   return o;
 }
@@ -206,14 +215,6 @@ py::dict StreamInfoToPy(const cistern::StreamInfo& i) {
   return d;
 }
 
-// Seconds from Python as milliseconds for the wire: NaN and negatives are 0,
-// huge values (inf included) saturate instead of overflowing; the daemon
-// clamps waits to its own maximum.
-std::chrono::milliseconds Millis(double seconds) {
-  constexpr double kMaxMs = 1e15;  // ~31,000 years; far below INT64_MAX
-  if (!(seconds > 0)) return std::chrono::milliseconds(0);
-  return std::chrono::milliseconds(static_cast<int64_t>(std::min(seconds * 1000, kMaxMs)));
-}
 
 }  // namespace
 

@@ -41,8 +41,8 @@ import time
 import warnings
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from . import (Client, FailedPreconditionError, _cistern, _flatten, _tensor_entry, _tensors,
-               _translate)
+from . import (Client, FailedPreconditionError, _cistern, _flatten, _seconds, _tensor_entry,
+               _tensors, _translate)
 from .feature_store import FeatureSpec, SampleRef
 
 _INT_OPTIONS = ("lease_timeout_ms", "high_watermark_bytes", "low_watermark_bytes",
@@ -94,7 +94,7 @@ def _parse_options(options: Dict[str, Any]) -> Dict[str, int]:
         v = options["lease_timeout"]
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
             raise ValueError(f"lease_timeout must be positive seconds, not {v!r}")
-        out["lease_timeout_ms"] = max(1, round(v * 1000))
+        out["lease_timeout_ms"] = max(1, round(min(v * 1000, 1e18)))  # inf: the daemon names the range
     for k in _INT_OPTIONS:
         if k not in options:
             continue
@@ -179,14 +179,6 @@ def _refs(refs) -> List[tuple]:
     if isinstance(refs, SampleRef):
         refs = [refs]
     return [_to_native(r) for r in refs]
-
-
-def _seconds(timeout: Optional[float], what: str) -> float:
-    if timeout is None:
-        return 0.0
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout < 0:
-        raise ValueError(f"{what} must be non-negative seconds or None, not {timeout!r}")
-    return float(timeout)
 
 
 class Stream:

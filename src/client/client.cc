@@ -10,6 +10,7 @@
 #include "fmt/format.h"
 #include "src/client/connection.h"
 #include "src/common/fmt_absl.h"
+#include "src/common/wire_duration.h"
 #include "src/store/checksum.h"
 #include "src/store/layout.h"
 #include "src/store/manifest.h"
@@ -48,7 +49,7 @@ wire::Create MakeCreate(std::string_view key, uint64_t size, const PutOptions& o
   c.set_evictable(o.evictable);
   c.set_if_absent(o.if_absent);
   c.set_tier(o.tier);
-  c.set_wait_ms(o.wait.count() > 0 ? o.wait.count() : 0);
+  c.set_wait_ms(WaitToWireMs(o.wait));
   for (const TensorInfo& t : tensors) {
     auto* w = c.add_tensors();
     w->set_name(t.name);

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "src/client/connection.h"
+#include "src/common/wire_duration.h"
 
 namespace cistern {
 namespace {
@@ -125,7 +126,7 @@ absl::StatusOr<CommitResult> Stream::Commit(const std::vector<SampleRef>& refs,
   c->set_name(name_);
   for (const auto& r : refs) ToWire(r, c->add_refs());
   c->set_producer(options.producer);
-  c->set_wait_ms(options.wait.count() > 0 ? options.wait.count() : 0);
+  c->set_wait_ms(WaitToWireMs(options.wait));
   c->set_adopt_visible(options.adopt_visible);
   auto resp = client_->conn_->Call(req);
   if (!resp.ok()) return resp.status();
@@ -141,7 +142,7 @@ absl::StatusOr<SampleRef> Stream::Put(std::string_view sample_id,
                                       const std::vector<TensorInput>& tensors,
                                       const SamplePutOptions& options) {
   using Clock = std::chrono::steady_clock;
-  const auto deadline = Clock::now() + options.wait;
+  const auto deadline = Clock::now() + ClampWait(options.wait);
   auto left = [&] {
     auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
     return std::max(ms, std::chrono::milliseconds(0));
@@ -191,7 +192,7 @@ absl::StatusOr<std::vector<SampleRef>> Stream::Lease(const LeaseOptions& options
   l->set_name(name_);
   l->set_max_refs(options.max_refs);
   l->set_min_refs(options.min_refs);
-  l->set_wait_ms(options.wait.count() > 0 ? options.wait.count() : 0);
+  l->set_wait_ms(WaitToWireMs(options.wait));
   if (options.partition) {
     l->set_partition_index(options.partition->first);
     l->set_partition_count(options.partition->second);
