@@ -354,6 +354,7 @@ void Stream::Finish(Sample* s, Done how) {
   FreeObject(s->record.ref(), s->pin);
   resident_bytes_ -= s->record.ref().nbytes();
   done_[id] = how;
+  reconciled_.erase(id);
   live_keys_.erase(s->record.ref().key());
   live_.erase(id);
   ++epoch_;
@@ -601,6 +602,13 @@ absl::Status Stream::Resolve(const google::protobuf::RepeatedPtrField<wire::RefH
           fmt::format("sample {} of stream '{}' is already acked", Quote(h.sample_id()), name_));
     }
     if (s->state != State::kLeased || s->lease_id != h.lease_id()) {
+      if (h.lease_id() < reconcile_lease_floor_ && reconciled_.contains(h.sample_id())) {
+        return absl::FailedPreconditionError(fmt::format(
+            "lease {} on sample {} of stream '{}' was ended by `stream reconcile`, which sent "
+            "every leased and un-durable sample back to the queue{}",
+            h.lease_id(), Quote(h.sample_id()), name_,
+            s->state == State::kLeased ? "; it has been leased again" : ""));
+      }
       return absl::FailedPreconditionError(fmt::format(
           "lease {} on sample {} of stream '{}' is not current: the lease expired and the "
           "sample went back to the queue{}",
@@ -615,6 +623,7 @@ absl::Status Stream::Resolve(const google::protobuf::RepeatedPtrField<wire::RefH
 absl::Status Stream::Ack(const wire::StreamAck& req, wire::StreamAckReply* reply) {
   std::vector<Sample*> targets;
   uint32_t already = 0;
+  ReclaimExpired();
   RETURN_IF_ERROR(Resolve(req.refs(), /*for_ack=*/true, &targets, &already));
   std::optional<uint64_t> step;
   if (req.has_global_step()) step = req.global_step();
@@ -699,6 +708,7 @@ uint64_t Stream::ReleaseCovered() {
 absl::Status Stream::Fail(const wire::StreamFail& req, wire::StreamFailReply* reply) {
   std::vector<Sample*> targets;
   uint32_t already = 0;
+  ReclaimExpired();
   RETURN_IF_ERROR(Resolve(req.refs(), /*for_ack=*/false, &targets, &already));
   if (req.retryable()) {
     for (Sample* s : targets) {
@@ -765,8 +775,13 @@ absl::StatusOr<ReconcileReport> Stream::Reconcile() {
   awaiting_stepless_.clear();
   std::sort(leased.begin(), leased.end(),
             [](const Sample* a, const Sample* b) { return a->seq < b->seq; });
+  if (!leased.empty()) {  // a reconcile that changes nothing forgets nothing
+    reconciled_.clear();
+    reconcile_lease_floor_ = next_lease_id_;
+  }
   for (Sample* s : leased) {
     s->lease_id = 0;
+    reconciled_.insert(s->record.ref().sample_id());
     Enqueue(s);
   }
   rep.requeued = leased.size();

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "cistern/ledger.pb.h"
@@ -104,13 +105,16 @@ class Stream {
 
   // Acks leased refs (idempotent: an acked ref counts as `already`); writes
   // the acks and the marker in one Apply, then releases every sample the
-  // marker now covers. FailedPrecondition if a ref's lease is not the current
-  // one (expired and leased again, or wrong generation); NotFound for an
-  // unknown sample. Any bad ref fails the whole call.
+  // marker now covers. Expired leases are returned to the queue first, so an
+  // ack that arrives after its lease's deadline fails even if nothing else ran
+  // in between. FailedPrecondition if a ref's lease is not the current one
+  // (expired, ended by a reconcile, leased again, or wrong generation);
+  // NotFound for an unknown sample. Any bad ref fails the whole call.
   absl::Status Ack(const wire::StreamAck& req, wire::StreamAckReply* reply);
 
   // Fails leased refs: retryable ones go to the tail of the queue, others are
-  // dropped (durably) and their objects freed.
+  // dropped (durably) and their objects freed. Expiry is applied first, as
+  // for Ack.
   absl::Status Fail(const wire::StreamFail& req, wire::StreamFailReply* reply);
 
   // The consumer side restarted from its last durable state: every leased and
@@ -193,6 +197,11 @@ class Stream {
   std::multimap<uint64_t, Sample*> awaiting_by_step_;
   std::multimap<uint64_t, Sample*> awaiting_stepless_;  // by ack_seq (one per ack call)
   absl::flat_hash_map<std::string, uint64_t> producer_in_flight_;
+  // The samples the last Reconcile() sent back to the queue, and the first
+  // lease id issued after it: an ack or fail naming an older lease of one of
+  // them is told the reconcile ended it.
+  absl::flat_hash_set<std::string> reconciled_;
+  uint64_t reconcile_lease_floor_ = 0;
 
   struct Counters {
     uint64_t committed = 0, acked = 0, dropped = 0, lost = 0;

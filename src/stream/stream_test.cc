@@ -512,6 +512,52 @@ TEST(StreamTest, ExpiredLeaseIsLeasedAgainAndItsOldHandleCannotAck) {
   EXPECT_TRUE(h.Ack(s, second, 1, true).ok());
 }
 
+// Issue 9, item 11: an ack that arrived after its lease's deadline was
+// accepted unless some other request (a lease, an info) had run in between
+// and reclaimed the lease. Expiry now applies before every ack and fail.
+TEST(StreamTest, AnAckOrFailAfterTheDeadlineFailsWithNothingInBetween) {
+  StreamHarness h;
+  wire::StreamOptions o;
+  o.set_lease_timeout_ms(1000);
+  Stream* s = h.Open("t", o);
+  ASSERT_TRUE(h.Commit(s, {h.Put("a"), h.Put("b")}).ok());
+  auto got = h.Lease(s, 2);
+  ASSERT_EQ(got.size(), 2u);
+  h.clock().Advance(Ms(1001));
+  absl::Status st = h.Ack(s, {got[0]}, 1, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(st.message(), HasSubstr("expired"));
+  st = h.Fail(s, {got[1]}, /*retryable=*/false);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  auto info = h.Info(s);
+  EXPECT_EQ(info.acked(), 0u);
+  EXPECT_EQ(info.dropped(), 0u);
+  EXPECT_EQ(info.depth(), 2u);
+  EXPECT_EQ(info.expired_leases(), 2u);
+}
+
+// Issue 9, item 11: after `stream reconcile`, a consumer still acking its
+// old lease was told "the lease expired"; the error now names the reconcile.
+TEST(StreamTest, AnAckOfALeaseEndedByReconcileNamesTheReconcile) {
+  StreamHarness h;
+  Stream* s = h.Open("t");
+  ASSERT_TRUE(h.Commit(s, {h.Put("a"), h.Put("b")}).ok());
+  auto got = h.Lease(s, 2);
+  ASSERT_EQ(got.size(), 2u);
+  ASSERT_TRUE(s->Reconcile().ok());
+  ASSERT_TRUE(s->Reconcile().ok());  // a second run that changes nothing forgets nothing
+  absl::Status st = h.Ack(s, {got[0]}, 1, true);
+  EXPECT_EQ(st.code(), absl::StatusCode::kFailedPrecondition) << st;
+  EXPECT_THAT(st.message(), HasSubstr("ended by `stream reconcile`"));
+  auto again = h.Lease(s, 1);
+  ASSERT_EQ(again.size(), 1u);
+  ASSERT_EQ(again[0].sample_id(), "a");
+  st = h.Ack(s, {got[0]}, 1, true);  // the old lease, while a new one is current
+  EXPECT_THAT(st.message(), HasSubstr("leased again"));
+  EXPECT_THAT(st.message(), HasSubstr("reconcile"));
+  EXPECT_TRUE(h.Ack(s, again, 1, true).ok());
+}
+
 TEST(StreamTest, ExpiredRefsReturnToTheQueueInCommitOrder) {
   StreamHarness h;
   wire::StreamOptions o;
