@@ -106,6 +106,10 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cfg->max_frame_bytes() == 0) cfg->set_max_frame_bytes(16 * kMiB);
   if (cfg->hello_timeout_ms() == 0) cfg->set_hello_timeout_ms(5000);
   if (cfg->max_sessions() == 0) cfg->set_max_sessions(1024);
+  if (cfg->max_pending_sessions() == 0) cfg->set_max_pending_sessions(64);
+  if (!cfg->has_session_idle_timeout_ms()) cfg->set_session_idle_timeout_ms(600'000);
+  if (cfg->max_unsent_reply_bytes() == 0) cfg->set_max_unsent_reply_bytes(8 * kMiB);
+  if (cfg->max_read_ahead_bytes() == 0) cfg->set_max_read_ahead_bytes(kMiB);
   if (cfg->max_batch() == 0) cfg->set_max_batch(4096);
   if (cfg->max_leases() == 0) cfg->set_max_leases(1 << 20);
   if (cfg->lease_table_path().empty()) {
@@ -200,6 +204,20 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   if (cfg.max_frame_bytes() < 4096 || cfg.max_frame_bytes() > kGiB) {
     return bad(fmt::format("max_frame_bytes {} must be between 4KiB and 1GiB",
                            cfg.max_frame_bytes()));
+  }
+  if (cfg.max_sessions() > (1u << 20)) {
+    return bad(fmt::format("max_sessions {} exceeds {}", cfg.max_sessions(), 1u << 20));
+  }
+  if (cfg.max_pending_sessions() > 65536) {
+    return bad(fmt::format("max_pending_sessions {} exceeds 65536", cfg.max_pending_sessions()));
+  }
+  if (cfg.max_unsent_reply_bytes() < 64 * 1024 || cfg.max_unsent_reply_bytes() > kGiB) {
+    return bad(fmt::format("max_unsent_reply_bytes {} must be between 64KiB and 1GiB",
+                           cfg.max_unsent_reply_bytes()));
+  }
+  if (cfg.max_read_ahead_bytes() < 64 * 1024 || cfg.max_read_ahead_bytes() > kGiB) {
+    return bad(fmt::format("max_read_ahead_bytes {} must be between 64KiB and 1GiB",
+                           cfg.max_read_ahead_bytes()));
   }
   if (cfg.busy_poll_us() > 10000) {
     return bad(fmt::format("busy_poll_us {} exceeds 10000", cfg.busy_poll_us()));

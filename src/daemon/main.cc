@@ -267,6 +267,10 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   sopts.max_frame_bytes = cfg.max_frame_bytes();
   sopts.hello_timeout = std::chrono::milliseconds(cfg.hello_timeout_ms());
   sopts.max_sessions = cfg.max_sessions();
+  sopts.max_pending_sessions = cfg.max_pending_sessions();
+  sopts.idle_timeout = std::chrono::milliseconds(cfg.session_idle_timeout_ms());
+  sopts.max_unsent_reply_bytes = cfg.max_unsent_reply_bytes();
+  sopts.max_read_ahead_bytes = cfg.max_read_ahead_bytes();
   sopts.max_batch = cfg.max_batch();
   sopts.busy_poll = std::chrono::microseconds(cfg.busy_poll_us());
   sopts.daemon_version = CISTERN_VERSION;

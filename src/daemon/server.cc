@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -17,6 +18,7 @@
 #include "spdlog/spdlog.h"
 #include "src/common/errno_status.h"
 #include "src/common/fmt_absl.h"
+#include "src/common/wire_duration.h"
 #include "src/daemon/process.h"
 
 namespace cistern::daemon {
@@ -48,7 +50,8 @@ Server::Server(ServerOptions options, store::ObjectStore* store, stream::StreamM
       store_(store),
       clock_(clock),
       handler_(store, HandlerOptions{options_.max_batch}),
-      streams_(streams) {
+      streams_(streams),
+      rejections_(/*per_second=*/20, /*burst=*/100, clock) {
   start_time_ = clock_->Now();
   start_unix_ms_ = std::chrono::duration_cast<std::chrono::milliseconds>(
                        std::chrono::system_clock::now().time_since_epoch())
@@ -62,6 +65,17 @@ Server::Server(ServerOptions options, store::ObjectStore* store, stream::StreamM
 }
 
 Server::~Server() = default;
+
+template <typename... Args>
+void Server::LogRejection(spdlog::level::level_enum level, fmt::format_string<Args...> format,
+                          Args&&... args) {
+  if (!spdlog::default_logger_raw()->should_log(level)) return;
+  uint64_t suppressed = 0;
+  if (!rejections_.Allow(&suppressed)) return;
+  std::string line = fmt::format(format, std::forward<Args>(args)...);
+  if (suppressed > 0) line += fmt::format(" ({} similar lines suppressed)", suppressed);
+  spdlog::log(level, "{}", line);
+}
 
 absl::Status Server::Listen() {
   const std::string& path = options_.socket_path;
@@ -190,7 +204,7 @@ void Server::Run() {
       Session* s = it->second.get();
       if (events[i].events & EPOLLOUT) Flush(s);
       if (sessions_.count(tag) && (events[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
-        OnReadable(s);
+        OnReadable(s, (events[i].events & (EPOLLHUP | EPOLLERR)) != 0);
       }
     }
     RetryParked();
@@ -218,14 +232,15 @@ void Server::Accept() {
                options_.allowed_uids.end()) {
       refuse = absl::PermissionDeniedError(
           fmt::format("uid {} is not in allowed_uids", cred.uid));
-    } else if (sessions_.size() >= options_.max_sessions) {
+    } else if (said_hello_ >= options_.max_sessions) {
       refuse = absl::ResourceExhaustedError(
           fmt::format("cisternd already serves max_sessions={} sessions", options_.max_sessions));
     }
     s->pid = cred.pid;
     s->uid = cred.uid;
     if (!refuse.ok()) {
-      spdlog::info("refused connection from pid {}: {}", cred.pid, refuse.message());
+      LogRejection(spdlog::level::info, "refused connection from pid {}: {}", cred.pid,
+                   refuse.message());
       wire::Response resp;
       SetStatus(refuse, &resp);
       std::string frame;
@@ -235,26 +250,55 @@ void Server::Accept() {
       (void)n;
       continue;  // s closes the fd
     }
+    if (pending_ >= options_.max_pending_sessions) DropOldestPending();
     s->hello_deadline = clock_->Now() + options_.hello_timeout;
+    s->interest = EPOLLIN;
     epoll_event ev{};
-    ev.events = EPOLLIN;
+    ev.events = s->interest;
     ev.data.u64 = s->id;
     ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, fd, &ev);
     spdlog::debug("session {} opened by pid {} uid {}", s->id, s->pid, s->uid);
     sessions_.emplace(s->id, std::move(s));
-    handler_.set_sessions(sessions_.size());
-    session_count_.store(sessions_.size(), std::memory_order_relaxed);
+    ++pending_;
   }
 }
 
-void Server::OnReadable(Session* s) {
+void Server::DropOldestPending() {
+  // Session ids grow, so the first one found is the oldest.
+  for (auto& [id, s] : sessions_) {
+    if (s->hello_done || s->closing) continue;
+    ReplyError(s.get(), 0,
+               absl::ResourceExhaustedError(fmt::format(
+                   "cisternd has max_pending_sessions={} connections that have not said hello; "
+                   "this, the oldest, is closed",
+                   options_.max_pending_sessions)),
+               /*close=*/true);
+    Session* oldest = s.get();
+    uint64_t oldest_id = id;  // `id` dies with the map entry
+    Flush(oldest);            // the error, if the socket takes it at once
+    if (sessions_.count(oldest_id)) CloseSession(oldest, "dropped: max_pending_sessions");
+    return;
+  }
+}
+
+void Server::OnReadable(Session* s, bool hangup) {
   uint64_t id = s->id;
   for (int i = 0; i < 4; ++i) {
+    if (!MayRead(s)) {
+      // Not served and read far enough ahead: the rest waits in the socket.
+      // A client that is gone cannot take its replies.
+      if (hangup) {
+        CloseSession(s, "closed");
+        return;
+      }
+      break;
+    }
     char* tail = s->in.WritableTail(kReadChunk);
     ssize_t n = ::recv(s->fd.get(), tail, kReadChunk, 0);
     if (n > 0) {
       s->in.Commit(n);
       ProcessFrames(s);
+      if (!sessions_.count(id)) return;
       if (s->closing || static_cast<size_t>(n) < kReadChunk) break;
       continue;
     }
@@ -271,6 +315,10 @@ void Server::OnReadable(Session* s) {
 
 void Server::ProcessFrames(Session* s) {
   while (!s->parked && !s->closing) {
+    if (s->out.size() >= options_.max_unsent_reply_bytes) {
+      s->stalled = true;  // Flush serves the rest once the client takes its replies
+      return;
+    }
     std::optional<std::string_view> frame;
     absl::Status st = s->in.Next(&frame);
     if (!st.ok()) {
@@ -285,12 +333,20 @@ void Server::ProcessFrames(Session* s) {
 
 void Server::HandleFrame(Session* s, std::string_view frame) {
   Clock::TimePoint start = clock_->Now();
+  s->last_request = start;
   wire::Request req;
   if (!req.ParseFromArray(frame.data(), static_cast<int>(frame.size()))) {
+    // Before hello, a frame that is not a Request is not a client of ours;
+    // after it, a few are a bug worth an error each, many are an attack.
+    ++s->malformed;
+    bool close = !s->hello_done || s->malformed >= kMaxMalformedFrames;
     ReplyError(s, 0,
                absl::InvalidArgumentError(fmt::format(
-                   "malformed request: {} bytes do not parse as a Request", frame.size())),
-               /*close=*/false);
+                   "malformed request: {} bytes do not parse as a Request{}", frame.size(),
+                   !close             ? ""
+                   : !s->hello_done ? " (before hello)"
+                                    : fmt::format(" ({} malformed frames)", s->malformed))),
+               close);
     RecordRequest(Verb::kInvalid, absl::StatusCode::kInvalidArgument, start);
     return;
   }
@@ -312,7 +368,7 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     s->parked_since = start;
     uint64_t wait_ms = s->parked->has_create() ? s->parked->create().wait_ms()
                                                : StreamHandler::WaitMs(*s->parked);
-    s->parked_deadline = start + std::chrono::milliseconds(wait_ms);
+    s->parked_deadline = start + WaitFromWireMs(wait_ms);
     parked_.push_back(s->id);
     return;
   }
@@ -331,9 +387,9 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     bool client_bug = c == absl::StatusCode::kInvalidArgument ||
                       c == absl::StatusCode::kPermissionDenied ||
                       c == absl::StatusCode::kFailedPrecondition;
-    spdlog::log(client_bug ? spdlog::level::info : spdlog::level::debug,
-                "session {} (pid {}): request {} rejected: {}", s->id, s->pid, req.id(),
-                resp.status().message());
+    LogRejection(client_bug ? spdlog::level::info : spdlog::level::debug,
+                 "session {} (pid {}): request {} rejected: {}", s->id, s->pid, req.id(),
+                 resp.status().message());
   }
   Reply(s, resp);
   RecordRequest(VerbOf(req), code, start);
@@ -390,6 +446,12 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
     ReplyError(s, req.id(), st, /*close=*/true);
     return st;
   }
+  if (said_hello_ >= options_.max_sessions) {
+    absl::Status st = absl::ResourceExhaustedError(
+        fmt::format("cisternd already serves max_sessions={} sessions", options_.max_sessions));
+    ReplyError(s, req.id(), st, /*close=*/true);
+    return st;
+  }
   // Recorded in the shared lease table so that its leases outlive this daemon.
   if (absl::Status st = store_->OpenSession(
           s->id, {s->pid, s->uid, ProcessStartTime(s->pid).value_or(0)});
@@ -432,11 +494,15 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   if (n <= 0) {
     absl::Status st = ErrnoStatus(errno, "send hello");
     spdlog::info("session {}: could not send hello: {}", s->id, std::strerror(errno));
-    s->closing = true;
+    CloseAfterFlush(s);
     return st;
   }
   s->out.assign(data, n, std::string::npos);
   s->hello_done = true;
+  --pending_;
+  ++said_hello_;
+  handler_.set_sessions(said_hello_);
+  session_count_.store(said_hello_, std::memory_order_relaxed);
   s->client_name = h.client_name().substr(0, 128);
   spdlog::debug("session {} (pid {}) said hello as '{}'", s->id, s->pid, h.client_name());
   return absl::OkStatus();
@@ -473,42 +539,61 @@ void Server::Reply(Session* s, const wire::Response& resp) {
 }
 
 void Server::ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close) {
-  spdlog::info("session {} (pid {}): {}{}", s->id, s->pid, status.message(),
+  LogRejection(spdlog::level::info, "session {} (pid {}): {}{}", s->id, s->pid, status.message(),
                close ? "; closing the session" : "");
   wire::Response resp;
   resp.set_id(id);
   SetStatus(status, &resp);
   Reply(s, resp);
-  if (close) s->closing = true;
+  if (close) CloseAfterFlush(s);
+}
+
+void Server::CloseAfterFlush(Session* s) {
+  if (s->closing) return;
+  s->closing = true;
+  s->close_deadline = clock_->Now() + options_.hello_timeout;
 }
 
 void Server::Flush(Session* s) {
-  size_t sent = 0;
-  while (sent < s->out.size()) {
-    ssize_t n = ::send(s->fd.get(), s->out.data() + sent, s->out.size() - sent, MSG_NOSIGNAL);
-    if (n > 0) {
-      sent += n;
-      continue;
+  for (;;) {
+    size_t sent = 0;
+    bool would_block = false;
+    while (sent < s->out.size()) {
+      ssize_t n = ::send(s->fd.get(), s->out.data() + sent, s->out.size() - sent, MSG_NOSIGNAL);
+      if (n > 0) {
+        sent += n;
+        continue;
+      }
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        would_block = true;
+        break;
+      }
+      s->out.clear();
+      CloseSession(s, "send failed");
+      return;
     }
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;
-    s->out.clear();
-    CloseSession(s, "send failed");
-    return;
-  }
-  s->out.erase(0, sent);
-  if (s->out.empty() && s->closing) {
-    CloseSession(s, "closed by cisternd");
-    return;
+    s->out.erase(0, sent);
+    if (s->out.empty() && s->closing) {
+      CloseSession(s, "closed by cisternd");
+      return;
+    }
+    // The client took replies: serve the requests held back while they were
+    // backed up (ProcessFrames stalls again at the cap).
+    if (!s->stalled || Blocked(s) || s->closing) break;
+    s->stalled = false;
+    ProcessFrames(s);
+    if (would_block || s->out.empty()) break;
   }
   UpdateInterest(s);
 }
 
 void Server::UpdateInterest(Session* s) {
-  bool want = !s->out.empty();
-  if (want == s->want_write) return;
-  s->want_write = want;
+  // Without EPOLLIN the kernel still reports EPOLLHUP and EPOLLERR.
+  uint32_t events = (MayRead(s) ? uint32_t{EPOLLIN} : 0u) | (s->out.empty() ? 0u : uint32_t{EPOLLOUT});
+  if (events == s->interest) return;
+  s->interest = events;
   epoll_event ev{};
-  ev.events = EPOLLIN | (want ? EPOLLOUT : 0);
+  ev.events = events;
   ev.data.u64 = s->id;
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_MOD, s->fd.get(), &ev);
 }
@@ -522,9 +607,14 @@ void Server::CloseSession(Session* s, const char* why, bool end_leases) {
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
   if (end_leases) store_->CloseSession(id);
   parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
+  if (s->hello_done) {
+    --said_hello_;
+  } else {
+    --pending_;
+  }
   sessions_.erase(id);
-  handler_.set_sessions(sessions_.size());
-  session_count_.store(sessions_.size(), std::memory_order_relaxed);
+  handler_.set_sessions(said_hello_);
+  session_count_.store(said_hello_, std::memory_order_relaxed);
 }
 
 void Server::RetryParked() {
@@ -553,15 +643,40 @@ void Server::RetryParked() {
 
 void Server::ExpireDeadlines() {
   Clock::TimePoint now = clock_->Now();
-  std::vector<uint64_t> silent, expired;
+  bool idle_close = options_.idle_timeout > Clock::Duration::zero();
+  std::vector<uint64_t> deaf, silent, expired, idle;
   for (auto& [id, s] : sessions_) {
-    if (!s->hello_done && !s->closing && now >= s->hello_deadline) silent.push_back(id);
+    if (s->closing) {
+      if (now >= s->close_deadline) deaf.push_back(id);
+      continue;
+    }
+    if (!s->hello_done && now >= s->hello_deadline) silent.push_back(id);
     if (s->parked && now >= s->parked_deadline) expired.push_back(id);
+    if (idle_close && s->hello_done && !s->parked && now - s->last_request >= options_.idle_timeout) {
+      idle.push_back(id);
+    }
   }
+  for (uint64_t id : deaf) CloseSession(sessions_[id].get(), "did not take its last replies");
   for (uint64_t id : silent) {
     Session* s = sessions_[id].get();
     ReplyError(s, 0, absl::DeadlineExceededError("no hello within hello_timeout_ms"), true);
     Flush(s);
+  }
+  // An idle session that holds nothing costs a slot and a descriptor; its
+  // client reconnects when it next needs us. One that holds leases or writes
+  // stays: closing it would end them.
+  for (uint64_t id : idle) {
+    Session* s = sessions_[id].get();
+    auto info = store_->SessionInfo(id);
+    // A request already in the socket is not idleness (and closing on it
+    // would fail that request).
+    int unread = 0;
+    ::ioctl(s->fd.get(), FIONREAD, &unread);
+    if (info.leases == 0 && info.pending_writes == 0 && unread == 0) {
+      CloseSession(s, "idle for session_idle_timeout_ms");
+    } else {
+      s->last_request = now;
+    }
   }
   for (uint64_t id : expired) {
     auto it = sessions_.find(id);
@@ -581,22 +696,22 @@ void Server::ExpireDeadlines() {
 int Server::NextTimeoutMs() {
   bool any = false;
   Clock::TimePoint next{};
+  auto consider = [&](Clock::TimePoint t) {
+    if (!any || t < next) next = t;
+    any = true;
+  };
+  bool idle_close = options_.idle_timeout > Clock::Duration::zero();
   for (auto& [id, s] : sessions_) {
-    if (!s->hello_done && (!any || s->hello_deadline < next)) {
-      next = s->hello_deadline;
-      any = true;
+    if (s->closing) {
+      consider(s->close_deadline);
+      continue;
     }
-    if (s->parked && (!any || s->parked_deadline < next)) {
-      next = s->parked_deadline;
-      any = true;
-    }
+    if (!s->hello_done) consider(s->hello_deadline);
+    if (idle_close && s->hello_done && !s->parked) consider(s->last_request + options_.idle_timeout);
+    if (s->parked) consider(s->parked_deadline);
   }
   if (!parked_.empty()) {
-    auto expiry = streams_.NextLeaseExpiry();
-    if (expiry && (!any || *expiry < next)) {
-      next = *expiry;
-      any = true;
-    }
+    if (auto expiry = streams_.NextLeaseExpiry()) consider(*expiry);
   }
   if (!any) return -1;
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - clock_->Now()).count();
@@ -625,7 +740,7 @@ void Server::Drain() {
       s->parked.reset();
       Reply(s, resp);
     }
-    OnReadable(s);
+    OnReadable(s, /*hangup=*/false);
   }
   parked_.clear();
   // Give clients up to two seconds to take their responses.

@@ -11,6 +11,16 @@
 // for `busy_poll` before it sleeps: on virtual machines waking a sleeping
 // thread on another CPU costs tens of microseconds, far more than the request.
 //
+// What a client can make the daemon hold is bounded (issue 9): a session whose
+// unsent replies pass max_unsent_reply_bytes is not served, and a session that
+// is not served (its request parked, or its replies backed up) reads at most
+// max_read_ahead_bytes ahead; then its socket is left unread, so the client's
+// sends block. A malformed frame closes a session that has not said hello,
+// and kMaxMalformedFrames close one that has. Connections that have not said
+// hello are capped apart from the sessions (max_pending_sessions), and a
+// session that holds nothing is closed after idle_timeout. Lines a client can
+// provoke (rejections, refusals) are rate-limited (LogLimiter).
+//
 // Thread-safety: Run() on one thread; Shutdown() from any thread or a signal
 // handler; session_count() from any thread. Everything else belongs to the
 // loop thread.
@@ -26,10 +36,13 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "fmt/format.h"
+#include "spdlog/spdlog.h"
 #include "cistern/local.pb.h"
 #include "src/common/clock.h"
 #include "src/common/frame.h"
 #include "src/common/unique_fd.h"
+#include "src/daemon/log_limiter.h"
 #include "src/daemon/metrics.h"
 #include "src/daemon/request_handler.h"
 #include "src/daemon/stream_handler.h"
@@ -55,13 +68,21 @@ struct RecoveredHolder {
   UniqueFd pidfd;
 };
 
+// A session that has said hello is closed after this many malformed frames
+// (one that has not, after the first).
+inline constexpr uint32_t kMaxMalformedFrames = 8;
+
 struct ServerOptions {
   std::string socket_path;
   std::string token;  // empty: none required
   std::vector<uint32_t> allowed_uids;
   uint64_t max_frame_bytes = 16 << 20;
   Clock::Duration hello_timeout = std::chrono::seconds(5);
-  uint32_t max_sessions = 1024;
+  uint32_t max_sessions = 1024;          // that said hello
+  uint32_t max_pending_sessions = 64;    // that have not said hello yet
+  Clock::Duration idle_timeout = std::chrono::minutes(10);  // 0: never
+  uint64_t max_unsent_reply_bytes = 8 << 20;
+  uint64_t max_read_ahead_bytes = 1 << 20;
   uint32_t max_batch = 4096;
   // Poll without sleeping for this long after the last request (see config.proto).
   Clock::Duration busy_poll = std::chrono::microseconds(200);
@@ -92,7 +113,7 @@ class Server {
   // Before Run: the holders whose leases the store restored.
   void WatchRecoveredHolders(std::vector<RecoveredHolder> holders);
 
-  // Open sessions. Thread-safe.
+  // Open sessions (connections that said hello). Thread-safe.
   uint64_t session_count() const { return session_count_.load(std::memory_order_relaxed); }
 
  private:
@@ -104,10 +125,14 @@ class Server {
     std::string client_name;
     bool hello_done = false;
     bool closing = false;  // close once `out` is flushed
-    bool want_write = false;
+    bool stalled = false;  // stopped serving: unsent replies passed the cap
+    uint32_t interest = 0;  // the epoll events registered
+    uint32_t malformed = 0;
     FrameBuffer in;
     std::string out;
     Clock::TimePoint hello_deadline;
+    Clock::TimePoint last_request;    // for the idle timeout
+    Clock::TimePoint close_deadline;  // while closing: when to stop waiting for the client
     // A request waiting (see the top of this file).
     std::unique_ptr<wire::Request> parked;
     Clock::TimePoint parked_since;
@@ -116,7 +141,27 @@ class Server {
   };
 
   void Accept();
-  void OnReadable(Session* s);
+  // Makes room for one more connection that has not said hello: closes the
+  // oldest such (a client says hello at once; one that waits is the likelier
+  // squatter).
+  void DropOldestPending();
+  // `hangup`: epoll reported the peer gone.
+  void OnReadable(Session* s, bool hangup);
+  // Whether the session is not being served: its request is parked or its
+  // replies backed up. Such a session reads only max_read_ahead_bytes ahead.
+  bool Blocked(const Session* s) const {
+    return s->parked != nullptr || s->out.size() >= options_.max_unsent_reply_bytes;
+  }
+  bool MayRead(const Session* s) const {
+    return !s->closing && (!Blocked(s) || s->in.buffered() < options_.max_read_ahead_bytes);
+  }
+  // Marks the session to be closed once its replies are flushed (or, if the
+  // client does not take them, at close_deadline).
+  void CloseAfterFlush(Session* s);
+  // Logs a line a client can provoke, within the rate (LogLimiter).
+  template <typename... Args>
+  void LogRejection(spdlog::level::level_enum level, fmt::format_string<Args...> format,
+                    Args&&... args);
   void ProcessFrames(Session* s);
   void HandleFrame(Session* s, std::string_view frame);
   // Answers `req` into `resp`, or returns true if it would block and may wait.
@@ -156,7 +201,10 @@ class Server {
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
   std::deque<uint64_t> parked_;  // sessions with a parked create, FIFO
   std::map<store::SessionId, RecoveredHolder> holders_;
-  // sessions_.size(), for other threads (session_count()).
+  uint64_t said_hello_ = 0;  // sessions (counted in max_sessions)
+  uint64_t pending_ = 0;     // connections that have not said hello
+  LogLimiter rejections_;
+  // said_hello_, for other threads (session_count()).
   std::atomic<uint64_t> session_count_{0};
   uint64_t seen_free_epoch_ = 0;
   uint64_t seen_stream_epoch_ = 0;

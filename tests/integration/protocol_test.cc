@@ -55,17 +55,38 @@ class ProtocolTest : public ::testing::Test {
   DaemonStats before_;
 };
 
-TEST_F(ProtocolTest, MalformedFrameGetsAnErrorAndTheSessionGoesOn) {
+TEST_F(ProtocolTest, MalformedFrameAfterHelloGetsAnErrorAndTheSessionGoesOn) {
   Raw raw(daemon_.socket_path());
+  raw.Hello();
+  auto h = raw.Receive();
+  ASSERT_TRUE(h);
+  ASSERT_TRUE(h->has_hello());
   raw.SendFrame("\xff\xff\xff garbage");
   auto r = raw.Receive();
   ASSERT_TRUE(r);
   EXPECT_EQ(Code(*r), kInvalid);
   EXPECT_THAT(r->status().message(), HasSubstr("malformed request"));
-  raw.Hello();
-  auto h = raw.Receive();
-  ASSERT_TRUE(h);
-  EXPECT_TRUE(h->has_hello());
+  wire::Request stats;
+  stats.set_id(7);
+  stats.mutable_stats();
+  raw.Send(stats);
+  auto s = raw.Receive();
+  ASSERT_TRUE(s);
+  EXPECT_EQ(Code(*s), 0);
+  EXPECT_EQ(s->id(), 7u);
+  ExpectUnchangedAndServing();
+}
+
+// Before hello a malformed frame is not a client of ours (issue 9, item 10):
+// the error goes out and the connection closes.
+TEST_F(ProtocolTest, MalformedFrameBeforeHelloGetsAnErrorAndTheConnectionCloses) {
+  Raw raw(daemon_.socket_path());
+  raw.SendFrame("\xff\xff\xff garbage");
+  auto r = raw.Receive();
+  ASSERT_TRUE(r);
+  EXPECT_EQ(Code(*r), kInvalid);
+  EXPECT_THAT(r->status().message(), HasSubstr("before hello"));
+  EXPECT_FALSE(raw.Receive());
   ExpectUnchangedAndServing();
 }
 

@@ -77,6 +77,7 @@ class RawConnection {
     }
     return *r;
   }
+  int fd() const { return fd_.get(); }
   bool ClosedByPeer() {
     char c;
     return ::recv(fd_.get(), &c, 1, 0) == 0;

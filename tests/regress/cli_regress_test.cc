@@ -59,7 +59,7 @@ class CliRegressTest : public ::testing::Test {
     Run("daemon stop --grace 5");
     std::error_code ec;
     fs::remove_all(home_, ec);
-    fs::remove(arena_, ec);
+    RemoveArena(arena_);
   }
   CliResult Run(const std::string& args, const std::string& env = "") {
     return RunCli(args, fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= CISTERN_TOKEN= {}{}", home_,
@@ -109,7 +109,7 @@ TEST_F(CliRegressTest, FlowCommaConfigExitsTwoWithLineAndColumn) {
 TEST_F(CliRegressTest, FlowCommaOverrideExitsTwo) {
   std::string file = Path("ok.yaml");
   Write(file, "allowed_uids: [0]\n");
-  for (const std::string& set : {"allowed_uids=,1000", "tiers=,*x"}) {
+  for (const char* set : {"allowed_uids=,1000", "tiers=,*x"}) {
     CliResult v = Run("config validate " + file + " --set '" + set + "'");
     EXPECT_EQ(v.code, 2) << set << "\n" << v.out;
     EXPECT_THAT(v.out, HasSubstr("not valid YAML at line 1, column 1")) << set;
@@ -243,7 +243,9 @@ TEST(ProtobufLogRegressTest, ProtobufMessagesGoToTheDaemonLog) {
     c.Hello(std::string("ab\xff", 3));
     // An error reply or a closed connection: either way the frame was parsed.
     auto reply = c.Receive();
-    if (reply) EXPECT_NE(reply->status().code(), 0);
+    if (reply) {
+      EXPECT_NE(reply->status().code(), 0);
+    }
     std::string text = ReadFile(log);
     EXPECT_THAT(text, HasSubstr("[cisternd] protobuf: String field 'cistern.wire.Hello.token' "
                                 "contains invalid UTF-8"));
