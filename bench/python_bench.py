@@ -233,8 +233,9 @@ class Daemon:
                 self.proc.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        if os.path.exists(self.arena):
-            os.unlink(self.arena)
+        for path in (self.arena, self.arena[: -len(".arena")] + ".leases"):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 def make_state_dict(nbytes):

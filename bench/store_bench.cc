@@ -207,7 +207,9 @@ class Daemon {
     config_path_ = dir_ + "/cisternd.yaml";
     log_path_ = dir_ + "/cisternd.log";
     arena_path_ = fmt::format("/dev/shm/cistern-bench-{}{}.arena", getpid(), name);
-    for (const auto& p : {arena_path_, socket_path_, config_path_, log_path_, dir_}) {
+    lease_table_path_ = fmt::format("/dev/shm/cistern-bench-{}{}.leases", getpid(), name);
+    for (const auto& p :
+         {arena_path_, lease_table_path_, socket_path_, config_path_, log_path_, dir_}) {
       AddCleanupPath(p);
     }
     std::filesystem::remove(arena_path_);
@@ -221,6 +223,7 @@ class Daemon {
     Stop(pid_);
     std::error_code ec;
     std::filesystem::remove(arena_path_, ec);
+    std::filesystem::remove(lease_table_path_, ec);
     std::filesystem::remove_all(dir_, ec);
   }
 
@@ -260,7 +263,7 @@ class Daemon {
  private:
   std::string binary_;
   uint64_t tier_bytes_;
-  std::string dir_, socket_path_, config_path_, log_path_, arena_path_;
+  std::string dir_, socket_path_, config_path_, log_path_, arena_path_, lease_table_path_;
   pid_t pid_ = -1;
 };
 

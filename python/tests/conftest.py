@@ -72,8 +72,9 @@ class Daemon:
                 self.proc.kill()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        if os.path.exists(self.arena):
-            os.unlink(self.arena)
+        for path in (self.arena, self.arena[: -len(".arena")] + ".leases"):
+            if os.path.exists(path):
+                os.unlink(path)
 
 
 @pytest.fixture

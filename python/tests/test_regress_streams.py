@@ -90,3 +90,35 @@ def test_an_object_a_stream_holds_cannot_be_removed_or_replaced(client):
     (leased,) = s.lease(1)
     assert np.array_equal(client.get(leased.key, generation=leased.generation)["x"],
                           np.arange(8, dtype=np.float32))
+
+
+@pytest.mark.parametrize("timeout", [1e10, float("inf")])
+def test_a_huge_lease_timeout_waits(daemon, client, timeout):
+    """Stream.lease(1, timeout=1e10) or float('inf') answered at once instead
+    of waiting (the wait overflowed on its way to the daemon; issue 9,
+    item 5). Waits are clamped to seven days, not wrapped."""
+    import threading
+    s = Stream(client, "huge-wait")
+    got = []
+    t = threading.Thread(target=lambda: got.append(s.lease(1, timeout=timeout)))
+    t.start()
+    t.join(0.5)
+    assert t.is_alive(), f"lease(timeout={timeout}) returned {got} at once"
+    # Another connection: this one is busy with the lease.
+    Stream(cistern.connect(daemon.socket), "huge-wait").put(
+        "s1", {"x": np.zeros(4, dtype=np.int32)})
+    t.join(10)
+    assert not t.is_alive()
+    assert [r.sample_id for r in got[0]] == ["s1"]
+
+
+@pytest.mark.parametrize("timeout", [-1, float("nan"), "1", True])
+def test_a_bad_timeout_is_a_value_error(client, timeout):
+    """Negative, NaN and non-number timeouts name the argument and change
+    nothing."""
+    s = Stream(client, "bad-wait")
+    with pytest.raises(ValueError, match="timeout"):
+        s.lease(1, timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        s.put("s1", {"x": np.zeros(4, dtype=np.int32)}, timeout=timeout)
+    assert s.depth() == 0

@@ -50,7 +50,7 @@ class DaemonCliTest : public ::testing::Test {
     Run("daemon stop --grace 5");
     std::error_code ec;
     fs::remove_all(home_, ec);
-    fs::remove(arena_, ec);
+    RemoveArena(arena_);
   }
   using Result = CliResult;
   Result Run(const std::string& args) {

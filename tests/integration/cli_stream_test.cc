@@ -313,7 +313,7 @@ class StreamDaemonCliTest : public ::testing::Test {
     Run("daemon stop --grace 5");
     std::error_code ec;
     fs::remove_all(home_, ec);
-    fs::remove(arena_, ec);
+    RemoveArena(arena_);
   }
   CliResult Run(const std::string& args) {
     return RunCli(args, fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= ", home_));

@@ -159,7 +159,15 @@ Daemon::~Daemon() {
   }
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
-  std::filesystem::remove(arena_path_, ec);
+  RemoveArena(arena_path_);
+}
+
+void RemoveArena(const std::string& arena_path) {
+  std::error_code ec;
+  std::filesystem::remove(arena_path, ec);
+  std::string table = arena_path;
+  if (table.ends_with(".arena")) table.resize(table.size() - 6);
+  std::filesystem::remove(table + ".leases", ec);
 }
 
 pid_t Daemon::Spawn(const std::vector<std::string>& args) {

@@ -70,6 +70,10 @@ CliResult RunCli(const std::string& args, const std::string& env = "");
 
 std::string ReadFile(const std::string& path);
 
+// Removes an arena file and the shared lease table the daemon keeps beside it
+// (the arena's path with ".leases" for ".arena"; see lease_table_path).
+void RemoveArena(const std::string& arena_path);
+
 // Flips one payload byte of the object filled with `fill` bytes (100 of them
 // in a row, within the first MiB of the arena file), as a stray write would.
 // False if no such bytes are there.
