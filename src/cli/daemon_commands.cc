@@ -8,7 +8,8 @@
 //                         stdout.1.log ... stdout.<log_max_files>.log
 //       logs/stderr.log   the daemon's stdout and stderr: what it prints
 //                         before its log is set up (usage and config errors)
-//                         and crash reports
+//                         and crash reports; the daemon rotates it alike
+//                         (stderr.1.log ...)
 // and points $CISTERN_HOME/hosts/<host_id>/current_session at it. Unless the
 // config says otherwise, every session of the host uses
 //   $CISTERN_HOME/hosts/<host_id>/run/     the socket (runtime_dir)
@@ -17,7 +18,8 @@
 // so streams outlive sessions (restart, stale-session replacement). One daemon
 // runs per host and CISTERN_HOME: a start while the current session's process
 // is alive fails; a session whose process is gone (kill -9, reboot) is stale
-// and is replaced. <host_id> is the hostname plus the start of /etc/machine-id.
+// and is replaced. A start that succeeds keeps the newest kSessionsKept
+// session directories and removes older ones whose daemon is gone. <host_id> is the hostname plus the start of /etc/machine-id.
 #include "src/cli/daemon_commands.h"
 
 #include "src/cli/data_commands.h"
@@ -27,16 +29,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "fmt/format.h"
 #include "include/cistern/client.h"
@@ -129,6 +135,27 @@ std::optional<Meta> FindSession(const std::string& id) {
   if (sid.empty()) std::ifstream(HostDir() / "current_session") >> sid;
   if (sid.empty()) return std::nullopt;
   return ReadMeta(HostDir() / "sessions" / sid);
+}
+
+// Removes the session directories of `sessions` beyond the kSessionsKept
+// newest (by start time; one without meta.json counts as oldest), except
+// `current` and any whose daemon is still alive: each holds up to
+// (log_max_files + 1) x log_max_bytes of logs, and a host restarted daily
+// would otherwise fill its disk.
+constexpr size_t kSessionsKept = 10;
+
+void PruneSessions(const fs::path& sessions, const std::string& current) {
+  std::vector<std::pair<uint64_t, fs::path>> found;
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(sessions, ec)) {
+    if (!e.is_directory(ec) || e.path().filename() == current) continue;
+    std::optional<Meta> meta = ReadMeta(e.path());
+    if (meta && Alive(meta->pid)) continue;
+    found.emplace_back(meta ? meta->start_unix_ms : 0, e.path());
+  }
+  if (found.size() < kSessionsKept) return;  // with `current`, kSessionsKept in all
+  std::sort(found.begin(), found.end(), std::greater<>());
+  for (size_t i = kSessionsKept - 1; i < found.size(); ++i) fs::remove_all(found[i].second, ec);
 }
 
 std::string LastLines(const fs::path& path, int n) {
@@ -401,6 +428,7 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
+  PruneSessions(host / "sessions", m.session_id);
   if (json) {
     std::printf("{\"session\": %s, \"pid\": %d, \"socket\": %s, \"metrics\": %s, \"logs\": %s}\n",
                 JsonString(m.session_id).c_str(), pid, JsonString(m.socket).c_str(),
@@ -551,9 +579,9 @@ int Logs(const std::string& id, bool follow, bool err) {
     return 1;
   }
   fs::path path = m->dir / "logs" / (err ? "stderr.log" : "stdout.log");
-  int keep = 0;  // rotated files beside the log
-  if (std::optional<config::DaemonConfig> cfg = SessionConfig(*m); cfg && !err) {
-    if (!cfg->log_file().empty()) path = cfg->log_file();
+  int keep = 0;  // rotated files beside the log (both are rotated alike)
+  if (std::optional<config::DaemonConfig> cfg = SessionConfig(*m)) {
+    if (!err && !cfg->log_file().empty()) path = cfg->log_file();
     keep = static_cast<int>(cfg->log_max_files());
   }
   std::ifstream in(path);

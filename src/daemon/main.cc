@@ -6,12 +6,14 @@
 // before anything else is touched).
 #include <signal.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -29,6 +31,7 @@
 #include "src/daemon/metrics.h"
 #include "src/daemon/process.h"
 #include "src/daemon/server.h"
+#include "src/daemon/stdio_rotation.h"
 #include "src/registry/sqlite_backend.h"
 #include "src/store/object_store.h"
 #include "src/store/shared_lease_table.h"
@@ -107,7 +110,18 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   daemon::HttpServer http(http_opts, Clock::Real());
   http.Handle("/metrics", [&metrics] { return metrics.MetricsPage(); });
   http.Handle("/health", [&metrics] { return metrics.HealthPage(); });
-  http.Every(std::chrono::seconds(1), [&metrics] { metrics.LogEvictions(); });
+  // In the background (log_file set) stdout and stderr are the session's
+  // stderr.log: rotated like the log, checked once a second.
+  std::optional<daemon::StdioRotation> stdio;
+  if (!cfg.log_file().empty()) {
+    stdio = daemon::StdioRotation::ForDescriptors({STDERR_FILENO, STDOUT_FILENO},
+                                                  cfg.log_max_bytes(),
+                                                  static_cast<int>(cfg.log_max_files()));
+  }
+  http.Every(std::chrono::seconds(1), [&metrics, &stdio] {
+    metrics.LogEvictions();
+    if (stdio && stdio->Check()) spdlog::info("rotated {}", stdio->path().string());
+  });
   if (absl::Status s = http.Bind(); !s.ok()) {
     spdlog::error("cannot serve metrics: {} (another cisternd? set metrics_port; 0 picks a free one)",
                   s.message());

@@ -2,13 +2,17 @@
 // items 6 to 11): the real `cistern` and `cisternd` binaries in a temporary
 // $CISTERN_HOME. Commands that once looped forever run under `timeout`, so a
 // regression fails the test instead of hanging it.
+#include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fmt/format.h"
@@ -227,6 +231,76 @@ TEST_F(CliRegressTest, DaemonStartRotatesTheSessionLog) {
   EXPECT_EQ(all.code, 0);
   EXPECT_GT(all.out.size(), 2u * 64 * 1024);
   EXPECT_THAT(all.out, HasSubstr("said hello"));
+}
+
+// Item 10: the session's logs/stderr.log (the daemon's stdout and stderr:
+// output from libraries, crash reports) was never rotated. The daemon now
+// rotates it like its log; `daemon logs --stderr` prints the kept files.
+TEST_F(CliRegressTest, DaemonStartRotatesTheSessionStderr) {
+  CliResult start =
+      Run("daemon start " + sets_ + "--set log_max_bytes=64KiB --set log_max_files=2");
+  ASSERT_EQ(start.code, 0) << start.out;
+  fs::path logs = Session() / "logs";
+  std::ifstream meta_in(Session() / "meta.json");
+  int pid = nlohmann::json::parse(meta_in)["pid"];
+  // Written through the daemon's own descriptor, as a library would write.
+  auto write_through_daemon = [&](char fill) {
+    std::ofstream(fmt::format("/proc/{}/fd/2", pid), std::ios::app)
+        << std::string(80 * 1024 - 1, fill) << "\n";
+  };
+  // The daemon checks once a second.
+  auto starts_with = [&](const char* name, char fill) {
+    for (int i = 0; i < 200; ++i) {
+      std::ifstream in(logs / name);
+      if (in.get() == fill) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+  };
+  for (char fill : {'a', 'b', 'c'}) {
+    write_through_daemon(fill);
+    ASSERT_TRUE(starts_with("stderr.1.log", fill)) << "80 KiB did not rotate stderr.log";
+  }
+  EXPECT_FALSE(fs::exists(logs / "stderr.3.log"));
+  for (const char* name : {"stderr.log", "stderr.1.log", "stderr.2.log"}) {
+    EXPECT_LE(fs::file_size(logs / name), 80u * 1024) << name;
+  }
+  EXPECT_EQ(ReadFile(logs / "stderr.1.log"), std::string(80 * 1024 - 1, 'c') + "\n");
+  // The daemon's stdout and stderr are the fresh file, not the renamed one.
+  struct stat now {}, fd1 {}, fd2 {};
+  ASSERT_EQ(::stat((logs / "stderr.log").c_str(), &now), 0);
+  ASSERT_EQ(::stat(fmt::format("/proc/{}/fd/1", pid).c_str(), &fd1), 0);
+  ASSERT_EQ(::stat(fmt::format("/proc/{}/fd/2", pid).c_str(), &fd2), 0);
+  EXPECT_EQ(fd1.st_ino, now.st_ino);
+  EXPECT_EQ(fd2.st_ino, now.st_ino);
+  CliResult err = Run("daemon logs --stderr");
+  EXPECT_EQ(err.code, 0);
+  EXPECT_EQ(err.out, std::string(80 * 1024 - 1, 'b') + "\n" + std::string(80 * 1024 - 1, 'c') + "\n");
+  EXPECT_THAT(ReadFile(logs / "stdout.log"), HasSubstr("rotated"));
+}
+
+// Item 10: every `daemon start` made a session directory with its logs and
+// none was ever removed; a start keeps the ten newest.
+TEST_F(CliRegressTest, DaemonStartKeepsTheTenNewestSessions) {
+  std::vector<std::string> started;
+  for (int i = 0; i < 12; ++i) {
+    CliResult start = Run("--json daemon start " + sets_);
+    ASSERT_EQ(start.code, 0) << start.out;
+    started.push_back(nlohmann::json::parse(start.out)["session"]);
+    ASSERT_EQ(Run("daemon stop --grace 5").code, 0);
+  }
+  std::vector<std::string> kept;
+  for (auto& host : fs::directory_iterator(fs::path(home_) / "hosts")) {
+    for (auto& s : fs::directory_iterator(host.path() / "sessions")) {
+      kept.push_back(s.path().filename().string());
+    }
+  }
+  std::sort(kept.begin(), kept.end());
+  std::vector<std::string> newest(started.end() - 10, started.end());
+  std::sort(newest.begin(), newest.end());
+  EXPECT_EQ(kept, newest);
+  CliResult logs = Run("daemon logs " + started.back());
+  EXPECT_EQ(logs.code, 0) << logs.out;
 }
 
 // Item 10: libprotobuf wrote its own messages (a hello whose token is not
