@@ -38,10 +38,9 @@ class Connection;
 }
 
 struct ConnectOptions {
-  // cisternd's socket. Empty: $CISTERN_SOCKET, else the daemon's default
-  // ($CISTERN_HOME/run/cisternd.sock, or /tmp/cistern-<uid>/cisternd.sock).
+  // cisternd's socket. Empty: found by DiscoverSocket() below.
   std::string socket_path;
-  std::string token;
+  std::string token;  // empty: $CISTERN_TOKEN
   std::string client_name;  // shown in the daemon's logs
   // After sending a request, poll for the answer this long before sleeping
   // (a daemon answers in microseconds; waking a sleeping thread can take
@@ -279,7 +278,15 @@ class Client {
   std::shared_ptr<client_internal::Connection> conn_;
 };
 
-// The socket a client connects to when ConnectOptions.socket_path is empty.
+// The socket a client connects to: `address` if given, else
+// $CISTERN_ADDRESS ($CISTERN_SOCKET, its old name), else the socket of this
+// host's live `cistern daemon start` session (under $CISTERN_HOME, default
+// ~/.cistern), else DefaultSocketPath(). Client::Connect, the `cistern` CLI
+// and Python's cistern.connect() all find the daemon this way.
+std::string DiscoverSocket(std::string_view address = "");
+
+// The socket of a cisternd started by hand with no runtime_dir:
+// $CISTERN_HOME/run/cisternd.sock, else /tmp/cistern-<euid>/cisternd.sock.
 std::string DefaultSocketPath();
 
 }  // namespace cistern

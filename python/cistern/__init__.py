@@ -29,16 +29,13 @@ current, a sample already dropped); all are also ``cistern.Error``.
 from __future__ import annotations
 
 import functools
-import json
-import os
-import socket as _socket
 import warnings
 from typing import Any, Dict, NamedTuple, Optional
 
 from . import _cistern
 
-__all__ = ["connect", "Client", "ObjectRef", "Error", "FailedPreconditionError", "FeatureStore",
-           "FeatureSpec", "SampleRef", "Lease", "Stream", "StreamLoader", "Batch", "partition_of"]
+__all__ = ["connect", "discover_socket", "Client", "ObjectRef", "Error", "FailedPreconditionError",
+           "FeatureStore", "FeatureSpec", "SampleRef", "Lease", "Stream", "StreamLoader", "Batch", "partition_of"]
 
 BARE = "."  # the manifest name of a bare (non-dict) array or tensor
 
@@ -110,36 +107,20 @@ class ObjectRef(NamedTuple):
     nbytes: int
 
 
-def _current_session_socket() -> Optional[str]:
-    """The socket of the daemon `cistern daemon start` runs on this host."""
-    home = os.environ.get("CISTERN_HOME") or os.path.join(os.path.expanduser("~"), ".cistern")
-    try:
-        with open("/etc/machine-id") as f:
-            machine = f.read().strip()[:8]
-    except OSError:
-        machine = ""
-    host = os.path.join(home, "hosts", f"{_socket.gethostname()}-{machine or 'nomachineid'}")
-    try:
-        with open(os.path.join(host, "current_session")) as f:
-            session = f.read().strip()
-        with open(os.path.join(host, "sessions", session, "meta.json")) as f:
-            meta = json.load(f)
-        os.kill(int(meta["pid"]), 0)
-        return meta["socket"]
-    except (OSError, ValueError, KeyError):
-        return None
-
-
 @_translate
 def connect(address: Optional[str] = None, token: Optional[str] = None,
             name: str = "python") -> "Client":
     """Connects to the host's cisternd: ``address``, else ``$CISTERN_ADDRESS``,
-    else the current ``cistern daemon start`` session, else the default socket.
-    ``token`` defaults to ``$CISTERN_TOKEN``."""
-    address = address or os.environ.get("CISTERN_ADDRESS") or _current_session_socket() or ""
-    if token is None:
-        token = os.environ.get("CISTERN_TOKEN", "")
-    return Client(_cistern.Client(address, token, name))
+    else the current ``cistern daemon start`` session, else the default socket
+    (the C++ client's discovery, ``discover_socket()``). ``token`` defaults to
+    ``$CISTERN_TOKEN``."""
+    return Client(_cistern.Client(address or "", token or "", name))
+
+
+def discover_socket(address: Optional[str] = None) -> str:
+    """The socket ``connect(address)`` would use, found the way the C++ client
+    and the ``cistern`` CLI find it."""
+    return _cistern.discover_socket(address or "")
 
 
 # --- conversions -------------------------------------------------------------

@@ -619,4 +619,6 @@ PYBIND11_MODULE(_cistern, m) {
   m.def("partition_of", &cistern::Stream::PartitionOf, py::arg("sample_id"), py::arg("count"));
 
   m.def("default_socket", &cistern::DefaultSocketPath);
+  m.def("discover_socket", [](const std::string& address) { return cistern::DiscoverSocket(address); },
+        py::arg("address") = "");
 }

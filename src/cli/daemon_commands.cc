@@ -47,6 +47,7 @@
 #include "fmt/format.h"
 #include "include/cistern/client.h"
 #include "src/common/config_yaml.h"
+#include "src/common/paths.h"
 #include "src/daemon/config.h"
 
 namespace cistern::cli {
@@ -66,36 +67,9 @@ struct Meta {
   fs::path dir;
 };
 
-std::string HomeDir() {
-  if (const char* h = std::getenv("CISTERN_HOME"); h && *h) return h;
-  const char* home = std::getenv("HOME");
-  return std::string(home && *home ? home : "/tmp") + "/.cistern";
-}
+fs::path HostDir() { return paths::HostDir(); }
 
-std::string HostId() {
-  char host[256] = {};
-  ::gethostname(host, sizeof host - 1);
-  std::string machine;
-  std::ifstream("/etc/machine-id") >> machine;
-  return std::string(host) + "-" + (machine.empty() ? "nomachineid" : machine.substr(0, 8));
-}
-
-fs::path HostDir() { return fs::path(HomeDir()) / "hosts" / HostId(); }
-
-bool Alive(int pid) {
-  if (pid <= 0) return false;
-  if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
-  // A zombie or a recycled pid that is not cisternd does not count.
-  std::ifstream stat(fmt::format("/proc/{}/stat", pid));
-  std::string line;
-  std::getline(stat, line);
-  auto close = line.rfind(')');
-  if (close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z') return false;
-  std::ifstream cmd(fmt::format("/proc/{}/cmdline", pid));
-  std::string argv0;
-  std::getline(cmd, argv0, '\0');
-  return argv0.find("cisternd") != std::string::npos;
-}
+bool Alive(int pid) { return paths::IsLiveDaemon(pid); }
 
 std::optional<Meta> ReadMeta(const fs::path& dir) {
   std::ifstream in(dir / "meta.json");
@@ -297,7 +271,7 @@ int Start(const StartArgs& a, const Target& target, bool json) {
       return 2;
     }
   }
-  ::setenv("CISTERN_HOME", HomeDir().c_str(), 1);  // defaults derive from it
+  ::setenv("CISTERN_HOME", paths::HomeDir().c_str(), 1);  // defaults derive from it
   Meta m;
   m.session_id = NewSessionId();
   m.dir = host / "sessions" / m.session_id;
@@ -612,11 +586,6 @@ int Logs(const std::string& id, bool follow, bool err) {
 }
 
 }  // namespace
-
-std::string CurrentSessionSocket() {
-  auto m = FindSession("");
-  return m && Alive(m->pid) ? m->socket : "";
-}
 
 void RegisterDaemonCommands(CLI::App* app, Target* target, const bool* json, int* rc) {
   auto* d = app->add_subcommand("daemon", "run cisternd in the background and manage it");

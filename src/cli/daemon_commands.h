@@ -9,7 +9,4 @@ namespace cistern::cli {
 
 void RegisterDaemonCommands(CLI::App* app, Target* target, const bool* json, int* rc);
 
-// The socket of the current session's daemon if it is running, else "".
-std::string CurrentSessionSocket();
-
 }  // namespace cistern::cli

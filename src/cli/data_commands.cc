@@ -74,15 +74,8 @@ int Fail(const absl::Status& s) {
 
 absl::StatusOr<std::unique_ptr<Client>> ConnectTo(const Target& t) {
   ConnectOptions o;
-  o.socket_path = t.socket;
-  if (o.socket_path.empty()) {
-    if (const char* a = std::getenv("CISTERN_ADDRESS"); a && *a) o.socket_path = a;
-  }
-  if (o.socket_path.empty()) o.socket_path = CurrentSessionSocket();
-  o.token = t.token;
-  if (o.token.empty()) {
-    if (const char* k = std::getenv("CISTERN_TOKEN"); k) o.token = k;
-  }
+  o.socket_path = t.socket;  // empty: the client's discovery (DiscoverSocket)
+  o.token = t.token;         // empty: $CISTERN_TOKEN
   o.client_name = "cistern-cli";
   return Client::Connect(o);
 }

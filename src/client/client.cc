@@ -12,6 +12,7 @@
 #include "src/common/fmt_absl.h"
 #include "src/common/wire_duration.h"
 #include "src/store/checksum.h"
+#include "src/common/paths.h"
 #include "src/store/layout.h"
 #include "src/store/manifest.h"
 
@@ -19,12 +20,16 @@ namespace cistern {
 
 using client_internal::Connection;
 
-std::string DefaultSocketPath() {
-  if (const char* s = std::getenv("CISTERN_SOCKET"); s && *s) return s;
-  if (const char* h = std::getenv("CISTERN_HOME"); h && *h) {
-    return std::string(h) + "/run/cisternd.sock";
+std::string DefaultSocketPath() { return paths::DefaultRuntimeDir() + "/cisternd.sock"; }
+
+std::string DiscoverSocket(std::string_view address) {
+  if (!address.empty()) return std::string(address);
+  // $CISTERN_SOCKET: the name this variable had before the CLI existed.
+  for (const char* var : {"CISTERN_ADDRESS", "CISTERN_SOCKET"}) {
+    if (const char* v = std::getenv(var); v && *v) return v;
   }
-  return fmt::format("/tmp/cistern-{}/cisternd.sock", geteuid());
+  if (std::string s = paths::CurrentSessionSocket(); !s.empty()) return s;
+  return DefaultSocketPath();
 }
 
 std::vector<TensorInfo> LayoutTensors(const std::vector<TensorInput>& tensors, uint64_t* total) {

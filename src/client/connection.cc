@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 
 #include "fmt/format.h"
@@ -22,7 +23,10 @@ constexpr size_t kReadChunk = 64 * 1024;
 }  // namespace
 
 Connection::Connection(const ConnectOptions& options) : options_(options), in_(1ull << 30) {
-  if (options_.socket_path.empty()) options_.socket_path = DefaultSocketPath();
+  options_.socket_path = DiscoverSocket(options_.socket_path);
+  if (options_.token.empty()) {
+    if (const char* t = std::getenv("CISTERN_TOKEN"); t) options_.token = t;
+  }
   if (options_.client_name.empty()) options_.client_name = fmt::format("pid-{}", getpid());
 }
 

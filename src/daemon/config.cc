@@ -12,6 +12,7 @@
 #include "fmt/format.h"
 #include "src/common/config_yaml.h"
 #include "src/common/fmt_absl.h"
+#include "src/common/paths.h"
 #include "src/common/status_macros.h"
 #include "src/common/utf8.h"
 #include "src/stream/stream.h"
@@ -76,10 +77,7 @@ absl::Status CheckFieldRanges(const google::protobuf::Message& msg, const std::s
 
 void ApplyDefaults(config::DaemonConfig* cfg) {
   std::string uid = std::to_string(geteuid());
-  if (cfg->runtime_dir().empty()) {
-    const char* home = std::getenv("CISTERN_HOME");
-    cfg->set_runtime_dir(home && *home ? std::string(home) + "/run" : "/tmp/cistern-" + uid);
-  }
+  if (cfg->runtime_dir().empty()) cfg->set_runtime_dir(paths::DefaultRuntimeDir());
   if (cfg->socket_path().empty()) cfg->set_socket_path(cfg->runtime_dir() + "/cisternd.sock");
   if (cfg->tiers_size() == 0) {
     auto* t = cfg->add_tiers();
