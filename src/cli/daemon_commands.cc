@@ -46,9 +46,9 @@
 
 #include "fmt/format.h"
 #include "include/cistern/client.h"
-#include "src/common/config_yaml.h"
+#include "src/config/config_yaml.h"
 #include "src/common/paths.h"
-#include "src/daemon/config.h"
+#include "src/config/daemon_config.h"
 
 namespace cistern::cli {
 namespace fs = std::filesystem;
@@ -279,8 +279,8 @@ int Start(const StartArgs& a, const Target& target, bool json) {
   if (!a.blocking && cfg.log_file().empty()) {
     cfg.set_log_file((m.dir / "logs" / "stdout.log").string());
   }
-  daemon::ApplyDefaults(&cfg);
-  if (absl::Status s = daemon::ValidateDaemonConfig(cfg); !s.ok()) {
+  config::ApplyDefaults(&cfg);
+  if (absl::Status s = config::ValidateDaemonConfig(cfg); !s.ok()) {
     std::fprintf(stderr, "cistern: %s: %s\n", config_path->c_str(), std::string(s.message()).c_str());
     return 2;
   }

@@ -23,8 +23,8 @@
 #include "src/cli/load_commands.h"
 #include "src/cli/quarantine_commands.h"
 #include "src/cli/stream_commands.h"
-#include "src/common/config_yaml.h"
-#include "src/daemon/config.h"
+#include "src/config/config_yaml.h"
+#include "src/config/daemon_config.h"
 
 namespace {
 
@@ -48,7 +48,7 @@ void SetUpLogging() {
 }
 
 int ConfigValidate(const std::string& path, const std::vector<std::string>& sets) {
-  auto cfg = cistern::daemon::LoadDaemonConfig(path, sets);
+  auto cfg = cistern::config::LoadDaemonConfig(path, sets);
   if (!cfg.ok()) {
     std::fprintf(stderr, "cistern: %s\n", std::string(cfg.status().message()).c_str());
     return 2;
@@ -71,7 +71,7 @@ int ConfigShow(const std::string& path, const std::vector<std::string>& sets, bo
     std::cout << in.rdbuf();
     return 0;
   }
-  auto cfg = cistern::daemon::LoadDaemonConfig(path, sets);
+  auto cfg = cistern::config::LoadDaemonConfig(path, sets);
   if (!cfg.ok()) {
     std::fprintf(stderr, "cistern: %s\n", std::string(cfg.status().message()).c_str());
     return 2;

@@ -9,7 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "fmt/format.h"
 #include "include/cistern/client.h"
-#include "src/store/object_store.h"
+#include "src/common/quote.h"
 
 namespace cistern::cli {
 namespace {
@@ -61,7 +61,7 @@ int QuarantineList(const Target& t, bool json) {
   std::printf("%-20s %12s  %-32s %s\n", "id", "bytes", "key", "reason");
   for (const auto& q : *all) {
     std::printf("%-20s %12s  %-32s %s\n", Id(q).c_str(), HumanBytes(q.block_bytes).c_str(),
-                q.key.empty() ? "(unreadable)" : store::QuoteKey(q.key).c_str(),
+                q.key.empty() ? "(unreadable)" : QuoteKey(q.key).c_str(),
                 q.reason.c_str());
   }
   return 0;

@@ -12,7 +12,7 @@
 #include "include/cistern/client.h"
 #include "include/cistern/stream.h"
 #include "src/cli/data_commands.h"
-#include "src/stream/stream.h"
+#include "src/stream/rules.h"
 
 namespace cistern::cli {
 namespace {

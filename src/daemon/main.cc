@@ -26,7 +26,7 @@
 #include "spdlog/spdlog.h"
 #include "src/common/fmt_absl.h"
 #include "src/daemon/arena_file.h"
-#include "src/daemon/config.h"
+#include "src/config/daemon_config.h"
 #include "src/daemon/http_server.h"
 #include "src/daemon/metrics.h"
 #include "src/daemon/process.h"
@@ -244,7 +244,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     spdlog::error(
         "quarantined corrupt object {} (tier '{}', offset {}, {} bytes): {}; it is not served; "
         "`cistern quarantine rm {}:{}` frees it",
-        q.key.empty() ? "(key unreadable)" : store::QuoteKey(q.key), q.tier, q.block_offset,
+        q.key.empty() ? "(key unreadable)" : cistern::QuoteKey(q.key), q.tier, q.block_offset,
         q.block_size, q.reason, q.tier, q.block_offset);
   }
   metrics.SetRecovery(report);
@@ -344,7 +344,7 @@ int main(int argc, char** argv) {
   auto logger = spdlog::stdout_color_mt("cisternd");
   spdlog::set_default_logger(logger);
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [cisternd] %v");
-  auto cfg = cistern::daemon::LoadDaemonConfig(config_path, overrides);
+  auto cfg = cistern::config::LoadDaemonConfig(config_path, overrides);
   if (!cfg.ok()) {
     std::fprintf(stderr, "cisternd: configuration error: %s\n",
                  std::string(cfg.status().message()).c_str());

@@ -19,7 +19,7 @@
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "src/daemon/config.h"
+#include "src/config/daemon_config.h"
 #include "src/daemon/http_server.h"
 #include "src/store/store_test_util.h"
 
@@ -419,7 +419,7 @@ TEST(MetricsTest, ScrapesRaceWithRecordingWithoutHarm) {
 // --- config keys --------------------------------------------------------------
 
 TEST(MetricsConfigTest, Defaults) {
-  auto cfg = LoadDaemonConfig("", {});
+  auto cfg = config::LoadDaemonConfig("", {});
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->metrics_address(), "127.0.0.1");
   EXPECT_EQ(cfg->metrics_port(), 9464u);
@@ -430,7 +430,7 @@ TEST(MetricsConfigTest, Defaults) {
 
 TEST(MetricsConfigTest, PortZeroStaysZeroAndSizesParse) {
   auto cfg =
-      LoadDaemonConfig("", {"metrics_port=0", "metrics_address=::1", "log_file=/tmp/x/cisternd.log",
+      config::LoadDaemonConfig("", {"metrics_port=0", "metrics_address=::1", "log_file=/tmp/x/cisternd.log",
                             "log_max_bytes=1MiB", "log_max_files=2"});
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->metrics_port(), 0u);
@@ -451,7 +451,7 @@ TEST(MetricsConfigTest, BadValuesNameTheKey) {
       {"log_max_files=5000", "log_max_files"},
   };
   for (const auto& c : cases) {
-    auto cfg = LoadDaemonConfig("", {c.set});
+    auto cfg = config::LoadDaemonConfig("", {c.set});
     EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument) << c.set;
     EXPECT_THAT(std::string(cfg.status().message()), HasSubstr(c.expect)) << c.set;
   }

@@ -22,7 +22,6 @@
 #include <chrono>
 #include <random>
 
-#include "absl/strings/escaping.h"
 #include "fmt/format.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/check.h"
@@ -53,14 +52,6 @@ absl::Status ValidateKey(std::string_view key) {
     return absl::InvalidArgumentError(fmt::format("key {} is not valid UTF-8", QuoteKey(key)));
   }
   return absl::OkStatus();
-}
-
-std::string QuoteKey(std::string_view key) {
-  constexpr size_t kShown = 80;
-  std::string shown(key.substr(0, kShown));
-  std::string out = "'" + absl::CHexEscape(shown) + "'";
-  if (key.size() > kShown) out += fmt::format("... ({} bytes)", key.size());
-  return out;
 }
 
 absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierSpec> tiers,

@@ -37,6 +37,7 @@
 #include "include/cistern/object.h"
 #include "src/common/clock.h"
 #include "src/common/mutex.h"
+#include "src/common/quote.h"
 #include "src/store/allocator.h"
 #include "src/store/arena.h"
 #include "src/store/evictor.h"
@@ -48,8 +49,6 @@ namespace cistern::store {
 
 // InvalidArgument unless `key` is 1..1024 bytes of UTF-8 with no NUL.
 absl::Status ValidateKey(std::string_view key);
-// A printable rendering of a key for messages (escaped, shortened).
-std::string QuoteKey(std::string_view key);
 
 struct TierSpec {
   std::string name;

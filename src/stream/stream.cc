@@ -30,22 +30,21 @@
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
 #include "src/common/fmt_absl.h"
+#include "src/common/quote.h"
 #include "src/common/status_macros.h"
 #include "src/common/utf8.h"
 #include "src/stream/ledger_keys.h"
+#include "src/stream/rules.h"
 
 namespace cistern::stream {
 namespace {
 
-constexpr size_t kMaxNameBytes = 128;
 constexpr size_t kMaxSampleIdBytes = 256;
 constexpr size_t kMaxMetadataEntries = 32;
 constexpr size_t kMaxMetadataBytes = 4096;
 constexpr size_t kMaxFeatures = 1024;
 constexpr size_t kMaxFeatureNameBytes = 256;
 constexpr size_t kMaxRank = 16;
-constexpr uint64_t kMaxLeaseTimeoutMs = 7ull * 24 * 3600 * 1000;
-constexpr uint32_t kMaxLeaseRefsLimit = 1 << 20;
 
 uint64_t UnixMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -53,7 +52,7 @@ uint64_t UnixMs() {
       .count();
 }
 
-std::string Quote(std::string_view s) { return store::QuoteKey(s); }
+std::string Quote(std::string_view s) { return QuoteKey(s); }
 
 absl::Status ValidateSampleId(std::string_view id) {
   if (id.empty()) return absl::InvalidArgumentError("sample_id is empty");
@@ -113,43 +112,6 @@ absl::Status ValidateRef(const wire::SampleRef& r, bool adopt_visible) {
 }
 
 }  // namespace
-
-absl::Status ValidateStreamName(std::string_view name) {
-  if (name.empty() || name.size() > kMaxNameBytes) {
-    return absl::InvalidArgumentError(fmt::format(
-        "stream name {} must be 1..{} bytes of [A-Za-z0-9._-]", Quote(name), kMaxNameBytes));
-  }
-  for (char c : name) {
-    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-              c == '.' || c == '_' || c == '-';
-    if (!ok) {
-      return absl::InvalidArgumentError(fmt::format(
-          "stream name {} must be 1..{} bytes of [A-Za-z0-9._-]", Quote(name), kMaxNameBytes));
-    }
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ValidateOptions(const wire::StreamOptions& o) {
-  if (!o.has_lease_timeout_ms() || !o.has_high_watermark_bytes() || !o.has_low_watermark_bytes() ||
-      !o.has_max_in_flight_per_producer() || !o.has_max_lease_refs()) {
-    return absl::InvalidArgumentError("stream options are incomplete");
-  }
-  if (o.lease_timeout_ms() == 0 || o.lease_timeout_ms() > kMaxLeaseTimeoutMs) {
-    return absl::InvalidArgumentError(
-        fmt::format("lease_timeout_ms {} must be 1..{}", o.lease_timeout_ms(), kMaxLeaseTimeoutMs));
-  }
-  if (o.high_watermark_bytes() > 0 && o.low_watermark_bytes() > o.high_watermark_bytes()) {
-    return absl::InvalidArgumentError(
-        fmt::format("low_watermark_bytes {} is above high_watermark_bytes {}",
-                    o.low_watermark_bytes(), o.high_watermark_bytes()));
-  }
-  if (o.max_lease_refs() == 0 || o.max_lease_refs() > kMaxLeaseRefsLimit) {
-    return absl::InvalidArgumentError(
-        fmt::format("max_lease_refs {} must be 1..{}", o.max_lease_refs(), kMaxLeaseRefsLimit));
-  }
-  return absl::OkStatus();
-}
 
 uint64_t Stream::PartitionHash(std::string_view sample_id) {
   return XXH64(sample_id.data(), sample_id.size(), 0);

@@ -42,6 +42,7 @@
 #include "src/common/clock.h"
 #include "src/registry/metadata_backend.h"
 #include "src/store/object_store.h"
+#include "src/stream/rules.h"
 
 namespace cistern::stream {
 
@@ -210,10 +211,5 @@ class Stream {
     uint64_t expired_leases = 0, requeued = 0;
   } counters_;
 };
-
-// InvalidArgument unless `name` is 1..128 bytes of [A-Za-z0-9._-].
-absl::Status ValidateStreamName(std::string_view name);
-// InvalidArgument unless every field is set and consistent (low <= high, ...).
-absl::Status ValidateOptions(const wire::StreamOptions& o);
 
 }  // namespace cistern::stream

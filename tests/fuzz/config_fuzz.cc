@@ -1,4 +1,4 @@
-// libFuzzer harness for the config loader (src/common/config_yaml.h) with the
+// libFuzzer harness for the config loader (src/config/config_yaml.h) with the
 // daemon's schema (config::DaemonConfig). The input is a YAML text; when it
 // holds a line break, the part after the first one is also applied as a
 // `--set` override. Checks: a failed load leaves the message unchanged; an
@@ -12,7 +12,7 @@
 #include <string_view>
 
 #include "cistern/config.pb.h"
-#include "src/common/config_yaml.h"
+#include "src/config/config_yaml.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "src/daemon/config.h"
+#include "src/config/daemon_config.h"
 
 #include <unistd.h>
 
@@ -11,7 +11,7 @@
 #include "gtest/gtest.h"
 #include "src/stream/stream.h"
 
-namespace cistern::daemon {
+namespace cistern::config {
 namespace {
 
 using ::testing::HasSubstr;
@@ -153,4 +153,4 @@ TEST(DaemonConfigRegressionTest, TokenMustBeUtf8) {
 }
 
 }  // namespace
-}  // namespace cistern::daemon
+}  // namespace cistern::config

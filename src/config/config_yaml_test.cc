@@ -1,4 +1,4 @@
-#include "src/common/config_yaml.h"
+#include "src/config/config_yaml.h"
 
 #include <sys/stat.h>
 #include <unistd.h>

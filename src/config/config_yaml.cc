@@ -1,4 +1,4 @@
-#include "src/common/config_yaml.h"
+#include "src/config/config_yaml.h"
 
 // The loader walks the YAML node tree and the message descriptor side by side.
 // YamlReader::ReadMessage checks each mapping key against the descriptor,
@@ -51,7 +51,7 @@
 #include <vector>
 
 #include "absl/strings/match.h"
-#include "cistern/config.pb.h"
+#include "cistern/config_options.pb.h"
 #include "fmt/format.h"
 #include "google/protobuf/descriptor.h"
 #include "src/common/errno_status.h"

@@ -8,7 +8,7 @@
 #include "absl/status/statusor.h"
 #include "cistern/config.pb.h"
 
-namespace cistern::daemon {
+namespace cistern::config {
 
 // The longest duration (7 days, the longest stream lease) and the largest size
 // (1 PiB) any config key takes; keys with narrower ranges check those too.
@@ -32,4 +32,4 @@ void ApplyDefaults(config::DaemonConfig* cfg);
 // start, `cistern config validate` and `cistern daemon start` before it.
 absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg);
 
-}  // namespace cistern::daemon
+}  // namespace cistern::config

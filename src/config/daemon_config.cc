@@ -1,4 +1,4 @@
-#include "src/daemon/config.h"
+#include "src/config/daemon_config.h"
 
 #include <arpa/inet.h>
 #include <sys/sysinfo.h>
@@ -10,14 +10,14 @@
 #include <set>
 
 #include "fmt/format.h"
-#include "src/common/config_yaml.h"
+#include "src/config/config_yaml.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/paths.h"
 #include "src/common/status_macros.h"
 #include "src/common/utf8.h"
 #include "src/stream/stream.h"
 
-namespace cistern::daemon {
+namespace cistern::config {
 namespace {
 
 constexpr uint64_t kMiB = 1ull << 20;
@@ -279,4 +279,4 @@ absl::StatusOr<config::DaemonConfig> LoadDaemonConfig(const std::string& path,
   return cfg;
 }
 
-}  // namespace cistern::daemon
+}  // namespace cistern::config
