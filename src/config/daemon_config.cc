@@ -15,7 +15,7 @@
 #include "src/common/paths.h"
 #include "src/common/status_macros.h"
 #include "src/common/utf8.h"
-#include "src/stream/stream.h"
+#include "src/stream/rules.h"
 
 namespace cistern::config {
 namespace {
