@@ -59,7 +59,8 @@ absl::StatusOr<wire::HelloReply> Connection::HelloLocked(std::vector<UniqueFd>* 
   std::vector<int> fds;
   auto resp = ReceiveLocked(&fds);
   for (int fd : fds) owned->emplace_back(fd);
-  auto fail = [&](absl::Status s) {
+  // The lambda runs under the caller's lock; Clang's analysis needs telling.
+  auto fail = [&](absl::Status s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     broken_ = true;
     return s;
   };

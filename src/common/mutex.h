@@ -1,6 +1,8 @@
 // A std::mutex with Clang thread-safety annotations, so members can be marked
-// ABSL_GUARDED_BY(mu_). std::mutex rather than absl::Mutex because Debian's
-// abseil is not built with TSan annotations and would hide races from TSan.
+// ABSL_GUARDED_BY(mu_); scripts/check_thread_safety (ctest ThreadSafetyCheck,
+// in make test) compiles the tree with -Wthread-safety -Werror to check them.
+// std::mutex rather than absl::Mutex because Debian's abseil is not built with
+// TSan annotations and would hide races from TSan.
 #pragma once
 
 #include <mutex>

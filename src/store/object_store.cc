@@ -601,7 +601,7 @@ ObjectStore::Adopted ObjectStore::AdoptSession(SessionId from, SessionId to) {
   auto to_slot = slots_.find(to);
   // An entry follows its lease or write to the adopting session's slot (or
   // is cleared if that session is not recorded).
-  auto move_entry = [&](uint64_t* entry) {
+  auto move_entry = [&](uint64_t* entry) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (*entry == LeaseTable::kNoEntry) return;
     if (to_slot != slots_.end()) {
       shared_->MoveEntry(*entry, to_slot->second);
