@@ -25,10 +25,10 @@
 // under default scheduling; extra rows pin processes to CPUs as a diagnostic
 // (a request/reply round trip costs far more when it wakes the other CPU).
 #include <fcntl.h>
-#include <sqlite3.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
+#include <sqlite3.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -875,8 +875,7 @@ double SqliteAcksPerSecond(const std::string& path, int batch, int samples) {
   exec("PRAGMA synchronous=FULL");
   exec("CREATE TABLE IF NOT EXISTS kv(key BLOB PRIMARY KEY, value BLOB NOT NULL) WITHOUT ROWID");
   sqlite3_stmt* put = nullptr;
-  sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO kv(key, value) VALUES(?1, ?2)", -1, &put,
-                     nullptr);
+  sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO kv(key, value) VALUES(?1, ?2)", -1, &put, nullptr);
   std::string value(120, 'r');  // about a SampleRecord
   // Twice over the same rows; the second pass is timed, so that the WAL file
   // has grown already, as the daemon's has when its acks are timed.
@@ -924,8 +923,8 @@ void BenchStreamAcks(const Options& opt, Daemon& d, std::vector<Target>* targets
       for (int j = i; j < std::min(samples, i + 256); ++j) {
         std::string key = fmt::format("{}/{:08d}", name, j);
         ObjectRef o = Must(c->Put(key, payload), "put " + key);
-        refs.push_back({.sample_id = fmt::format("{:08d}", j), .key = key,
-                        .generation = o.generation});
+        refs.push_back(
+            {.sample_id = fmt::format("{:08d}", j), .key = key, .generation = o.generation});
       }
       Must(stream.Commit(refs, std::chrono::seconds(30)), "commit");
     }
@@ -965,8 +964,8 @@ void BenchStreamAcks(const Options& opt, Daemon& d, std::vector<Target>* targets
                        .Num("lease_and_ack_per_s", loop_rate)
                        .Dump(4));
     if (batch == 32) {
-      targets->push_back({"stream durable acks/s at batch 32 (acked samples/s)", "samples/s",
-                          rate, 20000, false});
+      targets->push_back(
+          {"stream durable acks/s at batch 32 (acked samples/s)", "samples/s", rate, 20000, false});
     }
   }
   json->Raw("stream_acks", JsonArray(rows, 2));

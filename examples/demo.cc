@@ -48,11 +48,17 @@ int Put(const char* socket, const char* key, uint64_t bytes) {
   uint64_t rows = per_layer / (cols * 2);
   uint64_t offset = 0;
   for (int l = 0; l < 16; ++l) {
-    manifest.push_back({"layers." + std::to_string(l) + ".weight", cistern::DType::kBFloat16,
-                        {rows, cols}, offset, rows * cols * 2});
+    manifest.push_back({"layers." + std::to_string(l) + ".weight",
+                        cistern::DType::kBFloat16,
+                        {rows, cols},
+                        offset,
+                        rows * cols * 2});
     offset += rows * cols * 2;
-    manifest.push_back({"layers." + std::to_string(l) + ".bias", cistern::DType::kFloat32,
-                        {cols}, offset, cols * 4});
+    manifest.push_back({"layers." + std::to_string(l) + ".bias",
+                        cistern::DType::kFloat32,
+                        {cols},
+                        offset,
+                        cols * 4});
     offset += cols * 4;
   }
   auto t0 = Clock::now();
@@ -121,10 +127,11 @@ int Check(const char* socket, const char* key) {
     std::fprintf(stderr, "'%s' checksum mismatch after restart\n", key);
     return 1;
   }
-  std::printf("  '%s' survived the kill: generation %llu, %zu tensors, all %.2f GiB verified "
-              "against its XXH3 checksum in %.2f s\n",
-              key, static_cast<unsigned long long>(v->generation()), v->tensors().size(),
-              v->size() / double(1 << 30), s);
+  std::printf(
+      "  '%s' survived the kill: generation %llu, %zu tensors, all %.2f GiB verified "
+      "against its XXH3 checksum in %.2f s\n",
+      key, static_cast<unsigned long long>(v->generation()), v->tensors().size(),
+      v->size() / double(1 << 30), s);
   return 0;
 }
 

@@ -40,7 +40,7 @@ class Connection;
 struct ConnectOptions {
   // cisternd's socket. Empty: found by DiscoverSocket() below.
   std::string socket_path;
-  std::string token;  // empty: $CISTERN_TOKEN
+  std::string token;        // empty: $CISTERN_TOKEN
   std::string client_name;  // shown in the daemon's logs
   // After sending a request, poll for the answer this long before sleeping
   // (a daemon answers in microseconds; waking a sleeping thread can take
@@ -156,7 +156,6 @@ struct TensorInput {
   std::span<const std::byte> data;
 };
 
-
 struct ListResult {
   std::vector<ObjectInfo> objects;
   std::string next_cursor;  // pass back to get the next page; empty at the end
@@ -234,8 +233,7 @@ class Client {
                                        const PutOptions& options = {});
   // Reserves `size` bytes for a new generation of `key`, to fill in place.
   // `tensors` (optional) is the manifest, as LayoutTensors makes it.
-  absl::StatusOr<Writer> Create(std::string_view key, uint64_t size,
-                                const PutOptions& options = {},
+  absl::StatusOr<Writer> Create(std::string_view key, uint64_t size, const PutOptions& options = {},
                                 const std::vector<TensorInfo>& tensors = {});
 
   // Leases the current generation of `key` (or exactly `generation`).

@@ -163,8 +163,7 @@ class Stream {
   // the sample was committed and released or dropped before: the call then
   // removes what it wrote and commits nothing). A failed commit removes what
   // this call wrote.
-  absl::StatusOr<SampleRef> Put(std::string_view sample_id,
-                                const std::vector<TensorInput>& tensors,
+  absl::StatusOr<SampleRef> Put(std::string_view sample_id, const std::vector<TensorInput>& tensors,
                                 const SamplePutOptions& options = {});
   absl::StatusOr<std::vector<SampleRef>> Lease(const LeaseOptions& options);
   // Durable when it returns OK. Idempotent.

@@ -215,7 +215,6 @@ py::dict StreamInfoToPy(const cistern::StreamInfo& i) {
   return d;
 }
 
-
 }  // namespace
 
 PYBIND11_MODULE(_cistern, m) {
@@ -228,8 +227,8 @@ PYBIND11_MODULE(_cistern, m) {
       .def_property_readonly("key", [](const View& v) { return v.view.key(); })
       .def_property_readonly("generation", [](const View& v) { return v.view.generation(); })
       .def_property_readonly("nbytes", [](const View& v) { return v.view.size(); })
-      .def_property_readonly("address",
-                             [](const View& v) { return reinterpret_cast<uintptr_t>(v.view.data()); })
+      .def_property_readonly(
+          "address", [](const View& v) { return reinterpret_cast<uintptr_t>(v.view.data()); })
       .def_property_readonly("tensors", &View::tensors)
       .def_property_readonly("leased", [](const View& v) { return v.view.valid(); })
       .def("release",
@@ -251,8 +250,7 @@ PYBIND11_MODULE(_cistern, m) {
                                {static_cast<py::ssize_t>(v.view.size())}, {1}, /*readonly=*/true);
       });
 
-  py::class_<PendingWrite, std::shared_ptr<PendingWrite>>(m, "PendingWrite",
-                                                          py::buffer_protocol())
+  py::class_<PendingWrite, std::shared_ptr<PendingWrite>>(m, "PendingWrite", py::buffer_protocol())
       .def_property_readonly("key", [](const PendingWrite& w) { return w.writer.key(); })
       .def_property_readonly("nbytes", [](const PendingWrite& w) { return w.writer.size(); })
       .def("seal",
@@ -282,19 +280,19 @@ PYBIND11_MODULE(_cistern, m) {
       });
 
   py::class_<Client, std::shared_ptr<Client>>(m, "Client")
-      .def(py::init([](const std::string& socket, const std::string& token,
-                       const std::string& name) {
-             cistern::ConnectOptions o;
-             o.socket_path = socket;
-             o.token = token;
-             o.client_name = name;
-             absl::StatusOr<std::unique_ptr<Client>> c;
-             {
-               py::gil_scoped_release unlocked;
-               c = Client::Connect(o);
-             }
-             return std::shared_ptr<Client>(Check(std::move(c)));
-           }),
+      .def(py::init(
+               [](const std::string& socket, const std::string& token, const std::string& name) {
+                 cistern::ConnectOptions o;
+                 o.socket_path = socket;
+                 o.token = token;
+                 o.client_name = name;
+                 absl::StatusOr<std::unique_ptr<Client>> c;
+                 {
+                   py::gil_scoped_release unlocked;
+                   c = Client::Connect(o);
+                 }
+                 return std::shared_ptr<Client>(Check(std::move(c)));
+               }),
            py::arg("socket") = "", py::arg("token") = "", py::arg("name") = "python")
       .def_property_readonly("socket", &Client::socket_path)
       .def(
@@ -357,28 +355,27 @@ PYBIND11_MODULE(_cistern, m) {
           },
           py::arg("key"), py::arg("nbytes"), py::arg("evictable") = false,
           py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
-      .def(
-          "get_many",
-          // One round trip; a list of View or (code, message) per key.
-          [](Client& c, const std::vector<std::string>& keys) {
-            std::vector<absl::StatusOr<ObjectView>> views;
-            {
-              py::gil_scoped_release unlocked;
-              views = c.GetMany(keys);
-            }
-            py::list out;
-            for (auto& v : views) {
-              if (!v.ok()) {
-                out.append(py::make_tuple(static_cast<int>(v.status().code()),
-                                          std::string(v.status().message())));
-                continue;
-              }
-              auto view = std::make_shared<View>();
-              view->view = std::move(*v);
-              out.append(py::cast(view));
-            }
-            return out;
-          })
+      .def("get_many",
+           // One round trip; a list of View or (code, message) per key.
+           [](Client& c, const std::vector<std::string>& keys) {
+             std::vector<absl::StatusOr<ObjectView>> views;
+             {
+               py::gil_scoped_release unlocked;
+               views = c.GetMany(keys);
+             }
+             py::list out;
+             for (auto& v : views) {
+               if (!v.ok()) {
+                 out.append(py::make_tuple(static_cast<int>(v.status().code()),
+                                           std::string(v.status().message())));
+                 continue;
+               }
+               auto view = std::make_shared<View>();
+               view->view = std::move(*v);
+               out.append(py::cast(view));
+             }
+             return out;
+           })
       .def(
           "put_many",
           // items: list of (key, contiguous buffer); one round trip each way.
@@ -388,10 +385,10 @@ PYBIND11_MODULE(_cistern, m) {
             for (const py::handle& item : items) {
               auto t = item.cast<py::tuple>();
               keep.push_back(t[1].cast<py::buffer>().request());
-              in.push_back({t[0].cast<std::string>(),
-                            std::span<const std::byte>(
-                                static_cast<const std::byte*>(keep.back().ptr),
-                                keep.back().size * keep.back().itemsize)});
+              in.push_back(
+                  {t[0].cast<std::string>(),
+                   std::span<const std::byte>(static_cast<const std::byte*>(keep.back().ptr),
+                                              keep.back().size * keep.back().itemsize)});
             }
             std::vector<absl::StatusOr<cistern::ObjectRef>> refs;
             {
@@ -619,6 +616,8 @@ PYBIND11_MODULE(_cistern, m) {
   m.def("partition_of", &cistern::Stream::PartitionOf, py::arg("sample_id"), py::arg("count"));
 
   m.def("default_socket", &cistern::DefaultSocketPath);
-  m.def("discover_socket", [](const std::string& address) { return cistern::DiscoverSocket(address); },
-        py::arg("address") = "");
+  m.def(
+      "discover_socket",
+      [](const std::string& address) { return cistern::DiscoverSocket(address); },
+      py::arg("address") = "");
 }

@@ -19,10 +19,9 @@
 // runs per host and CISTERN_HOME: a start while the current session's process
 // is alive fails; a session whose process is gone (kill -9, reboot) is stale
 // and is replaced. A start that succeeds keeps the newest kSessionsKept
-// session directories and removes older ones whose daemon is gone. <host_id> is the hostname plus the start of /etc/machine-id.
+// session directories and removes older ones whose daemon is gone. <host_id> is the hostname plus
+// the start of /etc/machine-id.
 #include "src/cli/daemon_commands.h"
-
-#include "src/cli/data_commands.h"
 
 #include <signal.h>
 #include <sys/stat.h>
@@ -46,8 +45,9 @@
 
 #include "fmt/format.h"
 #include "include/cistern/client.h"
-#include "src/config/config_yaml.h"
+#include "src/cli/data_commands.h"
 #include "src/common/paths.h"
+#include "src/config/config_yaml.h"
 #include "src/config/daemon_config.h"
 
 namespace cistern::cli {
@@ -96,9 +96,12 @@ void WriteFileAtomically(const fs::path& path, const std::string& text) {
 }
 
 void WriteMeta(const Meta& m) {
-  nlohmann::json j = {{"session_id", m.session_id}, {"pid", m.pid},
-                      {"socket", m.socket},         {"version", m.version},
-                      {"start_unix_ms", m.start_unix_ms}, {"config", m.config},
+  nlohmann::json j = {{"session_id", m.session_id},
+                      {"pid", m.pid},
+                      {"socket", m.socket},
+                      {"version", m.version},
+                      {"start_unix_ms", m.start_unix_ms},
+                      {"config", m.config},
                       {"metrics", m.metrics}};
   WriteFileAtomically(m.dir / "meta.json", j.dump(2) + "\n");
 }
@@ -267,7 +270,8 @@ int Start(const StartArgs& a, const Target& target, bool json) {
   if (cfg.state_dir().empty()) cfg.set_state_dir((host / "state").string());
   for (const std::string& set : a.sets) {
     if (absl::Status s = ApplyOverride(set, &cfg); !s.ok()) {
-      std::fprintf(stderr, "cistern: --set %s: %s\n", set.c_str(), std::string(s.message()).c_str());
+      std::fprintf(stderr, "cistern: --set %s: %s\n", set.c_str(),
+                   std::string(s.message()).c_str());
       return 2;
     }
   }
@@ -281,7 +285,8 @@ int Start(const StartArgs& a, const Target& target, bool json) {
   }
   config::ApplyDefaults(&cfg);
   if (absl::Status s = config::ValidateDaemonConfig(cfg); !s.ok()) {
-    std::fprintf(stderr, "cistern: %s: %s\n", config_path->c_str(), std::string(s.message()).c_str());
+    std::fprintf(stderr, "cistern: %s: %s\n", config_path->c_str(),
+                 std::string(s.message()).c_str());
     return 2;
   }
   m.socket = cfg.socket_path();
@@ -392,7 +397,8 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     if (now > deadline) {
       StopProcess(pid, std::chrono::seconds(5), true);
       fs::remove(host / "current_session", ec);
-      std::fprintf(stderr, "cistern: cisternd did not become ready within %.0f s. Last log lines:\n%s%s",
+      std::fprintf(stderr,
+                   "cistern: cisternd did not become ready within %.0f s. Last log lines:\n%s%s",
                    a.timeout_s, LastLines(out, 10).c_str(), LastLines(err, 10).c_str());
       return 1;
     }
@@ -408,9 +414,9 @@ int Start(const StartArgs& a, const Target& target, bool json) {
                 JsonString(m.session_id).c_str(), pid, JsonString(m.socket).c_str(),
                 JsonString(m.metrics).c_str(), JsonString((m.dir / "logs").string()).c_str());
   } else {
-    std::printf("cisternd started: session %s, pid %d, socket %s\nmetrics: http://%s/metrics\nlogs: %s\n",
-                m.session_id.c_str(), pid, m.socket.c_str(), m.metrics.c_str(),
-                (m.dir / "logs").c_str());
+    std::printf(
+        "cisternd started: session %s, pid %d, socket %s\nmetrics: http://%s/metrics\nlogs: %s\n",
+        m.session_id.c_str(), pid, m.socket.c_str(), m.metrics.c_str(), (m.dir / "logs").c_str());
   }
   return 0;
 }
@@ -448,8 +454,8 @@ int Status(const Target& target, bool json) {
       std::printf("{\"running\": false, \"session\": %s}\n",
                   m ? JsonString(m->session_id).c_str() : "null");
     } else if (m) {
-      std::printf("cisternd is not running (session %s, pid %d is gone)\n",
-                  m->session_id.c_str(), m->pid);
+      std::printf("cisternd is not running (session %s, pid %d is gone)\n", m->session_id.c_str(),
+                  m->pid);
     } else {
       std::printf("cisternd is not running (no session under %s)\n", HostDir().c_str());
     }
@@ -460,10 +466,11 @@ int Status(const Target& target, bool json) {
   absl::StatusOr<DaemonStatus> st = c.ok() ? (*c)->Status() : c.status();
   if (!st.ok()) {
     if (json) {
-      std::printf("{\"running\": true, \"healthy\": false, \"session\": %s, \"pid\": %d, "
-                  "\"error\": %s}\n",
-                  JsonString(m->session_id).c_str(), m->pid,
-                  JsonString(std::string(st.status().message())).c_str());
+      std::printf(
+          "{\"running\": true, \"healthy\": false, \"session\": %s, \"pid\": %d, "
+          "\"error\": %s}\n",
+          JsonString(m->session_id).c_str(), m->pid,
+          JsonString(std::string(st.status().message())).c_str());
     } else {
       std::printf("cisternd pid %d (session %s) is running but not answering: %s\n", m->pid,
                   m->session_id.c_str(), std::string(st.status().message()).c_str());
@@ -498,13 +505,14 @@ int Status(const Target& target, bool json) {
         JsonString(st->metrics_endpoint).c_str(), JsonString(state_dir).c_str(),
         JsonString(registry).c_str(), static_cast<unsigned long long>(st->stats.objects),
         static_cast<unsigned long long>(st->stats.leases),
-        static_cast<unsigned long long>(st->stats.pending_writes), tiers.c_str(),
-        sessions.c_str());
+        static_cast<unsigned long long>(st->stats.pending_writes), tiers.c_str(), sessions.c_str());
     return 0;
   }
-  std::printf("cisternd %s: healthy, pid %d, up %.0f s, session %s\nsocket: %s\nmetrics: http://%s/metrics\n",
-              st->version.c_str(), st->pid, st->uptime_ms / 1000.0, m->session_id.c_str(),
-              st->socket_path.c_str(), st->metrics_endpoint.c_str());
+  std::printf(
+      "cisternd %s: healthy, pid %d, up %.0f s, session %s\nsocket: %s\nmetrics: "
+      "http://%s/metrics\n",
+      st->version.c_str(), st->pid, st->uptime_ms / 1000.0, m->session_id.c_str(),
+      st->socket_path.c_str(), st->metrics_endpoint.c_str());
   if (!registry.empty()) std::printf("registry: %s\n", registry.c_str());
   std::printf("objects: %llu, leases: %llu, unsealed writes: %llu\n",
               static_cast<unsigned long long>(st->stats.objects),
@@ -512,8 +520,9 @@ int Status(const Target& target, bool json) {
               static_cast<unsigned long long>(st->stats.pending_writes));
   std::printf("%-12s %12s %12s %12s %10s\n", "tier", "total", "used", "evictable", "evictions");
   for (const auto& t : st->stats.tiers) {
-    std::printf("%-12s %12s %12s %12s %10llu\n", t.name.c_str(), HumanBytes(t.capacity_bytes).c_str(),
-                HumanBytes(t.used_bytes).c_str(), HumanBytes(t.evictable_bytes).c_str(),
+    std::printf("%-12s %12s %12s %12s %10llu\n", t.name.c_str(),
+                HumanBytes(t.capacity_bytes).c_str(), HumanBytes(t.used_bytes).c_str(),
+                HumanBytes(t.evictable_bytes).c_str(),
                 static_cast<unsigned long long>(t.evictions));
   }
   std::printf("sessions (%zu):\n", st->sessions.size());

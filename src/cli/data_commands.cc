@@ -34,8 +34,8 @@ std::string InfoJson(const ObjectInfo& o) {
   return fmt::format(
       "{{\"key\": {}, \"generation\": {}, \"size\": {}, \"tier\": {}, \"evictable\": {}, "
       "\"leases\": {}, \"tensors\": {}, \"checksum\": {}}}",
-      JsonString(o.key), o.generation, o.size, JsonString(o.tier), o.evictable, o.leases,
-      o.tensors, o.has_checksum ? fmt::format("\"{:016x}\"", o.checksum) : "null");
+      JsonString(o.key), o.generation, o.size, JsonString(o.tier), o.evictable, o.leases, o.tensors,
+      o.has_checksum ? fmt::format("\"{:016x}\"", o.checksum) : "null");
 }
 
 }  // namespace
@@ -95,11 +95,21 @@ std::string JsonString(std::string_view s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
       default:
         if (c < 0x20) {
           out += fmt::format("\\u{:04x}", c);
@@ -180,7 +190,8 @@ int Get(const Target& t, const std::string& key, const std::string& out, bool js
   if (!c.ok()) return Fail(c.status());
   auto v = (*c)->Get(key);
   if (!v.ok()) return Fail(v.status());
-  UniqueFd fd(out.empty() ? ::dup(1) : ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
+  UniqueFd fd(out.empty() ? ::dup(1)
+                          : ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644));
   if (!fd.valid()) {
     std::fprintf(stderr, "cistern: cannot write '%s': %s\n", out.c_str(), std::strerror(errno));
     return 2;
@@ -236,12 +247,13 @@ int Stat(const Target& t, const std::string& key, bool json) {
     std::printf("%s\n", InfoJson(*o).c_str());
     return 0;
   }
-  std::printf("key:        %s\ngeneration: %llu\nsize:       %llu bytes\ntier:       %s\n"
-              "evictable:  %s\nleases:     %u\ntensors:    %u\nchecksum:   %s\n",
-              o->key.c_str(), static_cast<unsigned long long>(o->generation),
-              static_cast<unsigned long long>(o->size), o->tier.c_str(),
-              o->evictable ? "yes" : "no", o->leases, o->tensors,
-              o->has_checksum ? fmt::format("xxh3:{:016x}", o->checksum).c_str() : "none");
+  std::printf(
+      "key:        %s\ngeneration: %llu\nsize:       %llu bytes\ntier:       %s\n"
+      "evictable:  %s\nleases:     %u\ntensors:    %u\nchecksum:   %s\n",
+      o->key.c_str(), static_cast<unsigned long long>(o->generation),
+      static_cast<unsigned long long>(o->size), o->tier.c_str(), o->evictable ? "yes" : "no",
+      o->leases, o->tensors,
+      o->has_checksum ? fmt::format("xxh3:{:016x}", o->checksum).c_str() : "none");
   return 0;
 }
 

@@ -36,7 +36,6 @@ int BadInput(absl::string_view msg) {
   return 2;
 }
 
-
 // One input file, open from header validation until its bytes are copied.
 struct Shard {
   std::string path;

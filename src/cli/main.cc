@@ -91,7 +91,8 @@ int main(int argc, char** argv) {
   cistern::cli::Target target;
   bool json = false;
   app.add_option("--address", target.socket,
-                 "cisternd's socket (default: $CISTERN_ADDRESS, else the current daemon session, else the default socket)");
+                 "cisternd's socket (default: $CISTERN_ADDRESS, else the current daemon session, "
+                 "else the default socket)");
   app.add_option("--token", target.token, "shared secret (default: $CISTERN_TOKEN)");
   app.add_flag("--json", json, "print one JSON document");
 
@@ -132,8 +133,9 @@ int main(int argc, char** argv) {
   validate->add_option("FILE", config_path)->required();
   validate->add_option("--set", sets, "override a key, e.g. --set tiers.0.size=4GB");
   validate->callback([&] { rc = ConfigValidate(config_path, sets); });
-  auto* show = config->add_subcommand("show", "print a config file, or with --effective the "
-                                              "config cisternd would run (defaults filled in)");
+  auto* show = config->add_subcommand("show",
+                                      "print a config file, or with --effective the "
+                                      "config cisternd would run (defaults filled in)");
   show->add_option("--config", config_path, "the config file");
   show->add_option("--set", sets, "override a key");
   show->add_flag("--effective", effective, "apply overrides and defaults, then print");

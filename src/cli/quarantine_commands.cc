@@ -61,16 +61,16 @@ int QuarantineList(const Target& t, bool json) {
   std::printf("%-20s %12s  %-32s %s\n", "id", "bytes", "key", "reason");
   for (const auto& q : *all) {
     std::printf("%-20s %12s  %-32s %s\n", Id(q).c_str(), HumanBytes(q.block_bytes).c_str(),
-                q.key.empty() ? "(unreadable)" : QuoteKey(q.key).c_str(),
-                q.reason.c_str());
+                q.key.empty() ? "(unreadable)" : QuoteKey(q.key).c_str(), q.reason.c_str());
   }
   return 0;
 }
 
 int QuarantineRemove(const Target& t, const std::vector<std::string>& ids, bool all, bool json) {
   if (all == !ids.empty()) {
-    std::fprintf(stderr, "cistern: quarantine rm takes ids (TIER:OFFSET, as `quarantine ls` "
-                         "prints them) or --all, not both\n");
+    std::fprintf(stderr,
+                 "cistern: quarantine rm takes ids (TIER:OFFSET, as `quarantine ls` "
+                 "prints them) or --all, not both\n");
     return 2;
   }
   std::vector<QuarantineId> targets;

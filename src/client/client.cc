@@ -3,16 +3,16 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 
 #include "fmt/format.h"
 #include "src/client/connection.h"
 #include "src/common/fmt_absl.h"
+#include "src/common/paths.h"
 #include "src/common/wire_duration.h"
 #include "src/store/checksum.h"
-#include "src/common/paths.h"
 #include "src/store/layout.h"
 #include "src/store/manifest.h"
 
@@ -72,9 +72,8 @@ absl::Status StatusOf(const wire::Response& r) {
 }
 
 ObjectInfo InfoOf(const wire::ObjectInfo& w) {
-  return ObjectInfo{w.key(),    w.generation(),   w.size(),     w.tier(),
-                    w.evictable(), w.leases(),     w.has_checksum(), w.checksum(),
-                    w.tensors(),   w.create_unix_ms()};
+  return ObjectInfo{w.key(),    w.generation(),   w.size(),     w.tier(),    w.evictable(),
+                    w.leases(), w.has_checksum(), w.checksum(), w.tensors(), w.create_unix_ms()};
 }
 
 // Where a create reply says to write; DataLoss if it points outside the arena.
@@ -329,8 +328,8 @@ absl::StatusOr<ObjectView> Client::MakeView(std::string_view key, const void* ge
     if (m + h->manifest_bytes > r.payload_offset()) {
       return absl::DataLossError(fmt::format("manifest of '{}' is malformed", key));
     }
-    auto tensors = store::DecodeManifest(std::string_view(base + m, h->manifest_bytes),
-                                         h->tensor_count);
+    auto tensors =
+        store::DecodeManifest(std::string_view(base + m, h->manifest_bytes), h->tensor_count);
     if (!tensors.ok()) return tensors.status();
     v.tensors_ = std::move(*tensors);
   }
@@ -448,8 +447,8 @@ std::vector<absl::StatusOr<ObjectView>> Client::GetMany(const std::vector<std::s
   std::vector<absl::StatusOr<ObjectView>> out;
   out.reserve(keys.size());
   if (!resp.ok() || resp->batch_get().results_size() != static_cast<int>(keys.size())) {
-    absl::Status s = resp.ok() ? absl::InternalError("batch answer has the wrong length")
-                               : resp.status();
+    absl::Status s =
+        resp.ok() ? absl::InternalError("batch answer has the wrong length") : resp.status();
     for (size_t i = 0; i < keys.size(); ++i) out.push_back(s);
     return out;
   }
@@ -487,10 +486,9 @@ std::vector<absl::StatusOr<ObjectRef>> Client::PutMany(
     *creq.mutable_batch_create()->add_creates() = MakeCreate(key, value.size(), options, {});
   }
   auto created = conn_->Call(creq);
-  if (!created.ok() ||
-      created->batch_create().results_size() != static_cast<int>(items.size())) {
-    absl::Status s = created.ok() ? absl::InternalError("batch answer has the wrong length")
-                                  : created.status();
+  if (!created.ok() || created->batch_create().results_size() != static_cast<int>(items.size())) {
+    absl::Status s =
+        created.ok() ? absl::InternalError("batch answer has the wrong length") : created.status();
     for (auto& o : out) o = s;
     return out;
   }

@@ -30,8 +30,8 @@ struct Voidify {
 
 }  // namespace cistern::internal
 
-#define CHECK(cond)                        \
-  (cond) ? (void)0                         \
+#define CHECK(cond)                         \
+  (cond) ? (void)0                          \
          : ::cistern::internal::Voidify() & \
                ::cistern::internal::CheckFailure(__FILE__, __LINE__, #cond).stream()
 #define CHECK_EQ(a, b) CHECK((a) == (b)) << "(" << (a) << " vs " << (b) << ") "

@@ -22,8 +22,7 @@ absl::Status FrameBuffer::Next(std::optional<std::string_view>* frame) {
   frame->reset();
   if (end_ - begin_ < kFrameHeaderBytes) return absl::OkStatus();
   const auto* h = reinterpret_cast<const uint8_t*>(buf_.data() + begin_);
-  uint64_t len = uint64_t{h[0]} | uint64_t{h[1]} << 8 | uint64_t{h[2]} << 16 |
-                 uint64_t{h[3]} << 24;
+  uint64_t len = uint64_t{h[0]} | uint64_t{h[1]} << 8 | uint64_t{h[2]} << 16 | uint64_t{h[3]} << 24;
   if (len > max_frame_) {
     return absl::InvalidArgumentError(
         fmt::format("frame of {} bytes exceeds the maximum of {} bytes", len, max_frame_));

@@ -7,9 +7,9 @@
 #define CISTERN_CONCAT_INNER(a, b) a##b
 #define CISTERN_CONCAT(a, b) CISTERN_CONCAT_INNER(a, b)
 
-#define RETURN_IF_ERROR(expr)                  \
-  do {                                         \
-    ::absl::Status _cistern_status = (expr);   \
+#define RETURN_IF_ERROR(expr)                          \
+  do {                                                 \
+    ::absl::Status _cistern_status = (expr);           \
     if (!_cistern_status.ok()) return _cistern_status; \
   } while (0)
 

@@ -32,8 +32,7 @@ inline uint64_t WaitToWireMs(std::chrono::milliseconds wait) {
 
 // A wait read off the wire (any uint64), clamped to kMaxWait.
 inline std::chrono::milliseconds WaitFromWireMs(uint64_t ms) {
-  return std::chrono::milliseconds(
-      std::min<uint64_t>(ms, static_cast<uint64_t>(kMaxWait.count())));
+  return std::chrono::milliseconds(std::min<uint64_t>(ms, static_cast<uint64_t>(kMaxWait.count())));
 }
 
 }  // namespace cistern

@@ -883,20 +883,36 @@ void EmitScalar(YAML::Emitter& out, const google::protobuf::Message& msg,
   const auto* r = msg.GetReflection();
   bool rep = index >= 0;
   switch (f->cpp_type()) {
-    case FD::CPPTYPE_INT32: out << (rep ? r->GetRepeatedInt32(msg, f, index) : r->GetInt32(msg, f)); break;
-    case FD::CPPTYPE_INT64: out << (rep ? r->GetRepeatedInt64(msg, f, index) : r->GetInt64(msg, f)); break;
-    case FD::CPPTYPE_UINT32: out << (rep ? r->GetRepeatedUInt32(msg, f, index) : r->GetUInt32(msg, f)); break;
-    case FD::CPPTYPE_UINT64: out << (rep ? r->GetRepeatedUInt64(msg, f, index) : r->GetUInt64(msg, f)); break;
-    case FD::CPPTYPE_DOUBLE: out << (rep ? r->GetRepeatedDouble(msg, f, index) : r->GetDouble(msg, f)); break;
-    case FD::CPPTYPE_FLOAT: out << (rep ? r->GetRepeatedFloat(msg, f, index) : r->GetFloat(msg, f)); break;
-    case FD::CPPTYPE_BOOL: out << (rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f)); break;
+    case FD::CPPTYPE_INT32:
+      out << (rep ? r->GetRepeatedInt32(msg, f, index) : r->GetInt32(msg, f));
+      break;
+    case FD::CPPTYPE_INT64:
+      out << (rep ? r->GetRepeatedInt64(msg, f, index) : r->GetInt64(msg, f));
+      break;
+    case FD::CPPTYPE_UINT32:
+      out << (rep ? r->GetRepeatedUInt32(msg, f, index) : r->GetUInt32(msg, f));
+      break;
+    case FD::CPPTYPE_UINT64:
+      out << (rep ? r->GetRepeatedUInt64(msg, f, index) : r->GetUInt64(msg, f));
+      break;
+    case FD::CPPTYPE_DOUBLE:
+      out << (rep ? r->GetRepeatedDouble(msg, f, index) : r->GetDouble(msg, f));
+      break;
+    case FD::CPPTYPE_FLOAT:
+      out << (rep ? r->GetRepeatedFloat(msg, f, index) : r->GetFloat(msg, f));
+      break;
+    case FD::CPPTYPE_BOOL:
+      out << (rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f));
+      break;
     case FD::CPPTYPE_ENUM:
       out << EnumShortName(rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f));
       break;
     case FD::CPPTYPE_STRING:
-      out << YAML::DoubleQuoted << (rep ? r->GetRepeatedString(msg, f, index) : r->GetString(msg, f));
+      out << YAML::DoubleQuoted
+          << (rep ? r->GetRepeatedString(msg, f, index) : r->GetString(msg, f));
       break;
-    case FD::CPPTYPE_MESSAGE: break;
+    case FD::CPPTYPE_MESSAGE:
+      break;
   }
 }
 

@@ -10,11 +10,11 @@
 #include <set>
 
 #include "fmt/format.h"
-#include "src/config/config_yaml.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/paths.h"
 #include "src/common/status_macros.h"
 #include "src/common/utf8.h"
+#include "src/config/config_yaml.h"
 #include "src/stream/rules.h"
 
 namespace cistern::config {
@@ -126,12 +126,14 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   }
   if (cfg->state_dir().empty()) cfg->set_state_dir(cfg->runtime_dir() + "/state");
   auto* reg = cfg->mutable_registry();
-  if (reg->mode() == config::REGISTRY_MODE_UNSPECIFIED) reg->set_mode(config::REGISTRY_MODE_EMBEDDED);
+  if (reg->mode() == config::REGISTRY_MODE_UNSPECIFIED)
+    reg->set_mode(config::REGISTRY_MODE_EMBEDDED);
   if (reg->path().empty()) reg->set_path(cfg->state_dir() + "/registry.db");
   auto* st = cfg->mutable_streams();
   if (st->lease_timeout_ms() == 0) st->set_lease_timeout_ms(60'000);
   if (!st->has_high_watermark_bytes()) st->set_high_watermark_bytes(cfg->tiers(0).size() / 2);
-  if (!st->has_low_watermark_bytes()) st->set_low_watermark_bytes(st->high_watermark_bytes() / 5 * 4);
+  if (!st->has_low_watermark_bytes())
+    st->set_low_watermark_bytes(st->high_watermark_bytes() / 5 * 4);
   if (st->max_lease_refs() == 0) st->set_max_lease_refs(4096);
 }
 
@@ -183,8 +185,8 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
       return bad(fmt::format("{}.size {} is below the minimum of 1MiB", at, t.size()));
     }
     if (t.size() > physical) {
-      return bad(fmt::format("{}.size {} bytes exceeds this host's physical memory ({} bytes)",
-                             at, t.size(), physical));
+      return bad(fmt::format("{}.size {} bytes exceeds this host's physical memory ({} bytes)", at,
+                             t.size(), physical));
     }
     total += t.size();
     if (t.high_watermark() <= 0 || t.high_watermark() > 1) {
@@ -200,8 +202,8 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
                            total, physical));
   }
   if (cfg.max_frame_bytes() < 4096 || cfg.max_frame_bytes() > kGiB) {
-    return bad(fmt::format("max_frame_bytes {} must be between 4KiB and 1GiB",
-                           cfg.max_frame_bytes()));
+    return bad(
+        fmt::format("max_frame_bytes {} must be between 4KiB and 1GiB", cfg.max_frame_bytes()));
   }
   if (cfg.max_sessions() > (1u << 20)) {
     return bad(fmt::format("max_sessions {} exceeds {}", cfg.max_sessions(), 1u << 20));
@@ -224,8 +226,8 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
     return bad(fmt::format("max_batch {} exceeds 65536", cfg.max_batch()));
   }
   if (cfg.max_leases() < cfg.max_batch() || cfg.max_leases() > (uint64_t{1} << 30)) {
-    return bad(fmt::format("max_leases {} must be between max_batch ({}) and {}",
-                           cfg.max_leases(), cfg.max_batch(), uint64_t{1} << 30));
+    return bad(fmt::format("max_leases {} must be between max_batch ({}) and {}", cfg.max_leases(),
+                           cfg.max_batch(), uint64_t{1} << 30));
   }
   for (const auto& t : cfg.tiers()) {
     if (cfg.lease_table_path() == t.path()) {
@@ -252,8 +254,9 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   }
   const auto& st = cfg.streams();
   if (st.high_watermark_bytes() > 0 && st.low_watermark_bytes() > st.high_watermark_bytes()) {
-    return bad(fmt::format("streams.low_watermark_bytes {} is above streams.high_watermark_bytes {}",
-                           st.low_watermark_bytes(), st.high_watermark_bytes()));
+    return bad(
+        fmt::format("streams.low_watermark_bytes {} is above streams.high_watermark_bytes {}",
+                    st.low_watermark_bytes(), st.high_watermark_bytes()));
   }
   if (st.max_lease_refs() > (1u << 20)) {
     return bad(fmt::format("streams.max_lease_refs {} exceeds {}", st.max_lease_refs(), 1u << 20));

@@ -25,8 +25,7 @@ absl::StatusOr<std::unique_ptr<ArenaFile>> ArenaFile::OpenMapped(const std::stri
   if (!f->fd_.valid()) return ErrnoStatus(errno, fmt::format("open '{}'", path));
   if (::flock(f->fd_.get(), LOCK_EX | LOCK_NB) != 0) {
     if (errno == EWOULDBLOCK) {
-      return absl::FailedPreconditionError(
-          fmt::format("'{}' is in use by another cisternd", path));
+      return absl::FailedPreconditionError(fmt::format("'{}' is in use by another cisternd", path));
     }
     return ErrnoStatus(errno, fmt::format("lock '{}'", path));
   }
@@ -52,10 +51,9 @@ absl::StatusOr<std::unique_ptr<ArenaFile>> ArenaFile::OpenMapped(const std::stri
   return f;
 }
 
-absl::StatusOr<std::unique_ptr<ArenaFile>> ArenaFile::Open(const std::string& path,
-                                                           uint64_t size, uint32_t index,
-                                                           const std::string& name, bool format,
-                                                           bool* formatted) {
+absl::StatusOr<std::unique_ptr<ArenaFile>> ArenaFile::Open(const std::string& path, uint64_t size,
+                                                           uint32_t index, const std::string& name,
+                                                           bool format, bool* formatted) {
   auto f = OpenMapped(path, size, format,
                       fmt::format("tier '{}' is configured for {} bytes; restart with --format "
                                   "to discard it",
@@ -74,8 +72,7 @@ absl::StatusOr<std::unique_ptr<ArenaFile>> ArenaFile::Open(const std::string& pa
 }
 
 absl::StatusOr<std::unique_ptr<ArenaFile>> ArenaFile::OpenLeaseTable(const std::string& path,
-                                                                     uint64_t size,
-                                                                     bool* resized) {
+                                                                     uint64_t size, bool* resized) {
   return OpenMapped(path, size, /*reset=*/false, /*mismatch=*/"", resized);
 }
 

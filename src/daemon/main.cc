@@ -25,8 +25,8 @@
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "src/common/fmt_absl.h"
-#include "src/daemon/arena_file.h"
 #include "src/config/daemon_config.h"
+#include "src/daemon/arena_file.h"
 #include "src/daemon/http_server.h"
 #include "src/daemon/metrics.h"
 #include "src/daemon/process.h"
@@ -89,12 +89,18 @@ void LogProtobufMessage(google::protobuf::LogLevel level, const char* file, int 
 
 spdlog::level::level_enum SpdLevel(cistern::config::LogLevel l) {
   switch (l) {
-    case cistern::config::LOG_LEVEL_TRACE: return spdlog::level::trace;
-    case cistern::config::LOG_LEVEL_DEBUG: return spdlog::level::debug;
-    case cistern::config::LOG_LEVEL_WARN: return spdlog::level::warn;
-    case cistern::config::LOG_LEVEL_ERROR: return spdlog::level::err;
-    case cistern::config::LOG_LEVEL_OFF: return spdlog::level::off;
-    default: return spdlog::level::info;
+    case cistern::config::LOG_LEVEL_TRACE:
+      return spdlog::level::trace;
+    case cistern::config::LOG_LEVEL_DEBUG:
+      return spdlog::level::debug;
+    case cistern::config::LOG_LEVEL_WARN:
+      return spdlog::level::warn;
+    case cistern::config::LOG_LEVEL_ERROR:
+      return spdlog::level::err;
+    case cistern::config::LOG_LEVEL_OFF:
+      return spdlog::level::off;
+    default:
+      return spdlog::level::info;
   }
 }
 
@@ -114,17 +120,17 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   // stderr.log: rotated like the log, checked once a second.
   std::optional<daemon::StdioRotation> stdio;
   if (!cfg.log_file().empty()) {
-    stdio = daemon::StdioRotation::ForDescriptors({STDERR_FILENO, STDOUT_FILENO},
-                                                  cfg.log_max_bytes(),
-                                                  static_cast<int>(cfg.log_max_files()));
+    stdio = daemon::StdioRotation::ForDescriptors(
+        {STDERR_FILENO, STDOUT_FILENO}, cfg.log_max_bytes(), static_cast<int>(cfg.log_max_files()));
   }
   http.Every(std::chrono::seconds(1), [&metrics, &stdio] {
     metrics.LogEvictions();
     if (stdio && stdio->Check()) spdlog::info("rotated {}", stdio->path().string());
   });
   if (absl::Status s = http.Bind(); !s.ok()) {
-    spdlog::error("cannot serve metrics: {} (another cisternd? set metrics_port; 0 picks a free one)",
-                  s.message());
+    spdlog::error(
+        "cannot serve metrics: {} (another cisternd? set metrics_port; 0 picks a free one)",
+        s.message());
     return 2;
   }
   http.Start();
@@ -179,15 +185,15 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     contents = store::SharedLeaseTable::Read((*lease_file)->base(), table_bytes, lease_slots,
                                              cfg.max_leases(), identity);
     if (!contents.ok()) {
-      spdlog::warn("lease table '{}': {}; starting a new one (no lease held across the restart "
-                   "is kept)",
-                   cfg.lease_table_path(), contents.status().message());
+      spdlog::warn(
+          "lease table '{}': {}; starting a new one (no lease held across the restart "
+          "is kept)",
+          cfg.lease_table_path(), contents.status().message());
     }
   }
   if (!contents.ok()) {
-    if (absl::Status s = store::SharedLeaseTable::Format((*lease_file)->base(), table_bytes,
-                                                         lease_slots, cfg.max_leases(), identity,
-                                                         1);
+    if (absl::Status s = store::SharedLeaseTable::Format(
+            (*lease_file)->base(), table_bytes, lease_slots, cfg.max_leases(), identity, 1);
         !s.ok()) {
       spdlog::error("lease table '{}': {}", cfg.lease_table_path(), s.message());
       return 1;

@@ -12,11 +12,32 @@ namespace cistern::daemon {
 namespace {
 
 constexpr std::string_view kVerbNames[kVerbCount] = {
-    "hello",        "create",     "seal",          "abort",   "get",       "release",
-    "remove",       "stat",       "list",          "stats",   "batch_get", "batch_release",
-    "batch_create", "batch_seal", "daemon_status", "quarantine_list", "quarantine_remove",
-    "adopt",        "stream_open", "stream_commit",
-    "stream_lease", "stream_ack", "stream_fail", "stream_stat", "stream_list", "stream_reconcile",
+    "hello",
+    "create",
+    "seal",
+    "abort",
+    "get",
+    "release",
+    "remove",
+    "stat",
+    "list",
+    "stats",
+    "batch_get",
+    "batch_release",
+    "batch_create",
+    "batch_seal",
+    "daemon_status",
+    "quarantine_list",
+    "quarantine_remove",
+    "adopt",
+    "stream_open",
+    "stream_commit",
+    "stream_lease",
+    "stream_ack",
+    "stream_fail",
+    "stream_stat",
+    "stream_list",
+    "stream_reconcile",
     "invalid",
 };
 
@@ -229,10 +250,10 @@ std::vector<prometheus::MetricFamily> Metrics::CollectLive() const {
         SingleGauge("cistern_leases", "Leases held by clients.", static_cast<double>(st.leases)));
     out.push_back(SingleGauge("cistern_pending_writes", "Objects created and not yet sealed.",
                               static_cast<double>(st.pending_writes)));
-    out.push_back(SingleGauge(
-        "cistern_quarantined_objects",
-        "Corrupt objects set aside at recovery: not served, bytes kept until removed.",
-        static_cast<double>(st.quarantined_objects)));
+    out.push_back(
+        SingleGauge("cistern_quarantined_objects",
+                    "Corrupt objects set aside at recovery: not served, bytes kept until removed.",
+                    static_cast<double>(st.quarantined_objects)));
     out.push_back(SingleGauge("cistern_quarantined_bytes",
                               "Bytes of the blocks of quarantined objects.",
                               static_cast<double>(st.quarantined_bytes)));

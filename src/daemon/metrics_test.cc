@@ -429,9 +429,9 @@ TEST(MetricsConfigTest, Defaults) {
 }
 
 TEST(MetricsConfigTest, PortZeroStaysZeroAndSizesParse) {
-  auto cfg =
-      config::LoadDaemonConfig("", {"metrics_port=0", "metrics_address=::1", "log_file=/tmp/x/cisternd.log",
-                            "log_max_bytes=1MiB", "log_max_files=2"});
+  auto cfg = config::LoadDaemonConfig(
+      "", {"metrics_port=0", "metrics_address=::1", "log_file=/tmp/x/cisternd.log",
+           "log_max_bytes=1MiB", "log_max_files=2"});
   ASSERT_TRUE(cfg.ok()) << cfg.status();
   EXPECT_EQ(cfg->metrics_port(), 0u);
   EXPECT_EQ(cfg->metrics_address(), "::1");

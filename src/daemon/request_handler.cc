@@ -34,8 +34,7 @@ void SetStatus(const absl::Status& s, wire::Response* resp) {
   resp->mutable_status()->set_message(std::string(s.message()));
 }
 
-void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c,
-                                  wire::Response* resp) {
+void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c, wire::Response* resp) {
   store::ObjectStore::CreateArgs args;
   args.key = c.key();
   args.size = c.size();
@@ -48,9 +47,9 @@ void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c,
     info.name = t.name();
     int d = static_cast<int>(t.dtype());
     if (d < 1 || d > kMaxDType) {
-      SetStatus(absl::InvalidArgumentError(
-                    fmt::format("tensor '{}' has unknown dtype {}", t.name(), d)),
-                resp);
+      SetStatus(
+          absl::InvalidArgumentError(fmt::format("tensor '{}' has unknown dtype {}", t.name(), d)),
+          resp);
       return;
     }
     info.dtype = static_cast<DType>(d);
@@ -108,8 +107,7 @@ void RequestHandler::FillStats(wire::StatsReply* r) {
   r->set_sessions(sessions_);
 }
 
-void RequestHandler::Handle(store::SessionId s, const wire::Request& req,
-                            wire::Response* resp) {
+void RequestHandler::Handle(store::SessionId s, const wire::Request& req, wire::Response* resp) {
   resp->set_id(req.id());
   switch (req.body_case()) {
     case wire::Request::kCreate:

@@ -130,9 +130,10 @@ void Server::HolderExited(store::SessionId session) {
   auto it = holders_.find(session);
   if (it == holders_.end()) return;
   auto info = store_->SessionInfo(session);
-  spdlog::info("pid {} exited without reconnecting: its {} leases and {} writes from before the "
-               "restart end",
-               it->second.pid, info.leases, info.pending_writes);
+  spdlog::info(
+      "pid {} exited without reconnecting: its {} leases and {} writes from before the "
+      "restart end",
+      it->second.pid, info.leases, info.pending_writes);
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, it->second.pidfd.get(), nullptr);
   holders_.erase(it);
   store_->CloseSession(session);
@@ -142,8 +143,7 @@ void Server::HandleAdopt(Session* s, const wire::Request& req, wire::Response* r
   resp->set_id(req.id());
   const wire::Adopt& a = req.adopt();
   auto it = std::find_if(holders_.begin(), holders_.end(), [&](const auto& kv) {
-    return kv.second.incarnation == a.incarnation() &&
-           kv.second.old_session_id == a.session_id();
+    return kv.second.incarnation == a.incarnation() && kv.second.old_session_id == a.session_id();
   });
   if (it == holders_.end()) {
     SetStatus(absl::NotFoundError(fmt::format(
@@ -153,9 +153,9 @@ void Server::HandleAdopt(Session* s, const wire::Request& req, wire::Response* r
     return;
   }
   if (it->second.pid != s->pid || it->second.uid != s->uid) {
-    SetStatus(absl::PermissionDeniedError(fmt::format(
-                  "session {} of incarnation {} belonged to pid {}, not pid {}", a.session_id(),
-                  a.incarnation(), it->second.pid, s->pid)),
+    SetStatus(absl::PermissionDeniedError(
+                  fmt::format("session {} of incarnation {} belonged to pid {}, not pid {}",
+                              a.session_id(), a.incarnation(), it->second.pid, s->pid)),
               resp);
     return;
   }
@@ -174,8 +174,8 @@ void Server::Run() {
   Clock::TimePoint last_busy = clock_->Now() - options_.busy_poll;
   while (!stopping_) {
     bool polling = clock_->Now() - last_busy < options_.busy_poll;
-    int n = ::epoll_wait(epoll_fd_.get(), events.data(), events.size(),
-                         polling ? 0 : NextTimeoutMs());
+    int n =
+        ::epoll_wait(epoll_fd_.get(), events.data(), events.size(), polling ? 0 : NextTimeoutMs());
     if (n < 0 && errno != EINTR) {
       spdlog::error("epoll_wait: {}", std::strerror(errno));
       break;
@@ -230,8 +230,7 @@ void Server::Accept() {
       refuse = absl::PermissionDeniedError("peer credentials unavailable");
     } else if (std::find(options_.allowed_uids.begin(), options_.allowed_uids.end(), cred.uid) ==
                options_.allowed_uids.end()) {
-      refuse = absl::PermissionDeniedError(
-          fmt::format("uid {} is not in allowed_uids", cred.uid));
+      refuse = absl::PermissionDeniedError(fmt::format("uid {} is not in allowed_uids", cred.uid));
     } else if (said_hello_ >= options_.max_sessions) {
       refuse = absl::ResourceExhaustedError(
           fmt::format("cisternd already serves max_sessions={} sessions", options_.max_sessions));
@@ -343,7 +342,7 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     ReplyError(s, 0,
                absl::InvalidArgumentError(fmt::format(
                    "malformed request: {} bytes do not parse as a Request{}", frame.size(),
-                   !close             ? ""
+                   !close           ? ""
                    : !s->hello_done ? " (before hello)"
                                     : fmt::format(" ({} malformed frames)", s->malformed))),
                close);
@@ -366,8 +365,8 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
   if (!stopping_ && Dispatch(s, req, StreamHandler::Attempt::kFirst, &resp)) {
     s->parked = std::make_unique<wire::Request>(std::move(req));
     s->parked_since = start;
-    uint64_t wait_ms = s->parked->has_create() ? s->parked->create().wait_ms()
-                                               : StreamHandler::WaitMs(*s->parked);
+    uint64_t wait_ms =
+        s->parked->has_create() ? s->parked->create().wait_ms() : StreamHandler::WaitMs(*s->parked);
     s->parked_deadline = start + WaitFromWireMs(wait_ms);
     parked_.push_back(s->id);
     return;
@@ -453,8 +452,8 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
     return st;
   }
   // Recorded in the shared lease table so that its leases outlive this daemon.
-  if (absl::Status st = store_->OpenSession(
-          s->id, {s->pid, s->uid, ProcessStartTime(s->pid).value_or(0)});
+  if (absl::Status st =
+          store_->OpenSession(s->id, {s->pid, s->uid, ProcessStartTime(s->pid).value_or(0)});
       !st.ok()) {
     ReplyError(s, req.id(), st, /*close=*/true);
     return st;
@@ -589,7 +588,8 @@ void Server::Flush(Session* s) {
 
 void Server::UpdateInterest(Session* s) {
   // Without EPOLLIN the kernel still reports EPOLLHUP and EPOLLERR.
-  uint32_t events = (MayRead(s) ? uint32_t{EPOLLIN} : 0u) | (s->out.empty() ? 0u : uint32_t{EPOLLOUT});
+  uint32_t events =
+      (MayRead(s) ? uint32_t{EPOLLIN} : 0u) | (s->out.empty() ? 0u : uint32_t{EPOLLOUT});
   if (events == s->interest) return;
   s->interest = events;
   epoll_event ev{};
@@ -652,7 +652,8 @@ void Server::ExpireDeadlines() {
     }
     if (!s->hello_done && now >= s->hello_deadline) silent.push_back(id);
     if (s->parked && now >= s->parked_deadline) expired.push_back(id);
-    if (idle_close && s->hello_done && !s->parked && now - s->last_request >= options_.idle_timeout) {
+    if (idle_close && s->hello_done && !s->parked &&
+        now - s->last_request >= options_.idle_timeout) {
       idle.push_back(id);
     }
   }
@@ -707,7 +708,8 @@ int Server::NextTimeoutMs() {
       continue;
     }
     if (!s->hello_done) consider(s->hello_deadline);
-    if (idle_close && s->hello_done && !s->parked) consider(s->last_request + options_.idle_timeout);
+    if (idle_close && s->hello_done && !s->parked)
+      consider(s->last_request + options_.idle_timeout);
     if (s->parked) consider(s->parked_deadline);
   }
   if (!parked_.empty()) {

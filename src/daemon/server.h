@@ -7,9 +7,9 @@
 // for refs — is parked (its session reads nothing more) and retried whenever
 // the store frees bytes, a stream changes or a stream lease expires, and one
 // last time at its deadline. Stream verbs that change a ledger write the
-// registry on this thread (one transaction, one fsync). After serving a request the loop keeps polling
-// for `busy_poll` before it sleeps: on virtual machines waking a sleeping
-// thread on another CPU costs tens of microseconds, far more than the request.
+// registry on this thread (one transaction, one fsync). After serving a request the loop keeps
+// polling for `busy_poll` before it sleeps: on virtual machines waking a sleeping thread on another
+// CPU costs tens of microseconds, far more than the request.
 //
 // What a client can make the daemon hold is bounded (issue 9): a session whose
 // unsent replies pass max_unsent_reply_bytes is not served, and a session that
@@ -36,9 +36,9 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "cistern/local.pb.h"
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
-#include "cistern/local.pb.h"
 #include "src/common/clock.h"
 #include "src/common/frame.h"
 #include "src/common/unique_fd.h"
@@ -78,8 +78,8 @@ struct ServerOptions {
   std::vector<uint32_t> allowed_uids;
   uint64_t max_frame_bytes = 16 << 20;
   Clock::Duration hello_timeout = std::chrono::seconds(5);
-  uint32_t max_sessions = 1024;          // that said hello
-  uint32_t max_pending_sessions = 64;    // that have not said hello yet
+  uint32_t max_sessions = 1024;                             // that said hello
+  uint32_t max_pending_sessions = 64;                       // that have not said hello yet
   Clock::Duration idle_timeout = std::chrono::minutes(10);  // 0: never
   uint64_t max_unsent_reply_bytes = 8 << 20;
   uint64_t max_read_ahead_bytes = 1 << 20;
@@ -124,8 +124,8 @@ class Server {
     uint32_t uid = 0;
     std::string client_name;
     bool hello_done = false;
-    bool closing = false;  // close once `out` is flushed
-    bool stalled = false;  // stopped serving: unsent replies passed the cap
+    bool closing = false;   // close once `out` is flushed
+    bool stalled = false;   // stopped serving: unsent replies passed the cap
     uint32_t interest = 0;  // the epoll events registered
     uint32_t malformed = 0;
     FrameBuffer in;

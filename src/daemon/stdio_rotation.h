@@ -37,7 +37,10 @@ class StdioRotation {
 
  private:
   StdioRotation(std::vector<int> fds, std::filesystem::path path, uint64_t max_bytes, int max_files)
-      : fds_(std::move(fds)), path_(std::move(path)), max_bytes_(max_bytes), max_files_(max_files) {}
+      : fds_(std::move(fds)),
+        path_(std::move(path)),
+        max_bytes_(max_bytes),
+        max_files_(max_files) {}
 
   std::filesystem::path Numbered(int index) const;
 

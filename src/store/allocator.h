@@ -54,7 +54,7 @@ class Allocator {
   const uint64_t begin_;
   const uint64_t size_;
   uint64_t free_bytes_ = 0;
-  std::map<uint64_t, uint64_t> by_offset_;          // offset -> size
+  std::map<uint64_t, uint64_t> by_offset_;           // offset -> size
   std::set<std::pair<uint64_t, uint64_t>> by_size_;  // (size, offset)
 };
 

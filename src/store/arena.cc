@@ -10,8 +10,8 @@
 #include <cstring>
 
 #include "fmt/format.h"
-#include "src/common/fmt_absl.h"
 #include "src/common/check.h"
+#include "src/common/fmt_absl.h"
 #include "src/common/status_macros.h"
 #include "src/store/checksum.h"
 #include "src/store/manifest.h"
@@ -27,13 +27,13 @@ uint64_t HeaderChecksum(const ObjectHeader* h) {
 absl::Status Arena::Format(char* base, uint64_t size, uint32_t tier_index,
                            std::string_view tier_name, uint64_t now_unix_ns) {
   if (size < kSuperblockBytes + 16 * kAlign || size % kAlign != 0) {
-    return absl::InvalidArgumentError(fmt::format(
-        "arena of {} bytes is too small or not a multiple of {} (minimum {} bytes)", size,
-        kAlign, kSuperblockBytes + 16 * kAlign));
+    return absl::InvalidArgumentError(
+        fmt::format("arena of {} bytes is too small or not a multiple of {} (minimum {} bytes)",
+                    size, kAlign, kSuperblockBytes + 16 * kAlign));
   }
   if (tier_name.empty() || tier_name.size() > kMaxTierNameBytes) {
-    return absl::InvalidArgumentError(fmt::format("tier name '{}' must be 1..{} bytes",
-                                                  tier_name, kMaxTierNameBytes));
+    return absl::InvalidArgumentError(
+        fmt::format("tier name '{}' must be 1..{} bytes", tier_name, kMaxTierNameBytes));
   }
   // Invalidate first so a crash during formatting leaves no valid superblock.
   std::memset(base, 0, sizeof(Superblock));
@@ -61,16 +61,16 @@ absl::StatusOr<Arena> Arena::Attach(char* base, uint64_t size, uint32_t tier_ind
   }
   if (sb->layout_version != kLayoutVersion) {
     return absl::FailedPreconditionError(
-        fmt::format("arena layout version {} is not the supported version {}",
-                    sb->layout_version, kLayoutVersion));
+        fmt::format("arena layout version {} is not the supported version {}", sb->layout_version,
+                    kLayoutVersion));
   }
   if (sb->static_checksum != Checksum(sb, kSuperblockStaticBytes)) {
     return absl::FailedPreconditionError("arena superblock checksum mismatch");
   }
   if (sb->arena_bytes != size || sb->data_offset != kSuperblockBytes ||
       sb->data_bytes != size - kSuperblockBytes) {
-    return absl::FailedPreconditionError(fmt::format(
-        "arena was formatted for {} bytes but is {} bytes", sb->arena_bytes, size));
+    return absl::FailedPreconditionError(
+        fmt::format("arena was formatted for {} bytes but is {} bytes", sb->arena_bytes, size));
   }
   std::string_view name(sb->tier_name, strnlen(sb->tier_name, sizeof sb->tier_name));
   if (sb->tier_index != tier_index || name != tier_name) {
@@ -81,8 +81,7 @@ absl::StatusOr<Arena> Arena::Attach(char* base, uint64_t size, uint32_t tier_ind
   return Arena(base, size);
 }
 
-std::string Arena::Verify(uint64_t block_offset, uint64_t block_size,
-                          RecoveredObject* out) const {
+std::string Arena::Verify(uint64_t block_offset, uint64_t block_size, RecoveredObject* out) const {
   const ObjectHeader* h = header(block_offset);
   if (h->magic != kObjectMagic) return "bad object magic";
   if (block_size < sizeof(ObjectHeader) || h->key_bytes == 0 || h->key_bytes > kMaxKeyBytes) {
@@ -158,8 +157,8 @@ absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc,
     uint64_t tag = LoadAcquire(&header(off)->tag);
     uint64_t n = TagSize(tag);
     if (!TagValid(tag) || n > size_ - off) {
-      return absl::DataLossError(fmt::format(
-          "arena is corrupt: invalid block tag {:#018x} at offset {}", tag, off));
+      return absl::DataLossError(
+          fmt::format("arena is corrupt: invalid block tag {:#018x} at offset {}", tag, off));
     }
     if (TagKind(tag) == kFreeBlock) {
       extend_run(off, n);
@@ -196,8 +195,7 @@ absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc,
         extend_run(off, n);
       }
     } else {
-      RETURN_IF_ERROR(
-          corrupt(off, n, "", fmt::format("unknown object state {}", uint32_t(state))));
+      RETURN_IF_ERROR(corrupt(off, n, "", fmt::format("unknown object state {}", uint32_t(state))));
     }
     off += n;
   }

@@ -57,7 +57,7 @@ class Arena {
     ObjectState state = ObjectState::kRemoved;
     uint64_t generation = 0;  // as the header says (0 while writing)
     uint32_t flags = 0;
-    std::string key;          // as the header says (not verified)
+    std::string key;  // as the header says (not verified)
   };
   enum class OnCorrupt { kFail, kDrop, kQuarantine };
   struct RecoverOptions {

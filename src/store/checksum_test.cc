@@ -39,8 +39,8 @@ TEST(ChecksumTest, LargePayloadIsXxh3OfSegmentDigests) {
 
 TEST(ChecksumTest, CopyAndChecksumCopiesExactlyAndAgreesWithChecksum) {
   // Sizes around every threshold (segment, parallel, streaming), odd offsets.
-  for (size_t n : {size_t{1}, size_t{63}, size_t{16384 + 5}, kChecksumSegment,
-                   kChecksumSegment + 1, size_t{5 << 20} + 7, size_t{33 << 20} + 3}) {
+  for (size_t n : {size_t{1}, size_t{63}, size_t{16384 + 5}, kChecksumSegment, kChecksumSegment + 1,
+                   size_t{5 << 20} + 7, size_t{33 << 20} + 3}) {
     auto src = Random(n + 3, n);
     std::vector<char> dst(n + 8, 0);
     uint64_t sum = CopyAndChecksum(dst.data() + 3, src.data() + 1, n);

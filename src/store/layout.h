@@ -97,14 +97,12 @@ struct ObjectHeader {
 static_assert(sizeof(ObjectHeader) == 128);
 inline constexpr size_t kHeaderChecksumFrom = offsetof(ObjectHeader, generation);
 
-constexpr uint64_t MakeTag(uint64_t size, uint64_t kind) {
-  return (kTagMagic << 56) | size | kind;
-}
+constexpr uint64_t MakeTag(uint64_t size, uint64_t kind) { return (kTagMagic << 56) | size | kind; }
 constexpr uint64_t TagSize(uint64_t tag) { return tag & 0x00FFFFFFFFFFFFC0ull; }
 constexpr uint64_t TagKind(uint64_t tag) { return tag & 0x3F; }
 constexpr bool TagValid(uint64_t tag) {
-  return (tag >> 56) == kTagMagic &&
-         (TagKind(tag) == kFreeBlock || TagKind(tag) == kObjectBlock) && TagSize(tag) >= kAlign;
+  return (tag >> 56) == kTagMagic && (TagKind(tag) == kFreeBlock || TagKind(tag) == kObjectBlock) &&
+         TagSize(tag) >= kAlign;
 }
 
 // Where the manifest and payload sit inside an object block.

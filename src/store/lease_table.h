@@ -22,7 +22,7 @@ class LeaseTable {
   struct Lease {
     Object* obj = nullptr;
     SessionId session = 0;
-    bool hold = false;  // a hold (ObjectStore::Hold), not a plain lease
+    bool hold = false;          // a hold (ObjectStore::Hold), not a plain lease
     uint64_t entry = kNoEntry;  // its SharedLeaseTable entry, if recorded there
   };
 

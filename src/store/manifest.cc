@@ -59,8 +59,8 @@ absl::Status ValidateManifest(const std::vector<TensorInfo>& tensors, uint64_t p
       return absl::InvalidArgumentError(fmt::format("tensor '{}' appears twice", t.name));
     }
     if (!ValidDType(static_cast<uint8_t>(t.dtype))) {
-      return absl::InvalidArgumentError(fmt::format("tensor '{}' has unknown dtype {}", t.name,
-                                                    static_cast<int>(t.dtype)));
+      return absl::InvalidArgumentError(
+          fmt::format("tensor '{}' has unknown dtype {}", t.name, static_cast<int>(t.dtype)));
     }
     if (t.shape.size() > kMaxRank) {
       return absl::InvalidArgumentError(fmt::format("tensor '{}' has rank {}; the limit is {}",
@@ -78,17 +78,17 @@ absl::Status ValidateManifest(const std::vector<TensorInfo>& tensors, uint64_t p
     }
     if (t.offset > payload_size || t.nbytes > payload_size - t.offset) {
       return absl::InvalidArgumentError(
-          fmt::format("tensor '{}' [{}, +{}) extends past the object's {} bytes", t.name,
-                      t.offset, t.nbytes, payload_size));
+          fmt::format("tensor '{}' [{}, +{}) extends past the object's {} bytes", t.name, t.offset,
+                      t.nbytes, payload_size));
     }
     if (t.nbytes > 0) ranges.emplace_back(t.offset, t.nbytes);
   }
   std::sort(ranges.begin(), ranges.end());
   for (size_t i = 1; i < ranges.size(); ++i) {
     if (ranges[i - 1].first + ranges[i - 1].second > ranges[i].first) {
-      return absl::InvalidArgumentError(fmt::format(
-          "tensors overlap: [{}, +{}) and [{}, +{})", ranges[i - 1].first, ranges[i - 1].second,
-          ranges[i].first, ranges[i].second));
+      return absl::InvalidArgumentError(fmt::format("tensors overlap: [{}, +{}) and [{}, +{})",
+                                                    ranges[i - 1].first, ranges[i - 1].second,
+                                                    ranges[i].first, ranges[i].second));
     }
   }
   return absl::OkStatus();
@@ -102,8 +102,12 @@ uint64_t EncodedManifestBytes(const std::vector<TensorInfo>& tensors) {
 
 void EncodeManifest(const std::vector<TensorInfo>& tensors, char* out) {
   for (const TensorInfo& t : tensors) {
-    Head h{t.offset, t.nbytes, static_cast<uint8_t>(t.dtype), static_cast<uint8_t>(t.shape.size()),
-           static_cast<uint16_t>(t.name.size()), 0};
+    Head h{t.offset,
+           t.nbytes,
+           static_cast<uint8_t>(t.dtype),
+           static_cast<uint8_t>(t.shape.size()),
+           static_cast<uint16_t>(t.name.size()),
+           0};
     uint64_t entry = EntryBytes(t.shape.size(), t.name.size());
     std::memset(out, 0, entry);
     std::memcpy(out, &h, sizeof h);

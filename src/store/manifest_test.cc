@@ -12,11 +12,10 @@ TensorInfo T(std::string name, DType d, std::vector<uint64_t> shape, uint64_t of
 }
 
 TEST(ManifestTest, ValidManifestRoundTripsThroughEncoding) {
-  std::vector<TensorInfo> ts = {T("w", DType::kFloat32, {4, 4}, 0),
-                                T("b", DType::kBFloat16, {4}, 64),
-                                T("mask", DType::kBool, {3}, 128),
-                                T("scalar", DType::kInt64, {}, 192),
-                                T("empty", DType::kUInt8, {0}, 256)};
+  std::vector<TensorInfo> ts = {
+      T("w", DType::kFloat32, {4, 4}, 0), T("b", DType::kBFloat16, {4}, 64),
+      T("mask", DType::kBool, {3}, 128), T("scalar", DType::kInt64, {}, 192),
+      T("empty", DType::kUInt8, {0}, 256)};
   ASSERT_TRUE(ValidateManifest(ts, 256).ok());
   std::string buf(EncodedManifestBytes(ts), '\xff');
   EncodeManifest(ts, buf.data());
@@ -26,8 +25,8 @@ TEST(ManifestTest, ValidManifestRoundTripsThroughEncoding) {
 }
 
 TEST(ManifestTest, OverlappingTensorsAreRejected) {
-  auto s = ValidateManifest({T("a", DType::kFloat32, {32}, 0), T("b", DType::kFloat32, {4}, 64)},
-                            1024);
+  auto s =
+      ValidateManifest({T("a", DType::kFloat32, {32}, 0), T("b", DType::kFloat32, {4}, 64)}, 1024);
   EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("overlap"), std::string::npos);
 }
@@ -59,8 +58,7 @@ TEST(ManifestTest, UnknownDtypeDuplicateAndEmptyNamesAreRejected) {
   bad.dtype = static_cast<DType>(99);
   EXPECT_FALSE(ValidateManifest({bad}, 64).ok());
   EXPECT_FALSE(
-      ValidateManifest({T("a", DType::kUInt8, {1}, 0), T("a", DType::kUInt8, {1}, 64)}, 128)
-          .ok());
+      ValidateManifest({T("a", DType::kUInt8, {1}, 0), T("a", DType::kUInt8, {1}, 64)}, 128).ok());
   EXPECT_FALSE(ValidateManifest({T("", DType::kUInt8, {1}, 0)}, 64).ok());
   EXPECT_FALSE(ValidateManifest({T(std::string("a\0b", 3), DType::kUInt8, {1}, 0)}, 64).ok());
 }

@@ -23,8 +23,8 @@
 #include <random>
 
 #include "fmt/format.h"
-#include "src/common/fmt_absl.h"
 #include "src/common/check.h"
+#include "src/common/fmt_absl.h"
 #include "src/common/utf8.h"
 #include "src/store/manifest.h"
 
@@ -68,9 +68,9 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
     const TierSpec& spec = tiers[i];
     if (!(spec.low_watermark >= 0 && spec.low_watermark <= spec.high_watermark &&
           spec.high_watermark <= 1)) {
-      return absl::InvalidArgumentError(fmt::format(
-          "tier '{}': watermarks must satisfy 0 <= low ({}) <= high ({}) <= 1", spec.name,
-          spec.low_watermark, spec.high_watermark));
+      return absl::InvalidArgumentError(
+          fmt::format("tier '{}': watermarks must satisfy 0 <= low ({}) <= high ({}) <= 1",
+                      spec.name, spec.low_watermark, spec.high_watermark));
     }
     auto arena = Arena::Attach(spec.base, spec.size, i, spec.name);
     if (!arena.ok()) {
@@ -97,7 +97,7 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
   // What the arenas hold, by (tier, block offset), until leases are restored.
   absl::flat_hash_map<std::pair<uint32_t, uint64_t>, Object*> at;
   absl::flat_hash_map<Object*, ObjectState> kept_state;  // kept blocks only
-  std::vector<Object*> sealed;                             // in arena order
+  std::vector<Object*> sealed;                           // in arena order
   for (uint32_t i = 0; i < store->tiers_.size(); ++i) {
     Tier& tier = store->tiers_[i];
     Arena::RecoverOptions recover;
@@ -152,9 +152,10 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
       bool lease = e.kind == SharedLeaseTable::Kind::kLease;
       bool ok = false;
       if (obj != nullptr && lease) {
-        ok = (ks == kept_state.end() || ks->second == ObjectState::kRemoved) &&
-             e.generation != 0 && obj->generation == e.generation &&
-             store->leases_.AddWithId(e.id, obj, rs.id, store->shared_ ? e.index : LeaseTable::kNoEntry);
+        ok = (ks == kept_state.end() || ks->second == ObjectState::kRemoved) && e.generation != 0 &&
+             obj->generation == e.generation &&
+             store->leases_.AddWithId(e.id, obj, rs.id,
+                                      store->shared_ ? e.index : LeaseTable::kNoEntry);
       } else if (obj != nullptr) {
         ok = ks != kept_state.end() && ks->second != ObjectState::kRemoved &&
              !writing.contains(obj) && !store->writes_.contains(e.id);
@@ -229,12 +230,11 @@ absl::StatusOr<uint32_t> ObjectStore::TierIndex(std::string_view name) const {
   }
   std::string known;
   for (const Tier& t : tiers_) known += (known.empty() ? "" : ", ") + t.name;
-  return absl::InvalidArgumentError(
-      fmt::format("unknown tier '{}' (configured: {})", name, known));
+  return absl::InvalidArgumentError(fmt::format("unknown tier '{}' (configured: {})", name, known));
 }
 
 absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
-                                                            const CreateArgs& args) {
+                                                           const CreateArgs& args) {
   if (absl::Status s = ValidateKey(args.key); !s.ok()) return s;
   if (args.size == 0) {
     return absl::InvalidArgumentError(
@@ -255,9 +255,9 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
   uint64_t capacity = tier.alloc.capacity();
   if (args.size > capacity || manifest_bytes > capacity ||
       BlockBytes(args.key.size(), manifest_bytes, args.size) > capacity) {
-    return absl::InvalidArgumentError(fmt::format(
-        "{} of {} bytes does not fit in tier '{}' even when empty ({} bytes)",
-        QuoteKey(args.key), args.size, tier.name, capacity));
+    return absl::InvalidArgumentError(
+        fmt::format("{} of {} bytes does not fit in tier '{}' even when empty ({} bytes)",
+                    QuoteKey(args.key), args.size, tier.name, capacity));
   }
   if (Object* v = table_.FindVisible(args.key)) {
     if (args.if_absent) {
@@ -303,8 +303,8 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
   writes_.emplace(id, Write{obj, session, args.if_absent, entry});
   session_writes_[session].insert(id);
   EvictToWatermark(tier);
-  return WriteInfo{id, *tier_index,
-                   a->offset + tier.arena.header(a->offset)->payload_offset, args.size};
+  return WriteInfo{id, *tier_index, a->offset + tier.arena.header(a->offset)->payload_offset,
+                   args.size};
 }
 
 std::optional<Allocator::Allocation> ObjectStore::AllocateEvicting(Tier& tier, uint64_t n) {
@@ -364,9 +364,8 @@ void ObjectStore::FreeObject(Object* obj) {
 absl::StatusOr<ObjectStore::Write> ObjectStore::TakeWrite(SessionId session, uint64_t write_id) {
   auto it = writes_.find(write_id);
   if (it == writes_.end()) {
-    return absl::NotFoundError(
-        fmt::format("write {} is not pending (never created, already sealed or aborted)",
-                    write_id));
+    return absl::NotFoundError(fmt::format(
+        "write {} is not pending (never created, already sealed or aborted)", write_id));
   }
   if (it->second.session != session) {
     return absl::PermissionDeniedError(
@@ -486,10 +485,10 @@ uint32_t ObjectStore::HolderIndex(std::string_view holder) {
 }
 
 absl::Status ObjectStore::HeldError(const Object* obj, std::string_view what) const {
-  return absl::FailedPreconditionError(fmt::format(
-      "{} generation {} is held by {}{}; it cannot be {} until released", QuoteKey(obj->key->key),
-      obj->generation, holders_[obj->holder],
-      obj->holds > 1 ? fmt::format(" and {} more holds", obj->holds - 1) : "", what));
+  return absl::FailedPreconditionError(
+      fmt::format("{} generation {} is held by {}{}; it cannot be {} until released",
+                  QuoteKey(obj->key->key), obj->generation, holders_[obj->holder],
+                  obj->holds > 1 ? fmt::format(" and {} more holds", obj->holds - 1) : "", what));
 }
 
 absl::Status ObjectStore::Release(SessionId session, uint64_t lease_id) {

@@ -96,10 +96,10 @@ struct QuarantinedObject {
 };
 
 struct RecoveryReport {
-  uint64_t objects = 0;           // sealed objects kept
-  uint64_t bytes = 0;             // their payload bytes
-  uint64_t freed_blocks = 0;      // unsealed or removed objects reclaimed
-  uint64_t superseded = 0;        // older sealed generations of a key reclaimed
+  uint64_t objects = 0;       // sealed objects kept
+  uint64_t bytes = 0;         // their payload bytes
+  uint64_t freed_blocks = 0;  // unsealed or removed objects reclaimed
+  uint64_t superseded = 0;    // older sealed generations of a key reclaimed
   uint64_t max_generation = 0;
   std::vector<Arena::CorruptObject> dropped;  // with OnCorrupt::kDrop
   std::vector<QuarantinedObject> quarantined;
@@ -107,7 +107,6 @@ struct RecoveryReport {
   uint64_t kept_writes = 0;    // their pending writes, kept until aborted
   uint64_t stale_entries = 0;  // shared entries that no longer matched a block: cleared
 };
-
 
 struct TierStats {
   std::string name;
@@ -122,7 +121,7 @@ struct TierStats {
 
 struct StoreStats {
   std::vector<TierStats> tiers;
-  uint64_t objects = 0;         // visible objects
+  uint64_t objects = 0;  // visible objects
   uint64_t leases = 0;
   uint64_t pending_writes = 0;
   uint64_t deferred_frees = 0;  // removed objects waiting for their last lease
@@ -244,11 +243,12 @@ class ObjectStore {
     SessionId session;
     bool if_absent;
     uint64_t entry = LeaseTable::kNoEntry;  // in the shared lease table
-    bool orphaned = false;  // recovered from an earlier daemon: abort only
+    bool orphaned = false;                  // recovered from an earlier daemon: abort only
   };
 
   ObjectStore() = default;
-  absl::StatusOr<uint32_t> TierIndex(std::string_view name) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::StatusOr<uint32_t> TierIndex(std::string_view name) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::optional<Allocator::Allocation> AllocateEvicting(Tier& tier, uint64_t n)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EvictToWatermark(Tier& tier) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -261,8 +261,7 @@ class ObjectStore {
   void RetireRecovered(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void DropLease(const LeaseTable::Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::StatusOr<LeaseInfo> LeaseLocked(SessionId session, std::string_view key,
-                                        uint64_t generation,
-                                        std::optional<std::string_view> holder)
+                                        uint64_t generation, std::optional<std::string_view> holder)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   uint32_t HolderIndex(std::string_view holder) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // FailedPrecondition: `obj` is held, so it cannot be `what` ("removed", "replaced").

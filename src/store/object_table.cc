@@ -61,8 +61,8 @@ void ObjectTable::ClearVisible(Object* obj) {
 std::vector<Object*> ObjectTable::List(std::string_view prefix, size_t limit,
                                        std::string_view cursor) const {
   std::vector<Object*> out;
-  auto it = cursor.empty() || cursor < prefix ? index_.lower_bound(prefix)
-                                              : index_.upper_bound(cursor);
+  auto it =
+      cursor.empty() || cursor < prefix ? index_.lower_bound(prefix) : index_.upper_bound(cursor);
   for (; it != index_.end() && out.size() < limit; ++it) {
     std::string_view k = (*it)->key;
     if (k.substr(0, prefix.size()) != prefix) break;

@@ -23,9 +23,9 @@ constexpr size_t kStaticBytes = offsetof(LeaseTableHeader, static_checksum);
 }  // namespace
 
 uint64_t SharedLeaseTable::BytesFor(uint32_t slots, uint64_t entries) {
-  return AlignUp(kLeaseTableHeaderBytes + uint64_t{slots} * sizeof(SessionSlot) +
-                     entries * sizeof(LeaseEntry),
-                 4096);
+  return AlignUp(
+      kLeaseTableHeaderBytes + uint64_t{slots} * sizeof(SessionSlot) + entries * sizeof(LeaseEntry),
+      4096);
 }
 
 SessionSlot* SharedLeaseTable::slot(uint32_t i) const {
@@ -39,7 +39,8 @@ LeaseEntry* SharedLeaseTable::entry(uint64_t i) const {
 }
 
 uint64_t SharedLeaseTable::Owner(uint32_t slot, Kind kind, uint32_t tier) {
-  return (uint64_t{slot} + 1) | (uint64_t{tier} << 48) | (uint64_t{static_cast<uint8_t>(kind)} << 56);
+  return (uint64_t{slot} + 1) | (uint64_t{tier} << 48) |
+         (uint64_t{static_cast<uint8_t>(kind)} << 56);
 }
 
 absl::Status SharedLeaseTable::Format(char* base, uint64_t size, uint32_t slots, uint64_t entries,
@@ -85,9 +86,9 @@ absl::StatusOr<SharedLeaseTable::Contents> SharedLeaseTable::Read(
   }
   if (h->slot_count != slots || h->entry_count != entries || h->file_bytes != size ||
       size < BytesFor(slots, entries)) {
-    return absl::FailedPreconditionError(fmt::format(
-        "lease table is for {} sessions and {} leases in {} bytes, not {}, {} and {}",
-        h->slot_count, h->entry_count, h->file_bytes, slots, entries, size));
+    return absl::FailedPreconditionError(
+        fmt::format("lease table is for {} sessions and {} leases in {} bytes, not {}, {} and {}",
+                    h->slot_count, h->entry_count, h->file_bytes, slots, entries, size));
   }
   if (h->tier_count != tier_identity.size() ||
       !std::equal(tier_identity.begin(), tier_identity.end(), h->tier_identity)) {
@@ -170,8 +171,8 @@ SharedLeaseTable SharedLeaseTable::Attach(char* base, uint64_t size,
 
 uint64_t SharedLeaseTable::incarnation() const { return LoadAcquire(&header()->incarnation); }
 
-absl::StatusOr<uint32_t> SharedLeaseTable::OpenSlot(uint64_t session_id, int32_t pid,
-                                                    uint32_t uid, uint64_t pid_start) {
+absl::StatusOr<uint32_t> SharedLeaseTable::OpenSlot(uint64_t session_id, int32_t pid, uint32_t uid,
+                                                    uint64_t pid_start) {
   uint32_t i;
   if (!free_slots_.empty()) {
     i = free_slots_.back();

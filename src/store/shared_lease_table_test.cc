@@ -105,7 +105,8 @@ TEST(SharedLeaseTableTest, AFullTableIsResourceExhaustedNamingTheLimit) {
   ASSERT_TRUE(SharedLeaseTable::Format(r.base, r.size, kSlots, kEntries, kIds, 1).ok());
   auto t = SharedLeaseTable::Attach(r.base, r.size, {});
   auto slot = t.OpenSlot(1, 1, 0, 0);
-  for (uint64_t i = 0; i < kEntries; ++i) ASSERT_TRUE(t.AddEntry(*slot, Kind::kLease, 0, i + 1, 0, 1).ok());
+  for (uint64_t i = 0; i < kEntries; ++i)
+    ASSERT_TRUE(t.AddEntry(*slot, Kind::kLease, 0, i + 1, 0, 1).ok());
   auto full = t.AddEntry(*slot, Kind::kLease, 0, 999, 0, 1);
   EXPECT_EQ(full.status().code(), absl::StatusCode::kResourceExhausted);
   EXPECT_THAT(full.status().message(), HasSubstr("max_leases"));
@@ -204,7 +205,8 @@ TEST(LeaseSurvivalTest, ALeaseOfALivingHolderKeepsItsBlockAcrossARestart) {
   EXPECT_EQ(h.report().kept_leases, 1u);
   // The restarted daemon: the key is re-put and other keys fill the tier.
   ASSERT_TRUE(h.Put(2, "k", std::string(1000, 'n')).ok());
-  for (int i = 0; i < 50; ++i) ASSERT_TRUE(h.Put(2, "other" + std::to_string(i), std::string(1000, 'o')).ok());
+  for (int i = 0; i < 50; ++i)
+    ASSERT_TRUE(h.Put(2, "other" + std::to_string(i), std::string(1000, 'o')).ok());
   EXPECT_EQ(h.Bytes(*view), std::string(1000, 'k'));
   EXPECT_EQ(h.store().Stats().deferred_frees, 1u);
   // The reconnected holder adopts its leases and releases them under the old id.
@@ -272,7 +274,8 @@ TEST(LeaseSurvivalTest, ASecondRestartBeforeTheHolderReconnectsStillKeepsTheBloc
   ASSERT_TRUE(h.Restart().ok());
   ASSERT_TRUE(h.Restart().ok());
   EXPECT_EQ(h.report().kept_leases, 1u);
-  for (int i = 0; i < 20; ++i) ASSERT_TRUE(h.Put(2, "o" + std::to_string(i), std::string(500, 'o')).ok());
+  for (int i = 0; i < 20; ++i)
+    ASSERT_TRUE(h.Put(2, "o" + std::to_string(i), std::string(500, 'o')).ok());
   EXPECT_EQ(h.Bytes(*view), std::string(500, 'k'));
 }
 

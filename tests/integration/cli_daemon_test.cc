@@ -2,8 +2,8 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -43,8 +43,8 @@ class DaemonCliTest : public ::testing::Test {
     arena_ = fmt::format("/dev/shm/cistern-clitest-{}-{}.arena", getpid(),
                          fs::path(home_).filename().string());
     // A small tier with an arena of our own; the rest from the shipped example.
-    sets_ = fmt::format("--set tiers.0.size=64MiB --set tiers.0.path={} --set metrics_port=0 ",
-                        arena_);
+    sets_ =
+        fmt::format("--set tiers.0.size=64MiB --set tiers.0.path={} --set metrics_port=0 ", arena_);
   }
   void TearDown() override {
     Run("daemon stop --grace 5");

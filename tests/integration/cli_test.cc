@@ -102,11 +102,25 @@ TEST(CliConfigTest, ValidateNamesTheBadKeyAndShowEffectiveRoundTrips) {
 TEST(CliDocsTest, OperationsGuideCoversEveryCommandAndOption) {
   std::string doc = ReadFile(std::string(CISTERN_SOURCE_DIR) + "/docs/operations.md");
   ASSERT_FALSE(doc.empty());
-  std::vector<std::string> commands = {
-      "",           "put",          "get",           "ls",           "stat",
-      "rm",         "load",         "export",        "config validate", "config show",
-      "daemon start", "daemon stop", "daemon restart", "daemon status", "daemon logs",
-      "stream",       "stream ls",   "stream show",    "stream reconcile"};
+  std::vector<std::string> commands = {"",
+                                       "put",
+                                       "get",
+                                       "ls",
+                                       "stat",
+                                       "rm",
+                                       "load",
+                                       "export",
+                                       "config validate",
+                                       "config show",
+                                       "daemon start",
+                                       "daemon stop",
+                                       "daemon restart",
+                                       "daemon status",
+                                       "daemon logs",
+                                       "stream",
+                                       "stream ls",
+                                       "stream show",
+                                       "stream reconcile"};
   for (const std::string& cmd : commands) {
     if (!cmd.empty()) {
       EXPECT_NE(doc.find("cistern " + cmd), std::string::npos) << "`cistern " << cmd << "`";
@@ -127,8 +141,8 @@ TEST(CliDocsTest, OperationsGuideCoversEveryCommandAndOption) {
 }
 
 TEST(CliConfigTest, ShippedExampleConfigIsValid) {
-  Result r = RunCli(std::string("config validate ") + CISTERN_SOURCE_DIR +
-                    "/deploy/config/cisternd.yaml");
+  Result r =
+      RunCli(std::string("config validate ") + CISTERN_SOURCE_DIR + "/deploy/config/cisternd.yaml");
   EXPECT_EQ(r.code, 0) << r.out;
 }
 

@@ -1,10 +1,11 @@
 // The C++ client API against a real cisternd.
+#include "include/cistern/client.h"
+
 #include <cstring>
 #include <thread>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "include/cistern/client.h"
 #include "tests/integration/daemon_harness.h"
 
 namespace cistern::testing {

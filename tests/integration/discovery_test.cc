@@ -61,14 +61,15 @@ class DiscoveryTest : public ::testing::Test {
   }
   // The CLI with this home and no address variables unless `env` sets them.
   CliResult Cli(const std::string& args, const std::string& env = "") {
-    return RunCli(args, fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= CISTERN_SOCKET= {} ", home_,
-                                    env));
+    return RunCli(args,
+                  fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= CISTERN_SOCKET= {} ", home_, env));
   }
   // Starts the session daemon; returns its socket (from meta.json).
   std::string StartSession() {
-    CliResult r = Cli(fmt::format("--json daemon start --set tiers.0.size=64MiB "
-                                  "--set tiers.0.path={} --set metrics_port=0",
-                                  arena_));
+    CliResult r =
+        Cli(fmt::format("--json daemon start --set tiers.0.size=64MiB "
+                        "--set tiers.0.path={} --set metrics_port=0",
+                        arena_));
     EXPECT_EQ(r.code, 0) << r.out;
     auto j = nlohmann::json::parse(r.out, nullptr, false);
     return j.is_object() ? j.value("socket", "") : "";

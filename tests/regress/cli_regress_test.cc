@@ -267,7 +267,8 @@ TEST_F(CliRegressTest, DaemonStartRotatesTheSessionStderr) {
   }
   EXPECT_EQ(ReadFile(logs / "stderr.1.log"), std::string(80 * 1024 - 1, 'c') + "\n");
   // The daemon's stdout and stderr are the fresh file, not the renamed one.
-  struct stat now {}, fd1 {}, fd2 {};
+  struct stat now {
+  }, fd1{}, fd2{};
   ASSERT_EQ(::stat((logs / "stderr.log").c_str(), &now), 0);
   ASSERT_EQ(::stat(fmt::format("/proc/{}/fd/1", pid).c_str(), &fd1), 0);
   ASSERT_EQ(::stat(fmt::format("/proc/{}/fd/2", pid).c_str(), &fd2), 0);
@@ -275,7 +276,8 @@ TEST_F(CliRegressTest, DaemonStartRotatesTheSessionStderr) {
   EXPECT_EQ(fd2.st_ino, now.st_ino);
   CliResult err = Run("daemon logs --stderr");
   EXPECT_EQ(err.code, 0);
-  EXPECT_EQ(err.out, std::string(80 * 1024 - 1, 'b') + "\n" + std::string(80 * 1024 - 1, 'c') + "\n");
+  EXPECT_EQ(err.out,
+            std::string(80 * 1024 - 1, 'b') + "\n" + std::string(80 * 1024 - 1, 'c') + "\n");
   EXPECT_THAT(ReadFile(logs / "stdout.log"), HasSubstr("rotated"));
 }
 

@@ -275,8 +275,8 @@ TEST(ServerRegressTest, RejectionLogLinesAreRateLimited) {
 // Item 11: connections that never said hello counted toward max_sessions,
 // so 16 silent ones locked every client out.
 TEST(ServerRegressTest, SilentConnectionsDoNotLockClientsOut) {
-  Daemon d(DaemonSpec{64 << 20,
-                      "max_sessions: 4\nmax_pending_sessions: 8\nhello_timeout_ms: 20000\n"});
+  Daemon d(
+      DaemonSpec{64 << 20, "max_sessions: 4\nmax_pending_sessions: 8\nhello_timeout_ms: 20000\n"});
   std::string err;
   ASSERT_TRUE(d.Start({}, &err)) << err;
   std::vector<std::unique_ptr<RawConnection>> silent;

@@ -6,10 +6,9 @@
 
 #include <chrono>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
-
-#include <nlohmann/json.hpp>
 
 #include "fmt/format.h"
 #include "gmock/gmock.h"
@@ -233,9 +232,9 @@ TEST(QuarantineRegressTest, TheCliListsAndFreesQuarantinedObjects) {
   std::string id = j[0]["id"];
   EXPECT_EQ(RunCli(addr + "get good -o /dev/null").code, 0);
   EXPECT_EQ(RunCli(addr + "get bad -o /dev/null").code, 1);
-  EXPECT_EQ(RunCli(addr + "quarantine rm").code, 2);            // neither ids nor --all
-  EXPECT_EQ(RunCli(addr + "quarantine rm nonsense").code, 2);   // not TIER:OFFSET
-  EXPECT_EQ(RunCli(addr + "quarantine rm mem:1").code, 1);      // nothing there
+  EXPECT_EQ(RunCli(addr + "quarantine rm").code, 2);           // neither ids nor --all
+  EXPECT_EQ(RunCli(addr + "quarantine rm nonsense").code, 2);  // not TIER:OFFSET
+  EXPECT_EQ(RunCli(addr + "quarantine rm mem:1").code, 1);     // nothing there
   EXPECT_EQ(RunCli(addr + "quarantine ls --json").out.find("\"bad\"") != std::string::npos, true);
   CliResult rm = RunCli(addr + "quarantine rm " + id);
   EXPECT_EQ(rm.code, 0) << rm.out;
