@@ -44,6 +44,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <optional>
 #include <sstream>
@@ -429,62 +430,36 @@ std::string SizeName(uint64_t n) {
 }
 
 // ------------------------------------------------------------------- json ----
-// A tiny JSON builder: enough for flat records of numbers, strings and bools.
+// The --json report: nlohmann's ordered JSON, fields in the order they are set.
 
-std::string JsonString(const std::string& s) {
-  std::string out = "\"";
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out += '\\';
-      out += c;
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += fmt::format("\\u{:04x}", c);
-    } else {
-      out += c;
-    }
-  }
-  return out + "\"";
+using Json = nlohmann::ordered_json;
+
+// Six significant digits, as the printed tables; NaN and infinity as null.
+Json Number(double v) {
+  return std::isfinite(v) ? Json(std::stod(fmt::format("{:.6g}", v))) : Json();
+}
+
+Json Numbers(const std::vector<double>& v) {
+  Json out = Json::array();
+  for (double x : v) out.push_back(Number(x));
+  return out;
 }
 
 class JsonObject {
  public:
-  JsonObject& Num(const std::string& k, double v) {
-    return Raw(k, std::isfinite(v) ? fmt::format("{:.6g}", v) : "null");
-  }
-  JsonObject& Int(const std::string& k, uint64_t v) { return Raw(k, std::to_string(v)); }
-  JsonObject& Str(const std::string& k, const std::string& v) { return Raw(k, JsonString(v)); }
-  JsonObject& Bool(const std::string& k, bool v) { return Raw(k, v ? "true" : "false"); }
-  JsonObject& Raw(const std::string& k, const std::string& v) {
-    fields_.push_back(JsonString(k) + ": " + v);
+  JsonObject& Num(const std::string& k, double v) { return Raw(k, Number(v)); }
+  JsonObject& Int(const std::string& k, uint64_t v) { return Raw(k, v); }
+  JsonObject& Str(const std::string& k, const std::string& v) { return Raw(k, v); }
+  JsonObject& Bool(const std::string& k, bool v) { return Raw(k, v); }
+  JsonObject& Raw(const std::string& k, Json v) {
+    j_[k] = std::move(v);
     return *this;
   }
-  std::string Dump(int indent = 2) const {
-    std::string pad(indent, ' ');
-    std::string out = "{\n";
-    for (size_t i = 0; i < fields_.size(); ++i) {
-      out += pad + "  " + fields_[i] + (i + 1 < fields_.size() ? ",\n" : "\n");
-    }
-    return out + pad + "}";
-  }
+  const Json& Build() const { return j_; }
 
  private:
-  std::vector<std::string> fields_;
+  Json j_ = Json::object();
 };
-
-std::string JsonArray(const std::vector<std::string>& items, int indent = 2) {
-  std::string pad(indent, ' ');
-  std::string out = "[\n";
-  for (size_t i = 0; i < items.size(); ++i) {
-    out += pad + "  " + items[i] + (i + 1 < items.size() ? ",\n" : "\n");
-  }
-  return out + pad + "]";
-}
-
-std::string JsonNumbers(const std::vector<double>& v) {
-  std::string out = "[";
-  for (size_t i = 0; i < v.size(); ++i) out += (i ? ", " : "") + fmt::format("{:.6g}", v[i]);
-  return out + "]";
-}
 
 // ---------------------------------------------------------------- targets ----
 
@@ -625,7 +600,7 @@ void BenchGetLatency(const Options& opt, Daemon& d, Buffer& src, std::vector<Tar
       warmup, rounds, per_round);
   fmt::print("   {:<36} {:>12} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10}\n", "object", "bytes",
              "mean us", "p50 us", "p99 us", "min us", "mean/4KiB", "p50/4KiB");
-  std::vector<std::string> jrows;
+  std::vector<Json> jrows;
   for (bool pinned : {false, true}) {
     std::vector<Case> cases = {{"lat-4KiB", "4 KiB raw bytes"},
                                {"lat-1GiB", "1 GiB raw bytes"},
@@ -676,7 +651,7 @@ void BenchGetLatency(const Options& opt, Daemon& d, Buffer& src, std::vector<Tar
                           .Num("min_us", st.min_ns / 1e3)
                           .Num("mean_ratio_to_4KiB", rm)
                           .Num("p50_ratio_to_4KiB", rp)
-                          .Dump(4));
+                          .Build());
       if (i == 0 || pinned) continue;
       targets->push_back(
           {fmt::format("1. get {} mean / 4 KiB mean", cases[i].name), "ratio", rm, 2.0, true});
@@ -688,8 +663,8 @@ void BenchGetLatency(const Options& opt, Daemon& d, Buffer& src, std::vector<Tar
                                .Int("warmup_ops_per_object", warmup)
                                .Int("rounds", rounds)
                                .Int("ops_per_round_per_object", per_round)
-                               .Raw("results", JsonArray(jrows, 4))
-                               .Dump(2));
+                               .Raw("results", Json(jrows))
+                               .Build());
   for (const char* k : {"lat-4KiB", "lat-1GiB", "lat-1GiB-tensors"}) {
     Must(c->Remove(k).status(), fmt::format("remove {}", k));
   }
@@ -733,7 +708,7 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
   fmt::print("   {:>14} {:>6} {:>6} {:>8} {:>13} {:>7} {:>13} {:>7} {:>10} {:>12} {:>12}\n", "size",
              "iters", "warmup", "memcpy", "put checksum", "ratio", "put no-cksum", "ratio",
              "xxh3 only", "cksum +us/op", "no-ck +us/op");
-  std::vector<std::string> jrows;
+  std::vector<Json> jrows;
   for (const Size& s : sizes) {
     std::optional<PinnedToOneCpu> pin;
     if (s.pinned) pin.emplace(d.pid());
@@ -804,7 +779,7 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
                         .Num("xxh3_hash_only_GBps", gb_hash)
                         .Num("put_checksum_us_per_op_beyond_memcpy", extra_sum)
                         .Num("put_no_checksum_us_per_op_beyond_memcpy", extra_nosum)
-                        .Dump(4));
+                        .Build());
     if (s.pinned) continue;
     targets->push_back({fmt::format("2. put {} (checksum, default) / memcpy", SizeName(s.bytes)),
                         "ratio", gb_sum / gb_copy, 0.8, false});
@@ -814,8 +789,8 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
   json->Raw("put_bandwidth", JsonObject()
                                  .Int("rounds", rounds)
                                  .Str("unit", "GB/s (1e9 bytes per second)")
-                                 .Raw("results", JsonArray(jrows, 4))
-                                 .Dump(2));
+                                 .Raw("results", Json(jrows))
+                                 .Build());
 }
 
 // --------------------------------------------------------- 3. vs redis ----
@@ -908,7 +883,7 @@ void BenchStreamAcks(const Options& opt, Daemon& d, std::vector<Target>* targets
   fmt::print("   {:>6} {:>8} {:>14} {:>16} {:>10} {:>14}\n", "batch", "samples", "cistern acks/s",
              "bare sqlite/s", "ratio", "lease+ack /s");
   auto c = d.MustConnect();
-  std::vector<std::string> rows;
+  std::vector<Json> rows;
   for (int batch : {1, 32, 256}) {
     int samples = std::max(batch, static_cast<int>((batch == 1 ? 2000 : 20000) * opt.scale));
     samples = samples / batch * batch;
@@ -962,13 +937,13 @@ void BenchStreamAcks(const Options& opt, Daemon& d, std::vector<Target>* targets
                        .Num("sqlite_rows_per_s", peer)
                        .Num("ratio", rate / peer)
                        .Num("lease_and_ack_per_s", loop_rate)
-                       .Dump(4));
+                       .Build());
     if (batch == 32) {
       targets->push_back(
           {"stream durable acks/s at batch 32 (acked samples/s)", "samples/s", rate, 20000, false});
     }
   }
-  json->Raw("stream_acks", JsonArray(rows, 2));
+  json->Raw("stream_acks", Json(rows));
 }
 
 void BenchVsRedis(const Options& opt, Daemon& d, std::vector<Target>* targets, JsonObject* json) {
@@ -1073,7 +1048,7 @@ void BenchVsRedis(const Options& opt, Daemon& d, std::vector<Target>* targets, J
 
   fmt::print("   {:<9} {:>2} {:<10} {:>13} {:>17} {:>13} {:>17} {:>7}  {}\n", "placement", "C",
              "op", "cistern ops/s", "(min-max)", "redis ops/s", "(min-max)", "ratio", "target");
-  std::vector<std::string> jrows;
+  std::vector<Json> jrows;
   cpu_set_t all_self;
   ::sched_getaffinity(0, sizeof all_self, &all_self);
   cpu_set_t all_daemon = all_self;
@@ -1124,9 +1099,9 @@ void BenchVsRedis(const Options& opt, Daemon& d, std::vector<Target>* targets, J
                             .Num("redis_ops_per_s", rd)
                             .Num("ratio", c / rd)
                             .Num("target_ratio", r.target)
-                            .Raw("cistern_runs", JsonNumbers(r.cistern))
-                            .Raw("redis_runs", JsonNumbers(r.redis))
-                            .Dump(4));
+                            .Raw("cistern_runs", Numbers(r.cistern))
+                            .Raw("redis_runs", Numbers(r.redis))
+                            .Build());
         if (pl.spread) continue;
         targets->push_back({fmt::format("3. C={} {} / Redis {}", conns, r.op, r.redis_op), "ratio",
                             c / rd, r.target, false});
@@ -1144,8 +1119,8 @@ void BenchVsRedis(const Options& opt, Daemon& d, std::vector<Target>* targets, J
                             .Int("ops_per_single_op_test", n_single)
                             .Int("keys_per_batch_test", n_batch)
                             .Int("batch", kBatch)
-                            .Raw("results", JsonArray(jrows, 4))
-                            .Dump(2));
+                            .Raw("results", Json(jrows))
+                            .Build());
 }
 
 // ------------------------------------------------------------- 4. memory ----
@@ -1211,7 +1186,7 @@ void BenchMemory(const Options& opt, std::vector<Target>* targets, JsonObject* j
                                      .Int("rss_shmem_before", shmem0)
                                      .Int("rss_shmem_after", shmem1)
                                      .Num("put_many_seconds", secs)
-                                     .Dump(2));
+                                     .Build());
   targets->push_back(
       {"4. daemon RssAnon per object minus key", "bytes", per - kKeyBytes, 256, true});
 }
@@ -1274,7 +1249,7 @@ int Main(int argc, char** argv) {
   std::string load1 = LoadAvg();
   fmt::print("\n== Targets ==\n   {:<56} {:>10} {:>10}  {}\n", "target", "measured", "threshold",
              "verdict");
-  std::vector<std::string> jt;
+  std::vector<Json> jt;
   int met = 0;
   for (const Target& t : targets) {
     std::string verdict = t.met() ? fmt::format("met (margin {:.1f}%)", 100 * t.margin())
@@ -1290,7 +1265,7 @@ int Main(int argc, char** argv) {
                      .Num("threshold", t.threshold)
                      .Bool("met", t.met())
                      .Num("margin_fraction", t.margin())
-                     .Dump(4));
+                     .Build());
   }
   fmt::print("   {} of {} met. Total run {:.1f} s; load average {} at start, {} at end\n", met,
              targets.size(), total, load0, load1);
@@ -1302,12 +1277,12 @@ int Main(int argc, char** argv) {
                             .Str("kernel", fmt::format("{} {}", u.sysname, u.release))
                             .Str("load_average_start", load0)
                             .Str("load_average_end", load1)
-                            .Dump(2))
+                            .Build())
         .Num("scale", opt.scale)
         .Num("total_seconds", total)
-        .Raw("targets", JsonArray(jt, 2));
+        .Raw("targets", Json(jt));
     std::ofstream f(opt.json_path);
-    f << json.Dump(0) << "\n";
+    f << json.Build().dump(2) << "\n";
     if (!f) Die("cannot write " + opt.json_path);
     fmt::print("wrote {}\n", opt.json_path);
   }

@@ -30,6 +30,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -410,9 +411,11 @@ int Start(const StartArgs& a, const Target& target, bool json) {
   }
   PruneSessions(host / "sessions", m.session_id);
   if (json) {
-    std::printf("{\"session\": %s, \"pid\": %d, \"socket\": %s, \"metrics\": %s, \"logs\": %s}\n",
-                JsonString(m.session_id).c_str(), pid, JsonString(m.socket).c_str(),
-                JsonString(m.metrics).c_str(), JsonString((m.dir / "logs").string()).c_str());
+    PrintJson({{"session", m.session_id},
+               {"pid", pid},
+               {"socket", m.socket},
+               {"metrics", m.metrics},
+               {"logs", (m.dir / "logs").string()}});
   } else {
     std::printf(
         "cisternd started: session %s, pid %d, socket %s\nmetrics: http://%s/metrics\nlogs: %s\n",
@@ -438,8 +441,7 @@ int Stop(const std::string& id, double grace_s, bool json) {
   std::error_code ec;
   if (cur == m->session_id) fs::remove(HostDir() / "current_session", ec);
   if (json) {
-    std::printf("{\"session\": %s, \"pid\": %d, \"stopped\": true, \"killed\": %s}\n",
-                JsonString(m->session_id).c_str(), m->pid, clean ? "false" : "true");
+    PrintJson({{"session", m->session_id}, {"pid", m->pid}, {"stopped", true}, {"killed", !clean}});
   } else {
     std::printf("cisternd stopped: session %s, pid %d%s\n", m->session_id.c_str(), m->pid,
                 clean ? "" : " (killed after the grace period)");
@@ -451,8 +453,9 @@ int Status(const Target& target, bool json) {
   auto m = FindSession("");
   if (!m || !Alive(m->pid)) {
     if (json) {
-      std::printf("{\"running\": false, \"session\": %s}\n",
-                  m ? JsonString(m->session_id).c_str() : "null");
+      PrintJson(
+          {{"running", false},
+           {"session", m ? nlohmann::ordered_json(m->session_id) : nlohmann::ordered_json()}});
     } else if (m) {
       std::printf("cisternd is not running (session %s, pid %d is gone)\n", m->session_id.c_str(),
                   m->pid);
@@ -466,11 +469,11 @@ int Status(const Target& target, bool json) {
   absl::StatusOr<DaemonStatus> st = c.ok() ? (*c)->Status() : c.status();
   if (!st.ok()) {
     if (json) {
-      std::printf(
-          "{\"running\": true, \"healthy\": false, \"session\": %s, \"pid\": %d, "
-          "\"error\": %s}\n",
-          JsonString(m->session_id).c_str(), m->pid,
-          JsonString(std::string(st.status().message())).c_str());
+      PrintJson({{"running", true},
+                 {"healthy", false},
+                 {"session", m->session_id},
+                 {"pid", m->pid},
+                 {"error", std::string(st.status().message())}});
     } else {
       std::printf("cisternd pid %d (session %s) is running but not answering: %s\n", m->pid,
                   m->session_id.c_str(), std::string(st.status().message()).c_str());
@@ -480,32 +483,39 @@ int Status(const Target& target, bool json) {
   std::string state_dir = session_cfg ? session_cfg->state_dir() : "";
   std::string registry = session_cfg ? session_cfg->registry().path() : "";
   if (json) {
-    std::string tiers, sessions;
+    nlohmann::ordered_json tiers = nlohmann::ordered_json::array();
     for (const auto& t : st->stats.tiers) {
-      tiers += fmt::format(
-          "{}{{\"name\": {}, \"capacity_bytes\": {}, \"used_bytes\": {}, \"evictable_bytes\": {}, "
-          "\"objects\": {}, \"evictions\": {}}}",
-          tiers.empty() ? "" : ", ", JsonString(t.name), t.capacity_bytes, t.used_bytes,
-          t.evictable_bytes, t.objects, t.evictions);
+      tiers.push_back({{"name", t.name},
+                       {"capacity_bytes", t.capacity_bytes},
+                       {"used_bytes", t.used_bytes},
+                       {"evictable_bytes", t.evictable_bytes},
+                       {"objects", t.objects},
+                       {"evictions", t.evictions}});
     }
+    nlohmann::ordered_json sessions = nlohmann::ordered_json::array();
     for (const auto& s : st->sessions) {
-      sessions += fmt::format(
-          "{}{{\"id\": {}, \"pid\": {}, \"uid\": {}, \"client\": {}, \"leases\": {}, "
-          "\"pending_writes\": {}}}",
-          sessions.empty() ? "" : ", ", s.id, s.pid, s.uid, JsonString(s.client_name), s.leases,
-          s.pending_writes);
+      sessions.push_back({{"id", s.id},
+                          {"pid", s.pid},
+                          {"uid", s.uid},
+                          {"client", s.client_name},
+                          {"leases", s.leases},
+                          {"pending_writes", s.pending_writes}});
     }
-    std::printf(
-        "{\"running\": true, \"healthy\": true, \"session\": %s, \"pid\": %d, \"version\": %s, "
-        "\"uptime_s\": %.1f, \"socket\": %s, \"metrics\": %s, \"state_dir\": %s, "
-        "\"registry\": %s, \"objects\": %llu, \"leases\": %llu, "
-        "\"pending_writes\": %llu, \"tiers\": [%s], \"sessions\": [%s]}\n",
-        JsonString(m->session_id).c_str(), st->pid, JsonString(st->version).c_str(),
-        st->uptime_ms / 1000.0, JsonString(st->socket_path).c_str(),
-        JsonString(st->metrics_endpoint).c_str(), JsonString(state_dir).c_str(),
-        JsonString(registry).c_str(), static_cast<unsigned long long>(st->stats.objects),
-        static_cast<unsigned long long>(st->stats.leases),
-        static_cast<unsigned long long>(st->stats.pending_writes), tiers.c_str(), sessions.c_str());
+    PrintJson({{"running", true},
+               {"healthy", true},
+               {"session", m->session_id},
+               {"pid", st->pid},
+               {"version", st->version},
+               {"uptime_s", std::round(st->uptime_ms / 100.0) / 10},
+               {"socket", st->socket_path},
+               {"metrics", st->metrics_endpoint},
+               {"state_dir", state_dir},
+               {"registry", registry},
+               {"objects", st->stats.objects},
+               {"leases", st->stats.leases},
+               {"pending_writes", st->stats.pending_writes},
+               {"tiers", tiers},
+               {"sessions", sessions}});
     return 0;
   }
   std::printf(

@@ -30,12 +30,16 @@ bool WriteAll(int fd, const std::byte* p, size_t n) {
   return true;
 }
 
-std::string InfoJson(const ObjectInfo& o) {
-  return fmt::format(
-      "{{\"key\": {}, \"generation\": {}, \"size\": {}, \"tier\": {}, \"evictable\": {}, "
-      "\"leases\": {}, \"tensors\": {}, \"checksum\": {}}}",
-      JsonString(o.key), o.generation, o.size, JsonString(o.tier), o.evictable, o.leases, o.tensors,
-      o.has_checksum ? fmt::format("\"{:016x}\"", o.checksum) : "null");
+nlohmann::ordered_json InfoJson(const ObjectInfo& o) {
+  return {{"key", o.key},
+          {"generation", o.generation},
+          {"size", o.size},
+          {"tier", o.tier},
+          {"evictable", o.evictable},
+          {"leases", o.leases},
+          {"tensors", o.tensors},
+          {"checksum", o.has_checksum ? nlohmann::ordered_json(fmt::format("{:016x}", o.checksum))
+                                      : nlohmann::ordered_json(nullptr)}};
 }
 
 }  // namespace
@@ -91,35 +95,11 @@ std::string HumanBytes(uint64_t n) {
   return u == 0 ? fmt::format("{} B", n) : fmt::format("{:.1f} {}", v, kUnits[u]);
 }
 
-std::string JsonString(std::string_view s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (c < 0x20) {
-          out += fmt::format("\\u{:04x}", c);
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
+std::string JsonText(const nlohmann::ordered_json& j, int indent) {
+  return j.dump(indent, ' ', false, nlohmann::ordered_json::error_handler_t::replace);
 }
+
+void PrintJson(const nlohmann::ordered_json& j) { std::printf("%s\n", JsonText(j, 2).c_str()); }
 
 int Put(const Target& t, const std::string& key, const std::string& file, bool evictable,
         bool if_absent, bool json) {
@@ -171,9 +151,7 @@ int Put(const Target& t, const std::string& key, const std::string& file, bool e
   }
   if (!ref.ok()) return Fail(ref.status());
   if (json) {
-    std::printf("{\"key\": %s, \"generation\": %llu, \"size\": %llu}\n", JsonString(key).c_str(),
-                static_cast<unsigned long long>(ref->generation),
-                static_cast<unsigned long long>(ref->size));
+    PrintJson({{"key", key}, {"generation", ref->generation}, {"size", ref->size}});
   } else {
     std::printf("put %s: generation %llu, %llu bytes\n", key.c_str(),
                 static_cast<unsigned long long>(ref->generation),
@@ -202,9 +180,8 @@ int Get(const Target& t, const std::string& key, const std::string& out, bool js
     return 1;
   }
   if (json && !out.empty()) {
-    std::printf("{\"key\": %s, \"generation\": %llu, \"size\": %zu, \"output\": %s}\n",
-                JsonString(key).c_str(), static_cast<unsigned long long>(v->generation()),
-                v->size(), JsonString(out).c_str());
+    PrintJson(
+        {{"key", key}, {"generation", v->generation()}, {"size", v->size()}, {"output", out}});
   }
   return 0;
 }
@@ -223,7 +200,7 @@ int List(const Target& t, const std::string& prefix, bool json) {
     }
     for (const ObjectInfo& o : page->objects) {
       if (json) {
-        std::printf("%s\n  %s", first ? "" : ",", InfoJson(o).c_str());
+        std::printf("%s\n  %s", first ? "" : ",", JsonText(InfoJson(o)).c_str());
       } else {
         std::printf("%-40s %14llu  gen %-8llu %s%s\n", o.key.c_str(),
                     static_cast<unsigned long long>(o.size),
@@ -244,7 +221,7 @@ int Stat(const Target& t, const std::string& key, bool json) {
   auto o = (*c)->Stat(key);
   if (!o.ok()) return Fail(o.status());
   if (json) {
-    std::printf("%s\n", InfoJson(*o).c_str());
+    PrintJson(InfoJson(*o));
     return 0;
   }
   std::printf(
@@ -263,8 +240,7 @@ int Remove(const Target& t, const std::string& key, bool json) {
   auto g = (*c)->Remove(key);
   if (!g.ok()) return Fail(g.status());
   if (json) {
-    std::printf("{\"key\": %s, \"generation\": %llu}\n", JsonString(key).c_str(),
-                static_cast<unsigned long long>(*g));
+    PrintJson({{"key", key}, {"generation", *g}});
   } else {
     std::printf("removed %s (generation %llu)\n", key.c_str(), static_cast<unsigned long long>(*g));
   }

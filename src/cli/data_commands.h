@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -46,7 +47,11 @@ int Remove(const Target& t, const std::string& key, bool json);
 // `n` bytes for people: "512 B", "1.5 MiB".
 std::string HumanBytes(uint64_t n);
 
-// `s` as a JSON string literal.
-std::string JsonString(std::string_view s);
+// `j` as JSON text (compact for indent -1); a string that is not UTF-8 (a
+// file path, say) has its bad bytes replaced by U+FFFD rather than failing.
+std::string JsonText(const nlohmann::ordered_json& j, int indent = -1);
+// JsonText(j, 2) and a newline on stdout: the one way a command prints --json
+// (`ls` alone streams its objects, one compact line each).
+void PrintJson(const nlohmann::ordered_json& j);
 
 }  // namespace cistern::cli

@@ -251,11 +251,11 @@ int Load(const Target& target, const LoadOptions& options, bool json) {
   progress.Finish();
   if (!ref.ok()) return Fail(ref.status());
   if (json) {
-    std::printf(
-        "{\"key\": %s, \"generation\": %llu, \"tensors\": %zu, \"bytes\": %llu, "
-        "\"files\": %zu}\n",
-        JsonString(options.key).c_str(), static_cast<unsigned long long>(ref->generation),
-        manifest.size(), static_cast<unsigned long long>(ref->size), shards.size());
+    PrintJson({{"key", options.key},
+               {"generation", ref->generation},
+               {"tensors", manifest.size()},
+               {"bytes", ref->size},
+               {"files", shards.size()}});
   } else {
     std::printf("loaded %s: generation %llu, %zu tensors, %llu bytes\n", options.key.c_str(),
                 static_cast<unsigned long long>(ref->generation), manifest.size(),
@@ -312,11 +312,11 @@ int Export(const Target& target, const std::string& key, const std::string& path
   if (::close(fd.Release()) != 0) return failed("closing");
   if (::rename(tmp.c_str(), path.c_str()) != 0) return failed("renaming");
   if (json) {
-    std::printf(
-        "{\"key\": %s, \"generation\": %llu, \"tensors\": %zu, \"bytes\": %llu, "
-        "\"output\": %s}\n",
-        JsonString(key).c_str(), static_cast<unsigned long long>(v->generation()), tensors.size(),
-        static_cast<unsigned long long>(file_bytes), JsonString(path).c_str());
+    PrintJson({{"key", key},
+               {"generation", v->generation()},
+               {"tensors", tensors.size()},
+               {"bytes", file_bytes},
+               {"output", path}});
   } else {
     std::printf("exported %s (generation %llu): %zu tensors, %llu bytes to %s\n", key.c_str(),
                 static_cast<unsigned long long>(v->generation()), tensors.size(),

@@ -51,7 +51,7 @@ int QuarantineList(const Target& t, bool json) {
                          {"key", q.key},
                          {"reason", q.reason}});
     }
-    std::printf("%s\n", arr.dump(2, ' ', false, Json::error_handler_t::replace).c_str());
+    PrintJson(arr);
     return 0;
   }
   if (all->empty()) {
@@ -102,7 +102,7 @@ int QuarantineRemove(const Target& t, const std::vector<std::string>& ids, bool 
       std::printf("removed %s\n", id.c_str());
     }
   }
-  if (json) std::printf("%s\n", Json{{"removed", removed}}.dump(2).c_str());
+  if (json) PrintJson(Json{{"removed", removed}});
   return 0;
 }
 

@@ -71,10 +71,6 @@ Json InfoJson(const StreamInfo& s) {
   };
 }
 
-void PrintJson(const Json& j) {
-  std::printf("%s\n", j.dump(2, ' ', false, Json::error_handler_t::replace).c_str());
-}
-
 // Exit code 2 with the reason unless `name` can name a stream.
 int CheckName(const std::string& name) {
   absl::Status s = stream::ValidateStreamName(name);

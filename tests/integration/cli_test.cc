@@ -3,6 +3,7 @@
 
 #include <cstdio>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "gmock/gmock.h"
@@ -50,12 +51,22 @@ TEST_F(CliTest, LsStatRmSpeakJson) {
   ASSERT_EQ(RunCli(addr_ + "put b/1 - < " + in).code, 0);
   Result ls = RunCli(addr_ + "--json ls a/");
   ASSERT_EQ(ls.code, 0) << ls.out;
-  EXPECT_THAT(ls.out, HasSubstr("\"key\": \"a/1\""));
-  EXPECT_THAT(ls.out, HasSubstr("\"evictable\": true"));
-  EXPECT_THAT(ls.out, ::testing::Not(HasSubstr("b/1")));
+  auto listed = nlohmann::json::parse(ls.out, nullptr, false);
+  ASSERT_TRUE(listed.is_object()) << ls.out;
+  ASSERT_EQ(listed["objects"].size(), 2u) << ls.out;
+  EXPECT_EQ(listed["objects"][0]["key"], "a/1");
+  EXPECT_EQ(listed["objects"][0]["evictable"], false);
+  EXPECT_EQ(listed["objects"][1]["key"], "a/2");
+  EXPECT_EQ(listed["objects"][1]["evictable"], true);
+  EXPECT_EQ(listed["objects"][1]["size"], 5);
+  EXPECT_TRUE(listed["objects"][1]["checksum"].is_string());
   Result stat = RunCli(addr_ + "--json stat b/1");
   ASSERT_EQ(stat.code, 0) << stat.out;
-  EXPECT_THAT(stat.out, HasSubstr("\"size\": 5"));
+  auto one = nlohmann::json::parse(stat.out, nullptr, false);
+  ASSERT_TRUE(one.is_object()) << stat.out;
+  EXPECT_EQ(one["key"], "b/1");
+  EXPECT_EQ(one["size"], 5);
+  EXPECT_EQ(one["generation"], 3);  // generations count every put of the store
   ASSERT_EQ(RunCli(addr_ + "rm a/1").code, 0);
   Result gone = RunCli(addr_ + "stat a/1");
   EXPECT_EQ(gone.code, 1);
