@@ -47,6 +47,7 @@
 #include "fmt/format.h"
 #include "include/cistern/client.h"
 #include "src/cli/data_commands.h"
+#include "src/common/clock.h"
 #include "src/common/paths.h"
 #include "src/config/config_yaml.h"
 #include "src/config/daemon_config.h"
@@ -182,12 +183,6 @@ std::string NewSessionId() {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
   return fmt::format("{}-{}", buf, getpid());
-}
-
-uint64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
 }
 
 // The token a command presents: --token, else $CISTERN_TOKEN, else

@@ -15,20 +15,10 @@
 #include "include/cistern/client.h"
 #include "src/cli/daemon_commands.h"
 #include "src/common/unique_fd.h"
+#include "src/common/write_all.h"
 
 namespace cistern::cli {
 namespace {
-
-bool WriteAll(int fd, const std::byte* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= w;
-  }
-  return true;
-}
 
 nlohmann::ordered_json InfoJson(const ObjectInfo& o) {
   return {{"key", o.key},

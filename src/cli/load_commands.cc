@@ -22,6 +22,7 @@
 #include "src/common/errno_status.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/unique_fd.h"
+#include "src/common/write_all.h"
 #include "src/store/layout.h"
 #include "src/store/manifest.h"
 
@@ -152,18 +153,6 @@ absl::Status ReadInto(const Shard& s, const SafetensorsTensor& t, std::byte* out
     progress->Add(r);
   }
   return absl::OkStatus();
-}
-
-bool WriteAll(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return false;
-    p += w;
-    n -= w;
-  }
-  return true;
 }
 
 }  // namespace

@@ -27,6 +27,7 @@
 #include "src/common/errno_status.h"
 #include "src/common/status_macros.h"
 #include "src/common/utf8.h"
+#include "src/store/manifest.h"
 
 namespace cistern::cli {
 namespace {
@@ -98,16 +99,6 @@ std::string Brief(const Json& j) {
   AppendBrief(j, 0, &s);
   if (s.size() > kShownBytes) s = s.substr(0, kShownBytes - 4) + " ...";
   return s;
-}
-
-// product(shape) * item, or nullopt on overflow.
-std::optional<uint64_t> ShapeBytes(const std::vector<uint64_t>& shape, uint64_t item) {
-  uint64_t n = item;
-  for (uint64_t d : shape) {
-    if (d != 0 && n > UINT64_MAX / d) return std::nullopt;
-    n *= d;
-  }
-  return n;
 }
 
 // N, checked against the limit and the file's size.
@@ -195,7 +186,7 @@ absl::StatusOr<SafetensorsTensor> ParseEntry(std::string_view file, const std::s
                     "truncated?)",
                     t.begin, t.end, data_bytes));
   }
-  auto want = ShapeBytes(t.shape, DTypeSize(t.dtype));
+  auto want = store::ShapeBytes(t.shape, DTypeSize(t.dtype));
   if (!want) {
     return bad(fmt::format("has shape {} and dtype {}, whose size overflows 64 bits", Brief(*sh),
                            SafetensorsDTypeName(t.dtype)));
@@ -419,7 +410,7 @@ absl::StatusOr<std::string> MakeSafetensorsHeader(const std::vector<TensorInfo>&
       return absl::InvalidArgumentError(
           fmt::format("tensor '{}' has unknown dtype {}", t.name, static_cast<int>(t.dtype)));
     }
-    auto want = ShapeBytes(t.shape, DTypeSize(t.dtype));
+    auto want = store::ShapeBytes(t.shape, DTypeSize(t.dtype));
     if (!want || *want != t.nbytes) {
       return absl::InvalidArgumentError(fmt::format(
           "tensor '{}' has nbytes {} but its shape and dtype {} make {}", t.name, t.nbytes, dtype,

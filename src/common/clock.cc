@@ -10,6 +10,12 @@ class SteadyClock : public Clock {
 };
 }  // namespace
 
+uint64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
 Clock* Clock::Real() {
   static SteadyClock* clock = new SteadyClock();
   return clock;

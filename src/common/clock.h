@@ -21,6 +21,10 @@ class Clock {
   static Clock* Real();
 };
 
+// Wall-clock milliseconds since the Unix epoch (for records people read:
+// creation times, session starts). Never for deadlines: use a Clock.
+uint64_t UnixMs();
+
 // A clock that moves only when told to. Thread-safe.
 class FakeClock : public Clock {
  public:

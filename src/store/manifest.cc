@@ -27,16 +27,6 @@ uint64_t EntryBytes(size_t rank, size_t name_bytes) {
 
 bool ValidDType(uint8_t d) { return d >= 1 && d <= kMaxDType; }
 
-// product(shape) * item, or nullopt on overflow.
-std::optional<uint64_t> ShapeBytes(const std::vector<uint64_t>& shape, uint64_t item) {
-  uint64_t n = item;
-  for (uint64_t d : shape) {
-    if (d != 0 && n > UINT64_MAX / d) return std::nullopt;
-    n *= d;
-  }
-  return n;
-}
-
 }  // namespace
 
 absl::Status ValidateManifest(const std::vector<TensorInfo>& tensors, uint64_t payload_size) {
@@ -146,6 +136,15 @@ absl::StatusOr<std::vector<TensorInfo>> DecodeManifest(std::string_view bytes, u
     pos += entry;
   }
   return out;
+}
+
+std::optional<uint64_t> ShapeBytes(const std::vector<uint64_t>& shape, uint64_t item) {
+  uint64_t n = item;
+  for (uint64_t d : shape) {
+    if (d != 0 && n > UINT64_MAX / d) return std::nullopt;
+    n *= d;
+  }
+  return n;
 }
 
 }  // namespace cistern::store

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -25,6 +26,9 @@ inline constexpr size_t kMaxTensors = 1 << 20;
 // longer than kMaxTensorNameBytes, not UTF-8, contains NUL or repeats; a dtype is
 // unknown; rank > kMaxRank; nbytes != product(shape) * dtype size; offset is not
 // a multiple of 64; a tensor extends past `payload_size`; two tensors overlap.
+// product(shape) * item: a tensor's bytes, or nullopt on overflow.
+std::optional<uint64_t> ShapeBytes(const std::vector<uint64_t>& shape, uint64_t item);
+
 absl::Status ValidateManifest(const std::vector<TensorInfo>& tensors, uint64_t payload_size);
 
 // Bytes EncodeManifest will write.

@@ -46,12 +46,6 @@ constexpr size_t kMaxFeatures = 1024;
 constexpr size_t kMaxFeatureNameBytes = 256;
 constexpr size_t kMaxRank = 16;
 
-uint64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 std::string Quote(std::string_view s) { return QuoteKey(s); }
 
 absl::Status ValidateSampleId(std::string_view id) {

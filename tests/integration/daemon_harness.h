@@ -6,9 +6,11 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "include/cistern/client.h"
@@ -78,6 +80,17 @@ void RemoveArena(const std::string& arena_path);
 // in a row, within the first MiB of the arena file), as a stray write would.
 // False if no such bytes are there.
 bool FlipPayloadByte(const std::string& arena_path, char fill);
+
+// Polls `pred` for up to 20 s; a condition wait, not a timing assertion.
+template <typename F>
+bool Eventually(F pred) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return pred();
+}
 
 // Path of a binary built beside the tests (cisternd, cistern_test_client).
 std::string BinaryPath(const std::string& name);

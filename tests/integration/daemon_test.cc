@@ -28,17 +28,6 @@ ChildProcess TestClient(std::vector<std::string> args) {
   return ChildProcess::Spawn(std::move(args));
 }
 
-// Polls `pred` for up to 20 s; a condition wait, not a timing assertion.
-template <typename F>
-bool Eventually(F pred) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
-
 TEST(DaemonTest, ManyClientProcessesPutAndGetConcurrentlyWithVerifiedContents) {
   Daemon d(DaemonSpec{256 << 20});
   std::string err;

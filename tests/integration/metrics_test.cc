@@ -17,6 +17,7 @@
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/util/promtool.h"
 
 namespace cistern::testing {
 namespace {
@@ -90,19 +91,9 @@ TEST_F(MetricsEndpointTest, ScrapeReflectsTrafficAndPassesPromtool) {
     EXPECT_GE(Sample(t, "cistern_tier_bytes{kind=\"used\",tier=\"mem\"}"), 30000);
     EXPECT_EQ(Sample(t, "cistern_evictions_total{tier=\"mem\"}"), 0);
 
-    // promtool reads the exposition from stdin; exit 0 means it parsed and
-    // found nothing to lint.
-    std::string path = daemon_.dir() + "/metrics.txt";
-    std::ofstream(path) << t;
-    std::string cmd = "promtool check metrics < " + path + " 2>&1";
-    FILE* p = ::popen(cmd.c_str(), "r");
-    ASSERT_NE(p, nullptr);
-    std::string out;
-    char buf[512];
-    while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
-    int rc = ::pclose(p);
-    ASSERT_TRUE(WIFEXITED(rc)) << out;
-    EXPECT_EQ(WEXITSTATUS(rc), 0) << "promtool check metrics:\n" << out;
+    // Exit 0 means promtool parsed it and found nothing to lint.
+    PromtoolResult lint = PromtoolCheck(t);
+    EXPECT_EQ(lint.exit_code, 0) << "promtool check metrics:\n" << lint.output;
   }
 }
 

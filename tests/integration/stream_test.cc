@@ -34,17 +34,6 @@ using ::testing::IsEmpty;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
-// Polls `pred` for up to 20 s; a condition wait, not a timing assertion.
-template <typename F>
-bool Eventually(F pred) {
-  auto deadline = Clock::now() + std::chrono::seconds(20);
-  while (Clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(milliseconds(10));
-  }
-  return pred();
-}
-
 // Every figure of a StreamInfo that a rejected request must leave alone.
 std::string Figures(const StreamInfo& i) {
   return fmt::format(

@@ -30,17 +30,6 @@ bool AllOf(const void* p, size_t n, char c) {
   return true;
 }
 
-// Polls `pred` for up to 20 s; a condition wait, not a timing assertion.
-template <typename F>
-bool Eventually(F pred) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (pred()) return true;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return pred();
-}
-
 class LeaseSurvivalTest : public ::testing::TestWithParam<int> {
  protected:
   // Stops the daemon with the signal under test and starts it again.
