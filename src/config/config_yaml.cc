@@ -50,6 +50,7 @@
 #include <variant>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "cistern/config_options.pb.h"
 #include "fmt/format.h"
@@ -79,15 +80,22 @@ absl::Status Invalid(std::string msg) { return absl::InvalidArgumentError(std::m
 
 std::string StatusText(const absl::Status& s) { return std::string(s.message()); }
 
-bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 bool IsDigit(char c) { return c >= '0' && c <= '9'; }
-char ToUpper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
-char ToLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+// Hand-written rather than absl's: Debian's abseil has its own string_view
+// type (absl::debian3::string_view), which std::string_view does not convert to.
+bool IsSpace(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+char ToLower(char c) { return absl::ascii_tolower(static_cast<unsigned char>(c)); }
 
 std::string_view Trim(std::string_view s) {
   while (!s.empty() && IsSpace(s.front())) s.remove_prefix(1);
   while (!s.empty() && IsSpace(s.back())) s.remove_suffix(1);
   return s;
+}
+
+std::string Lower(std::string_view s) {
+  std::string out(s);
+  for (char& c : out) c = ToLower(c);
+  return out;
 }
 
 // The offset of the first byte of `s` that is not part of a well-formed UTF-8
@@ -236,7 +244,7 @@ std::string EnumPrefix(const EnumDescriptor* e) {
       bool next_lower = i + 1 < name.size() && name[i + 1] >= 'a' && name[i + 1] <= 'z';
       if (!prev_upper || next_lower) out += '_';
     }
-    out += ToUpper(c);
+    out += absl::ascii_toupper(static_cast<unsigned char>(c));
   }
   return out + "_";
 }
@@ -259,7 +267,7 @@ std::string EnumChoices(const EnumDescriptor* e) {
     std::string_view name = ShortEnumName(e->value(i), prefix);
     if (IsUnspecified(name)) continue;
     if (!out.empty()) out += ", ";
-    for (char c : name) out += ToLower(c);
+    out += Lower(name);
   }
   return out;
 }
@@ -865,18 +873,6 @@ absl::Status ApplyOverride(std::string_view assignment, Message* msg) {
 
 namespace {
 
-std::string EnumShortName(const google::protobuf::EnumValueDescriptor* v) {
-  std::string type;
-  for (char c : v->type()->name()) {
-    if (std::isupper(static_cast<unsigned char>(c)) && !type.empty()) type += '_';
-    type += static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  }
-  std::string name = v->name();
-  if (name.rfind(type + "_", 0) == 0) name = name.substr(type.size() + 1);
-  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  return name;
-}
-
 void EmitScalar(YAML::Emitter& out, const google::protobuf::Message& msg,
                 const google::protobuf::FieldDescriptor* f, int index) {
   using FD = google::protobuf::FieldDescriptor;
@@ -905,7 +901,7 @@ void EmitScalar(YAML::Emitter& out, const google::protobuf::Message& msg,
       out << (rep ? r->GetRepeatedBool(msg, f, index) : r->GetBool(msg, f));
       break;
     case FD::CPPTYPE_ENUM:
-      out << EnumShortName(rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f));
+      out << EnumValueName(rep ? r->GetRepeatedEnum(msg, f, index) : r->GetEnum(msg, f));
       break;
     case FD::CPPTYPE_STRING:
       out << YAML::DoubleQuoted
@@ -957,6 +953,10 @@ std::string ToYaml(const google::protobuf::Message& msg) {
   YAML::Emitter out;
   EmitMessage(out, msg);
   return std::string(out.c_str()) + "\n";
+}
+
+std::string EnumValueName(const google::protobuf::EnumValueDescriptor* v) {
+  return Lower(ShortEnumName(v, EnumPrefix(v->type())));
 }
 
 }  // namespace cistern

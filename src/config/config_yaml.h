@@ -83,6 +83,12 @@ absl::Status LoadYamlString(std::string_view yaml, google::protobuf::Message* ms
 // (`tiers.1={name: ssd, size: 1GiB}`, `allowed_uids=[0, 1000]`).
 absl::Status ApplyOverride(std::string_view assignment, google::protobuf::Message* msg);
 
+// The name the loader accepts and ToYaml writes for an enum value: the value's
+// name without the enum's prefix, lower-case. The prefix is the enum's name in
+// upper snake case, an acronym kept whole: LogLevel's LOG_LEVEL_INFO is
+// "info", HTTPMode's HTTP_MODE_ON is "on".
+std::string EnumValueName(const google::protobuf::EnumValueDescriptor* v);
+
 // Renders `msg` as YAML that LoadYamlString reads back to an equal message:
 // set fields only (plus every scalar of proto3 messages with its value), enums
 // by their short lower-case name.

@@ -830,5 +830,34 @@ TEST(ToYamlTest, RoundTripsThroughTheLoader) {
   EXPECT_EQ(yaml.find("low_watermark"), std::string::npos) << "unset optional emitted";
 }
 
+// Issue 10: the loader and ToYaml computed an enum's prefix two ways, which
+// disagreed for an acronym: ToYaml wrote HTTPMode's HTTP_MODE_ON as
+// "http_mode_on" (prefix H_T_T_P_MODE_), which the loader then took for the
+// full name; the short name the loader offers is "on".
+TEST(EnumValueNameTest, AnAcronymInTheEnumNameIsOnePrefixWord) {
+  google::protobuf::FileDescriptorProto file;
+  file.set_name("enum_name_test.proto");
+  file.set_package("enum_name_test");
+  file.set_syntax("proto3");
+  auto* e = file.add_enum_type();
+  e->set_name("HTTPMode");
+  for (auto [name, number] :
+       {std::pair{"HTTP_MODE_UNSPECIFIED", 0}, std::pair{"HTTP_MODE_ON", 1}}) {
+    auto* v = e->add_value();
+    v->set_name(name);
+    v->set_number(number);
+  }
+  google::protobuf::DescriptorPool pool;
+  const google::protobuf::FileDescriptor* fd = pool.BuildFile(file);
+  ASSERT_NE(fd, nullptr);
+  EXPECT_EQ(EnumValueName(fd->enum_type(0)->FindValueByName("HTTP_MODE_ON")), "on");
+  // The daemon's own enums keep their names.
+  EXPECT_EQ(EnumValueName(config::LogLevel_descriptor()->FindValueByName("LOG_LEVEL_INFO")),
+            "info");
+  EXPECT_EQ(EnumValueName(config::CorruptObjectPolicy_descriptor()->FindValueByName(
+                "CORRUPT_OBJECT_POLICY_DROP")),
+            "drop");
+}
+
 }  // namespace
 }  // namespace cistern
