@@ -1,6 +1,7 @@
-"""Starts a real cisternd (from the build tree in $CISTERN_BUILD_DIR) per test
-module in a temporary directory with its own arena; stops it and removes
-everything afterwards, even when a test fails."""
+"""Starts a real cisternd (from the build tree in $CISTERN_BUILD_DIR) for each
+test that asks for the `daemon` or `client` fixture, in a temporary directory
+with its own arena; stops it and removes everything afterwards, even when the
+test fails."""
 
 import os
 import shutil

@@ -1,6 +1,10 @@
 // Turns one decoded request of an authenticated session into store calls and
-// a response. Knows nothing of sockets or framing (server.h does). Thread-safe
-// as far as the store is; holds no state of its own beyond options.
+// a response. Knows nothing of sockets or framing (server.h does). Its only
+// state beyond options is the session count the server sets for the stats
+// verb.
+//
+// Thread-safety: none; the server's loop thread owns it (the store it calls is
+// thread-safe).
 #pragma once
 
 #include <cstdint>

@@ -199,7 +199,9 @@ class Server {
   UniqueFd wake_fd_;  // eventfd written by Shutdown()
   uint64_t next_session_id_ = 1;
   std::map<uint64_t, std::unique_ptr<Session>> sessions_;
-  std::deque<uint64_t> parked_;  // sessions with a parked create, FIFO
+  // Sessions with a parked request (a create waiting for space, or a stream
+  // commit or lease that would block), FIFO.
+  std::deque<uint64_t> parked_;
   std::map<store::SessionId, RecoveredHolder> holders_;
   uint64_t said_hello_ = 0;  // sessions (counted in max_sessions)
   uint64_t pending_ = 0;     // connections that have not said hello

@@ -65,8 +65,10 @@ uint64_t HashSegment(char* dst, const char* src, size_t n, bool streaming) {
   return digest;
 }
 
-// Runs fn(offset, length) for every kChecksumSegment-sized segment of n
-// bytes, on up to kMaxThreads threads when n is large enough to repay them.
+// Runs fn(index, offset, length) for every kChecksumSegment-sized segment of
+// n bytes, on up to kMaxThreads threads when n is large enough to repay them.
+// A segment written with streaming stores must be fenced (_mm_sfence) by the
+// thread that wrote it, inside fn: a fence orders only its own core's stores.
 template <typename Fn>
 void ForEachSegment(size_t n, Fn fn) {
   size_t segments = (n + kChecksumSegment - 1) / kChecksumSegment;
@@ -93,8 +95,8 @@ uint64_t Segmented(char* dst, const char* src, size_t n) {
   std::vector<uint64_t> digests((n + kChecksumSegment - 1) / kChecksumSegment);
   ForEachSegment(n, [&](size_t i, size_t off, size_t len) {
     digests[i] = HashSegment(dst ? dst + off : nullptr, src + off, len, streaming);
+    if (streaming) _mm_sfence();  // this thread's streaming stores, before the seal
   });
-  if (streaming) _mm_sfence();  // streaming stores visible before the seal
   for (uint64_t& d : digests) d = htole64(d);
   return XXH3_64bits_dispatch(digests.data(), digests.size() * sizeof(uint64_t));
 }
@@ -120,11 +122,11 @@ void Copy(void* dst, const void* src, size_t n) {
   ForEachSegment(n, [&](size_t, size_t off, size_t len) {
     if (streaming) {
       StreamCopy(d + off, s + off, len);
+      _mm_sfence();  // this thread's streaming stores
     } else {
       std::memcpy(d + off, s + off, len);
     }
   });
-  if (streaming) _mm_sfence();
 }
 
 }  // namespace cistern::store

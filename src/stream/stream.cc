@@ -230,7 +230,7 @@ absl::StatusOr<std::unique_ptr<Stream>> Stream::Load(
     // Only this generation: a producer may have put a newer one under the key.
     if (store->Remove(ref.key(), ref.generation()).ok() && released) ++rep.released;
   }
-  s->paused_ = s->Paused();
+  s->paused_ = s->UpdatePaused();
   if (report) *report = rep;
   return s;
 }
@@ -246,12 +246,12 @@ absl::Status Stream::UpdateOptions(const wire::StreamOptions& update) {
   batch.Put(MetaKey(name_), meta.SerializeAsString());
   RETURN_IF_ERROR(backend_->Apply(batch));
   meta_ = std::move(meta);
-  Paused();  // the new watermarks apply from now on, hysteresis included
+  UpdatePaused();  // the new watermarks apply from now on, hysteresis included
   ++epoch_;
   return absl::OkStatus();
 }
 
-bool Stream::Paused() {
+bool Stream::UpdatePaused() {
   uint64_t high = meta_.options().high_watermark_bytes();
   if (high == 0) return false;
   if (resident_bytes_ >= high) return paused_ = true;
@@ -381,7 +381,7 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
     return absl::OkStatus();
   }
   const auto& o = meta_.options();
-  if (Paused()) {
+  if (UpdatePaused()) {
     *blocked = true;
     return absl::ResourceExhaustedError(fmt::format(
         "stream '{}' is paused: it holds {} bytes, at or above high_watermark_bytes {}; "
@@ -459,7 +459,7 @@ absl::Status Stream::Commit(const wire::StreamCommit& req, std::string_view prod
   }
   producer_in_flight_[who] += fresh.size();
   counters_.committed += fresh.size();
-  Paused();
+  UpdatePaused();
   ++epoch_;
   reply->set_committed(fresh.size());
   reply->set_duplicates(duplicates);
@@ -657,7 +657,7 @@ uint64_t Stream::ReleaseCovered() {
     Finish(s, Done::kReleased);
     ++counters_.acked;
   }
-  if (!covered.empty()) Paused();
+  if (!covered.empty()) UpdatePaused();
   return covered.size();
 }
 
@@ -692,7 +692,7 @@ absl::Status Stream::Fail(const wire::StreamFail& req, wire::StreamFailReply* re
     Finish(s, Done::kDropped);
   }
   counters_.dropped += targets.size();
-  Paused();
+  UpdatePaused();
   reply->set_dropped(targets.size());
   return absl::OkStatus();
 }
@@ -755,7 +755,7 @@ void Stream::FillInfo(wire::StreamInfo* info) {
   info->set_in_flight(leased_.size());
   info->set_awaiting_durable(awaiting_by_step_.size() + awaiting_stepless_.size());
   info->set_resident_bytes(resident_bytes_);
-  info->set_paused(Paused());
+  info->set_paused(UpdatePaused());
   info->set_committed(counters_.committed);
   info->set_acked(counters_.acked);
   info->set_dropped(counters_.dropped);

@@ -160,7 +160,10 @@ class Stream {
 
   Stream(std::string name, registry::MetadataBackend* backend, store::ObjectStore* store,
          Clock* clock);
-  bool Paused();
+  // Recomputes whether producers are paused (at high_watermark_bytes; again
+  // allowed below low_watermark_bytes) from resident_bytes_, updates paused_
+  // and returns it. Call after anything that changes resident bytes.
+  bool UpdatePaused();
   bool Durable(const ledger::SampleRecord& r) const;
   void Enqueue(Sample* s);
   void Dequeue(Sample* s);
