@@ -197,6 +197,9 @@ struct DaemonStatus {
   uint64_t uptime_ms = 0;
   std::string socket_path;
   std::string metrics_endpoint;  // host:port of /metrics and /health
+  // Requests waiting in the daemon: creates waiting for space, stream commits
+  // held back by backpressure, stream leases waiting for refs.
+  uint64_t parked_requests = 0;
   DaemonStats stats;
   std::vector<SessionStatus> sessions;  // every session that said hello
 };

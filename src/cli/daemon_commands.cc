@@ -509,6 +509,7 @@ int Status(const Target& target, bool json) {
                {"objects", st->stats.objects},
                {"leases", st->stats.leases},
                {"pending_writes", st->stats.pending_writes},
+               {"parked_requests", st->parked_requests},
                {"tiers", tiers},
                {"sessions", sessions}});
     return 0;
@@ -519,10 +520,11 @@ int Status(const Target& target, bool json) {
       st->version.c_str(), st->pid, st->uptime_ms / 1000.0, m->session_id.c_str(),
       st->socket_path.c_str(), st->metrics_endpoint.c_str());
   if (!registry.empty()) std::printf("registry: %s\n", registry.c_str());
-  std::printf("objects: %llu, leases: %llu, unsealed writes: %llu\n",
+  std::printf("objects: %llu, leases: %llu, unsealed writes: %llu, parked requests: %llu\n",
               static_cast<unsigned long long>(st->stats.objects),
               static_cast<unsigned long long>(st->stats.leases),
-              static_cast<unsigned long long>(st->stats.pending_writes));
+              static_cast<unsigned long long>(st->stats.pending_writes),
+              static_cast<unsigned long long>(st->parked_requests));
   std::printf("%-12s %12s %12s %12s %10s\n", "tier", "total", "used", "evictable", "evictions");
   for (const auto& t : st->stats.tiers) {
     std::printf("%-12s %12s %12s %12s %10llu\n", t.name.c_str(),

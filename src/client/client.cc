@@ -413,6 +413,7 @@ absl::StatusOr<DaemonStatus> Client::Status() {
   out.uptime_ms = r.uptime_ms();
   out.socket_path = r.socket_path();
   out.metrics_endpoint = r.metrics_endpoint();
+  out.parked_requests = r.parked_requests();
   out.stats = StatsOf(r.stats());
   for (const auto& si : r.sessions()) {
     out.sessions.push_back(

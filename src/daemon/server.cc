@@ -515,6 +515,7 @@ void Server::FillDaemonStatus(wire::DaemonStatusReply* r) {
       std::chrono::duration_cast<std::chrono::milliseconds>(clock_->Now() - start_time_).count());
   r->set_socket_path(options_.socket_path);
   r->set_metrics_endpoint(options_.metrics_endpoint);
+  r->set_parked_requests(parked_.size());
   handler_.FillStats(r->mutable_stats());
   for (auto& [id, s] : sessions_) {
     if (!s->hello_done) continue;

@@ -132,8 +132,12 @@ TEST_F(ClientTest, WaitingPutSucceedsWhenSpaceIsFreed) {
   ASSERT_TRUE(fill->Seal().ok());
   auto other = daemon_.Connect();
   ASSERT_TRUE(other.ok());
+  // Space is freed only once the daemon reports the put's create parked.
   std::thread remover([&] {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    EXPECT_TRUE(Eventually([&] {
+      auto st = client_->Status();
+      return st.ok() && st->parked_requests == 1;
+    })) << "the waiting create was never parked";
     EXPECT_TRUE(client_->Remove("big").ok());
   });
   PutOptions o;
