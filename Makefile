@@ -41,7 +41,7 @@ asan: bootstrap build/asan/build.ninja
 	cmake --build build/asan -j $(JOBS)
 
 tsan: bootstrap build/tsan/build.ninja
-	cmake --build build/tsan -j $(JOBS) --target store_test common_test daemon_test registry_test stream_test
+	cmake --build build/tsan -j $(JOBS) --target store_test common_test config_test daemon_test registry_test stream_test
 	cd build/tsan && TSAN_OPTIONS=halt_on_error=1 ctest -L unit --output-on-failure -j $(JOBS)
 
 # libFuzzer harnesses (docs/testing.md), built by clang in build/fuzz with ASan
