@@ -6,14 +6,12 @@
 
 #include <cerrno>
 #include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <string>
 
 #include "fmt/format.h"
 #include "include/cistern/client.h"
-#include "src/cli/daemon_commands.h"
 #include "src/common/unique_fd.h"
 #include "src/common/write_all.h"
 
