@@ -919,9 +919,9 @@ void BenchStreamAcks(const Options& opt, Daemon& d, std::vector<Target>* targets
     double loop_rate = samples / Seconds(Clock::now() - t0);
     double rate = samples / Seconds(acking);
     auto info = Must(stream.Stat(), "stat");
-    if (info.acked != static_cast<uint64_t>(samples) || info.resident_bytes != 0) {
-      Die(fmt::format("stream {}: {} acked, {} bytes resident after the run", name, info.acked,
-                      info.resident_bytes));
+    if (info.acked() != static_cast<uint64_t>(samples) || info.resident_bytes() != 0) {
+      Die(fmt::format("stream {}: {} acked, {} bytes resident after the run", name, info.acked(),
+                      info.resident_bytes()));
     }
     std::string peer_path = d.dir() + fmt::format("/peer-{}.db", batch);
     double peer = SqliteAcksPerSecond(peer_path, batch, samples);
@@ -1137,7 +1137,7 @@ void BenchMemory(const Options& opt, std::vector<Target>* targets, JsonObject* j
   Fill(value, kValueBytes, 5);
   Must(c->Put("warm", std::span<const std::byte>(value, kValueBytes)), "put warm");
   Must(c->Remove("warm").status(), "remove warm");
-  uint64_t before_stats = c->Stats()->tiers[0].used_bytes;
+  uint64_t before_stats = c->Stats()->tiers(0).used_bytes();
   uint64_t anon0 = ProcStatusBytes(d.pid(), "RssAnon");
   uint64_t shmem0 = ProcStatusBytes(d.pid(), "RssShmem");
   fmt::print(
@@ -1159,11 +1159,11 @@ void BenchMemory(const Options& opt, std::vector<Target>* targets, JsonObject* j
   }
   double secs = Seconds(Clock::now() - t0);
   DaemonStats st = Must(c->Stats(), "stats");
-  if (st.objects != n) Die(fmt::format("daemon holds {} objects, expected {}", st.objects, n));
+  if (st.objects() != n) Die(fmt::format("daemon holds {} objects, expected {}", st.objects(), n));
   uint64_t anon1 = ProcStatusBytes(d.pid(), "RssAnon");
   uint64_t shmem1 = ProcStatusBytes(d.pid(), "RssShmem");
   double per = (double(anon1) - double(anon0)) / n;
-  double arena_per = (double(st.tiers[0].used_bytes) - double(before_stats)) / n;
+  double arena_per = (double(st.tiers(0).used_bytes()) - double(before_stats)) / n;
   fmt::print("   {:<44} {:>14}\n", "RssAnon before (bytes)", anon0);
   fmt::print("   {:<44} {:>14}\n", "RssAnon after (bytes)", anon1);
   fmt::print("   {:<44} {:>14.1f}\n", "RssAnon growth per object (bytes)", per);

@@ -29,6 +29,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cistern/local.pb.h"
 #include "include/cistern/object.h"
 
 namespace cistern {
@@ -156,63 +157,23 @@ struct TensorInput {
   std::span<const std::byte> data;
 };
 
-struct ListResult {
-  std::vector<ObjectInfo> objects;
-  std::string next_cursor;  // pass back to get the next page; empty at the end
-};
-
-struct TierUsage {
-  std::string name;
-  uint64_t capacity_bytes = 0;
-  uint64_t used_bytes = 0;
-  uint64_t evictable_bytes = 0;
-  uint64_t largest_free_bytes = 0;
-  double fragmentation = 0;
-  uint64_t objects = 0;
-  uint64_t evictions = 0;
-};
-
-struct DaemonStats {
-  std::vector<TierUsage> tiers;
-  uint64_t objects = 0;
-  uint64_t leases = 0;
-  uint64_t pending_writes = 0;
-  uint64_t sessions = 0;
-  uint64_t deferred_frees = 0;
-};
-
-struct SessionStatus {
-  uint64_t id = 0;
-  int pid = 0;
-  uint32_t uid = 0;
-  std::string client_name;
-  uint64_t leases = 0;
-  uint64_t pending_writes = 0;
-};
-
-struct DaemonStatus {
-  std::string version;
-  int pid = 0;
-  uint64_t start_unix_ms = 0;
-  uint64_t uptime_ms = 0;
-  std::string socket_path;
-  std::string metrics_endpoint;  // host:port of /metrics and /health
-  // Requests waiting in the daemon: creates waiting for space, stream commits
-  // held back by backpressure, stream leases waiting for refs.
-  uint64_t parked_requests = 0;
-  DaemonStats stats;
-  std::vector<SessionStatus> sessions;  // every session that said hello
-};
-
+// What the daemon reports (Stat, List, Stats, Status, Quarantined) are the
+// wire messages themselves (proto/cistern/local.proto, where each field is
+// documented), read through their accessors: info.generation(),
+// stats.tiers(0).used_bytes(), status.sessions_size(). One definition: a
+// field the daemon adds reaches C++, Python and the CLI's --json unchanged.
+using ObjectInfo = wire::ObjectInfo;  // has_checksum() says whether checksum() is set
+using ListResult = wire::ListReply;   // objects(); next_cursor(): empty at the end
+using TierUsage = wire::TierStats;
+using DaemonStats = wire::StatsReply;
+using SessionStatus = wire::SessionInfo;
+// Requests waiting in the daemon (parked_requests()): creates waiting for
+// space, stream commits held back by backpressure, stream leases waiting.
+using DaemonStatus = wire::DaemonStatusReply;
 // A corrupt object the daemon set aside at its last start: not served, its
-// bytes kept until removed (recovery.on_corrupt_object: quarantine).
-struct QuarantinedObjectInfo {
-  std::string tier;
-  uint64_t block_offset = 0;  // with the tier, names it
-  uint64_t block_bytes = 0;
-  std::string key;  // empty when unreadable
-  std::string reason;
-};
+// bytes kept until removed (recovery.on_corrupt_object: quarantine); the tier
+// and block_offset name it.
+using QuarantinedObjectInfo = wire::QuarantinedObject;
 
 // Lays out tensors in one payload: each at the next multiple of 64 bytes.
 // Returns the manifest; `*total` receives the payload size.

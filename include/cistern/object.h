@@ -79,18 +79,4 @@ struct ObjectRef {
   uint64_t size = 0;
 };
 
-// What Stat and List report about an object's visible generation.
-struct ObjectInfo {
-  std::string key;
-  uint64_t generation = 0;
-  uint64_t size = 0;
-  std::string tier;
-  bool evictable = false;
-  uint32_t leases = 0;
-  bool has_checksum = false;
-  uint64_t checksum = 0;
-  uint32_t tensors = 0;
-  uint64_t create_unix_ms = 0;  // when the generation was created (wall clock)
-};
-
 }  // namespace cistern

@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "cistern/stream.pb.h"
 #include "include/cistern/client.h"
 #include "include/cistern/object.h"
 
@@ -65,29 +66,10 @@ struct StreamOptions {
   std::optional<uint32_t> max_lease_refs;
 };
 
-struct StreamInfo {
-  std::string name;
-  StreamOptions options;  // effective: every field set
-  uint64_t create_unix_ms = 0;
-  uint64_t depth = 0;
-  uint64_t in_flight = 0;
-  uint64_t awaiting_durable = 0;
-  uint64_t resident_bytes = 0;
-  bool paused = false;
-  uint64_t committed = 0;
-  uint64_t acked = 0;
-  uint64_t dropped = 0;
-  uint64_t lost = 0;
-  std::optional<uint64_t> global_step;
-  std::optional<uint64_t> durable_step;
-  bool optimizer_durable = false;
-  uint64_t producer_waits = 0;
-  uint64_t producer_rejections = 0;
-  uint64_t consumer_starved = 0;
-  uint64_t consumer_empty = 0;
-  uint64_t expired_leases = 0;
-  uint64_t requeued = 0;
-};
+// A stream's options, queue, totals, marker and counters: the wire message
+// itself (proto/cistern/stream.proto documents each field), read through its
+// accessors: info.depth(), info.has_global_step(), info.options().max_lease_refs().
+using StreamInfo = wire::StreamInfo;
 
 struct CommitResult {
   uint32_t committed = 0;
@@ -119,23 +101,10 @@ struct LeaseOptions {
   std::optional<std::pair<uint32_t, uint32_t>> partition;  // (index, count)
 };
 
-struct AckResult {
-  uint32_t acked = 0;
-  uint32_t already = 0;
-  uint64_t released = 0;
-};
-
-struct FailResult {
-  uint32_t requeued = 0;
-  uint32_t dropped = 0;
-};
-
-struct ReconcileResult {
-  uint64_t released = 0;
-  uint64_t requeued = 0;
-  uint64_t lost = 0;
-  uint64_t pending = 0;
-};
+// The replies of Ack, Fail and Reconcile, as the daemon sends them.
+using AckResult = wire::StreamAckReply;              // acked(), already(), released()
+using FailResult = wire::StreamFailReply;            // requeued(), dropped()
+using ReconcileResult = wire::StreamReconcileReply;  // released(), requeued(), lost(), pending()
 
 class Stream {
  public:

@@ -6,6 +6,8 @@
 // releases the GIL. Errors become cistern.Error carrying the absl status code,
 // which __init__.py maps to the Python exception types (KeyError, MemoryError,
 // ...).
+#include <google/protobuf/descriptor.h>
+#include <google/protobuf/message.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -108,17 +110,79 @@ std::vector<cistern::TensorInput> TensorsFromPy(const py::list& tensors,
 
 py::tuple Ref(const cistern::ObjectRef& r) { return py::make_tuple(r.key, r.generation, r.size); }
 
-py::dict Info(const cistern::ObjectInfo& o) {
-  py::dict d;
-  d["key"] = o.key;
-  d["generation"] = o.generation;
-  d["size"] = o.size;
-  d["tier"] = o.tier;
-  d["evictable"] = o.evictable;
-  d["leases"] = o.leases;
-  d["tensors"] = o.tensors;
-  d["create_unix_ms"] = o.create_unix_ms;
-  d["checksum"] = o.has_checksum ? py::object(py::int_(o.checksum)) : py::none();
+// A wire message as a dict, field for field (proto field names): integers,
+// floats, bools and strings as themselves, enums as their value names, an
+// unset optional as None, repeated fields as lists, maps as dicts, messages
+// as dicts. Every report the daemon sends reaches Python this way, so a field
+// added to a proto needs no code here.
+py::object ProtoToPy(const google::protobuf::Message& m);
+
+py::object FieldToPy(const google::protobuf::Message& m, const google::protobuf::FieldDescriptor* f,
+                     int i) {
+  using F = google::protobuf::FieldDescriptor;
+  const auto* r = m.GetReflection();
+  const bool rep = i >= 0;
+  switch (f->cpp_type()) {
+    case F::CPPTYPE_INT32:
+      return py::int_(rep ? r->GetRepeatedInt32(m, f, i) : r->GetInt32(m, f));
+    case F::CPPTYPE_INT64:
+      return py::int_(rep ? r->GetRepeatedInt64(m, f, i) : r->GetInt64(m, f));
+    case F::CPPTYPE_UINT32:
+      return py::int_(rep ? r->GetRepeatedUInt32(m, f, i) : r->GetUInt32(m, f));
+    case F::CPPTYPE_UINT64:
+      return py::int_(rep ? r->GetRepeatedUInt64(m, f, i) : r->GetUInt64(m, f));
+    case F::CPPTYPE_DOUBLE:
+      return py::float_(rep ? r->GetRepeatedDouble(m, f, i) : r->GetDouble(m, f));
+    case F::CPPTYPE_FLOAT:
+      return py::float_(rep ? r->GetRepeatedFloat(m, f, i) : r->GetFloat(m, f));
+    case F::CPPTYPE_BOOL:
+      return py::bool_(rep ? r->GetRepeatedBool(m, f, i) : r->GetBool(m, f));
+    case F::CPPTYPE_ENUM:
+      return py::str((rep ? r->GetRepeatedEnum(m, f, i) : r->GetEnum(m, f))->name());
+    case F::CPPTYPE_STRING:
+      return py::str(rep ? r->GetRepeatedString(m, f, i) : r->GetString(m, f));
+    case F::CPPTYPE_MESSAGE:
+      return ProtoToPy(rep ? r->GetRepeatedMessage(m, f, i) : r->GetMessage(m, f));
+  }
+  return py::none();
+}
+
+py::object ProtoToPy(const google::protobuf::Message& m) {
+  const auto* d = m.GetDescriptor();
+  const auto* r = m.GetReflection();
+  py::dict out;
+  for (int k = 0; k < d->field_count(); ++k) {
+    const auto* f = d->field(k);
+    py::str name(f->name());
+    if (f->is_map()) {
+      py::dict map;
+      const auto* key = f->message_type()->map_key();
+      const auto* value = f->message_type()->map_value();
+      for (int i = 0; i < r->FieldSize(m, f); ++i) {
+        const auto& entry = r->GetRepeatedMessage(m, f, i);
+        map[FieldToPy(entry, key, -1)] = FieldToPy(entry, value, -1);
+      }
+      out[name] = map;
+    } else if (f->is_repeated()) {
+      py::list list;
+      for (int i = 0; i < r->FieldSize(m, f); ++i) list.append(FieldToPy(m, f, i));
+      out[name] = list;
+    } else if (f->has_presence() &&
+               f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE &&
+               !r->HasField(m, f)) {
+      out[name] = py::none();
+    } else {
+      out[name] = FieldToPy(m, f, -1);
+    }
+  }
+  return out;
+}
+
+// An object's stat: the wire fields, with checksum None when it has none.
+py::object Info(const cistern::ObjectInfo& o) {
+  py::dict d = ProtoToPy(o);
+  PyDict_DelItemString(d.ptr(), "has_checksum");
+  d["checksum"] = o.has_checksum() ? py::object(py::int_(o.checksum())) : py::none();
   return d;
 }
 
@@ -176,43 +240,6 @@ py::tuple RefToPy(const cistern::SampleRef& r) {
   }
   return py::make_tuple(r.sample_id, r.key, r.generation, r.nbytes, features, py::cast(r.metadata),
                         r.lease_id, r.deliveries);
-}
-
-template <typename T>
-py::object Optional(const std::optional<T>& v) {
-  return v ? py::object(py::int_(*v)) : py::none();
-}
-
-py::dict StreamInfoToPy(const cistern::StreamInfo& i) {
-  py::dict d;
-  d["name"] = i.name;
-  py::dict o;
-  o["lease_timeout_ms"] = Optional(i.options.lease_timeout_ms);
-  o["high_watermark_bytes"] = Optional(i.options.high_watermark_bytes);
-  o["low_watermark_bytes"] = Optional(i.options.low_watermark_bytes);
-  o["max_in_flight_per_producer"] = Optional(i.options.max_in_flight_per_producer);
-  o["max_lease_refs"] = Optional(i.options.max_lease_refs);
-  d["options"] = o;
-  d["create_unix_ms"] = i.create_unix_ms;
-  d["depth"] = i.depth;
-  d["in_flight"] = i.in_flight;
-  d["awaiting_durable"] = i.awaiting_durable;
-  d["resident_bytes"] = i.resident_bytes;
-  d["paused"] = i.paused;
-  d["committed"] = i.committed;
-  d["acked"] = i.acked;
-  d["dropped"] = i.dropped;
-  d["lost"] = i.lost;
-  d["global_step"] = Optional(i.global_step);
-  d["durable_step"] = Optional(i.durable_step);
-  d["optimizer_durable"] = i.optimizer_durable;
-  d["producer_waits"] = i.producer_waits;
-  d["producer_rejections"] = i.producer_rejections;
-  d["consumer_starved"] = i.consumer_starved;
-  d["consumer_empty"] = i.consumer_empty;
-  d["expired_leases"] = i.expired_leases;
-  d["requeued"] = i.requeued;
-  return d;
 }
 
 }  // namespace
@@ -440,8 +467,8 @@ PYBIND11_MODULE(_cistern, m) {
                 page = c.List(prefix, 0, cursor);
               }
               auto p = Check(std::move(page));
-              for (const auto& o : p.objects) out.append(Info(o));
-              cursor = p.next_cursor;
+              for (const auto& o : p.objects()) out.append(Info(o));
+              cursor = p.next_cursor();
             } while (!cursor.empty());
             return out;
           },
@@ -452,24 +479,7 @@ PYBIND11_MODULE(_cistern, m) {
           py::gil_scoped_release unlocked;
           s = c.Stats();
         }
-        auto st = Check(std::move(s));
-        py::dict d;
-        d["objects"] = st.objects;
-        d["leases"] = st.leases;
-        d["pending_writes"] = st.pending_writes;
-        d["sessions"] = st.sessions;
-        d["deferred_frees"] = st.deferred_frees;
-        py::list tiers;
-        for (const auto& t : st.tiers) {
-          py::dict td;
-          td["name"] = t.name;
-          td["capacity_bytes"] = t.capacity_bytes;
-          td["used_bytes"] = t.used_bytes;
-          td["evictable_bytes"] = t.evictable_bytes;
-          tiers.append(td);
-        }
-        d["tiers"] = tiers;
-        return d;
+        return ProtoToPy(Check(std::move(s)));
       });
 
   py::class_<PyStream, std::shared_ptr<PyStream>>(m, "Stream")
@@ -567,7 +577,7 @@ PYBIND11_MODULE(_cistern, m) {
               r = s.stream->Ack(in, global_step, optimizer_durable);
             }
             auto a = Check(std::move(r));
-            return py::make_tuple(a.acked, a.already, a.released);
+            return py::make_tuple(a.acked(), a.already(), a.released());
           },
           py::arg("refs"), py::arg("global_step") = py::none(),
           py::arg("optimizer_durable") = false)
@@ -581,7 +591,7 @@ PYBIND11_MODULE(_cistern, m) {
               r = s.stream->Fail(in, retryable);
             }
             auto f = Check(std::move(r));
-            return py::make_tuple(f.requeued, f.dropped);
+            return py::make_tuple(f.requeued(), f.dropped());
           },
           py::arg("refs"), py::arg("retryable") = true)
       .def("stat",
@@ -591,7 +601,7 @@ PYBIND11_MODULE(_cistern, m) {
                py::gil_scoped_release unlocked;
                r = s.stream->Stat();
              }
-             return StreamInfoToPy(Check(std::move(r)));
+             return ProtoToPy(Check(std::move(r)));
            })
       .def("reconcile", [](PyStream& s) {
         absl::StatusOr<cistern::ReconcileResult> r;
@@ -600,7 +610,7 @@ PYBIND11_MODULE(_cistern, m) {
           r = s.stream->Reconcile();
         }
         auto c = Check(std::move(r));
-        return py::make_tuple(c.released, c.requeued, c.lost, c.pending);
+        return py::make_tuple(c.released(), c.requeued(), c.lost(), c.pending());
       });
 
   m.def("list_streams", [](std::shared_ptr<Client> client) {
@@ -610,7 +620,7 @@ PYBIND11_MODULE(_cistern, m) {
       r = cistern::Stream::List(client.get());
     }
     py::list out;
-    for (const auto& i : Check(std::move(r))) out.append(StreamInfoToPy(i));
+    for (const auto& i : Check(std::move(r))) out.append(ProtoToPy(i));
     return out;
   });
   m.def("partition_of", &cistern::Stream::PartitionOf, py::arg("sample_id"), py::arg("count"));

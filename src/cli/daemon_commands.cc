@@ -47,6 +47,7 @@
 #include "fmt/format.h"
 #include "include/cistern/client.h"
 #include "src/cli/data_commands.h"
+#include "src/cli/proto_json.h"
 #include "src/common/clock.h"
 #include "src/common/paths.h"
 #include "src/config/config_yaml.h"
@@ -374,7 +375,7 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     auto c = Probe(m.socket, cfg.token().empty() ? TokenFor(target, "") : cfg.token());
     if (c.ok()) {
       if (auto st = (*c)->Status(); st.ok()) {
-        m.metrics = st->metrics_endpoint;
+        m.metrics = st->metrics_endpoint();
         WriteMeta(m);
       }
       break;
@@ -478,38 +479,30 @@ int Status(const Target& target, bool json) {
   std::string state_dir = session_cfg ? session_cfg->state_dir() : "";
   std::string registry = session_cfg ? session_cfg->registry().path() : "";
   if (json) {
+    // Tiers and sessions field for field (wire::TierStats, wire::SessionInfo).
     nlohmann::ordered_json tiers = nlohmann::ordered_json::array();
-    for (const auto& t : st->stats.tiers) {
-      tiers.push_back({{"name", t.name},
-                       {"capacity_bytes", t.capacity_bytes},
-                       {"used_bytes", t.used_bytes},
-                       {"evictable_bytes", t.evictable_bytes},
-                       {"objects", t.objects},
-                       {"evictions", t.evictions}});
-    }
+    for (const auto& t : st->stats().tiers()) tiers.push_back(ProtoToJson(t));
     nlohmann::ordered_json sessions = nlohmann::ordered_json::array();
-    for (const auto& s : st->sessions) {
-      sessions.push_back({{"id", s.id},
-                          {"pid", s.pid},
-                          {"uid", s.uid},
-                          {"client", s.client_name},
-                          {"leases", s.leases},
-                          {"pending_writes", s.pending_writes}});
+    for (const auto& s : st->sessions()) {
+      nlohmann::ordered_json j = ProtoToJson(s);
+      j["client"] = s.client_name();  // the name this key had before
+      sessions.push_back(std::move(j));
     }
     PrintJson({{"running", true},
                {"healthy", true},
                {"session", m->session_id},
-               {"pid", st->pid},
-               {"version", st->version},
-               {"uptime_s", std::round(st->uptime_ms / 100.0) / 10},
-               {"socket", st->socket_path},
-               {"metrics", st->metrics_endpoint},
+               {"pid", st->pid()},
+               {"version", st->version()},
+               {"uptime_s", std::round(st->uptime_ms() / 100.0) / 10},
+               {"socket", st->socket_path()},
+               {"metrics", st->metrics_endpoint()},
                {"state_dir", state_dir},
                {"registry", registry},
-               {"objects", st->stats.objects},
-               {"leases", st->stats.leases},
-               {"pending_writes", st->stats.pending_writes},
-               {"parked_requests", st->parked_requests},
+               {"objects", st->stats().objects()},
+               {"leases", st->stats().leases()},
+               {"pending_writes", st->stats().pending_writes()},
+               {"deferred_frees", st->stats().deferred_frees()},
+               {"parked_requests", st->parked_requests()},
                {"tiers", tiers},
                {"sessions", sessions}});
     return 0;
@@ -517,27 +510,27 @@ int Status(const Target& target, bool json) {
   std::printf(
       "cisternd %s: healthy, pid %d, up %.0f s, session %s\nsocket: %s\nmetrics: "
       "http://%s/metrics\n",
-      st->version.c_str(), st->pid, st->uptime_ms / 1000.0, m->session_id.c_str(),
-      st->socket_path.c_str(), st->metrics_endpoint.c_str());
+      st->version().c_str(), st->pid(), st->uptime_ms() / 1000.0, m->session_id.c_str(),
+      st->socket_path().c_str(), st->metrics_endpoint().c_str());
   if (!registry.empty()) std::printf("registry: %s\n", registry.c_str());
   std::printf("objects: %llu, leases: %llu, unsealed writes: %llu, parked requests: %llu\n",
-              static_cast<unsigned long long>(st->stats.objects),
-              static_cast<unsigned long long>(st->stats.leases),
-              static_cast<unsigned long long>(st->stats.pending_writes),
-              static_cast<unsigned long long>(st->parked_requests));
+              static_cast<unsigned long long>(st->stats().objects()),
+              static_cast<unsigned long long>(st->stats().leases()),
+              static_cast<unsigned long long>(st->stats().pending_writes()),
+              static_cast<unsigned long long>(st->parked_requests()));
   std::printf("%-12s %12s %12s %12s %10s\n", "tier", "total", "used", "evictable", "evictions");
-  for (const auto& t : st->stats.tiers) {
-    std::printf("%-12s %12s %12s %12s %10llu\n", t.name.c_str(),
-                HumanBytes(t.capacity_bytes).c_str(), HumanBytes(t.used_bytes).c_str(),
-                HumanBytes(t.evictable_bytes).c_str(),
-                static_cast<unsigned long long>(t.evictions));
+  for (const auto& t : st->stats().tiers()) {
+    std::printf("%-12s %12s %12s %12s %10llu\n", t.name().c_str(),
+                HumanBytes(t.capacity_bytes()).c_str(), HumanBytes(t.used_bytes()).c_str(),
+                HumanBytes(t.evictable_bytes()).c_str(),
+                static_cast<unsigned long long>(t.evictions()));
   }
-  std::printf("sessions (%zu):\n", st->sessions.size());
-  for (const auto& s : st->sessions) {
+  std::printf("sessions (%d):\n", st->sessions_size());
+  for (const auto& s : st->sessions()) {
     std::printf("  #%llu pid %d %-20s leases %llu, unsealed writes %llu\n",
-                static_cast<unsigned long long>(s.id), s.pid, s.client_name.c_str(),
-                static_cast<unsigned long long>(s.leases),
-                static_cast<unsigned long long>(s.pending_writes));
+                static_cast<unsigned long long>(s.id()), s.pid(), s.client_name().c_str(),
+                static_cast<unsigned long long>(s.leases()),
+                static_cast<unsigned long long>(s.pending_writes()));
   }
   return 0;
 }

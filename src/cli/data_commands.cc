@@ -12,22 +12,21 @@
 
 #include "fmt/format.h"
 #include "include/cistern/client.h"
+#include "src/cli/proto_json.h"
 #include "src/common/unique_fd.h"
 #include "src/common/write_all.h"
 
 namespace cistern::cli {
 namespace {
 
+// The object as JSON: the wire fields, with the checksum as hex (null when
+// the object has none).
 nlohmann::ordered_json InfoJson(const ObjectInfo& o) {
-  return {{"key", o.key},
-          {"generation", o.generation},
-          {"size", o.size},
-          {"tier", o.tier},
-          {"evictable", o.evictable},
-          {"leases", o.leases},
-          {"tensors", o.tensors},
-          {"checksum", o.has_checksum ? nlohmann::ordered_json(fmt::format("{:016x}", o.checksum))
-                                      : nlohmann::ordered_json(nullptr)}};
+  nlohmann::ordered_json j = ProtoToJson(o);
+  j.erase("has_checksum");
+  j["checksum"] = o.has_checksum() ? nlohmann::ordered_json(fmt::format("{:016x}", o.checksum()))
+                                   : nlohmann::ordered_json(nullptr);
+  return j;
 }
 
 }  // namespace
@@ -186,18 +185,18 @@ int List(const Target& t, const std::string& prefix, bool json) {
       if (json) std::printf("]}\n");
       return Fail(page.status());
     }
-    for (const ObjectInfo& o : page->objects) {
+    for (const ObjectInfo& o : page->objects()) {
       if (json) {
         std::printf("%s\n  %s", first ? "" : ",", JsonText(InfoJson(o)).c_str());
       } else {
-        std::printf("%-40s %14llu  gen %-8llu %s%s\n", o.key.c_str(),
-                    static_cast<unsigned long long>(o.size),
-                    static_cast<unsigned long long>(o.generation), o.tier.c_str(),
-                    o.evictable ? " evictable" : "");
+        std::printf("%-40s %14llu  gen %-8llu %s%s\n", o.key().c_str(),
+                    static_cast<unsigned long long>(o.size()),
+                    static_cast<unsigned long long>(o.generation()), o.tier().c_str(),
+                    o.evictable() ? " evictable" : "");
       }
       first = false;
     }
-    cursor = page->next_cursor;
+    cursor = page->next_cursor();
   } while (!cursor.empty());
   if (json) std::printf("%s]}\n", first ? "" : "\n");
   return 0;
@@ -215,10 +214,10 @@ int Stat(const Target& t, const std::string& key, bool json) {
   std::printf(
       "key:        %s\ngeneration: %llu\nsize:       %llu bytes\ntier:       %s\n"
       "evictable:  %s\nleases:     %u\ntensors:    %u\nchecksum:   %s\n",
-      o->key.c_str(), static_cast<unsigned long long>(o->generation),
-      static_cast<unsigned long long>(o->size), o->tier.c_str(), o->evictable ? "yes" : "no",
-      o->leases, o->tensors,
-      o->has_checksum ? fmt::format("xxh3:{:016x}", o->checksum).c_str() : "none");
+      o->key().c_str(), static_cast<unsigned long long>(o->generation()),
+      static_cast<unsigned long long>(o->size()), o->tier().c_str(), o->evictable() ? "yes" : "no",
+      o->leases(), o->tensors(),
+      o->has_checksum() ? fmt::format("xxh3:{:016x}", o->checksum()).c_str() : "none");
   return 0;
 }
 

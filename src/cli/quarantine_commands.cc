@@ -9,6 +9,7 @@
 #include "absl/strings/numbers.h"
 #include "fmt/format.h"
 #include "include/cistern/client.h"
+#include "src/cli/proto_json.h"
 #include "src/common/quote.h"
 
 namespace cistern::cli {
@@ -17,7 +18,7 @@ namespace {
 using Json = nlohmann::ordered_json;
 
 std::string Id(const QuarantinedObjectInfo& q) {
-  return fmt::format("{}:{}", q.tier, q.block_offset);
+  return fmt::format("{}:{}", q.tier(), q.block_offset());
 }
 
 struct QuarantineId {
@@ -44,12 +45,9 @@ int QuarantineList(const Target& t, bool json) {
   if (json) {
     Json arr = Json::array();
     for (const auto& q : *all) {
-      arr.push_back(Json{{"id", Id(q)},
-                         {"tier", q.tier},
-                         {"block_offset", q.block_offset},
-                         {"block_bytes", q.block_bytes},
-                         {"key", q.key},
-                         {"reason", q.reason}});
+      Json j{{"id", Id(q)}};
+      j.update(ProtoToJson(q));
+      arr.push_back(std::move(j));
     }
     PrintJson(arr);
     return 0;
@@ -60,8 +58,8 @@ int QuarantineList(const Target& t, bool json) {
   }
   std::printf("%-20s %12s  %-32s %s\n", "id", "bytes", "key", "reason");
   for (const auto& q : *all) {
-    std::printf("%-20s %12s  %-32s %s\n", Id(q).c_str(), HumanBytes(q.block_bytes).c_str(),
-                q.key.empty() ? "(unreadable)" : QuoteKey(q.key).c_str(), q.reason.c_str());
+    std::printf("%-20s %12s  %-32s %s\n", Id(q).c_str(), HumanBytes(q.block_bytes()).c_str(),
+                q.key().empty() ? "(unreadable)" : QuoteKey(q.key()).c_str(), q.reason().c_str());
   }
   return 0;
 }
@@ -88,7 +86,7 @@ int QuarantineRemove(const Target& t, const std::vector<std::string>& ids, bool 
   if (all) {
     auto listed = (*c)->Quarantined();
     if (!listed.ok()) return Fail(listed.status());
-    for (const auto& q : *listed) targets.push_back({q.tier, q.block_offset});
+    for (const auto& q : *listed) targets.push_back({q.tier(), q.block_offset()});
   }
   Json removed = Json::array();
   for (const QuarantineId& target : targets) {

@@ -4,7 +4,6 @@
 #include <cstdio>
 #include <ctime>
 #include <nlohmann/json.hpp>
-#include <optional>
 #include <string>
 #include <vector>
 
@@ -12,6 +11,7 @@
 #include "include/cistern/client.h"
 #include "include/cistern/stream.h"
 #include "src/cli/data_commands.h"
+#include "src/cli/proto_json.h"
 #include "src/stream/rules.h"
 
 namespace cistern::cli {
@@ -24,8 +24,6 @@ std::string BytesExact(uint64_t n) {
   return n < 1024 ? HumanBytes(n) : fmt::format("{} ({} bytes)", HumanBytes(n), n);
 }
 
-std::string Step(const std::optional<uint64_t>& s) { return s ? std::to_string(*s) : "none"; }
-
 std::string UtcTime(uint64_t unix_ms) {
   std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
   std::tm tm{};
@@ -33,42 +31,6 @@ std::string UtcTime(uint64_t unix_ms) {
   char buf[32];
   std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
   return buf;
-}
-
-Json OptionalJson(const std::optional<uint64_t>& v) { return v ? Json(*v) : Json(nullptr); }
-
-// The fields and names of wire::StreamInfo (proto/cistern/stream.proto).
-Json InfoJson(const StreamInfo& s) {
-  const StreamOptions& o = s.options;
-  return Json{
-      {"name", s.name},
-      {"options",
-       {{"lease_timeout_ms", OptionalJson(o.lease_timeout_ms)},
-        {"high_watermark_bytes", OptionalJson(o.high_watermark_bytes)},
-        {"low_watermark_bytes", OptionalJson(o.low_watermark_bytes)},
-        {"max_in_flight_per_producer",
-         o.max_in_flight_per_producer ? Json(*o.max_in_flight_per_producer) : Json(nullptr)},
-        {"max_lease_refs", o.max_lease_refs ? Json(*o.max_lease_refs) : Json(nullptr)}}},
-      {"create_unix_ms", s.create_unix_ms},
-      {"depth", s.depth},
-      {"in_flight", s.in_flight},
-      {"awaiting_durable", s.awaiting_durable},
-      {"resident_bytes", s.resident_bytes},
-      {"paused", s.paused},
-      {"committed", s.committed},
-      {"acked", s.acked},
-      {"dropped", s.dropped},
-      {"lost", s.lost},
-      {"global_step", OptionalJson(s.global_step)},
-      {"durable_step", OptionalJson(s.durable_step)},
-      {"optimizer_durable", s.optimizer_durable},
-      {"producer_waits", s.producer_waits},
-      {"producer_rejections", s.producer_rejections},
-      {"consumer_starved", s.consumer_starved},
-      {"consumer_empty", s.consumer_empty},
-      {"expired_leases", s.expired_leases},
-      {"requeued", s.requeued},
-  };
 }
 
 // Exit code 2 with the reason unless `name` can name a stream.
@@ -85,7 +47,7 @@ absl::StatusOr<StreamInfo> FindStream(Client* c, const std::string& name) {
   auto all = Stream::List(c);
   if (!all.ok()) return all.status();
   for (StreamInfo& s : *all) {
-    if (s.name == name) return std::move(s);
+    if (s.name() == name) return std::move(s);
   }
   return absl::NotFoundError(fmt::format("no stream named '{}'", name));
 }
@@ -98,10 +60,10 @@ int StreamList(const Target& t, bool json) {
   auto all = Stream::List(c->get());
   if (!all.ok()) return Fail(all.status());
   std::sort(all->begin(), all->end(),
-            [](const StreamInfo& a, const StreamInfo& b) { return a.name < b.name; });
+            [](const StreamInfo& a, const StreamInfo& b) { return a.name() < b.name(); });
   if (json) {
     Json arr = Json::array();
-    for (const StreamInfo& s : *all) arr.push_back(InfoJson(s));
+    for (const StreamInfo& s : *all) arr.push_back(ProtoToJson(s));
     PrintJson(arr);
     return 0;
   }
@@ -110,16 +72,16 @@ int StreamList(const Target& t, bool json) {
     return 0;
   }
   size_t w = 6;
-  for (const StreamInfo& s : *all) w = std::max(w, s.name.size());
+  for (const StreamInfo& s : *all) w = std::max(w, s.name().size());
   std::printf("%-*s %10s %10s %17s %12s %12s %12s %7s\n", static_cast<int>(w), "stream", "depth",
               "in flight", "awaiting durable", "resident", "committed", "acked", "paused");
   for (const StreamInfo& s : *all) {
-    std::printf("%-*s %10llu %10llu %17llu %12s %12llu %12llu %7s\n", static_cast<int>(w),
-                s.name.c_str(), static_cast<unsigned long long>(s.depth),
-                static_cast<unsigned long long>(s.in_flight),
-                static_cast<unsigned long long>(s.awaiting_durable),
-                HumanBytes(s.resident_bytes).c_str(), static_cast<unsigned long long>(s.committed),
-                static_cast<unsigned long long>(s.acked), s.paused ? "yes" : "no");
+    std::printf(
+        "%-*s %10llu %10llu %17llu %12s %12llu %12llu %7s\n", static_cast<int>(w), s.name().c_str(),
+        static_cast<unsigned long long>(s.depth()), static_cast<unsigned long long>(s.in_flight()),
+        static_cast<unsigned long long>(s.awaiting_durable()),
+        HumanBytes(s.resident_bytes()).c_str(), static_cast<unsigned long long>(s.committed()),
+        static_cast<unsigned long long>(s.acked()), s.paused() ? "yes" : "no");
   }
   return 0;
 }
@@ -131,51 +93,52 @@ int StreamShow(const Target& t, const std::string& name, bool json) {
   auto s = FindStream(c->get(), name);
   if (!s.ok()) return Fail(s.status());
   if (json) {
-    PrintJson(InfoJson(*s));
+    PrintJson(ProtoToJson(*s));
     return 0;
   }
-  const StreamOptions& o = s->options;
+  const wire::StreamOptions& o = s->options();
   auto line = [](const char* label, const std::string& value) {
     std::printf("  %-28s %s\n", (std::string(label) + ":").c_str(), value.c_str());
   };
   auto n = [](uint64_t v) { return std::to_string(v); };
   auto yes = [](bool b) { return std::string(b ? "yes" : "no"); };
-  auto watermark = [](const std::optional<uint64_t>& v) {
-    return !v ? std::string("default") : *v == 0 ? std::string("off (0)") : BytesExact(*v);
+  auto watermark = [](bool set, uint64_t v) {
+    return !set ? std::string("default") : v == 0 ? std::string("off (0)") : BytesExact(v);
   };
-  std::printf("stream %s (created %s)\n", s->name.c_str(), UtcTime(s->create_unix_ms).c_str());
+  std::printf("stream %s (created %s)\n", s->name().c_str(), UtcTime(s->create_unix_ms()).c_str());
   std::printf("queue:\n");
-  line("depth", n(s->depth));
-  line("in flight", n(s->in_flight));
-  line("awaiting durable", n(s->awaiting_durable));
-  line("resident bytes", BytesExact(s->resident_bytes));
-  line("paused", yes(s->paused));
+  line("depth", n(s->depth()));
+  line("in flight", n(s->in_flight()));
+  line("awaiting durable", n(s->awaiting_durable()));
+  line("resident bytes", BytesExact(s->resident_bytes()));
+  line("paused", yes(s->paused()));
   std::printf("totals:\n");
-  line("committed", n(s->committed));
-  line("acked", n(s->acked));
-  line("dropped", n(s->dropped));
-  line("lost", n(s->lost));
+  line("committed", n(s->committed()));
+  line("acked", n(s->acked()));
+  line("dropped", n(s->dropped()));
+  line("lost", n(s->lost()));
   std::printf("marker:\n");
-  line("global step", Step(s->global_step));
-  line("durable step", Step(s->durable_step));
-  line("optimizer durable", yes(s->optimizer_durable));
+  line("global step", s->has_global_step() ? n(s->global_step()) : "none");
+  line("durable step", s->has_durable_step() ? n(s->durable_step()) : "none");
+  line("optimizer durable", yes(s->optimizer_durable()));
   std::printf("watermarks and options:\n");
-  line("high watermark", watermark(o.high_watermark_bytes));
-  line("low watermark", watermark(o.low_watermark_bytes));
-  line("lease timeout", o.lease_timeout_ms ? fmt::format("{} ms", *o.lease_timeout_ms) : "default");
+  line("high watermark", watermark(o.has_high_watermark_bytes(), o.high_watermark_bytes()));
+  line("low watermark", watermark(o.has_low_watermark_bytes(), o.low_watermark_bytes()));
+  line("lease timeout",
+       o.has_lease_timeout_ms() ? fmt::format("{} ms", o.lease_timeout_ms()) : "default");
   std::string cap = "default";
-  if (o.max_in_flight_per_producer) {
-    cap = *o.max_in_flight_per_producer == 0 ? "no cap (0)" : n(*o.max_in_flight_per_producer);
+  if (o.has_max_in_flight_per_producer()) {
+    cap = o.max_in_flight_per_producer() == 0 ? "no cap (0)" : n(o.max_in_flight_per_producer());
   }
   line("max in flight per producer", cap);
-  line("max lease refs", o.max_lease_refs ? n(*o.max_lease_refs) : "default");
+  line("max lease refs", o.has_max_lease_refs() ? n(o.max_lease_refs()) : "default");
   std::printf("starvation:\n");
-  line("producer waits", n(s->producer_waits));
-  line("producer rejections", n(s->producer_rejections));
-  line("consumer starved", n(s->consumer_starved));
-  line("consumer empty", n(s->consumer_empty));
-  line("expired leases", n(s->expired_leases));
-  line("requeued", n(s->requeued));
+  line("producer waits", n(s->producer_waits()));
+  line("producer rejections", n(s->producer_rejections()));
+  line("consumer starved", n(s->consumer_starved()));
+  line("consumer empty", n(s->consumer_empty()));
+  line("expired leases", n(s->expired_leases()));
+  line("requeued", n(s->requeued()));
   return 0;
 }
 
@@ -191,17 +154,15 @@ int StreamReconcile(const Target& t, const std::string& name, bool json) {
   auto r = s->Reconcile();
   if (!r.ok()) return Fail(r.status());
   if (json) {
-    PrintJson(Json{{"name", name},
-                   {"released", r->released},
-                   {"requeued", r->requeued},
-                   {"lost", r->lost},
-                   {"pending", r->pending}});
+    Json j{{"name", name}};
+    j.update(ProtoToJson(*r));
+    PrintJson(j);
   } else {
     std::printf("reconciled stream %s: %llu released, %llu requeued, %llu lost, %llu pending\n",
-                name.c_str(), static_cast<unsigned long long>(r->released),
-                static_cast<unsigned long long>(r->requeued),
-                static_cast<unsigned long long>(r->lost),
-                static_cast<unsigned long long>(r->pending));
+                name.c_str(), static_cast<unsigned long long>(r->released()),
+                static_cast<unsigned long long>(r->requeued()),
+                static_cast<unsigned long long>(r->lost()),
+                static_cast<unsigned long long>(r->pending()));
   }
   return 0;
 }

@@ -71,11 +71,6 @@ absl::Status StatusOf(const wire::Response& r) {
   return absl::Status(static_cast<absl::StatusCode>(r.status().code()), r.status().message());
 }
 
-ObjectInfo InfoOf(const wire::ObjectInfo& w) {
-  return ObjectInfo{w.key(),    w.generation(),   w.size(),     w.tier(),    w.evictable(),
-                    w.leases(), w.has_checksum(), w.checksum(), w.tensors(), w.create_unix_ms()};
-}
-
 // Where a create reply says to write; DataLoss if it points outside the arena.
 absl::StatusOr<std::byte*> PayloadOf(Connection& c, const wire::CreateReply& r) {
   if (r.tier() >= c.tier_count() || r.payload_offset() > c.tier_size(r.tier()) ||
@@ -182,13 +177,13 @@ absl::StatusOr<ObjectRef> Writer::Seal() {
     seal->set_has_checksum(true);
   }
   Detach();
-  auto resp = conn_->Call(req);
+  auto sealed = conn_->Call(req, &wire::Response::mutable_seal);
   ObjectRef ref{key_, 0, size_};
   write_id_ = 0;
   conn_.reset();
   data_ = nullptr;
-  if (!resp.ok()) return resp.status();
-  ref.generation = resp->seal().generation();
+  if (!sealed.ok()) return sealed.status();
+  ref.generation = sealed->generation();
   return ref;
 }
 
@@ -230,23 +225,23 @@ absl::StatusOr<Writer> Client::CreateWriter(std::string_view key, uint64_t size,
                                             bool own_mapping) {
   wire::Request req;
   *req.mutable_create() = MakeCreate(key, size, options, tensors);
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
+  auto created = conn_->Call(req, &wire::Response::mutable_create);
+  if (!created.ok()) return created.status();
   Writer w;
   w.conn_ = conn_;
   w.key_ = std::string(key);
-  w.write_id_ = resp->create().write_id();
-  w.size_ = resp->create().size();
+  w.write_id_ = created->write_id();
+  w.size_ = created->size();
   w.checksum_ = options.checksum;
-  auto data = PayloadOf(*conn_, resp->create());
+  auto data = PayloadOf(*conn_, *created);
   if (!data.ok()) return data.status();  // w aborts
   w.data_ = *data;
   if (own_mapping) {
     const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-    const uint64_t at = resp->create().payload_offset();
+    const uint64_t at = created->payload_offset();
     w.map_offset_ = at / page * page;
     w.map_bytes_ = store::AlignUp(at + w.size_, page) - w.map_offset_;
-    w.map_fd_ = conn_->tier_fd(resp->create().tier());
+    w.map_fd_ = conn_->tier_fd(created->tier());
     // MAP_POPULATE: one call maps every page, where the caller's first write
     // would otherwise take a page fault per 4 KiB (costly on virtual machines).
     void* p = ::mmap(nullptr, w.map_bytes_, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE,
@@ -276,9 +271,9 @@ absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std:
     store::Copy(w->data_, value.data(), value.size());
   }
   w->write_id_ = 0;  // the seal below settles it either way
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return ObjectRef{std::string(key), resp->seal().generation(), value.size()};
+  auto r = conn_->Call(req, &wire::Response::mutable_seal);
+  if (!r.ok()) return r.status();
+  return ObjectRef{std::string(key), r->generation(), value.size()};
 }
 
 absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
@@ -302,9 +297,9 @@ absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
     seal->set_has_checksum(true);
   }
   w->write_id_ = 0;
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return ObjectRef{std::string(key), resp->seal().generation(), total};
+  auto r = conn_->Call(req, &wire::Response::mutable_seal);
+  if (!r.ok()) return r.status();
+  return ObjectRef{std::string(key), r->generation(), total};
 }
 
 absl::StatusOr<ObjectView> Client::MakeView(std::string_view key, const void* get_reply) {
@@ -340,26 +335,24 @@ absl::StatusOr<ObjectView> Client::Get(std::string_view key, uint64_t generation
   wire::Request req;
   req.mutable_get()->set_key(std::string(key));
   req.mutable_get()->set_generation(generation);
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return MakeView(key, &resp->get());
+  auto r = conn_->Call(req, &wire::Response::mutable_get);
+  if (!r.ok()) return r.status();
+  return MakeView(key, &*r);
 }
 
 absl::StatusOr<uint64_t> Client::Remove(std::string_view key, uint64_t generation) {
   wire::Request req;
   req.mutable_remove()->set_key(std::string(key));
   req.mutable_remove()->set_generation(generation);
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return resp->remove().generation();
+  auto r = conn_->Call(req, &wire::Response::mutable_remove);
+  if (!r.ok()) return r.status();
+  return r->generation();
 }
 
 absl::StatusOr<ObjectInfo> Client::Stat(std::string_view key) {
   wire::Request req;
   req.mutable_stat()->set_key(std::string(key));
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return InfoOf(resp->stat());
+  return conn_->Call(req, &wire::Response::mutable_stat);
 }
 
 absl::StatusOr<ListResult> Client::List(std::string_view prefix, uint32_t limit,
@@ -368,70 +361,28 @@ absl::StatusOr<ListResult> Client::List(std::string_view prefix, uint32_t limit,
   req.mutable_list()->set_prefix(std::string(prefix));
   req.mutable_list()->set_limit(limit);
   req.mutable_list()->set_cursor(std::string(cursor));
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  ListResult out;
-  for (const auto& o : resp->list().objects()) out.objects.push_back(InfoOf(o));
-  out.next_cursor = resp->list().next_cursor();
-  return out;
+  return conn_->Call(req, &wire::Response::mutable_list);
 }
-
-namespace {
-DaemonStats StatsOf(const wire::StatsReply& s) {
-  DaemonStats out;
-  for (const auto& t : s.tiers()) {
-    out.tiers.push_back({t.name(), t.capacity_bytes(), t.used_bytes(), t.evictable_bytes(),
-                         t.largest_free_bytes(), t.fragmentation(), t.objects(), t.evictions()});
-  }
-  out.objects = s.objects();
-  out.leases = s.leases();
-  out.pending_writes = s.pending_writes();
-  out.sessions = s.sessions();
-  out.deferred_frees = s.deferred_frees();
-  return out;
-}
-}  // namespace
 
 absl::StatusOr<DaemonStats> Client::Stats() {
   wire::Request req;
   req.mutable_stats();
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return StatsOf(resp->stats());
+  return conn_->Call(req, &wire::Response::mutable_stats);
 }
 
 absl::StatusOr<DaemonStatus> Client::Status() {
   wire::Request req;
   req.mutable_daemon_status();
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  const auto& r = resp->daemon_status();
-  DaemonStatus out;
-  out.version = r.version();
-  out.pid = r.pid();
-  out.start_unix_ms = r.start_unix_ms();
-  out.uptime_ms = r.uptime_ms();
-  out.socket_path = r.socket_path();
-  out.metrics_endpoint = r.metrics_endpoint();
-  out.parked_requests = r.parked_requests();
-  out.stats = StatsOf(r.stats());
-  for (const auto& si : r.sessions()) {
-    out.sessions.push_back(
-        {si.id(), si.pid(), si.uid(), si.client_name(), si.leases(), si.pending_writes()});
-  }
-  return out;
+  return conn_->Call(req, &wire::Response::mutable_daemon_status);
 }
 
 absl::StatusOr<std::vector<QuarantinedObjectInfo>> Client::Quarantined() {
   wire::Request req;
   req.mutable_quarantine_list();
-  auto resp = conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  std::vector<QuarantinedObjectInfo> out;
-  for (const auto& q : resp->quarantine_list().objects()) {
-    out.push_back({q.tier(), q.block_offset(), q.block_bytes(), q.key(), q.reason()});
-  }
-  return out;
+  auto r = conn_->Call(req, &wire::Response::mutable_quarantine_list);
+  if (!r.ok()) return r.status();
+  return std::vector<QuarantinedObjectInfo>(std::make_move_iterator(r->mutable_objects()->begin()),
+                                            std::make_move_iterator(r->mutable_objects()->end()));
 }
 
 absl::Status Client::RemoveQuarantined(std::string_view tier, uint64_t block_offset) {

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -41,6 +42,14 @@ class Connection {
   // Sends `req` (its id is assigned here) and waits for its response. A
   // response carrying an error status is returned as that status.
   absl::StatusOr<wire::Response> Call(wire::Request& req);
+  // Call, returning the reply's one body, moved out:
+  //   return conn->Call(req, &wire::Response::mutable_stats);
+  template <typename Body>
+  absl::StatusOr<Body> Call(wire::Request& req, Body* (wire::Response::*body)()) {
+    absl::StatusOr<wire::Response> resp = Call(req);
+    if (!resp.ok()) return resp.status();
+    return std::move(*((*resp).*body)());
+  }
   // Sends `req` marked oneway and does not wait. A release that cannot be
   // sent now is sent after the next reconnect.
   void SendOneway(wire::Request& req);

@@ -50,37 +50,6 @@ void ToWire(const StreamOptions& o, wire::StreamOptions* w) {
   if (o.max_lease_refs) w->set_max_lease_refs(*o.max_lease_refs);
 }
 
-StreamInfo FromWire(const wire::StreamInfo& w) {
-  StreamInfo i;
-  i.name = w.name();
-  const auto& o = w.options();
-  i.options.lease_timeout_ms = o.lease_timeout_ms();
-  i.options.high_watermark_bytes = o.high_watermark_bytes();
-  i.options.low_watermark_bytes = o.low_watermark_bytes();
-  i.options.max_in_flight_per_producer = o.max_in_flight_per_producer();
-  i.options.max_lease_refs = o.max_lease_refs();
-  i.create_unix_ms = w.create_unix_ms();
-  i.depth = w.depth();
-  i.in_flight = w.in_flight();
-  i.awaiting_durable = w.awaiting_durable();
-  i.resident_bytes = w.resident_bytes();
-  i.paused = w.paused();
-  i.committed = w.committed();
-  i.acked = w.acked();
-  i.dropped = w.dropped();
-  i.lost = w.lost();
-  if (w.has_global_step()) i.global_step = w.global_step();
-  if (w.has_durable_step()) i.durable_step = w.durable_step();
-  i.optimizer_durable = w.optimizer_durable();
-  i.producer_waits = w.producer_waits();
-  i.producer_rejections = w.producer_rejections();
-  i.consumer_starved = w.consumer_starved();
-  i.consumer_empty = w.consumer_empty();
-  i.expired_leases = w.expired_leases();
-  i.requeued = w.requeued();
-  return i;
-}
-
 template <typename Msg>
 void AddHandles(const std::vector<SampleRef>& refs, Msg* m) {
   for (const auto& r : refs) {
@@ -98,19 +67,18 @@ absl::StatusOr<Stream> Stream::Open(Client* client, std::string_view name,
   wire::Request req;
   req.mutable_stream_open()->set_name(std::string(name));
   ToWire(options, req.mutable_stream_open()->mutable_options());
-  auto resp = client->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
+  auto opened = client->conn_->Call(req, &wire::Response::mutable_stream_info);
+  if (!opened.ok()) return opened.status();
   return Stream(client, std::string(name));
 }
 
 absl::StatusOr<std::vector<StreamInfo>> Stream::List(Client* client) {
   wire::Request req;
   req.mutable_stream_list();
-  auto resp = client->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  std::vector<StreamInfo> out;
-  for (const auto& s : resp->stream_list().streams()) out.push_back(FromWire(s));
-  return out;
+  auto r = client->conn_->Call(req, &wire::Response::mutable_stream_list);
+  if (!r.ok()) return r.status();
+  return std::vector<StreamInfo>(std::make_move_iterator(r->mutable_streams()->begin()),
+                                 std::make_move_iterator(r->mutable_streams()->end()));
 }
 
 absl::StatusOr<CommitResult> Stream::Commit(const std::vector<SampleRef>& refs,
@@ -128,12 +96,11 @@ absl::StatusOr<CommitResult> Stream::Commit(const std::vector<SampleRef>& refs,
   c->set_producer(options.producer);
   c->set_wait_ms(WaitToWireMs(options.wait));
   c->set_adopt_visible(options.adopt_visible);
-  auto resp = client_->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  const auto& r = resp->stream_commit();
-  CommitResult out{r.committed(), r.duplicates(), {}};
-  for (int i = 0; i < r.held_size() && i < static_cast<int>(refs.size()); ++i) {
-    out.held.push_back({refs[i].key, r.held(i).generation(), r.held(i).nbytes()});
+  auto r = client_->conn_->Call(req, &wire::Response::mutable_stream_commit);
+  if (!r.ok()) return r.status();
+  CommitResult out{r->committed(), r->duplicates(), {}};
+  for (int i = 0; i < r->held_size() && i < static_cast<int>(refs.size()); ++i) {
+    out.held.push_back({refs[i].key, r->held(i).generation(), r->held(i).nbytes()});
   }
   return out;
 }
@@ -197,11 +164,11 @@ absl::StatusOr<std::vector<SampleRef>> Stream::Lease(const LeaseOptions& options
     l->set_partition_index(options.partition->first);
     l->set_partition_count(options.partition->second);
   }
-  auto resp = client_->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
+  auto r = client_->conn_->Call(req, &wire::Response::mutable_stream_lease);
+  if (!r.ok()) return r.status();
   std::vector<SampleRef> out;
-  out.reserve(resp->stream_lease().refs_size());
-  for (const auto& r : resp->stream_lease().refs()) out.push_back(FromWire(r));
+  out.reserve(r->refs_size());
+  for (const auto& ref : r->refs()) out.push_back(FromWire(ref));
   return out;
 }
 
@@ -213,10 +180,7 @@ absl::StatusOr<AckResult> Stream::Ack(const std::vector<SampleRef>& refs,
   AddHandles(refs, a);
   if (global_step) a->set_global_step(*global_step);
   a->set_optimizer_durable(optimizer_durable);
-  auto resp = client_->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  const auto& r = resp->stream_ack();
-  return AckResult{r.acked(), r.already(), r.released()};
+  return client_->conn_->Call(req, &wire::Response::mutable_stream_ack);
 }
 
 absl::StatusOr<FailResult> Stream::Fail(const std::vector<SampleRef>& refs, bool retryable) {
@@ -225,26 +189,19 @@ absl::StatusOr<FailResult> Stream::Fail(const std::vector<SampleRef>& refs, bool
   f->set_name(name_);
   AddHandles(refs, f);
   f->set_retryable(retryable);
-  auto resp = client_->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return FailResult{resp->stream_fail().requeued(), resp->stream_fail().dropped()};
+  return client_->conn_->Call(req, &wire::Response::mutable_stream_fail);
 }
 
 absl::StatusOr<StreamInfo> Stream::Stat() {
   wire::Request req;
   req.mutable_stream_stat()->set_name(name_);
-  auto resp = client_->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  return FromWire(resp->stream_info());
+  return client_->conn_->Call(req, &wire::Response::mutable_stream_info);
 }
 
 absl::StatusOr<ReconcileResult> Stream::Reconcile() {
   wire::Request req;
   req.mutable_stream_reconcile()->set_name(name_);
-  auto resp = client_->conn_->Call(req);
-  if (!resp.ok()) return resp.status();
-  const auto& r = resp->stream_reconcile();
-  return ReconcileResult{r.released(), r.requeued(), r.lost(), r.pending()};
+  return client_->conn_->Call(req, &wire::Response::mutable_stream_reconcile);
 }
 
 uint32_t Stream::PartitionOf(std::string_view sample_id, uint32_t count) {

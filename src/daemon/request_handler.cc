@@ -5,7 +5,7 @@
 namespace cistern::daemon {
 namespace {
 
-void FillInfo(const ObjectInfo& s, wire::ObjectInfo* out) {
+void FillInfo(const store::ObjectInfo& s, wire::ObjectInfo* out) {
   out->set_key(s.key);
   out->set_generation(s.generation);
   out->set_size(s.size);

@@ -50,6 +50,21 @@ namespace cistern::store {
 // InvalidArgument unless `key` is 1..1024 bytes of UTF-8 with no NUL.
 absl::Status ValidateKey(std::string_view key);
 
+// What Stat and List report about an object's visible generation (the daemon
+// sends it as wire::ObjectInfo).
+struct ObjectInfo {
+  std::string key;
+  uint64_t generation = 0;
+  uint64_t size = 0;
+  std::string tier;
+  bool evictable = false;
+  uint32_t leases = 0;
+  bool has_checksum = false;
+  uint64_t checksum = 0;
+  uint32_t tensors = 0;
+  uint64_t create_unix_ms = 0;  // when the generation was created (wall clock)
+};
+
 struct TierSpec {
   std::string name;
   char* base = nullptr;  // a formatted arena (Arena::Format)

@@ -283,27 +283,27 @@ void RunSeed(uint64_t seed, int daemon_kills, int driver_kills, Totals* totals) 
     ASSERT_TRUE(s.ok()) << s.status();
     auto info = s->Stat();
     ASSERT_TRUE(info.ok());
-    EXPECT_EQ(info->depth, 0u);
-    EXPECT_EQ(info->in_flight, 0u);
-    EXPECT_EQ(info->awaiting_durable, 0u);
-    EXPECT_EQ(info->resident_bytes, 0u);
-    EXPECT_EQ(info->committed, static_cast<uint64_t>(samples));
-    EXPECT_EQ(info->acked, static_cast<uint64_t>(samples));
-    EXPECT_EQ(info->lost, 0u);
-    EXPECT_EQ(info->dropped, 0u);
+    EXPECT_EQ(info->depth(), 0u);
+    EXPECT_EQ(info->in_flight(), 0u);
+    EXPECT_EQ(info->awaiting_durable(), 0u);
+    EXPECT_EQ(info->resident_bytes(), 0u);
+    EXPECT_EQ(info->committed(), static_cast<uint64_t>(samples));
+    EXPECT_EQ(info->acked(), static_cast<uint64_t>(samples));
+    EXPECT_EQ(info->lost(), 0u);
+    EXPECT_EQ(info->dropped(), 0u);
     auto leased = s->Lease({.max_refs = 1000});
     ASSERT_TRUE(leased.ok());
     EXPECT_EQ(leased->size(), 0u) << "a durably acked sample came back";
     auto stats = (*c)->Stats();
     ASSERT_TRUE(stats.ok());
-    EXPECT_EQ(stats->objects, 0u) << "objects left behind";
-    EXPECT_EQ(stats->leases, 0u);
-    EXPECT_EQ(stats->pending_writes, 0u);
-    EXPECT_EQ(stats->tiers[0].used_bytes, 0u);
-    if (stats->objects != 0) {
+    EXPECT_EQ(stats->objects(), 0u) << "objects left behind";
+    EXPECT_EQ(stats->leases(), 0u);
+    EXPECT_EQ(stats->pending_writes(), 0u);
+    EXPECT_EQ(stats->tiers(0).used_bytes(), 0u);
+    if (stats->objects() != 0) {
       auto page = (*c)->List("", 20);
-      for (const auto& o : page->objects) {
-        ADD_FAILURE() << "left: " << o.key << " generation " << o.generation;
+      for (const auto& o : page->objects()) {
+        ADD_FAILURE() << "left: " << o.key() << " generation " << o.generation();
       }
     }
   }

@@ -193,7 +193,7 @@ bool ProduceOne(Conn& conn, int i, bool maybe_committed) {
       auto info = c->Stat(key);
       if (!info.ok() && conn.Lost(info.status())) continue;
       if (info.ok()) {
-        gen = info->generation;
+        gen = info->generation();
       } else if (info.status().code() == Code::kNotFound) {
         if (bytes.empty()) {
           bytes.resize(n);
@@ -302,7 +302,7 @@ void Consumer() {
         conn.Lost(info.status());
         continue;
       }
-      step = std::max<uint64_t>(step, info->global_step.value_or(0));
+      step = std::max<uint64_t>(step, info->global_step());
       need_step = false;
     }
     auto refs = conn.stream()->Lease({.max_refs = kBatch, .min_refs = 1, .wait = kLeaseWait});
@@ -320,8 +320,8 @@ void Consumer() {
         conn.Lost(info.status());
         continue;
       }
-      if (info->depth == 0 && info->in_flight == 0 && info->awaiting_durable == 0) return;
-      if (info->awaiting_durable == 0) continue;
+      if (info->depth() == 0 && info->in_flight() == 0 && info->awaiting_durable() == 0) return;
+      if (info->awaiting_durable() == 0) continue;
       durable = true;  // nothing left to lease: make the acked ones durable
     }
     // Read every object before acking it.
@@ -371,9 +371,9 @@ void Consumer() {
       return;
     }
     journal->Write("A " + what, true, true);
-    if (ack->acked != batch.size()) {
-      Fail(fmt::format("ack of {} refs acked {} ({} already)", batch.size(), ack->acked,
-                       ack->already));
+    if (ack->acked() != batch.size()) {
+      Fail(fmt::format("ack of {} refs acked {} ({} already)", batch.size(), ack->acked(),
+                       ack->already()));
     }
   }
 }

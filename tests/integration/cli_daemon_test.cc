@@ -18,6 +18,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
+#include "tests/integration/cli_home.h"
 #include "tests/integration/daemon_harness.h"
 
 namespace cistern::testing {
@@ -35,51 +36,16 @@ bool Running(int pid) {
   return close != std::string::npos && line.size() > close + 2 && line[close + 2] != 'Z';
 }
 
-class DaemonCliTest : public ::testing::Test {
+class DaemonCliTest : public CliHomeTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/cistern-home-XXXXXX";
-    home_ = ::mkdtemp(tmpl);
-    arena_ = fmt::format("/dev/shm/cistern-clitest-{}-{}.arena", getpid(),
-                         fs::path(home_).filename().string());
-    // A small tier with an arena of our own; the rest from the shipped example.
-    sets_ =
-        fmt::format("--set tiers.0.size=64MiB --set tiers.0.path={} --set metrics_port=0 ", arena_);
-  }
-  void TearDown() override {
-    Run("daemon stop --grace 5");
-    std::error_code ec;
-    fs::remove_all(home_, ec);
-    RemoveArena(arena_);
-  }
   using Result = CliResult;
-  Result Run(const std::string& args) {
-    return RunCli(args, fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= ", home_));
-  }
-  nlohmann::json Json(const std::string& args) {
-    Result r = Run("--json " + args);
-    auto j = nlohmann::json::parse(r.out, nullptr, false);
-    EXPECT_FALSE(j.is_discarded()) << r.out;
-    return j;
-  }
-  // Session directories under the home.
-  std::vector<fs::path> Sessions() {
-    std::vector<fs::path> out;
-    std::error_code ec;
-    for (auto& host : fs::directory_iterator(fs::path(home_) / "hosts", ec)) {
-      for (auto& s : fs::directory_iterator(host.path() / "sessions", ec)) out.push_back(s.path());
-    }
-    return out;
-  }
-
-  std::string home_, arena_, sets_;
 };
 
 TEST_F(DaemonCliTest, StartStatusStopWithSessionFiles) {
   Result start = Run("daemon start " + sets_);
   ASSERT_EQ(start.code, 0) << start.out;
   EXPECT_THAT(start.out, HasSubstr("cisternd started"));
-  auto sessions = Sessions();
+  auto sessions = SessionDirs();
   ASSERT_EQ(sessions.size(), 1u);
   std::ifstream meta_in(sessions[0] / "meta.json");
   auto meta = nlohmann::json::parse(meta_in);
@@ -92,7 +58,7 @@ TEST_F(DaemonCliTest, StartStatusStopWithSessionFiles) {
   std::string file = home_ + "/v";
   std::ofstream(file) << "value";
   ASSERT_EQ(Run("put k " + file).code, 0);
-  auto status = Json("daemon status");
+  auto status = JsonOf("daemon status");
   EXPECT_EQ(status["running"], true);
   EXPECT_EQ(status["healthy"], true);
   EXPECT_EQ(status["pid"], pid);
@@ -120,7 +86,7 @@ TEST_F(DaemonCliTest, SecondStartIsRefusedAndNamesTheRunningSession) {
   Result again = Run("daemon start " + sets_);
   EXPECT_EQ(again.code, 1);
   EXPECT_THAT(again.out, HasSubstr("already running"));
-  EXPECT_EQ(Sessions().size(), 1u);
+  EXPECT_EQ(SessionDirs().size(), 1u);
 }
 
 TEST_F(DaemonCliTest, StaleSessionAfterKill9IsReplacedAndDataSurvives) {
@@ -128,7 +94,7 @@ TEST_F(DaemonCliTest, StaleSessionAfterKill9IsReplacedAndDataSurvives) {
   std::string file = home_ + "/v";
   std::ofstream(file) << "persisted";
   ASSERT_EQ(Run("put kept " + file).code, 0);
-  int pid = Json("daemon status")["pid"];
+  int pid = JsonOf("daemon status")["pid"];
   ::kill(pid, SIGKILL);
   for (int i = 0; i < 200 && Running(pid); ++i) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
@@ -156,7 +122,7 @@ TEST_F(DaemonCliTest, BlockingModeStopsTheDaemonOnSigterm) {
   }
   int daemon_pid = 0;
   for (int i = 0; i < 500; ++i) {
-    auto st = Json("daemon status");
+    auto st = JsonOf("daemon status");
     if (st.value("healthy", false)) {
       daemon_pid = st["pid"];
       break;

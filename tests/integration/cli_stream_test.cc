@@ -18,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
 #include "include/cistern/stream.h"
+#include "tests/integration/cli_home.h"
 #include "tests/integration/daemon_harness.h"
 
 namespace cistern::testing {
@@ -51,8 +52,6 @@ std::vector<std::string> RowOf(const std::string& text, const std::string& first
   }
   return {};
 }
-
-Json Optional(const std::optional<uint64_t>& v) { return v ? Json(*v) : Json(nullptr); }
 
 class StreamCliTest : public ::testing::Test {
  protected:
@@ -93,7 +92,7 @@ class StreamCliTest : public ::testing::Test {
     auto all = Stream::List(client_.get());
     EXPECT_TRUE(all.ok()) << all.status();
     if (all.ok()) {
-      for (const auto& s : *all) names.push_back(s.name);
+      for (const auto& s : *all) names.push_back(s.name());
     }
     return names;
   }
@@ -154,12 +153,12 @@ TEST_F(StreamCliTest, LsAndShowReportEveryFieldOfTheStream) {
   Json expect = {
       {"name", "rollouts"},
       {"options",
-       {{"lease_timeout_ms", Optional(info->options.lease_timeout_ms)},
-        {"high_watermark_bytes", Optional(info->options.high_watermark_bytes)},
-        {"low_watermark_bytes", Optional(info->options.low_watermark_bytes)},
-        {"max_in_flight_per_producer", *info->options.max_in_flight_per_producer},
-        {"max_lease_refs", *info->options.max_lease_refs}}},
-      {"create_unix_ms", info->create_unix_ms},
+       {{"lease_timeout_ms", info->options().lease_timeout_ms()},
+        {"high_watermark_bytes", info->options().high_watermark_bytes()},
+        {"low_watermark_bytes", info->options().low_watermark_bytes()},
+        {"max_in_flight_per_producer", info->options().max_in_flight_per_producer()},
+        {"max_lease_refs", info->options().max_lease_refs()}}},
+      {"create_unix_ms", info->create_unix_ms()},
       {"depth", 1},
       {"in_flight", 1},
       {"awaiting_durable", 1},
@@ -172,12 +171,12 @@ TEST_F(StreamCliTest, LsAndShowReportEveryFieldOfTheStream) {
       {"global_step", 5},
       {"durable_step", nullptr},
       {"optimizer_durable", false},
-      {"producer_waits", info->producer_waits},
-      {"producer_rejections", info->producer_rejections},
-      {"consumer_starved", info->consumer_starved},
-      {"consumer_empty", info->consumer_empty},
-      {"expired_leases", info->expired_leases},
-      {"requeued", info->requeued},
+      {"producer_waits", info->producer_waits()},
+      {"producer_rejections", info->producer_rejections()},
+      {"consumer_starved", info->consumer_starved()},
+      {"consumer_empty", info->consumer_empty()},
+      {"expired_leases", info->expired_leases()},
+      {"requeued", info->requeued()},
   };
   EXPECT_EQ(j, expect) << j.dump(2);
   EXPECT_EQ(j["options"]["lease_timeout_ms"], 60000);
@@ -300,28 +299,7 @@ TEST(StreamCliDocsTest, ShippedConfigDocumentsStateRegistryAndStreamKeys) {
 }
 
 // `cistern daemon start` in a temporary $CISTERN_HOME (as DaemonCliTest).
-class StreamDaemonCliTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    home_ = TempDir("cistern-home");
-    arena_ = fmt::format("/dev/shm/cistern-streamclitest-{}-{}.arena", getpid(),
-                         fs::path(home_).filename().string());
-    sets_ =
-        fmt::format("--set tiers.0.size=64MiB --set tiers.0.path={} --set metrics_port=0 ", arena_);
-  }
-  void TearDown() override {
-    Run("daemon stop --grace 5");
-    std::error_code ec;
-    fs::remove_all(home_, ec);
-    RemoveArena(arena_);
-  }
-  CliResult Run(const std::string& args) {
-    return RunCli(args, fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= ", home_));
-  }
-  Json JsonOf(const std::string& args) { return ParseJson(Run("--json " + args)); }
-
-  std::string home_, arena_, sets_;
-};
+class StreamDaemonCliTest : public CliHomeTest {};
 
 TEST_F(StreamDaemonCliTest, StreamSurvivesRestartAndKill9InTheHostStateDir) {
   ASSERT_EQ(Run("daemon start " + sets_).code, 0);

@@ -22,7 +22,7 @@ class ClientTest : public ::testing::Test {
     ASSERT_TRUE(c.ok()) << c.status();
     client_ = std::move(*c);
   }
-  uint64_t Used() { return client_->Stats()->tiers[0].used_bytes; }
+  uint64_t Used() { return client_->Stats()->tiers(0).used_bytes(); }
 
   Daemon daemon_;
   std::unique_ptr<Client> client_;
@@ -59,7 +59,7 @@ TEST_F(ClientTest, TensorDictKeepsItsManifest) {
   ASSERT_TRUE(bias.ok());
   EXPECT_EQ(std::memcmp(bias->data(), b.data(), 24), 0);
   EXPECT_EQ(v->tensor("nope").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ(client_->Stat("sd")->tensors, 2u);
+  EXPECT_EQ(client_->Stat("sd")->tensors(), 2u);
 }
 
 TEST_F(ClientTest, WriterFillsInPlaceAndAbortsWhenDropped) {
@@ -76,7 +76,7 @@ TEST_F(ClientTest, WriterFillsInPlaceAndAbortsWhenDropped) {
   std::memset(w->data(), 'k', w->size());
   auto ref = w->Seal();
   ASSERT_TRUE(ref.ok()) << ref.status();
-  EXPECT_TRUE(client_->Stat("kept")->has_checksum);
+  EXPECT_TRUE(client_->Stat("kept")->has_checksum());
   EXPECT_EQ(w->Seal().status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
@@ -97,7 +97,7 @@ TEST_F(ClientTest, ViewKeepsBytesAliveAfterRemoveUntilReleased) {
 TEST_F(ClientTest, DroppedViewReleasesItsLease) {
   ASSERT_TRUE(client_->Put("k", "v").ok());
   { auto v = client_->Get("k"); }
-  EXPECT_EQ(client_->Stats()->leases, 0u);  // the oneway release came first
+  EXPECT_EQ(client_->Stats()->leases(), 0u);  // the oneway release came first
 }
 
 TEST_F(ClientTest, BatchGetReleaseAndPut) {
@@ -121,9 +121,9 @@ TEST_F(ClientTest, BatchGetReleaseAndPut) {
     EXPECT_EQ(std::memcmp(views[i]->data(), values[i].data(), 4096), 0);
     held.push_back(std::move(*views[i]));
   }
-  EXPECT_EQ(client_->Stats()->leases, 64u);
+  EXPECT_EQ(client_->Stats()->leases(), 64u);
   ASSERT_TRUE(client_->ReleaseMany(held).ok());
-  EXPECT_EQ(client_->Stats()->leases, 0u);
+  EXPECT_EQ(client_->Stats()->leases(), 0u);
 }
 
 TEST_F(ClientTest, WaitingPutSucceedsWhenSpaceIsFreed) {
@@ -136,7 +136,7 @@ TEST_F(ClientTest, WaitingPutSucceedsWhenSpaceIsFreed) {
   std::thread remover([&] {
     EXPECT_TRUE(Eventually([&] {
       auto st = client_->Status();
-      return st.ok() && st->parked_requests == 1;
+      return st.ok() && st->parked_requests() == 1;
     })) << "the waiting create was never parked";
     EXPECT_TRUE(client_->Remove("big").ok());
   });
@@ -177,14 +177,14 @@ TEST_F(ClientTest, StatusListsSessionsWithTheirLeasesAndWrites) {
   ASSERT_TRUE(v.ok() && w.ok());
   auto st = client_->Status();
   ASSERT_TRUE(st.ok()) << st.status();
-  EXPECT_FALSE(st->version.empty());
-  EXPECT_GT(st->pid, 0);
-  EXPECT_EQ(st->socket_path, daemon_.socket_path());
-  ASSERT_EQ(st->sessions.size(), 1u);
-  EXPECT_EQ(st->sessions[0].pid, getpid());
-  EXPECT_EQ(st->sessions[0].leases, 1u);
-  EXPECT_EQ(st->sessions[0].pending_writes, 1u);
-  EXPECT_EQ(st->stats.objects, 1u);
+  EXPECT_FALSE(st->version().empty());
+  EXPECT_GT(st->pid(), 0);
+  EXPECT_EQ(st->socket_path(), daemon_.socket_path());
+  ASSERT_EQ(st->sessions().size(), 1u);
+  EXPECT_EQ(st->sessions(0).pid(), getpid());
+  EXPECT_EQ(st->sessions(0).leases(), 1u);
+  EXPECT_EQ(st->sessions(0).pending_writes(), 1u);
+  EXPECT_EQ(st->stats().objects(), 1u);
 }
 
 TEST(ClientConnectTest, NoDaemonIsUnavailableNamingTheSocket) {

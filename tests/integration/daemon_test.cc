@@ -40,9 +40,9 @@ TEST(DaemonTest, ManyClientProcessesPutAndGetConcurrentlyWithVerifiedContents) {
   auto c = d.Connect();
   ASSERT_TRUE(c.ok());
   auto stats = (*c)->Stats();
-  EXPECT_EQ(stats->leases, 0u);
-  EXPECT_EQ(stats->pending_writes, 0u);
-  EXPECT_EQ(stats->objects, 6u * 100);  // every third key was removed
+  EXPECT_EQ(stats->leases(), 0u);
+  EXPECT_EQ(stats->pending_writes(), 0u);
+  EXPECT_EQ(stats->objects(), 6u * 100);  // every third key was removed
 }
 
 TEST(DaemonTest, KilledClientsReleaseLeasesAndAbortWrites) {
@@ -51,7 +51,7 @@ TEST(DaemonTest, KilledClientsReleaseLeasesAndAbortWrites) {
   ASSERT_TRUE(d.Start({}, &err)) << err;
   auto c = d.Connect();
   ASSERT_TRUE(c.ok());
-  uint64_t baseline = (*c)->Stats()->tiers[0].used_bytes;
+  uint64_t baseline = (*c)->Stats()->tiers(0).used_bytes();
   ASSERT_TRUE((*c)->Put("shared", std::string(1 << 20, 's')).ok());
   std::vector<ChildProcess> holders;
   for (int i = 0; i < 3; ++i) {
@@ -60,15 +60,15 @@ TEST(DaemonTest, KilledClientsReleaseLeasesAndAbortWrites) {
   }
   ASSERT_TRUE((*c)->Remove("shared").ok());  // freed only when the holders are gone
   auto before = (*c)->Stats();
-  EXPECT_EQ(before->leases, 3u);
-  EXPECT_EQ(before->pending_writes, 12u);
-  EXPECT_GT(before->tiers[0].used_bytes, baseline);
+  EXPECT_EQ(before->leases(), 3u);
+  EXPECT_EQ(before->pending_writes(), 12u);
+  EXPECT_GT(before->tiers(0).used_bytes(), baseline);
   for (auto& h : holders) ::kill(h.pid(), SIGKILL);
   for (auto& h : holders) h.Wait();
   EXPECT_TRUE(Eventually([&] {
     auto s = (*c)->Stats();
-    return s.ok() && s->tiers[0].used_bytes == baseline && s->leases == 0 &&
-           s->pending_writes == 0 && s->sessions == 1;
+    return s.ok() && s->tiers(0).used_bytes() == baseline && s->leases() == 0 &&
+           s->pending_writes() == 0 && s->sessions() == 1;
   })) << "memory did not return to baseline";
 }
 
@@ -102,7 +102,7 @@ TEST(DaemonTest, Kill9UnderLoadLosesNothingSealedAndShowsNothingHalfWritten) {
   ASSERT_TRUE(d.Start({}, &err)) << err;
   auto c = d.Connect();
   ASSERT_TRUE(c.ok());
-  EXPECT_EQ((*c)->Stats()->pending_writes, 0u);
+  EXPECT_EQ((*c)->Stats()->pending_writes(), 0u);
   // Every object a writer saw sealed (and did not remove) is back, intact.
   int checked = 0;
   for (auto& [key, gen] : sealed) {
@@ -117,12 +117,12 @@ TEST(DaemonTest, Kill9UnderLoadLosesNothingSealedAndShowsNothingHalfWritten) {
   do {
     auto page = (*c)->List("", 500, cursor);
     ASSERT_TRUE(page.ok());
-    for (auto& o : page->objects) {
-      auto v = (*c)->Get(o.key);
+    for (auto& o : page->objects()) {
+      auto v = (*c)->Get(o.key());
       ASSERT_TRUE(v.ok());
-      EXPECT_TRUE(MatchesKey(o.key, v->data(), v->size())) << o.key;
+      EXPECT_TRUE(MatchesKey(o.key(), v->data(), v->size())) << o.key();
     }
-    cursor = page->next_cursor;
+    cursor = page->next_cursor();
   } while (!cursor.empty());
   EXPECT_THAT(d.Log(), HasSubstr("recovery:"));
 }
@@ -168,7 +168,7 @@ TEST(DaemonTest, WithPolicyFailACorruptArenaIsRefusedUntilFormatted) {
   ASSERT_TRUE(d.Start({"--format"}, &err)) << err;
   auto c = d.Connect();
   EXPECT_EQ((*c)->Get("precious").status().code(), absl::StatusCode::kNotFound);
-  EXPECT_EQ((*c)->Stats()->tiers[0].used_bytes, 0u);
+  EXPECT_EQ((*c)->Stats()->tiers(0).used_bytes(), 0u);
 }
 
 // One stray write into one object made the default recovery policy refuse
@@ -197,13 +197,13 @@ TEST(DaemonTest, ByDefaultACorruptObjectIsQuarantinedAndEveryOtherServed) {
   auto q = (*c)->Quarantined();
   ASSERT_TRUE(q.ok());
   ASSERT_EQ(q->size(), 1u);
-  EXPECT_EQ((*q)[0].key, "precious");
-  EXPECT_THAT((*q)[0].reason, HasSubstr("payload checksum mismatch"));
-  uint64_t used = (*c)->Stats()->tiers[0].used_bytes;
-  EXPECT_EQ((*c)->RemoveQuarantined((*q)[0].tier, (*q)[0].block_offset + 64).code(),
+  EXPECT_EQ((*q)[0].key(), "precious");
+  EXPECT_THAT((*q)[0].reason(), HasSubstr("payload checksum mismatch"));
+  uint64_t used = (*c)->Stats()->tiers(0).used_bytes();
+  EXPECT_EQ((*c)->RemoveQuarantined((*q)[0].tier(), (*q)[0].block_offset() + 64).code(),
             absl::StatusCode::kNotFound);
-  ASSERT_TRUE((*c)->RemoveQuarantined((*q)[0].tier, (*q)[0].block_offset).ok());
-  EXPECT_LT((*c)->Stats()->tiers[0].used_bytes, used);
+  ASSERT_TRUE((*c)->RemoveQuarantined((*q)[0].tier(), (*q)[0].block_offset()).ok());
+  EXPECT_LT((*c)->Stats()->tiers(0).used_bytes(), used);
   EXPECT_TRUE((*c)->Quarantined()->empty());
 }
 

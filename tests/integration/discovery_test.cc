@@ -82,7 +82,7 @@ class DiscoveryTest : public ::testing::Test {
     if (!c.ok()) return c.status();
     auto st = (*c)->Status();
     if (!st.ok()) return st.status();
-    return st->socket_path;
+    return st->socket_path();
   }
 
   std::string home_, arena_;

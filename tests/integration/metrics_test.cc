@@ -87,7 +87,7 @@ TEST_F(MetricsEndpointTest, ScrapeReflectsTrafficAndPassesPromtool) {
     EXPECT_GE(Sample(t, "cistern_leases"), 1) << t;  // v0 is held
     EXPECT_GE(Sample(t, "cistern_sessions"), 1) << t;
     EXPECT_EQ(Sample(t, "cistern_tier_bytes{kind=\"capacity\",tier=\"mem\"}"),
-              (*c)->Stats()->tiers[0].capacity_bytes);
+              (*c)->Stats()->tiers(0).capacity_bytes());
     EXPECT_GE(Sample(t, "cistern_tier_bytes{kind=\"used\",tier=\"mem\"}"), 30000);
     EXPECT_EQ(Sample(t, "cistern_evictions_total{tier=\"mem\"}"), 0);
 

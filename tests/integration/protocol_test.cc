@@ -45,9 +45,9 @@ class ProtocolTest : public ::testing::Test {
     auto fresh = daemon_.Connect();
     ASSERT_TRUE(fresh.ok()) << fresh.status();
     auto after = (*fresh)->Stats();
-    EXPECT_EQ(after->objects, before_.objects);
-    EXPECT_EQ(after->tiers[0].used_bytes, before_.tiers[0].used_bytes);
-    EXPECT_EQ(after->pending_writes, 0u);
+    EXPECT_EQ(after->objects(), before_.objects());
+    EXPECT_EQ(after->tiers(0).used_bytes(), before_.tiers(0).used_bytes());
+    EXPECT_EQ(after->pending_writes(), 0u);
   }
 
   Daemon daemon_;

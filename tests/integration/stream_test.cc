@@ -35,21 +35,7 @@ using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
 
 // Every figure of a StreamInfo that a rejected request must leave alone.
-std::string Figures(const StreamInfo& i) {
-  return fmt::format(
-      "depth={} in_flight={} awaiting_durable={} resident_bytes={} paused={} committed={} "
-      "acked={} dropped={} lost={} global_step={} durable_step={} optimizer_durable={} "
-      "producer_waits={} producer_rejections={} consumer_starved={} consumer_empty={} "
-      "expired_leases={} requeued={} lease_timeout_ms={} high={} low={} max_in_flight={} "
-      "max_lease_refs={}",
-      i.depth, i.in_flight, i.awaiting_durable, i.resident_bytes, i.paused, i.committed, i.acked,
-      i.dropped, i.lost, i.global_step ? std::to_string(*i.global_step) : "none",
-      i.durable_step ? std::to_string(*i.durable_step) : "none", i.optimizer_durable,
-      i.producer_waits, i.producer_rejections, i.consumer_starved, i.consumer_empty,
-      i.expired_leases, i.requeued, *i.options.lease_timeout_ms, *i.options.high_watermark_bytes,
-      *i.options.low_watermark_bytes, *i.options.max_in_flight_per_producer,
-      *i.options.max_lease_refs);
-}
+std::string Figures(const StreamInfo& i) { return i.ShortDebugString(); }
 
 std::vector<std::string> Ids(const std::vector<SampleRef>& refs) {
   std::vector<std::string> ids;
@@ -173,7 +159,7 @@ TEST_F(StreamTest, CommitBeforeOpenIsNotFoundAndCreatesNothing) {
   EXPECT_THAT(*Stream::List(client_.get()), IsEmpty());
   // The object is not pinned: removing it frees it.
   EXPECT_TRUE(client_->Remove(ref.key).ok());
-  EXPECT_EQ(client_->Stats()->objects, 0u);
+  EXPECT_EQ(client_->Stats()->objects(), 0u);
 }
 
 TEST_F(StreamTest, BadRefsRejectTheWholeCommitAndChangeNothing) {
@@ -182,7 +168,7 @@ TEST_F(StreamTest, BadRefsRejectTheWholeCommitAndChangeNothing) {
   SampleRef other = Sample("other", 1000);
   auto before = s.Stat();
   ASSERT_TRUE(before.ok());
-  uint64_t used = client_->Stats()->tiers[0].used_bytes;
+  uint64_t used = client_->Stats()->tiers(0).used_bytes();
 
   struct Case {
     std::string what;
@@ -255,13 +241,13 @@ TEST_F(StreamTest, BadRefsRejectTheWholeCommitAndChangeNothing) {
   }
 
   // Nothing was left pinned: both objects go when removed.
-  EXPECT_EQ(client_->Stats()->tiers[0].used_bytes, used);
+  EXPECT_EQ(client_->Stats()->tiers(0).used_bytes(), used);
   ASSERT_TRUE(client_->Remove(good.key).ok());
   ASSERT_TRUE(client_->Remove(other.key).ok());
   auto stats = client_->Stats();
-  EXPECT_EQ(stats->objects, 0u);
-  EXPECT_EQ(stats->leases, 0u);
-  EXPECT_EQ(stats->tiers[0].used_bytes, 0u);
+  EXPECT_EQ(stats->objects(), 0u);
+  EXPECT_EQ(stats->leases(), 0u);
+  EXPECT_EQ(stats->tiers(0).used_bytes(), 0u);
 }
 
 TEST_F(StreamTest, AckWithAWrongLeaseIdIsFailedPreconditionAndChangesNothing) {
@@ -281,8 +267,8 @@ TEST_F(StreamTest, AckWithAWrongLeaseIdIsFailedPreconditionAndChangesNothing) {
   // The right handles still ack.
   auto ok = s.Ack(*leased, 1, true);
   ASSERT_TRUE(ok.ok()) << ok.status();
-  EXPECT_EQ(ok->acked, 2u);
-  EXPECT_EQ(ok->released, 2u);
+  EXPECT_EQ(ok->acked(), 2u);
+  EXPECT_EQ(ok->released(), 2u);
 }
 
 TEST_F(StreamTest, AckOfAnUnknownSampleIsNotFoundAndChangesNothing) {
@@ -298,7 +284,7 @@ TEST_F(StreamTest, AckOfAnUnknownSampleIsNotFoundAndChangesNothing) {
   ASSERT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("stream 's' has no sample 'ghost'"));
   EXPECT_EQ(Figures(*s.Stat()), Figures(*before));
-  EXPECT_EQ(s.Stat()->in_flight, 1u);
+  EXPECT_EQ(s.Stat()->in_flight(), 1u);
 }
 
 TEST_F(StreamTest, LeaseOfAPartitionAtOrAboveItsCountIsInvalidAndChangesNothing) {
@@ -329,7 +315,7 @@ TEST_F(StreamTest, LowWatermarkAboveHighIsInvalidAndChangesNothing) {
   auto all = Stream::List(client_.get());
   ASSERT_TRUE(all.ok());
   ASSERT_EQ(all->size(), 1u);
-  EXPECT_EQ((*all)[0].name, "s");
+  EXPECT_EQ((*all)[0].name(), "s");
 }
 
 // ---------------------------------------------------------------------------
@@ -347,7 +333,7 @@ class StreamWaitTest : public StreamTest {
     stream_ = Open("w", {.high_watermark_bytes = kHigh, .low_watermark_bytes = kLow});
     ASSERT_TRUE(stream_->Commit(Samples("full", 4, kSample)).ok());
     auto info = stream_->Stat();
-    ASSERT_TRUE(info->paused) << Figures(*info);
+    ASSERT_TRUE(info->paused()) << Figures(*info);
   }
   std::optional<Stream> stream_;
 };
@@ -364,27 +350,27 @@ TEST_F(StreamWaitTest, CommitBlockedByTheHighWatermarkCompletesOnceAConsumerAcks
     done = true;
   });
   // Parked: the daemon counted the wait and has not answered.
-  ASSERT_TRUE(Eventually([&] { return stream_->Stat()->producer_waits == 1; }));
+  ASSERT_TRUE(Eventually([&] { return stream_->Stat()->producer_waits() == 1; }));
   EXPECT_FALSE(done);
   auto refs = stream_->Lease({.max_refs = 4});
   ASSERT_TRUE(refs.ok() && refs->size() == 4u);
   EXPECT_FALSE(done);
   // Acked without a durable marker the bytes stay, and so does the pause.
   ASSERT_TRUE(stream_->Ack({(*refs)[0], (*refs)[1]}, 1, false).ok());
-  EXPECT_EQ(stream_->Stat()->resident_bytes, kHigh);
+  EXPECT_EQ(stream_->Stat()->resident_bytes(), kHigh);
   EXPECT_FALSE(done);
   auto durable = stream_->Ack({(*refs)[2], (*refs)[3]}, 2, true);
   ASSERT_TRUE(durable.ok());
-  EXPECT_EQ(durable->released, 4u);
+  EXPECT_EQ(durable->released(), 4u);
   t.join();
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_EQ(result->committed, 1u);
   auto info = stream_->Stat();
-  EXPECT_EQ(info->depth, 1u);
-  EXPECT_EQ(info->resident_bytes, kSample);
-  EXPECT_EQ(info->producer_waits, 1u);
-  EXPECT_EQ(info->producer_rejections, 0u);
-  EXPECT_FALSE(info->paused);
+  EXPECT_EQ(info->depth(), 1u);
+  EXPECT_EQ(info->resident_bytes(), kSample);
+  EXPECT_EQ(info->producer_waits(), 1u);
+  EXPECT_EQ(info->producer_rejections(), 0u);
+  EXPECT_FALSE(info->paused());
 }
 
 TEST_F(StreamWaitTest, CommitBlockedPastItsWaitIsResourceExhaustedNamingTheFigures) {
@@ -402,15 +388,15 @@ TEST_F(StreamWaitTest, CommitBlockedPastItsWaitIsResourceExhaustedNamingTheFigur
   auto now = stream_->Commit({next});
   EXPECT_EQ(now.status().code(), absl::StatusCode::kResourceExhausted);
   auto info = stream_->Stat();
-  EXPECT_EQ(info->producer_waits, before->producer_waits + 2);
-  EXPECT_EQ(info->producer_rejections, before->producer_rejections + 2);
-  EXPECT_EQ(info->depth, before->depth);
-  EXPECT_EQ(info->committed, before->committed);
-  EXPECT_EQ(info->resident_bytes, before->resident_bytes);
+  EXPECT_EQ(info->producer_waits(), before->producer_waits() + 2);
+  EXPECT_EQ(info->producer_rejections(), before->producer_rejections() + 2);
+  EXPECT_EQ(info->depth(), before->depth());
+  EXPECT_EQ(info->committed(), before->committed());
+  EXPECT_EQ(info->resident_bytes(), before->resident_bytes());
   // The refused sample's object is not pinned.
-  uint64_t objects = client_->Stats()->objects;
+  uint64_t objects = client_->Stats()->objects();
   ASSERT_TRUE(client_->Remove(next.key).ok());
-  EXPECT_EQ(client_->Stats()->objects, objects - 1);
+  EXPECT_EQ(client_->Stats()->objects(), objects - 1);
 }
 
 TEST_F(StreamTest, LeaseWithWaitReturnsAsSoonAsACommitArrives) {
@@ -426,7 +412,7 @@ TEST_F(StreamTest, LeaseWithWaitReturnsAsSoonAsACommitArrives) {
     got = cs->Lease({.max_refs = 4, .min_refs = 1, .wait = kWait});
     took = Clock::now() - start;
   });
-  ASSERT_TRUE(Eventually([&] { return s.Stat()->consumer_starved == 1; }));
+  ASSERT_TRUE(Eventually([&] { return s.Stat()->consumer_starved() == 1; }));
   ASSERT_TRUE(s.Commit({Sample("arrived")}).ok());
   t.join();
   ASSERT_TRUE(got.ok()) << got.status();
@@ -434,7 +420,7 @@ TEST_F(StreamTest, LeaseWithWaitReturnsAsSoonAsACommitArrives) {
   EXPECT_EQ((*got)[0].sample_id, "arrived");
   EXPECT_EQ((*got)[0].deliveries, 1u);
   EXPECT_LT(took, kWait) << "the lease ran to its deadline instead of returning on the commit";
-  EXPECT_EQ(s.Stat()->consumer_empty, 0u);
+  EXPECT_EQ(s.Stat()->consumer_empty(), 0u);
 }
 
 TEST_F(StreamTest, LeaseWithWaitAndNothingArrivingReturnsEmptyAfterItsWait) {
@@ -446,8 +432,8 @@ TEST_F(StreamTest, LeaseWithWaitAndNothingArrivingReturnsEmptyAfterItsWait) {
   EXPECT_THAT(*got, IsEmpty());
   EXPECT_GE(took, milliseconds(200));
   auto info = s.Stat();
-  EXPECT_EQ(info->consumer_starved, 1u);
-  EXPECT_EQ(info->consumer_empty, 1u);
+  EXPECT_EQ(info->consumer_starved(), 1u);
+  EXPECT_EQ(info->consumer_empty(), 1u);
 }
 
 // ---------------------------------------------------------------------------
@@ -467,7 +453,7 @@ TEST_F(StreamTest, KilledConsumersLeasesComeBackAfterTheLeaseTimeoutNotBefore) {
   EXPECT_EQ(child.Wait(), 128 + SIGKILL);
   // The session is gone, but its stream leases are not session state: they
   // last until the timeout.
-  ASSERT_TRUE(Eventually([&] { return client_->Stats()->sessions == 1; }));
+  ASSERT_TRUE(Eventually([&] { return client_->Stats()->sessions() == 1; }));
   // Not before the timeout, however slow this machine: the leases were taken
   // after `spawned`, so they may not be back before spawned + timeout. The
   // first moment they are seen back must be later than that (a slow machine
@@ -476,11 +462,11 @@ TEST_F(StreamTest, KilledConsumersLeasesComeBackAfterTheLeaseTimeoutNotBefore) {
   ASSERT_TRUE(Eventually([&] {
     auto i = s.Stat();
     back = Clock::now();
-    EXPECT_TRUE(i->depth == 0 || i->depth == 5) << "leases came back one by one";
-    return i->depth == 5 && i->in_flight == 0;
+    EXPECT_TRUE(i->depth() == 0 || i->depth() == 5) << "leases came back one by one";
+    return i->depth() == 5 && i->in_flight() == 0;
   }));
   EXPECT_GE(back - spawned, milliseconds(kTimeoutMs)) << "leases came back before lease_timeout_ms";
-  EXPECT_EQ(s.Stat()->expired_leases, 5u);
+  EXPECT_EQ(s.Stat()->expired_leases(), 5u);
   auto again = s.Lease({.max_refs = 10});
   ASSERT_TRUE(again.ok());
   ASSERT_EQ(Ids(*again), Ids(refs)) << "expired leases come back in commit order";
@@ -489,7 +475,7 @@ TEST_F(StreamTest, KilledConsumersLeasesComeBackAfterTheLeaseTimeoutNotBefore) {
     EXPECT_TRUE(Intact(r)) << r.sample_id;
   }
   ASSERT_TRUE(s.Ack(*again, 1, true).ok());
-  EXPECT_EQ(client_->Stats()->objects, 0u);
+  EXPECT_EQ(client_->Stats()->objects(), 0u);
 }
 
 // ---------------------------------------------------------------------------
@@ -534,7 +520,7 @@ TEST_F(StreamTest, RegistryThatCannotBeWrittenFailsCommitAndAckAndChangesNothing
   auto big = Samples("big", 300, 64);
   auto before = s.Stat();
   ASSERT_TRUE(before.ok());
-  uint64_t store_leases = client_->Stats()->leases;
+  uint64_t store_leases = client_->Stats()->leases();
 
   // In WAL mode a write appends to the -wal file (the database file is only
   // written by a checkpoint, after 1000 pages of WAL): a limit at the WAL's
@@ -561,14 +547,14 @@ TEST_F(StreamTest, RegistryThatCannotBeWrittenFailsCommitAndAckAndChangesNothing
   auto drop = s.Fail({l[4]}, /*retryable=*/false);
   registry_error(drop.status());
   EXPECT_EQ(Figures(*s.Stat()), Figures(*before));
-  EXPECT_EQ(client_->Stats()->leases, store_leases) << "the refused commit left pins behind";
+  EXPECT_EQ(client_->Stats()->leases(), store_leases) << "the refused commit left pins behind";
 
   // Writable again: the same ack goes through.
   limit.Lift();
   auto again = s.Ack({l[0], l[1]}, 1, true);
   ASSERT_TRUE(again.ok()) << again.status();
-  EXPECT_EQ(again->acked, 2u);
-  EXPECT_EQ(again->released, 2u);
+  EXPECT_EQ(again->acked(), 2u);
+  EXPECT_EQ(again->released(), 2u);
 
   // The ledger holds what the client was told: the 10 commits, the one ack
   // that succeeded; not the refused commit, ack or drop.
@@ -578,12 +564,12 @@ TEST_F(StreamTest, RegistryThatCannotBeWrittenFailsCommitAndAckAndChangesNothing
   Stream t = Open("s");
   auto info = t.Stat();
   ASSERT_TRUE(info.ok());
-  EXPECT_EQ(info->committed, 10u);
-  EXPECT_EQ(info->acked, 2u);
-  EXPECT_EQ(info->dropped, 0u);
-  EXPECT_EQ(info->lost, 0u);
-  EXPECT_EQ(info->depth, 8u);
-  EXPECT_EQ(info->durable_step, 1u);
+  EXPECT_EQ(info->committed(), 10u);
+  EXPECT_EQ(info->acked(), 2u);
+  EXPECT_EQ(info->dropped(), 0u);
+  EXPECT_EQ(info->lost(), 0u);
+  EXPECT_EQ(info->depth(), 8u);
+  EXPECT_EQ(info->durable_step(), 1u);
   auto rest = t.Lease({.max_refs = 1000});
   ASSERT_TRUE(rest.ok());
   std::set<std::string> want;
@@ -597,7 +583,7 @@ TEST_F(StreamTest, RegistryThatCannotBeWrittenFailsCommitAndAckAndChangesNothing
   // The refused commit's objects were never the stream's.
   for (const auto& r : big) ASSERT_TRUE(client_->Remove(r.key, r.generation).ok()) << r.key;
   ASSERT_TRUE(t.Ack(*rest, 3, true).ok());
-  EXPECT_EQ(client_->Stats()->objects, 0u);
+  EXPECT_EQ(client_->Stats()->objects(), 0u);
 }
 
 // ---------------------------------------------------------------------------
@@ -614,10 +600,10 @@ TEST_F(StreamTest, DaemonKilledAndRestartedKeepsTheStream) {
   ASSERT_TRUE(s.Ack({l[2], l[3]}, 2, false).ok());  // acked, marker not durable
   // l[4], l[5] leased, never acked; r6..r9 pending.
   auto info = s.Stat();
-  EXPECT_EQ(info->acked, 2u);
-  EXPECT_EQ(info->awaiting_durable, 2u);
-  EXPECT_EQ(info->in_flight, 2u);
-  EXPECT_EQ(info->depth, 4u);
+  EXPECT_EQ(info->acked(), 2u);
+  EXPECT_EQ(info->awaiting_durable(), 2u);
+  EXPECT_EQ(info->in_flight(), 2u);
+  EXPECT_EQ(info->depth(), 4u);
 
   std::string err;
   ASSERT_TRUE(daemon_.Restart(&err)) << err;
@@ -626,15 +612,15 @@ TEST_F(StreamTest, DaemonKilledAndRestartedKeepsTheStream) {
   Stream t = Open("s");
   info = t.Stat();
   ASSERT_TRUE(info.ok());
-  EXPECT_EQ(info->depth, 8u);
-  EXPECT_EQ(info->in_flight, 0u);
-  EXPECT_EQ(info->awaiting_durable, 0u);
-  EXPECT_EQ(info->committed, 10u);
-  EXPECT_EQ(info->acked, 2u);
-  EXPECT_EQ(info->lost, 0u);
-  EXPECT_EQ(info->resident_bytes, 8u * 20000);
-  EXPECT_EQ(info->global_step, 2u);
-  EXPECT_EQ(info->durable_step, 1u);
+  EXPECT_EQ(info->depth(), 8u);
+  EXPECT_EQ(info->in_flight(), 0u);
+  EXPECT_EQ(info->awaiting_durable(), 0u);
+  EXPECT_EQ(info->committed(), 10u);
+  EXPECT_EQ(info->acked(), 2u);
+  EXPECT_EQ(info->lost(), 0u);
+  EXPECT_EQ(info->resident_bytes(), 8u * 20000);
+  EXPECT_EQ(info->global_step(), 2u);
+  EXPECT_EQ(info->durable_step(), 1u);
   // A lease handle from before the restart names nothing now.
   auto stale = t.Ack({l[4]});
   EXPECT_EQ(stale.status().code(), absl::StatusCode::kFailedPrecondition) << stale.status();
@@ -660,9 +646,9 @@ TEST_F(StreamTest, DaemonKilledAndRestartedKeepsTheStream) {
   }
   ASSERT_TRUE(t.Ack(*again, 3, true).ok());
   info = t.Stat();
-  EXPECT_EQ(info->acked, 10u);
-  EXPECT_EQ(info->resident_bytes, 0u);
-  EXPECT_EQ(client_->Stats()->objects, 0u);
+  EXPECT_EQ(info->acked(), 10u);
+  EXPECT_EQ(info->resident_bytes(), 0u);
+  EXPECT_EQ(client_->Stats()->objects(), 0u);
 }
 
 }  // namespace

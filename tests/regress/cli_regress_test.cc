@@ -19,6 +19,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
+#include "tests/integration/cli_home.h"
 #include "tests/integration/daemon_harness.h"
 #include "tests/integration/raw_connection.h"
 
@@ -49,25 +50,10 @@ void Write(const std::string& path, const std::string& bytes) {
 
 // A temporary $CISTERN_HOME with an arena path of its own; a daemon started in
 // it is stopped at the end.
-class CliRegressTest : public ::testing::Test {
+class CliRegressTest : public CliHomeTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/cistern-regress-XXXXXX";
-    home_ = ::mkdtemp(tmpl);
-    arena_ = fmt::format("/dev/shm/cistern-regress-{}-{}.arena", getpid(),
-                         fs::path(home_).filename().string());
-    sets_ =
-        fmt::format("--set tiers.0.size=64MiB --set tiers.0.path={} --set metrics_port=0 ", arena_);
-  }
-  void TearDown() override {
-    Run("daemon stop --grace 5");
-    std::error_code ec;
-    fs::remove_all(home_, ec);
-    RemoveArena(arena_);
-  }
   CliResult Run(const std::string& args, const std::string& env = "") {
-    return RunCli(args, fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= CISTERN_TOKEN= {}{}", home_,
-                                    env, kGuard));
+    return CliHomeTest::Run(args, env + kGuard);
   }
   std::string Path(const std::string& name) { return home_ + "/" + name; }
   // `cisternd --config file`, confined to the home and the test's arena in
@@ -80,16 +66,10 @@ class CliRegressTest : public ::testing::Test {
   }
   // The only session directory under the home.
   fs::path Session() {
-    std::vector<fs::path> out;
-    std::error_code ec;
-    for (auto& host : fs::directory_iterator(fs::path(home_) / "hosts", ec)) {
-      for (auto& s : fs::directory_iterator(host.path() / "sessions", ec)) out.push_back(s.path());
-    }
+    std::vector<fs::path> out = SessionDirs();
     EXPECT_EQ(out.size(), 1u);
     return out.empty() ? fs::path() : out[0];
   }
-
-  std::string home_, arena_, sets_;
 };
 
 // Item 6: a one-byte config file `,` made `cistern config validate` and

@@ -294,7 +294,7 @@ TEST(ServerRegressTest, SilentConnectionsDoNotLockClientsOut) {
   EXPECT_THAT(fifth.status().message(), HasSubstr("max_sessions=4"));
   auto status = clients[0]->Status();
   ASSERT_TRUE(status.ok());
-  EXPECT_EQ(status->sessions.size(), 4u);
+  EXPECT_EQ(status->sessions().size(), 4u);
 
   // At most max_pending_sessions silent connections are kept: each one
   // past the cap closed the oldest, with an error naming the cap.
@@ -340,7 +340,7 @@ TEST(ServerRegressTest, IdleSessionsThatHoldNothingAreClosed) {
   auto status = (*probe)->Status();
   ASSERT_TRUE(status.ok());
   std::vector<uint64_t> ids;
-  for (const auto& s : status->sessions) ids.push_back(s.id);
+  for (const auto& s : status->sessions()) ids.push_back(s.id());
   EXPECT_THAT(ids, ::testing::Not(::testing::Contains(idle_session)));
   EXPECT_THAT(ids, ::testing::Contains(holder_session)) << "a session holding a lease was closed";
 

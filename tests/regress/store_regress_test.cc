@@ -68,7 +68,7 @@ TEST_P(LeaseSurvivalTest, AViewHeldAcrossADaemonRestartKeepsItsBytes) {
       }
     }
     EXPECT_TRUE(AllOf(view->data(), original.size(), 'k')) << "the view's bytes changed";
-    EXPECT_EQ((*other)->Stats()->deferred_frees, 1u);  // the old generation waits for the view
+    EXPECT_EQ((*other)->Stats()->deferred_frees(), 1u);  // the old generation waits for the view
   }
   // The holder's client reconnects on its own and gets its lease back.
   auto now = (*holder)->Get("k");
@@ -76,13 +76,13 @@ TEST_P(LeaseSurvivalTest, AViewHeldAcrossADaemonRestartKeepsItsBytes) {
   EXPECT_TRUE(AllOf(now->data(), now->size(), 'n'));
   auto st = (*holder)->Status();
   ASSERT_TRUE(st.ok());
-  ASSERT_EQ(st->sessions.size(), 1u);
-  EXPECT_EQ(st->sessions[0].leases, 2u);  // the adopted one and the new one
+  ASSERT_EQ(st->sessions().size(), 1u);
+  EXPECT_EQ(st->sessions(0).leases(), 2u);  // the adopted one and the new one
   ASSERT_TRUE(view->Release().ok());
   *now = ObjectView();
   EXPECT_TRUE(Eventually([&] {
     auto s = (*holder)->Stats();
-    return s.ok() && s->leases == 0 && s->deferred_frees == 0;
+    return s.ok() && s->leases() == 0 && s->deferred_frees() == 0;
   }));
 }
 
@@ -112,8 +112,8 @@ TEST_P(LeaseSurvivalTest, LeasesOfAHolderThatDiedMeanwhileAreFreed) {
   auto c = daemon_.Connect();
   auto stats = (*c)->Stats();
   ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->leases, 0u);
-  EXPECT_EQ(stats->tiers[0].used_bytes, 0u);
+  EXPECT_EQ(stats->leases(), 0u);
+  EXPECT_EQ(stats->tiers(0).used_bytes(), 0u);
   ::close(ready[0]);
   ::close(ready[1]);
 }
@@ -141,13 +141,13 @@ TEST_P(LeaseSurvivalTest, LeasesKeptForAHolderEndWhenItExits) {
   ASSERT_EQ(::read(ready[0], &byte, 1), 1);
   Restart();
   auto c = daemon_.Connect();
-  EXPECT_EQ((*c)->Stats()->deferred_frees, 1u);
+  EXPECT_EQ((*c)->Stats()->deferred_frees(), 1u);
   EXPECT_THAT(daemon_.Log(), HasSubstr("outlived the previous daemon"));
   ASSERT_EQ(::write(go[1], "x", 1), 1);
   ::waitpid(child, nullptr, 0);
   EXPECT_TRUE(Eventually([&] {
     auto s = (*c)->Stats();
-    return s.ok() && s->leases == 0 && s->deferred_frees == 0 && s->tiers[0].used_bytes == 0;
+    return s.ok() && s->leases() == 0 && s->deferred_frees() == 0 && s->tiers(0).used_bytes() == 0;
   }));
   for (int fd : {ready[0], ready[1], go[0], go[1]}) ::close(fd);
 }
