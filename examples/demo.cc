@@ -123,7 +123,7 @@ int Check(const char* socket, const char* key) {
   auto t0 = Clock::now();
   uint64_t sum = cistern::store::Checksum(v->data(), v->size());
   double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (!info->has_checksum || sum != info->checksum) {
+  if (!info->has_checksum() || sum != info->checksum()) {
     std::fprintf(stderr, "'%s' checksum mismatch after restart\n", key);
     return 1;
   }
