@@ -113,27 +113,23 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   daemon::HttpServerOptions http_opts;
   http_opts.address = cfg.metrics_address();
   http_opts.port = static_cast<uint16_t>(cfg.metrics_port());
-  daemon::HttpServer http(http_opts, Clock::Real());
+  daemon::HttpServer http(http_opts);
   http.Handle("/metrics", [&metrics] { return metrics.MetricsPage(); });
   http.Handle("/health", [&metrics] { return metrics.HealthPage(); });
   // In the background (log_file set) stdout and stderr are the session's
-  // stderr.log: rotated like the log, checked once a second.
+  // stderr.log: rotated like the log, checked once a second by the server's
+  // loop (below).
   std::optional<daemon::StdioRotation> stdio;
   if (!cfg.log_file().empty()) {
     stdio = daemon::StdioRotation::ForDescriptors(
         {STDERR_FILENO, STDOUT_FILENO}, cfg.log_max_bytes(), static_cast<int>(cfg.log_max_files()));
   }
-  http.Every(std::chrono::seconds(1), [&metrics, &stdio] {
-    metrics.LogEvictions();
-    if (stdio && stdio->Check()) spdlog::info("rotated {}", stdio->path().string());
-  });
-  if (absl::Status s = http.Bind(); !s.ok()) {
+  if (absl::Status s = http.Start(); !s.ok()) {
     spdlog::error(
         "cannot serve metrics: {} (another cisternd? set metrics_port; 0 picks a free one)",
         s.message());
     return 2;
   }
-  http.Start();
   spdlog::info("metrics on http://{}/metrics, health on http://{}/health", http.endpoint(),
                http.endpoint());
 
@@ -303,6 +299,12 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     return 1;
   }
   server.WatchRecoveredHolders(std::move(holders));
+  // Housekeeping on the event loop, once a second: the eviction summary and
+  // the stderr.log rotation.
+  server.Every(std::chrono::seconds(1), [&metrics, &stdio] {
+    metrics.LogEvictions();
+    if (stdio && stdio->Check()) spdlog::info("rotated {}", stdio->path().string());
+  });
   metrics.Attach(store->get(), [&server] { return server.session_count(); });
   absl::Cleanup detach = [&metrics] { metrics.Detach(); };
   g_metrics = &metrics;

@@ -8,7 +8,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <map>
 #include <regex>
@@ -88,18 +91,16 @@ class HttpServerTest : public ::testing::Test {
  protected:
   void SetUp() override {
     HttpServerOptions o;
-    o.max_request_bytes = 1024;
-    server_ = std::make_unique<HttpServer>(o, &clock_);
+    o.request_timeout = std::chrono::seconds(1);
+    server_ = std::make_unique<HttpServer>(o);
     server_->Handle("/hello", [] {
       HttpResponse r;
       r.body = "hi\n";
       return r;
     });
-    ASSERT_TRUE(server_->Bind().ok());
-    server_->Start();
+    ASSERT_TRUE(server_->Start().ok());
   }
 
-  FakeClock clock_;
   std::unique_ptr<HttpServer> server_;
 };
 
@@ -114,7 +115,6 @@ TEST_F(HttpServerTest, ServesARegisteredPathAndCloses) {
 TEST_F(HttpServerTest, QueryStringIsIgnoredAndHttp10Served) {
   EXPECT_THAT(Exchange(server_->port(), "GET /hello?x=1 HTTP/1.0\r\n\r\n"),
               StartsWith("HTTP/1.1 200 OK"));
-  EXPECT_THAT(Exchange(server_->port(), "GET /hello HTTP/1.1\n\n"), StartsWith("HTTP/1.1 200"));
 }
 
 TEST_F(HttpServerTest, UnknownPathIs404) {
@@ -130,45 +130,54 @@ TEST_F(HttpServerTest, OtherMethodsAre405WithAllow) {
   }
 }
 
-TEST_F(HttpServerTest, MalformedRequestsAre400) {
+TEST_F(HttpServerTest, MalformedRequestsAreRefusedAndServingGoesOn) {
   for (std::string req : {
            "GARBAGE\r\n\r\n", "GET /hello\r\n\r\n", "GET /hello HTTP/1.1 extra\r\n\r\n",
-           "GET /hello HTTP/2.0\r\n\r\n", "GET hello HTTP/1.1\r\n\r\n",
-           "G(T /hello HTTP/1.1\r\n\r\n", "GET /hello HTTP/1.1\r\nno colon here\r\n\r\n",
+           "GET /hello HTTP/2.0\r\n\r\n",
            "\x16\x03\x01\x02\x01\x01\x01\x01\xfc\x03\x03\r\n\r\n",  // TLS
        }) {
     EXPECT_THAT(Exchange(server_->port(), req), StartsWith("HTTP/1.1 400 Bad Request")) << req;
   }
+  EXPECT_THAT(Get(server_->port(), "/hello"), StartsWith("HTTP/1.1 200"));
 }
 
-TEST_F(HttpServerTest, OversizedRequestIs400AndTheResponseArrives) {
-  // Larger than max_request_bytes and never finished: the server answers
-  // without waiting for the end, and the client still reads the answer.
+TEST_F(HttpServerTest, OversizedRequestIsRefused) {
+  // Headers beyond the library's 8 KiB limit, never finished.
   std::string req = "GET /hello HTTP/1.1\r\nX-Big: " + std::string(64 * 1024, 'a');
-  std::string r = Exchange(server_->port(), req);
-  EXPECT_THAT(r, StartsWith("HTTP/1.1 400 Bad Request"));
-  EXPECT_THAT(Body(r), HasSubstr("larger than 1024 bytes"));
+  EXPECT_THAT(Exchange(server_->port(), req), Not(HasSubstr("200 OK")));
+  // A request with a body (GET has none).
+  std::string r =
+      Exchange(server_->port(), "GET /hello HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+  EXPECT_THAT(r, StartsWith("HTTP/1.1 413"));
+  EXPECT_THAT(Get(server_->port(), "/hello"), StartsWith("HTTP/1.1 200"));
 }
 
-TEST_F(HttpServerTest, ClientThatClosesMidRequestGets400) {
+TEST_F(HttpServerTest, ClientThatClosesMidRequestGetsNoAnswer) {
   int fd = Dial(server_->port());
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::send(fd, "GET /hel", 8, 0), 8);
   ::shutdown(fd, SHUT_WR);
-  EXPECT_THAT(ReadAll(fd), StartsWith("HTTP/1.1 400"));
+  EXPECT_THAT(ReadAll(fd), Not(HasSubstr("200 OK")));
   ::close(fd);
+  EXPECT_THAT(Get(server_->port(), "/hello"), StartsWith("HTTP/1.1 200"));
 }
 
-TEST_F(HttpServerTest, SilentClientTimesOutWith408) {
+TEST_F(HttpServerTest, SilentClientIsDisconnectedAndOthersAreServedMeanwhile) {
   int fd = Dial(server_->port());
   ASSERT_GE(fd, 0);
   ASSERT_EQ(::send(fd, "GET /hello HTTP/1.1\r\n", 21, 0), 21);
-  // Once a later connection is answered the server has accepted this one (the
-  // backlog is a queue), so its deadline was set from the old time.
-  ASSERT_THAT(Get(server_->port(), "/hello"), StartsWith("HTTP/1.1 200"));
-  clock_.Advance(std::chrono::seconds(6));
-  server_->WakeForTest();
-  EXPECT_THAT(ReadAll(fd), StartsWith("HTTP/1.1 408 Request Timeout"));
+  // Served while the silent one holds its worker.
+  for (int i = 0; i < 5; ++i)
+    EXPECT_THAT(Get(server_->port(), "/hello"), StartsWith("HTTP/1.1 200"));
+  // After request_timeout (1 s) the server hangs up: the read ends with an
+  // orderly close (0), not with the test's own 10 s receive timeout (EAGAIN),
+  // and with no 200.
+  std::string got;
+  char buf[4096];
+  ssize_t n;
+  while ((n = ::recv(fd, buf, sizeof buf, 0)) > 0) got.append(buf, n);
+  EXPECT_EQ(n, 0) << std::strerror(errno);
+  EXPECT_THAT(got, Not(HasSubstr("200 OK")));
   ::close(fd);
 }
 
@@ -185,50 +194,55 @@ TEST_F(HttpServerTest, ManyClientsAtOnceAreAllServed) {
 }
 
 TEST(HttpServerBindTest, PortInUseIsFailedPreconditionNamingThePort) {
-  FakeClock clock;
-  HttpServer first({}, &clock);
-  ASSERT_TRUE(first.Bind().ok());
+  HttpServer first({});
+  ASSERT_TRUE(first.Start().ok());
   HttpServerOptions o;
   o.port = first.port();
-  HttpServer second(o, &clock);
-  absl::Status s = second.Bind();
+  HttpServer second(o);
+  absl::Status s = second.Start();
   EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(s.message()),
               HasSubstr(fmt::format("127.0.0.1:{}: port {} is already in use", o.port, o.port)));
+  // The first still serves alone.
+  EXPECT_THAT(Get(first.port(), "/x"), StartsWith("HTTP/1.1 404"));
 }
 
 TEST(HttpServerBindTest, AddressMustBeNumeric) {
-  FakeClock clock;
   HttpServerOptions o;
   o.address = "localhost";
-  HttpServer s(o, &clock);
-  EXPECT_EQ(s.Bind().code(), absl::StatusCode::kInvalidArgument);
+  HttpServer s(o);
+  absl::Status st = s.Start();
+  EXPECT_EQ(st.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(st.message()), HasSubstr("'localhost'"));
+}
+
+TEST(HttpServerBindTest, ServesOnIpv6Loopback) {
+  HttpServerOptions o;
+  o.address = "::1";
+  HttpServer s(o);
+  s.Handle("/hello", [] { return HttpResponse{.body = "hi\n"}; });
+  ASSERT_TRUE(s.Start().ok());
+  EXPECT_EQ(s.endpoint(), fmt::format("[::1]:{}", s.port()));
+  int fd = ::socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_port = htons(s.port());
+  a.sin6_addr = in6addr_loopback;
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  std::string req = "GET /hello HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
+  EXPECT_THAT(ReadAll(fd), StartsWith("HTTP/1.1 200"));
+  ::close(fd);
 }
 
 TEST(HttpServerBindTest, StopWithoutStartAndTwiceIsFine) {
-  FakeClock clock;
-  HttpServer s({}, &clock);
+  HttpServer s({});
   s.Stop();
-  ASSERT_TRUE(s.Bind().ok());
-  s.Start();
+  ASSERT_TRUE(s.Start().ok());
+  EXPECT_EQ(s.Start().code(), absl::StatusCode::kFailedPrecondition);
   s.Stop();
   s.Stop();
   EXPECT_EQ(Dial(s.port()), -1);  // the port is released
-}
-
-TEST(HttpServerTickTest, EveryRunsOnTheServerThreadAsTheClockMoves) {
-  FakeClock clock;
-  HttpServer s({}, &clock);
-  std::atomic<int> ticks{0};
-  s.Every(std::chrono::seconds(1), [&] { ticks.fetch_add(1); });
-  ASSERT_TRUE(s.Bind().ok());
-  s.Start();
-  clock.Advance(std::chrono::seconds(2));
-  s.WakeForTest();
-  for (int i = 0; i < 2000 && ticks.load() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  EXPECT_EQ(ticks.load(), 1);
 }
 
 // --- metric names and text --------------------------------------------------

@@ -168,9 +168,23 @@ void Server::HandleAdopt(Session* s, const wire::Request& req, wire::Response* r
   resp->mutable_adopt()->set_writes(adopted.writes);
 }
 
+void Server::Every(Clock::Duration period, std::function<void()> fn) {
+  tick_period_ = period;
+  tick_ = std::move(fn);
+}
+
+void Server::RunTick() {
+  if (!tick_) return;
+  Clock::TimePoint now = clock_->Now();
+  if (now < next_tick_) return;
+  tick_();
+  next_tick_ = now + tick_period_;
+}
+
 void Server::Run() {
   std::vector<epoll_event> events(256);
   seen_free_epoch_ = store_->free_epoch();
+  next_tick_ = clock_->Now() + tick_period_;
   Clock::TimePoint last_busy = clock_->Now() - options_.busy_poll;
   while (!stopping_) {
     bool polling = clock_->Now() - last_busy < options_.busy_poll;
@@ -209,6 +223,7 @@ void Server::Run() {
     }
     RetryParked();
     ExpireDeadlines();
+    RunTick();
   }
   Drain();
 }
@@ -716,6 +731,7 @@ int Server::NextTimeoutMs() {
   if (!parked_.empty()) {
     if (auto expiry = streams_.NextLeaseExpiry()) consider(*expiry);
   }
+  if (tick_) consider(next_tick_);
   if (!any) return -1;
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(next - clock_->Now()).count();
   return static_cast<int>(std::clamp<int64_t>(ms + 1, 0, 60'000));

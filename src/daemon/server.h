@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -112,6 +113,10 @@ class Server {
   void Shutdown();
   // Before Run: the holders whose leases the store restored.
   void WatchRecoveredHolders(std::vector<RecoveredHolder> holders);
+  // Before Run: also calls `fn` on the loop thread about once every `period`
+  // while it serves (housekeeping: the eviction summary, the stderr
+  // rotation), between rounds of requests.
+  void Every(Clock::Duration period, std::function<void()> fn);
 
   // Open sessions (connections that said hello). Thread-safe.
   uint64_t session_count() const { return session_count_.load(std::memory_order_relaxed); }
@@ -186,6 +191,7 @@ class Server {
   void CloseSession(Session* s, const char* why, bool end_leases = true);
   void RetryParked();
   void ExpireDeadlines();
+  void RunTick();
   int NextTimeoutMs();
   void Drain();
 
@@ -211,6 +217,9 @@ class Server {
   uint64_t seen_free_epoch_ = 0;
   uint64_t seen_stream_epoch_ = 0;
   bool stopping_ = false;
+  Clock::Duration tick_period_{};
+  std::function<void()> tick_;
+  Clock::TimePoint next_tick_{};
   Clock::TimePoint start_time_;
   uint64_t start_unix_ms_ = 0;
 };
