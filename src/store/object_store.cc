@@ -559,8 +559,9 @@ ObjectStore::ListPage ObjectStore::List(std::string_view prefix, size_t limit,
                                         std::string_view cursor) const {
   MutexLock lock(&mu_);
   ListPage page;
-  // One more than asked tells whether another page exists.
-  std::vector<Object*> objs = table_.List(prefix, limit + 1, cursor);
+  // One more than asked tells whether another page exists (SIZE_MAX: every
+  // object, and limit + 1 would wrap to none).
+  std::vector<Object*> objs = table_.List(prefix, limit == SIZE_MAX ? limit : limit + 1, cursor);
   bool more = objs.size() > limit;
   if (more) objs.resize(limit);
   for (Object* obj : objs) page.objects.push_back(StatOf(obj));

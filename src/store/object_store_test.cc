@@ -333,6 +333,16 @@ TEST(ObjectStoreTest, ListPagesInKeyOrderWithPrefixAndCursor) {
   EXPECT_EQ(h.store().List("", 100, "").objects.size(), 5u);
 }
 
+// Regression: List with limit SIZE_MAX ("no limit") asked the table for
+// limit + 1 = 0 objects and returned none.
+TEST(ObjectStoreTest, ListWithTheLargestLimitReturnsEverything) {
+  StoreHarness h(kMiB);
+  for (std::string k : {"a", "b", "c"}) ASSERT_TRUE(h.Put(1, k, k).ok());
+  auto page = h.store().List("", SIZE_MAX, "");
+  EXPECT_EQ(page.objects.size(), 3u);
+  EXPECT_EQ(page.next_cursor, "");
+}
+
 TEST(ObjectStoreTest, RecoveryKeepsSealedObjectsAndFreesUnsealedOnes) {
   StoreHarness h(kMiB);
   uint64_t baseline = h.store().Stats().tiers[0].used_bytes;
