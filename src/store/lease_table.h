@@ -36,7 +36,8 @@ class LeaseTable {
   // Records a lease recovered from an earlier daemon under its old id.
   // False (changing nothing) if the id is taken.
   bool AddWithId(uint64_t lease_id, Object* obj, SessionId session, uint64_t entry);
-  // The lease, or nullptr.
+  // The lease, or nullptr. The pointer is valid until the table next changes
+  // (an Add may rehash and move every lease): use it at once, never keep it.
   Lease* Find(uint64_t lease_id);
   // Gives every lease of `from` to `to`; returns their ids.
   std::vector<uint64_t> MoveSession(SessionId from, SessionId to);
