@@ -5,8 +5,10 @@
 namespace cistern::store {
 
 ObjectTable::~ObjectTable() {
-  // Objects are reachable only through their records' counts; the store frees
-  // them before destruction in normal operation. Free what is left.
+  // Objects are the owner's to free (~ObjectStore deletes every one it still
+  // reaches: pending writes, leased and visible objects), which also frees
+  // their key records. Only records left over are freed here; an Object the
+  // owner did not delete would leak (ASan's leak check reports it in tests).
   for (KeyRecord* r : index_) delete r;
 }
 
