@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
+#include "tests/integration/cli_home.h"
 #include "tests/integration/daemon_harness.h"
 
 namespace cistern::testing {
@@ -45,31 +46,15 @@ class ScopedEnv {
 };
 
 // A temporary $CISTERN_HOME with a daemon that `cistern daemon start` runs.
-class DiscoveryTest : public ::testing::Test {
+class DiscoveryTest : public CliHomeTest {
  protected:
-  void SetUp() override {
-    char tmpl[] = "/tmp/cistern-discovery-XXXXXX";
-    home_ = ::mkdtemp(tmpl);
-    arena_ = fmt::format("/dev/shm/cistern-discovery-{}-{}.arena", getpid(),
-                         fs::path(home_).filename().string());
-  }
-  void TearDown() override {
-    Cli("daemon stop --grace 5");
-    std::error_code ec;
-    fs::remove_all(home_, ec);
-    RemoveArena(arena_);
-  }
   // The CLI with this home and no address variables unless `env` sets them.
   CliResult Cli(const std::string& args, const std::string& env = "") {
-    return RunCli(args,
-                  fmt::format("CISTERN_HOME={} CISTERN_ADDRESS= CISTERN_SOCKET= {} ", home_, env));
+    return Run(args, "CISTERN_SOCKET= " + env + " ");
   }
   // Starts the session daemon; returns its socket (from meta.json).
   std::string StartSession() {
-    CliResult r =
-        Cli(fmt::format("--json daemon start --set tiers.0.size=64MiB "
-                        "--set tiers.0.path={} --set metrics_port=0",
-                        arena_));
+    CliResult r = Cli("--json daemon start " + sets_);
     EXPECT_EQ(r.code, 0) << r.out;
     auto j = nlohmann::json::parse(r.out, nullptr, false);
     return j.is_object() ? j.value("socket", "") : "";
@@ -84,8 +69,6 @@ class DiscoveryTest : public ::testing::Test {
     if (!st.ok()) return st.status();
     return st->socket_path();
   }
-
-  std::string home_, arena_;
 };
 
 // Issue 10: a C++ program calling Client::Connect with default options looked
