@@ -25,7 +25,6 @@
 #include "fmt/format.h"
 #include "src/common/check.h"
 #include "src/common/fmt_absl.h"
-#include "src/common/utf8.h"
 #include "src/store/manifest.h"
 
 namespace cistern::store {
@@ -38,21 +37,6 @@ uint64_t UnixNowNs() {
 }
 
 }  // namespace
-
-absl::Status ValidateKey(std::string_view key) {
-  if (key.empty()) return absl::InvalidArgumentError("key is empty");
-  if (key.size() > kMaxKeyBytes) {
-    return absl::InvalidArgumentError(
-        fmt::format("key of {} bytes exceeds the limit of {} bytes", key.size(), kMaxKeyBytes));
-  }
-  if (key.find('\0') != std::string_view::npos) {
-    return absl::InvalidArgumentError(fmt::format("key {} contains a NUL byte", QuoteKey(key)));
-  }
-  if (!IsValidUtf8(key)) {
-    return absl::InvalidArgumentError(fmt::format("key {} is not valid UTF-8", QuoteKey(key)));
-  }
-  return absl::OkStatus();
-}
 
 absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierSpec> tiers,
                                                                const StoreOptions& options,

@@ -42,13 +42,11 @@
 #include "src/store/arena.h"
 #include "src/store/evictor.h"
 #include "src/store/lease_table.h"
+#include "src/store/key.h"
 #include "src/store/object_table.h"
 #include "src/store/shared_lease_table.h"
 
 namespace cistern::store {
-
-// InvalidArgument unless `key` is 1..1024 bytes of UTF-8 with no NUL.
-absl::Status ValidateKey(std::string_view key);
 
 // What Stat and List report about an object's visible generation (the daemon
 // sends it as wire::ObjectInfo).
