@@ -41,7 +41,8 @@ asan: bootstrap build/asan/build.ninja
 	cmake --build build/asan -j $(JOBS)
 
 tsan: bootstrap build/tsan/build.ninja
-	cmake --build build/tsan -j $(JOBS) --target store_test common_test config_test daemon_test registry_test stream_test
+	cmake --build build/tsan -j $(JOBS) --target store_test common_test config_test daemon_test registry_test stream_test \
+	  catalog_test registryd_test service_test
 	cd build/tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" ctest -L unit --output-on-failure -j $(JOBS)
 
 # libFuzzer harnesses (docs/testing.md), built by clang in build/fuzz with ASan
@@ -105,7 +106,8 @@ pipcheck: bootstrap release
 	  venv/bin/python -m pytest -q $(CURDIR)/python/tests/test_client.py
 
 test: asan
-	cd build/asan && ctest --output-on-failure -j $(JOBS) --timeout 600
+	cd build/asan && LSAN_OPTIONS="suppressions=$(CURDIR)/tests/lsan.supp" \
+	  ctest --output-on-failure -j $(JOBS) --timeout 600
 	$(MAKE) tsan
 	$(MAKE) pytest
 	$(MAKE) pipcheck

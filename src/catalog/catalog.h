@@ -140,6 +140,8 @@ class Catalog {
 
   const std::string& cluster_id() const { return meta_.cluster_id(); }
   uint64_t epoch() const { return meta_.epoch(); }
+  uint64_t generation_floor() const { return meta_.generation_floor(); }
+  size_t claim_count() const { return claims_.size(); }
   uint64_t replica_count() const { return replica_count_; }
   uint64_t key_count() const { return keys_.size(); }
   size_t host_count() const { return hosts_.size(); }

@@ -14,6 +14,7 @@
 #include "src/common/paths.h"
 #include "src/common/status_macros.h"
 #include "src/common/utf8.h"
+#include "src/config/config_checks.h"
 #include "src/config/config_yaml.h"
 #include "src/stream/rules.h"
 
@@ -29,48 +30,6 @@ bool ValidTierName(const std::string& name) {
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-')) return false;
   }
   return true;
-}
-
-// Every duration and size field of `msg` (recursively) within the bounds that
-// hold for all of them; `path` names `msg` ("" at the top, "tiers[1]").
-absl::Status CheckFieldRanges(const google::protobuf::Message& msg, const std::string& path) {
-  using google::protobuf::FieldDescriptor;
-  const auto* d = msg.GetDescriptor();
-  const auto* r = msg.GetReflection();
-  for (int i = 0; i < d->field_count(); ++i) {
-    const FieldDescriptor* f = d->field(i);
-    std::string at = path.empty() ? f->name() : path + "." + f->name();
-    if (f->cpp_type() == FieldDescriptor::CPPTYPE_MESSAGE) {
-      if (f->is_repeated()) {
-        for (int j = 0; j < r->FieldSize(msg, f); ++j) {
-          RETURN_IF_ERROR(
-              CheckFieldRanges(r->GetRepeatedMessage(msg, f, j), fmt::format("{}[{}]", at, j)));
-        }
-      } else if (r->HasField(msg, f)) {
-        RETURN_IF_ERROR(CheckFieldRanges(r->GetMessage(msg, f), at));
-      }
-      continue;
-    }
-    bool duration = f->options().GetExtension(config::duration_ms);
-    bool size = f->options().GetExtension(config::size);
-    if ((!duration && !size) || f->is_repeated()) continue;
-    uint64_t v = f->cpp_type() == FieldDescriptor::CPPTYPE_UINT64   ? r->GetUInt64(msg, f)
-                 : f->cpp_type() == FieldDescriptor::CPPTYPE_UINT32 ? r->GetUInt32(msg, f)
-                 : f->cpp_type() == FieldDescriptor::CPPTYPE_INT64
-                     ? static_cast<uint64_t>(std::max<int64_t>(0, r->GetInt64(msg, f)))
-                     : static_cast<uint64_t>(std::max<int32_t>(0, r->GetInt32(msg, f)));
-    if (duration && v > kMaxConfigDurationMs) {
-      return absl::InvalidArgumentError(
-          fmt::format("{} {} ms is above the longest duration any key takes, {} ms (7 days)", at, v,
-                      kMaxConfigDurationMs));
-    }
-    if (size && v > kMaxConfigSizeBytes) {
-      return absl::InvalidArgumentError(
-          fmt::format("{} {} bytes is above the largest size any key takes, {} bytes (1 PiB)", at,
-                      v, kMaxConfigSizeBytes));
-    }
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -135,6 +94,71 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (!st->has_low_watermark_bytes())
     st->set_low_watermark_bytes(st->high_watermark_bytes() / 5 * 4);
   if (st->max_lease_refs() == 0) st->set_max_lease_refs(4096);
+  if (cfg->host_id().empty()) {
+    // hostname-<machine id start>; a hostname of up to 64 characters is cut
+    // so that the id keeps its machine part and stays within 64.
+    std::string id = paths::HostId();
+    if (id.size() > 64) id = id.substr(0, 55) + id.substr(id.size() - 9);
+    cfg->set_host_id(id);
+  }
+  auto* cl = cfg->mutable_cluster();
+  if (!cl->has_publish_delay_ms()) cl->set_publish_delay_ms(2);
+  if (cl->publish_batch() == 0) cl->set_publish_batch(1024);
+  if (cl->rpc_timeout_ms() == 0) cl->set_rpc_timeout_ms(5000);
+  if (cl->max_retry_backoff_ms() == 0) cl->set_max_retry_backoff_ms(5000);
+}
+
+absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
+  auto bad = [](std::string msg) { return absl::InvalidArgumentError(std::move(msg)); };
+  RETURN_IF_ERROR(CheckId("host_id", cfg.host_id()));
+  const auto& cl = cfg.cluster();
+  if (cl.registry().empty()) {
+    for (const auto& [key, value] :
+         {std::pair{"cluster_id", cl.cluster_id()}, std::pair{"token", cl.token()},
+          std::pair{"advertise", cl.advertise()}}) {
+      if (!value.empty()) {
+        return bad(
+            fmt::format("cluster.{} is set but cluster.registry is empty; set the "
+                        "registry's host:port to join a cluster",
+                        key));
+      }
+    }
+    return absl::OkStatus();
+  }
+  RETURN_IF_ERROR(CheckHostPort("cluster.registry", cl.registry()));
+  if (cl.cluster_id().empty()) return bad("cluster.cluster_id is required with cluster.registry");
+  RETURN_IF_ERROR(CheckId("cluster.cluster_id", cl.cluster_id()));
+  if (cl.token().empty()) return bad("cluster.token is required with cluster.registry");
+  if (!IsValidUtf8(cl.token()) || cl.token().size() > 4096 ||
+      cl.token().find_first_of("\r\n") != std::string::npos) {
+    return bad("cluster.token must be UTF-8 text of at most 4096 bytes on one line");
+  }
+  if (cl.advertise().empty()) {
+    return bad(
+        "cluster.advertise is required with cluster.registry: the host:port peers reach "
+        "this daemon at");
+  }
+  RETURN_IF_ERROR(CheckHostPort("cluster.advertise", cl.advertise()));
+  RETURN_IF_ERROR(CheckTlsPair("cluster.tls", cl.tls().cert_file(), cl.tls().key_file()));
+  if (!cl.tls().cert_file().empty() && cl.tls().ca_file().empty()) {
+    return bad(
+        "cluster.tls.cert_file needs cluster.tls.ca_file: a client certificate is only "
+        "sent over TLS");
+  }
+  if (cl.publish_delay_ms() > 1000) {
+    return bad(fmt::format("cluster.publish_delay_ms {} exceeds 1000", cl.publish_delay_ms()));
+  }
+  if (cl.publish_batch() > 65536) {
+    return bad(fmt::format("cluster.publish_batch {} exceeds 65536", cl.publish_batch()));
+  }
+  if (cl.rpc_timeout_ms() < 10) {
+    return bad(fmt::format("cluster.rpc_timeout_ms {} is below 10", cl.rpc_timeout_ms()));
+  }
+  if (cl.max_retry_backoff_ms() < 100) {
+    return bad(
+        fmt::format("cluster.max_retry_backoff_ms {} is below 100", cl.max_retry_backoff_ms()));
+  }
+  return absl::OkStatus();
 }
 
 absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
@@ -234,12 +258,7 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
       return bad(fmt::format("lease_table_path '{}' is tier '{}''s arena", t.path(), t.name()));
     }
   }
-  in6_addr addr6;
-  if (::inet_pton(AF_INET, cfg.metrics_address().c_str(), &addr6) != 1 &&
-      ::inet_pton(AF_INET6, cfg.metrics_address().c_str(), &addr6) != 1) {
-    return bad(fmt::format("metrics_address '{}' must be a numeric IPv4 or IPv6 address",
-                           cfg.metrics_address()));
-  }
+  RETURN_IF_ERROR(CheckNumericAddress("metrics_address", cfg.metrics_address()));
   if (cfg.metrics_port() > 65535) {
     return bad(fmt::format("metrics_port {} exceeds 65535", cfg.metrics_port()));
   }
@@ -264,6 +283,7 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   if (cfg.log_max_files() > 1000) {
     return bad(fmt::format("log_max_files {} exceeds 1000", cfg.log_max_files()));
   }
+  RETURN_IF_ERROR(ValidateClusterConfig(cfg));
   // Last, so that a key's own range is the one its error names.
   RETURN_IF_ERROR(CheckFieldRanges(cfg, ""));
   return absl::OkStatus();

@@ -32,4 +32,9 @@ void ApplyDefaults(config::DaemonConfig* cfg);
 // start, `cistern config validate` and `cistern daemon start` before it.
 absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg);
 
+// The host_id and cluster block of a defaulted config (part of
+// ValidateDaemonConfig): a daemon in a cluster needs cluster.registry,
+// cluster_id, token and advertise.
+absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg);
+
 }  // namespace cistern::config

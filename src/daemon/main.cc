@@ -20,19 +20,17 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/cleanup/cleanup.h"
-#include "google/protobuf/stubs/logging.h"
-#include "spdlog/sinks/rotating_file_sink.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 #include "src/common/fmt_absl.h"
 #include "src/config/daemon_config.h"
 #include "src/daemon/arena_file.h"
-#include "src/daemon/http_server.h"
 #include "src/daemon/metrics.h"
 #include "src/daemon/process.h"
 #include "src/daemon/server.h"
-#include "src/daemon/stdio_rotation.h"
 #include "src/registry/sqlite_backend.h"
+#include "src/service/http_server.h"
+#include "src/service/logging.h"
+#include "src/service/stdio_rotation.h"
 #include "src/store/object_store.h"
 #include "src/store/shared_lease_table.h"
 #include "src/stream/stream_manager.h"
@@ -47,81 +45,24 @@ void OnSignal(int) {
   if (g_server) g_server->Shutdown();
 }
 
-// libprotobuf's own messages (a string field that is not UTF-8 in a client's
-// frame, say) go to the daemon's log instead of stderr, at most
-// kProtobufLogsPerSecond a second: a client that sends bad frames cannot flood
-// the log through them. The messages dropped are counted in the next line.
-constexpr int kProtobufLogsPerSecond = 10;
-
-void LogProtobufMessage(google::protobuf::LogLevel level, const char* file, int line,
-                        const std::string& message) {
-  static std::mutex mu;
-  static int64_t window = -1;
-  static int in_window = 0;
-  static uint64_t dropped = 0;
-  uint64_t dropped_before = 0;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
-                      std::chrono::steady_clock::now().time_since_epoch())
-                      .count();
-    if (now != window) {
-      window = now;
-      in_window = 0;
-    }
-    if (level != google::protobuf::LOGLEVEL_FATAL && ++in_window > kProtobufLogsPerSecond) {
-      ++dropped;
-      return;
-    }
-    dropped_before = std::exchange(dropped, 0);
-  }
-  spdlog::level::level_enum l = level == google::protobuf::LOGLEVEL_INFO      ? spdlog::level::info
-                                : level == google::protobuf::LOGLEVEL_WARNING ? spdlog::level::warn
-                                : level == google::protobuf::LOGLEVEL_ERROR
-                                    ? spdlog::level::err
-                                    : spdlog::level::critical;
-  if (dropped_before > 0) {
-    spdlog::log(l, "protobuf: ({} earlier messages dropped, over {} a second)", dropped_before,
-                kProtobufLogsPerSecond);
-  }
-  spdlog::log(l, "protobuf: {} ({}:{})", message, file, line);
-}
-
-spdlog::level::level_enum SpdLevel(cistern::config::LogLevel l) {
-  switch (l) {
-    case cistern::config::LOG_LEVEL_TRACE:
-      return spdlog::level::trace;
-    case cistern::config::LOG_LEVEL_DEBUG:
-      return spdlog::level::debug;
-    case cistern::config::LOG_LEVEL_WARN:
-      return spdlog::level::warn;
-    case cistern::config::LOG_LEVEL_ERROR:
-      return spdlog::level::err;
-    case cistern::config::LOG_LEVEL_OFF:
-      return spdlog::level::off;
-    default:
-      return spdlog::level::info;
-  }
-}
-
 int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   using namespace cistern;
   // The metrics endpoint is bound first, so that a port in use stops the
   // daemon before it has touched an arena or the socket. /health answers 503
   // until the daemon serves.
   daemon::Metrics metrics(CISTERN_VERSION);
-  daemon::HttpServerOptions http_opts;
+  service::HttpServerOptions http_opts;
   http_opts.address = cfg.metrics_address();
   http_opts.port = static_cast<uint16_t>(cfg.metrics_port());
-  daemon::HttpServer http(http_opts);
+  service::HttpServer http(http_opts);
   http.Handle("/metrics", [&metrics] { return metrics.MetricsPage(); });
   http.Handle("/health", [&metrics] { return metrics.HealthPage(); });
   // In the background (log_file set) stdout and stderr are the session's
   // stderr.log: rotated like the log, checked once a second by the server's
   // loop (below).
-  std::optional<daemon::StdioRotation> stdio;
+  std::optional<service::StdioRotation> stdio;
   if (!cfg.log_file().empty()) {
-    stdio = daemon::StdioRotation::ForDescriptors(
+    stdio = service::StdioRotation::ForDescriptors(
         {STDERR_FILENO, STDOUT_FILENO}, cfg.log_max_bytes(), static_cast<int>(cfg.log_max_files()));
   }
   if (absl::Status s = http.Start(); !s.ok()) {
@@ -349,33 +290,20 @@ int main(int argc, char** argv) {
   }
   // The log goes to stdout (`cistern daemon logs`); stderr carries only what
   // is printed before logging starts (usage and config errors) and crashes.
-  auto logger = spdlog::stdout_color_mt("cisternd");
-  spdlog::set_default_logger(logger);
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [cisternd] %v");
+  cistern::service::StartConsoleLog("cisternd");
   auto cfg = cistern::config::LoadDaemonConfig(config_path, overrides);
   if (!cfg.ok()) {
     std::fprintf(stderr, "cisternd: configuration error: %s\n",
                  std::string(cfg.status().message()).c_str());
     return 2;
   }
-  if (!cfg->log_file().empty()) {
-    // Rotated at log_max_bytes: cisternd.log, cisternd.1.log (the newest) ...
-    std::error_code ec;
-    std::filesystem::create_directories(std::filesystem::path(cfg->log_file()).parent_path(), ec);
-    try {
-      auto sink = std::make_shared<spdlog::sinks::rotating_file_sink_mt>(
-          cfg->log_file(), cfg->log_max_bytes(), cfg->log_max_files());
-      auto file_logger = std::make_shared<spdlog::logger>("cisternd", std::move(sink));
-      file_logger->flush_on(spdlog::level::trace);
-      spdlog::set_default_logger(file_logger);
-      spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %l [cisternd] %v");
-    } catch (const spdlog::spdlog_ex& e) {
-      std::fprintf(stderr, "cisternd: configuration error: log_file '%s': %s\n",
-                   cfg->log_file().c_str(), e.what());
-      return 2;
-    }
+  // Rotated at log_max_bytes: cisternd.log, cisternd.1.log (the newest) ...
+  if (absl::Status s =
+          cistern::service::ConfigureLog("cisternd", cfg->log_file(), cfg->log_max_bytes(),
+                                         cfg->log_max_files(), cfg->log_level());
+      !s.ok()) {
+    std::fprintf(stderr, "cisternd: configuration error: %s\n", std::string(s.message()).c_str());
+    return 2;
   }
-  spdlog::set_level(SpdLevel(cfg->log_level()));
-  google::protobuf::SetLogHandler(&LogProtobufMessage);
   return Serve(*cfg, format);
 }

@@ -7,8 +7,13 @@
 #include "prometheus/gauge.h"
 #include "prometheus/text_serializer.h"
 #include "spdlog/spdlog.h"
+#include "src/service/prom_util.h"
 
 namespace cistern::daemon {
+
+using service::Family;
+using service::SingleGauge;
+using service::StatusCodeLabel;
 namespace {
 
 constexpr std::string_view kVerbNames[kVerbCount] = {
@@ -40,22 +45,6 @@ constexpr std::string_view kVerbNames[kVerbCount] = {
     "stream_reconcile",
     "invalid",
 };
-
-prometheus::MetricFamily Family(std::string name, std::string help, prometheus::MetricType type) {
-  prometheus::MetricFamily f;
-  f.name = std::move(name);
-  f.help = std::move(help);
-  f.type = type;
-  return f;
-}
-
-prometheus::MetricFamily SingleGauge(std::string name, std::string help, double value) {
-  auto f = Family(std::move(name), std::move(help), prometheus::MetricType::Gauge);
-  prometheus::ClientMetric m;
-  m.gauge.value = value;
-  f.metric.push_back(std::move(m));
-  return f;
-}
 
 }  // namespace
 
@@ -119,10 +108,6 @@ Verb VerbOf(const wire::Request& req) {
 }
 
 std::string_view VerbName(Verb verb) { return kVerbNames[static_cast<size_t>(verb)]; }
-
-std::string StatusCodeLabel(absl::StatusCode code) {
-  return absl::AsciiStrToLower(absl::StatusCodeToString(code));
-}
 
 const std::vector<double>& RequestDurationBuckets() {
   static const std::vector<double> buckets = {

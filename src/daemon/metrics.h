@@ -44,10 +44,13 @@
 #include "prometheus/registry.h"
 #include "src/common/clock.h"
 #include "src/common/mutex.h"
-#include "src/daemon/http_server.h"
+#include "src/service/http_server.h"
+#include "src/service/prom_util.h"
 #include "src/store/object_store.h"
 
 namespace cistern::daemon {
+
+using service::HttpResponse;
 
 // The verb label of a request: its body's field name in local.proto, or
 // "invalid" for a frame that does not parse or has no body.
@@ -85,8 +88,7 @@ inline constexpr size_t kStatusCodeCount = 17;  // absl::StatusCode 0..16
 
 Verb VerbOf(const wire::Request& req);
 std::string_view VerbName(Verb verb);
-// "not_found" for kNotFound: absl's name in lower case.
-std::string StatusCodeLabel(absl::StatusCode code);
+using service::StatusCodeLabel;
 
 // Upper bounds of the request duration buckets, in seconds: 1-2-5 steps from
 // 1 µs to 100 ms (a request is a few map operations; a parked create waits).

@@ -41,8 +41,8 @@
 #include "src/store/allocator.h"
 #include "src/store/arena.h"
 #include "src/store/evictor.h"
-#include "src/store/lease_table.h"
 #include "src/store/key.h"
+#include "src/store/lease_table.h"
 #include "src/store/object_table.h"
 #include "src/store/shared_lease_table.h"
 

@@ -37,7 +37,7 @@ namespace httplib {
 class Server;
 }
 
-namespace cistern::daemon {
+namespace cistern::service {
 
 struct HttpResponse {
   int status = 200;
@@ -89,4 +89,4 @@ class HttpServer {
   uint16_t port_ = 0;
 };
 
-}  // namespace cistern::daemon
+}  // namespace cistern::service

@@ -1,4 +1,4 @@
-#include "src/daemon/http_server.h"
+#include "src/service/http_server.h"
 
 #include <httplib.h>
 #include <netdb.h>
@@ -13,7 +13,7 @@
 #include "fmt/format.h"
 #include "src/common/unique_fd.h"
 
-namespace cistern::daemon {
+namespace cistern::service {
 namespace {
 
 absl::Status ErrnoStatus(int err, const std::string& what) {
@@ -144,4 +144,4 @@ void HttpServer::Stop() {
   thread_.join();
 }
 
-}  // namespace cistern::daemon
+}  // namespace cistern::service

@@ -20,7 +20,7 @@
 #include <optional>
 #include <vector>
 
-namespace cistern::daemon {
+namespace cistern::service {
 
 class StdioRotation {
  public:
@@ -50,4 +50,4 @@ class StdioRotation {
   int max_files_;
 };
 
-}  // namespace cistern::daemon
+}  // namespace cistern::service

@@ -1,4 +1,4 @@
-#include "src/daemon/stdio_rotation.h"
+#include "src/service/stdio_rotation.h"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
 
-namespace cistern::daemon {
+namespace cistern::service {
 
 namespace fs = std::filesystem;
 
@@ -65,4 +65,4 @@ bool StdioRotation::Check() {
   return true;
 }
 
-}  // namespace cistern::daemon
+}  // namespace cistern::service

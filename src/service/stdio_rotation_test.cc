@@ -1,4 +1,4 @@
-#include "src/daemon/stdio_rotation.h"
+#include "src/service/stdio_rotation.h"
 
 #include <fcntl.h>
 #include <stdlib.h>
@@ -11,7 +11,7 @@
 
 #include "gtest/gtest.h"
 
-namespace cistern::daemon {
+namespace cistern::service {
 namespace {
 
 namespace fs = std::filesystem;
@@ -109,4 +109,4 @@ TEST_F(StdioRotationTest, NothingToBoundForAPipeOrNull) {
 }
 
 }  // namespace
-}  // namespace cistern::daemon
+}  // namespace cistern::service
