@@ -61,6 +61,9 @@ struct PutOptions {
   // Wait up to this long for space instead of failing with ResourceExhausted.
   std::chrono::milliseconds wait{0};
   bool checksum = true;  // record an XXH3-64 checksum, verified at daemon restart
+  // In a cluster, keep the object on this host: it is never published to the
+  // registry, so no other host can locate or pull it (docs/cluster.md).
+  bool local_only = false;
 };
 
 // A leased, read-only view of one sealed generation. The bytes stay valid and

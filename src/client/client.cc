@@ -52,6 +52,7 @@ wire::Create MakeCreate(std::string_view key, uint64_t size, const PutOptions& o
   c.set_key(std::string(key));
   c.set_size(size);
   c.set_evictable(o.evictable);
+  c.set_local_only(o.local_only);
   c.set_if_absent(o.if_absent);
   c.set_tier(o.tier);
   c.set_wait_ms(WaitToWireMs(o.wait));

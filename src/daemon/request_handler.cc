@@ -11,6 +11,7 @@ void FillInfo(const store::ObjectInfo& s, wire::ObjectInfo* out) {
   out->set_size(s.size);
   out->set_tier(s.tier);
   out->set_evictable(s.evictable);
+  out->set_local_only(s.local_only);
   out->set_leases(s.leases);
   out->set_checksum(s.checksum);
   out->set_has_checksum(s.has_checksum);
@@ -39,6 +40,7 @@ void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c, wir
   args.key = c.key();
   args.size = c.size();
   args.evictable = c.evictable();
+  args.local_only = c.local_only();
   args.if_absent = c.if_absent();
   args.tier = c.tier();
   args.tensors.reserve(c.tensors_size());

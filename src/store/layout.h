@@ -70,6 +70,8 @@ enum ObjectFlags : uint32_t {
   kFlagEvictable = 1,
   kFlagHasChecksum = 2,
   kFlagTensorDict = 4,
+  // In a cluster, never published to the registry (PutOptions::local_only).
+  kFlagLocalOnly = 8,
 };
 
 struct ObjectHeader {

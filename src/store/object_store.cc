@@ -266,6 +266,7 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
   obj->tier = *tier_index;
   obj->evictable = args.evictable;
   uint32_t flags = (args.evictable ? uint32_t{kFlagEvictable} : 0u) |
+                   (args.local_only ? uint32_t{kFlagLocalOnly} : 0u) |
                    (args.tensors.empty() ? 0u : uint32_t{kFlagTensorDict});
   tier.arena.InitObject(*a, block, args.key, args.tensors, manifest_bytes, args.size, flags,
                         UnixNowNs());
@@ -315,6 +316,7 @@ void ObjectStore::Evict(Object* obj) {
 
 void ObjectStore::Retire(Object* obj) {
   Tier& tier = tiers_[obj->tier];
+  if (observer_ != nullptr) observer_->OnGone(obj->key->key, obj->generation, tier.name);
   tier.lru.Remove(obj);
   table_.ClearVisible(obj);
   tier.arena.SetState(obj->block_offset, ObjectState::kRemoved);
@@ -396,11 +398,13 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
     return held;
   }
   Tier& tier = tiers_[obj->tier];
-  obj->generation = ++max_generation_;
+  obj->generation = NextGeneration();
+  max_generation_ = obj->generation;
   tier.arena.Seal(obj->block_offset, obj->generation, checksum ? &*checksum : nullptr);
   if (Object* old = obj->key->visible) Retire(old);
   table_.SetVisible(obj);
   if (obj->evictable) tier.lru.PushBack(obj);
+  if (observer_ != nullptr) observer_->OnVisible(StatOf(obj));
   return obj->generation;
 }
 
@@ -525,6 +529,7 @@ ObjectInfo ObjectStore::StatOf(const Object* obj) const {
   s.evictable = obj->evictable;
   s.leases = obj->leases;
   s.has_checksum = (h->flags & kFlagHasChecksum) != 0;
+  s.local_only = (h->flags & kFlagLocalOnly) != 0;
   s.checksum = h->checksum;
   s.tensors = h->tensor_count;
   s.create_unix_ms = h->create_unix_ns / 1'000'000;
@@ -551,6 +556,44 @@ ObjectStore::ListPage ObjectStore::List(std::string_view prefix, size_t limit,
   for (Object* obj : objs) page.objects.push_back(StatOf(obj));
   if (more && !page.objects.empty()) page.next_cursor = page.objects.back().key;
   return page;
+}
+
+std::vector<ObjectInfo> ObjectStore::SnapshotVisible(absl::FunctionRef<void()> atomically) const {
+  MutexLock lock(&mu_);
+  atomically();
+  std::vector<ObjectInfo> out;
+  for (Object* obj : table_.List("", SIZE_MAX, "")) out.push_back(StatOf(obj));
+  return out;
+}
+
+void ObjectStore::SetObserver(StoreObserver* observer) {
+  MutexLock lock(&mu_);
+  observer_ = observer;
+}
+
+void ObjectStore::SetGenerationScheme(uint32_t stride, uint32_t residue) {
+  CHECK(stride >= 1 && residue < stride);
+  MutexLock lock(&mu_);
+  generation_stride_ = stride;
+  generation_residue_ = residue;
+}
+
+void ObjectStore::RaiseGenerationFloor(uint64_t floor) {
+  MutexLock lock(&mu_);
+  generation_floor_ = std::max(generation_floor_, floor);
+}
+
+uint64_t ObjectStore::max_generation() const {
+  MutexLock lock(&mu_);
+  return max_generation_;
+}
+
+uint64_t ObjectStore::NextGeneration() {
+  uint64_t g = std::max(max_generation_, generation_floor_) + 1;
+  uint64_t r = g % generation_stride_;
+  if (r != generation_residue_)
+    g += (generation_residue_ + generation_stride_ - r) % generation_stride_;
+  return g;
 }
 
 absl::Status ObjectStore::OpenSession(SessionId session, const SessionOwner& owner) {

@@ -32,6 +32,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "include/cistern/object.h"
@@ -56,6 +57,7 @@ struct ObjectInfo {
   uint64_t size = 0;
   std::string tier;
   bool evictable = false;
+  bool local_only = false;
   uint32_t leases = 0;
   bool has_checksum = false;
   uint64_t checksum = 0;
@@ -142,6 +144,18 @@ struct StoreStats {
   uint64_t quarantined_bytes = 0;  // their blocks
 };
 
+// Told when an object generation becomes visible (sealed) and when it stops
+// being visible (removed, superseded by a newer generation, evicted). Calls
+// come in the order the changes happen, with the store's lock held: an
+// observer must be quick and must not call into the store. The cluster agent
+// (src/cluster) publishes what it is told.
+class StoreObserver {
+ public:
+  virtual ~StoreObserver() = default;
+  virtual void OnVisible(const ObjectInfo& info) = 0;
+  virtual void OnGone(std::string_view key, uint64_t generation, std::string_view tier) = 0;
+};
+
 class ObjectStore {
  public:
   // Attaches every tier (Arena::Attach), rebuilds the table from the arenas and
@@ -159,7 +173,8 @@ class ObjectStore {
     std::vector<TensorInfo> tensors;  // empty: raw bytes
     bool evictable = false;
     bool if_absent = false;
-    std::string_view tier;  // empty: the first tier
+    bool local_only = false;  // recorded in the header (kFlagLocalOnly)
+    std::string_view tier;    // empty: the first tier
   };
   struct WriteInfo {
     uint64_t write_id = 0;
@@ -238,6 +253,23 @@ class ObjectStore {
   SessionStats SessionInfo(SessionId session) const;
   // Incremented whenever bytes are freed; callers waiting for space poll it.
   uint64_t free_epoch() const;
+  // Every visible object (as List with no limit), with `atomically` called
+  // under the same lock: no change happens between the two, so an observer
+  // that resets its queue in `atomically` neither misses nor repeats one.
+  std::vector<ObjectInfo> SnapshotVisible(absl::FunctionRef<void()> atomically) const;
+  // Installs (or, with null, removes) the observer. It must outlive its
+  // installation.
+  void SetObserver(StoreObserver* observer);
+
+  // Generations in a cluster (docs/cluster.md): every generation issued from
+  // now on is congruent to `residue` modulo `stride` (a host's number modulo
+  // 65536, so no two hosts issue the same one), and above `floor` (the
+  // highest generation the registry has seen). Defaults: stride 1, floor 0
+  // (the next generation is the highest so far plus one).
+  void SetGenerationScheme(uint32_t stride, uint32_t residue);
+  void RaiseGenerationFloor(uint64_t floor);
+  uint64_t max_generation() const;
+
   const std::vector<std::string>& tier_names() const { return tier_names_; }
 
  private:
@@ -268,6 +300,8 @@ class ObjectStore {
   void Evict(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes a visible object invisible; frees it now if unleased.
   void Retire(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The next generation under the scheme (SetGenerationScheme).
+  uint64_t NextGeneration() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Retires an invisible object found at recovery: freed now if unleased,
   // else when its last (surviving) lease ends.
@@ -300,6 +334,10 @@ class ObjectStore {
   SharedLeaseTable* shared_ ABSL_GUARDED_BY(mu_) = nullptr;
   absl::flat_hash_map<SessionId, uint32_t> slots_ ABSL_GUARDED_BY(mu_);  // in shared_
   uint64_t max_generation_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t generation_floor_ ABSL_GUARDED_BY(mu_) = 0;
+  uint32_t generation_stride_ ABSL_GUARDED_BY(mu_) = 1;
+  uint32_t generation_residue_ ABSL_GUARDED_BY(mu_) = 0;
+  StoreObserver* observer_ ABSL_GUARDED_BY(mu_) = nullptr;
   uint64_t deferred_frees_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t free_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   // (tier, block offset) -> the corrupt object kept there.
