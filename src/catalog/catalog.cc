@@ -112,6 +112,13 @@ bool Offered(v1::HostState s) { return StateRank(s) < 3; }
 // Debian's abseil has its own string_view: heterogeneous lookups need it.
 absl::string_view AV(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
+std::string ConflictId(std::string_view key, uint64_t generation) {
+  std::string id(key);
+  id.push_back('\0');
+  for (int i = 7; i >= 0; --i) id.push_back(static_cast<char>((generation >> (8 * i)) & 0xff));
+  return id;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -336,9 +343,17 @@ absl::StatusOr<uint8_t> Catalog::TierIndex(Host& host, std::string_view tier, bo
   return static_cast<uint8_t>(host.tier_names.size() - 1);
 }
 
+bool Catalog::EraseConflicted(Host& host, std::string_view key, uint64_t generation) {
+  auto it = host.conflicted.find(ConflictId(key, generation));
+  if (it == host.conflicted.end()) return false;
+  host.digest ^= it->second.digest;
+  host.conflicted.erase(it);
+  return true;
+}
+
 v1::StateVersion Catalog::VersionOf(const Host& host) const {
   v1::StateVersion v;
-  v.set_count(host.replicas);
+  v.set_count(host.replicas + host.conflicted.size());
   v.set_digest(host.digest);
   v.set_publish_seq(host.record.publish_seq());
   return v;
@@ -619,6 +634,10 @@ uint64_t Catalog::DropReplicasOf(uint32_t host, Txn* txn) {
     }
   }
   for (const auto& [key, gen] : doomed) EraseReplica(key, gen, host, txn);
+  if (Host* h = HostByNumber(host)) {
+    for (const auto& [id, c] : h->conflicted) h->digest ^= c.digest;
+    h->conflicted.clear();
+  }
   return doomed.size();
 }
 
@@ -657,6 +676,13 @@ void Catalog::ApplyReported(Host& host, const v1::Replica& r, uint16_t mark, Txn
       if (other.generation != r.generation() || other.host == number) continue;
       bool both = (other.flags & kHasChecksum) && r.has_checksum();
       if (other.size != r.size() || (both && other.checksum != r.checksum())) {
+        uint64_t d = ReplicaDigest(r.key(), r.generation(), r.tier(), r.size(), r.checksum(),
+                                   r.has_checksum());
+        auto [slot, fresh] = host.conflicted.try_emplace(ConflictId(r.key(), r.generation()));
+        if (!fresh) host.digest ^= slot->second.digest;
+        slot->second.digest = d;
+        slot->second.sync_mark = mark;
+        host.digest ^= d;
         counters_.conflicts++;
         report->set_conflicts(report->conflicts() + 1);
         if (static_cast<size_t>(report->conflicted_size()) < kMaxConflictsReported) {
@@ -721,6 +747,14 @@ absl::StatusOr<v1::SyncReply> Catalog::SyncChunk(const v1::InventoryChunk& chunk
       }
     }
     for (const auto& [key, gen] : stale) EraseReplica(key, gen, number, txn);
+    for (auto it = host->conflicted.begin(); it != host->conflicted.end();) {
+      if (it->second.sync_mark != host->sync_round) {
+        host->digest ^= it->second.digest;
+        host->conflicted.erase(it++);
+      } else {
+        ++it;
+      }
+    }
     host->sync_report.set_removed(host->sync_report.removed() + stale.size());
     host->syncing = false;
     host->record.set_publish_seq(chunk.publish_seq());
@@ -772,7 +806,9 @@ absl::StatusOr<v1::PublishReply> Catalog::Publish(const v1::PublishRequest& req,
   v1::ReconcileReport report;
   for (const v1::Replica& r : req.added()) ApplyReported(*host, r, host->sync_round, txn, &report);
   for (const v1::ReplicaRef& r : req.removed()) {
-    EraseReplica(r.key(), r.generation(), host->record.host_number(), txn);
+    if (!EraseConflicted(*host, r.key(), r.generation())) {
+      EraseReplica(r.key(), r.generation(), host->record.host_number(), txn);
+    }
   }
   host->record.set_publish_seq(req.seq());
   SaveHost(*host, txn);

@@ -179,7 +179,15 @@ class Catalog {
     uint16_t sync_round = 0;
     bool syncing = false;
     v1::ReconcileReport sync_report;  // of the sync in progress
-    bool pending = false;             // registered in an uncommitted Txn
+    // Replicas the host reported that conflict with another host's (never
+    // catalogued), by ConflictId: counted in its StateVersion all the same,
+    // so that the host's digest and the registry's agree.
+    struct Conflicted {
+      uint64_t digest = 0;
+      uint16_t sync_mark = 0;
+    };
+    absl::flat_hash_map<std::string, Conflicted> conflicted;
+    bool pending = false;  // registered in an uncommitted Txn
   };
   struct Claim {
     catalog::TransferRecord record;
@@ -210,6 +218,8 @@ class Catalog {
   uint64_t DropReplicasOf(uint32_t host, Txn* txn);
   uint64_t ReplicaDigestOf(const Host& host, std::string_view key, const ReplicaRec& r) const;
   void AddToHost(Host& host, std::string_view key, const ReplicaRec& r, int sign);
+  // Forgets a conflicting replica the host no longer reports; false if it was none.
+  bool EraseConflicted(Host& host, std::string_view key, uint64_t generation);
   v1::StateVersion VersionOf(const Host& host) const;
   void FillLocation(const Host& host, const ReplicaRec& r, v1::Location* loc) const;
   // Live replicas of (key, generation or the newest), ranked (see LocateReply).

@@ -342,8 +342,17 @@ TEST_F(CatalogTest, SameGenerationWithOtherBytesOnAnotherHostIsAConflict) {
   EXPECT_EQ(r->conflicted(0).key(), "k");
   EXPECT_THAT(HostsOf("k", 5), ElementsAre("a"));
   EXPECT_THAT(HostsOf("k2"), ElementsAre("b"));
+  // b's view counts what b reported, the conflict included, so b's own
+  // digest and the registry's agree; removing it restores the rest.
+  EXPECT_EQ(
+      catalog_->VersionForTest("b")->digest(),
+      ReplicaDigest("k", 5, "ram", 100, 2, true) ^ ReplicaDigest("k2", 6, "ram", 100, 7, true));
+  EXPECT_EQ(catalog_->VersionForTest("b")->count(), 2u);
+  ASSERT_TRUE(Publish("b", 2, {}, {{"k", 5}}).ok());
+  EXPECT_EQ(catalog_->VersionForTest("b")->digest(), ReplicaDigest("k2", 6, "ram", 100, 7, true));
+  EXPECT_EQ(catalog_->VersionForTest("b")->count(), 1u);
   // The same bytes on a second host are a second replica.
-  ASSERT_TRUE(Publish("b", 2, {Rep("k", 5, "ram", 100, 1)}).ok());
+  ASSERT_TRUE(Publish("b", 3, {Rep("k", 5, "ram", 100, 1)}).ok());
   EXPECT_THAT(HostsOf("k", 5), ElementsAre("a", "b"));
 }
 

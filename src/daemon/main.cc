@@ -21,6 +21,7 @@
 #include "CLI/CLI.hpp"
 #include "absl/cleanup/cleanup.h"
 #include "spdlog/spdlog.h"
+#include "src/cluster/agent.h"
 #include "src/common/fmt_absl.h"
 #include "src/config/daemon_config.h"
 #include "src/daemon/arena_file.h"
@@ -240,6 +241,38 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     return 1;
   }
   server.WatchRecoveredHolders(std::move(holders));
+  // In a cluster: register, sync, heartbeat and publish (src/cluster/agent.h).
+  // The daemon serves its local objects whether the registry answers or not.
+  std::unique_ptr<cluster::ClusterAgent> agent;
+  if (!cfg.cluster().registry().empty()) {
+    const auto& cl = cfg.cluster();
+    cluster::AgentOptions ao;
+    ao.host_id = cfg.host_id();
+    ao.advertise = cl.advertise();
+    ao.daemon_version = CISTERN_VERSION;
+    ao.incarnation = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                               std::chrono::system_clock::now().time_since_epoch())
+                                               .count());
+    ao.registry.address = cl.registry();
+    ao.registry.cluster_id = cl.cluster_id();
+    ao.registry.token = cl.token();
+    ao.registry.ca_file = cl.tls().ca_file();
+    ao.registry.cert_file = cl.tls().cert_file();
+    ao.registry.key_file = cl.tls().key_file();
+    ao.registry.server_name = cl.tls().server_name();
+    ao.registry.rpc_timeout = std::chrono::milliseconds(cl.rpc_timeout_ms());
+    ao.publish_delay = std::chrono::milliseconds(cl.publish_delay_ms());
+    ao.publish_batch = cl.publish_batch();
+    ao.max_backoff = std::chrono::milliseconds(cl.max_retry_backoff_ms());
+    agent = std::make_unique<cluster::ClusterAgent>(std::move(ao), store->get());
+    if (absl::Status s = agent->Start(); !s.ok()) {
+      spdlog::error("cluster: {}", s.message());
+      return 2;
+    }
+    server.SetClusterStatus([&agent](wire::ClusterStatus* out) { agent->FillStatus(out); });
+    spdlog::info("cluster '{}': host '{}', registry {}, advertised as {}", cl.cluster_id(),
+                 cfg.host_id(), cl.registry(), cl.advertise());
+  }
   // Housekeeping on the event loop, once a second: the eviction summary and
   // the stderr.log rotation.
   server.Every(std::chrono::seconds(1), [&metrics, &stdio] {
@@ -261,6 +294,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   metrics.set_state(daemon::HealthState::kReady);
   server.Run();
   metrics.set_state(daemon::HealthState::kDraining);
+  if (agent) agent->Stop(/*deregister=*/true);
   g_server = nullptr;
   g_metrics = nullptr;
   http.Stop();

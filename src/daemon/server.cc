@@ -531,6 +531,7 @@ void Server::FillDaemonStatus(wire::DaemonStatusReply* r) {
   r->set_socket_path(options_.socket_path);
   r->set_metrics_endpoint(options_.metrics_endpoint);
   r->set_parked_requests(parked_.size());
+  if (cluster_status_) cluster_status_(r->mutable_cluster());
   handler_.FillStats(r->mutable_stats());
   for (auto& [id, s] : sessions_) {
     if (!s->hello_done) continue;

@@ -117,6 +117,11 @@ class Server {
   // while it serves (housekeeping: the eviction summary, the stderr
   // rotation), between rounds of requests.
   void Every(Clock::Duration period, std::function<void()> fn);
+  // Before Run: fills the cluster part of `daemon status` (the cluster
+  // agent's view); unset when the daemon runs alone. Called on the loop thread.
+  void SetClusterStatus(std::function<void(wire::ClusterStatus*)> fn) {
+    cluster_status_ = std::move(fn);
+  }
 
   // Open sessions (connections that said hello). Thread-safe.
   uint64_t session_count() const { return session_count_.load(std::memory_order_relaxed); }
@@ -219,6 +224,7 @@ class Server {
   bool stopping_ = false;
   Clock::Duration tick_period_{};
   std::function<void()> tick_;
+  std::function<void(wire::ClusterStatus*)> cluster_status_;
   Clock::TimePoint next_tick_{};
   Clock::TimePoint start_time_;
   uint64_t start_unix_ms_ = 0;

@@ -316,7 +316,7 @@ void ObjectStore::Evict(Object* obj) {
 
 void ObjectStore::Retire(Object* obj) {
   Tier& tier = tiers_[obj->tier];
-  if (observer_ != nullptr) observer_->OnGone(obj->key->key, obj->generation, tier.name);
+  if (observer_ != nullptr) observer_->OnGone(StatOf(obj));
   tier.lru.Remove(obj);
   table_.ClearVisible(obj);
   tier.arena.SetState(obj->block_offset, ObjectState::kRemoved);
@@ -558,12 +558,12 @@ ObjectStore::ListPage ObjectStore::List(std::string_view prefix, size_t limit,
   return page;
 }
 
-std::vector<ObjectInfo> ObjectStore::SnapshotVisible(absl::FunctionRef<void()> atomically) const {
+void ObjectStore::SnapshotVisible(
+    absl::FunctionRef<void(const std::vector<ObjectInfo>&)> atomically) const {
   MutexLock lock(&mu_);
-  atomically();
-  std::vector<ObjectInfo> out;
-  for (Object* obj : table_.List("", SIZE_MAX, "")) out.push_back(StatOf(obj));
-  return out;
+  std::vector<ObjectInfo> all;
+  for (Object* obj : table_.List("", SIZE_MAX, "")) all.push_back(StatOf(obj));
+  atomically(all);
 }
 
 void ObjectStore::SetObserver(StoreObserver* observer) {

@@ -153,7 +153,8 @@ class StoreObserver {
  public:
   virtual ~StoreObserver() = default;
   virtual void OnVisible(const ObjectInfo& info) = 0;
-  virtual void OnGone(std::string_view key, uint64_t generation, std::string_view tier) = 0;
+  // `info` as it was while visible.
+  virtual void OnGone(const ObjectInfo& info) = 0;
 };
 
 class ObjectStore {
@@ -253,10 +254,11 @@ class ObjectStore {
   SessionStats SessionInfo(SessionId session) const;
   // Incremented whenever bytes are freed; callers waiting for space poll it.
   uint64_t free_epoch() const;
-  // Every visible object (as List with no limit), with `atomically` called
-  // under the same lock: no change happens between the two, so an observer
-  // that resets its queue in `atomically` neither misses nor repeats one.
-  std::vector<ObjectInfo> SnapshotVisible(absl::FunctionRef<void()> atomically) const;
+  // Calls `atomically` with every visible object (as List with no limit)
+  // under the store's lock: no change happens between the listing and the
+  // call, so an observer that rebuilds its state there neither misses nor
+  // repeats a change. Blocks the store for the time it takes.
+  void SnapshotVisible(absl::FunctionRef<void(const std::vector<ObjectInfo>&)> atomically) const;
   // Installs (or, with null, removes) the observer. It must outlive its
   // installation.
   void SetObserver(StoreObserver* observer);

@@ -19,8 +19,8 @@ class Recorder : public StoreObserver {
   void OnVisible(const ObjectInfo& info) override {
     events.push_back("+" + info.key + "@" + std::to_string(info.generation));
   }
-  void OnGone(std::string_view key, uint64_t generation, std::string_view) override {
-    events.push_back("-" + std::string(key) + "@" + std::to_string(generation));
+  void OnGone(const ObjectInfo& info) override {
+    events.push_back("-" + info.key + "@" + std::to_string(info.generation));
   }
   std::vector<std::string> events;
 };
@@ -47,9 +47,8 @@ TEST(StoreClusterTest, SnapshotRunsItsCallbackUnderTheSameLock) {
   StoreHarness h(kMiB);
   ASSERT_TRUE(h.Put(1, "a", "1").ok());
   ASSERT_TRUE(h.Put(1, "b", "2").ok());
-  bool called = false;
-  auto all = h.store().SnapshotVisible([&] { called = true; });
-  EXPECT_TRUE(called);
+  std::vector<ObjectInfo> all;
+  h.store().SnapshotVisible([&](const std::vector<ObjectInfo>& v) { all = v; });
   ASSERT_EQ(all.size(), 2u);
   EXPECT_EQ(all[0].key, "a");
   EXPECT_EQ(all[1].key, "b");

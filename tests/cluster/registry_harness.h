@@ -1,0 +1,49 @@
+// Runs a real cistern-registry for a test: a temporary state directory,
+// free ports (port 0), a log, and cleanup on destruction (the process is
+// killed and the directory removed), even when the test fails.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "src/cluster/registry_client.h"
+
+namespace cistern::testing {
+
+class Registry {
+ public:
+  // `settings` are --set assignments added to cluster_id, token and ports.
+  explicit Registry(std::string cluster_id = "test-cluster", std::string token = "test-token",
+                    std::vector<std::string> settings = {});
+  ~Registry();
+
+  // Starts the binary and waits until it has written its endpoint and
+  // answers. False (the log in `error`) if it exits or does not within 20 s.
+  bool Start(std::string* error = nullptr);
+  void Kill(int sig = SIGKILL);
+  int Wait();
+  // kill -9, then start again over the same state directory (and port).
+  bool Restart(std::string* error = nullptr);
+
+  const std::string& endpoint() const { return endpoint_; }  // host:port
+  uint16_t port() const { return port_; }
+  const std::string& dir() const { return dir_; }
+  const std::string& cluster_id() const { return cluster_id_; }
+  const std::string& token() const { return token_; }
+  std::string Log() const;
+  std::unique_ptr<cluster::RegistryClient> Client() const;
+  // The YAML `cluster:` block a daemon joins with.
+  std::string DaemonYaml(const std::string& host_id, const std::string& advertise) const;
+
+ private:
+  std::string cluster_id_, token_, dir_, endpoint_;
+  std::vector<std::string> settings_;
+  uint16_t port_ = 0;
+  pid_t pid_ = -1;
+};
+
+}  // namespace cistern::testing
