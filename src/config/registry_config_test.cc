@@ -93,5 +93,18 @@ TEST(ClusterConfigTest, JoiningNeedsClusterTokenAndAdvertise) {
   }
 }
 
+TEST(ShippedConfigTest, ExampleRegistryAndClusterDaemonConfigsValidate) {
+  std::string dir = std::string(CISTERN_SOURCE_DIR) + "/deploy/config/";
+  auto reg = LoadRegistryConfig(dir + "cistern-registry.yaml", {});
+  ASSERT_TRUE(reg.ok()) << reg.status();
+  EXPECT_EQ(reg->cluster_id(), "example-cluster");
+  EXPECT_EQ(reg->port(), 7470u);
+  auto daemon = LoadDaemonConfig(dir + "cisternd-cluster.yaml", {});
+  ASSERT_TRUE(daemon.ok()) << daemon.status();
+  EXPECT_EQ(daemon->cluster().cluster_id(), reg->cluster_id());
+  EXPECT_EQ(daemon->cluster().token(), reg->token());
+  EXPECT_EQ(daemon->cluster().registry(), "127.0.0.1:7470");
+}
+
 }  // namespace
 }  // namespace cistern::config
