@@ -13,6 +13,7 @@
 #include "grpcpp/grpcpp.h"
 #include "src/cluster/registry_client.h"
 #include "src/registry/sqlite_backend.h"
+#include "tests/util/promtool.h"
 #include "tests/util/test_certs.h"
 
 namespace cistern::registryd {
@@ -310,6 +311,47 @@ TEST_F(RegistryServerTest, APortInUseIsRefused) {
       RegistryServer::Start(options_, std::make_unique<registry::MemoryBackend>(), &metrics_);
   EXPECT_EQ(second.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(second.status().message(), HasSubstr(std::to_string(server_->port())));
+}
+
+TEST_F(RegistryServerTest, MetricsPassPromtoolAndNameEveryDocumentedFamily) {
+  StartServer();
+  auto c = Client();
+  ASSERT_TRUE(c->Register(Reg("a")).ok());
+  ASSERT_TRUE(c->Publish(Pub("a", 1, {Rep("k", 1)})).ok());
+  (void)Client("c1", "bad")->QuerySystem();
+  std::string text = metrics_.Scrape();
+  testing::PromtoolResult lint = testing::PromtoolCheck(text);
+  EXPECT_EQ(lint.exit_code, 0) << lint.output;
+  EXPECT_EQ(lint.output, "");
+  for (const char* family : {"cistern_registry_requests_total",
+                             "cistern_registry_request_duration_seconds",
+                             "cistern_registry_auth_failures_total",
+                             "cistern_registry_group_commits_total",
+                             "cistern_registry_group_commit_requests_total",
+                             "cistern_registry_group_commit_failures_total",
+                             "cistern_registry_group_commit_duration_seconds",
+                             "cistern_registry_hosts",
+                             "cistern_registry_replicas",
+                             "cistern_registry_keys",
+                             "cistern_registry_transfers_in_flight",
+                             "cistern_registry_epoch",
+                             "cistern_registry_generation_floor",
+                             "cistern_registry_reconciled_replicas_total",
+                             "cistern_registry_conflicts_total",
+                             "cistern_registry_hosts_suspected_total",
+                             "cistern_registry_hosts_died_total",
+                             "cistern_registry_replicas_dropped_total",
+                             "cistern_registry_transfer_claims_refused_total",
+                             "cistern_registry_transfer_claims_expired_total",
+                             "cistern_registry_start_time_seconds",
+                             "cistern_registry_build_info"}) {
+    EXPECT_THAT(text, HasSubstr(std::string("# TYPE ") + family + " ")) << family;
+  }
+  EXPECT_THAT(text, HasSubstr("cistern_registry_requests_total{code=\"ok\",method=\"Publish\"} 1"));
+  EXPECT_THAT(text, HasSubstr("cistern_registry_replicas 1"));
+  EXPECT_EQ(metrics_.HealthPage().status, 503);  // main() marks it ready
+  metrics_.set_ready(true);
+  EXPECT_EQ(metrics_.HealthPage().status, 200);
 }
 
 class RegistryTlsTest : public RegistryServerTest {
