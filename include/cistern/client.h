@@ -64,6 +64,11 @@ struct PutOptions {
   // In a cluster, keep the object on this host: it is never published to the
   // registry, so no other host can locate or pull it (docs/cluster.md).
   bool local_only = false;
+  // In a cluster, Put and PutTensors return only once the registry has
+  // acknowledged the object's publication, waiting up to this long (0: do
+  // not wait). Past it they return DeadlineExceeded although the object is
+  // stored on this host (the message says so, and why it is late).
+  std::chrono::milliseconds wait_published{0};
 };
 
 // A leased, read-only view of one sealed generation. The bytes stay valid and
@@ -214,6 +219,11 @@ class Client {
   absl::StatusOr<DaemonStats> Stats();
   // The daemon's version, uptime, usage and sessions (`cistern daemon status`).
   absl::StatusOr<DaemonStatus> Status();
+  // Waits until the registry has acknowledged the publication of (key,
+  // generation) from this host, up to `timeout` (see PutOptions::wait_published).
+  // OK at once when the daemon runs alone or the object is local-only.
+  absl::Status WaitPublished(std::string_view key, uint64_t generation,
+                             std::chrono::milliseconds timeout);
   // Quarantined objects (`cistern quarantine ls`), and freeing one of them;
   // NotFound if nothing is quarantined at that offset of that tier.
   absl::StatusOr<std::vector<QuarantinedObjectInfo>> Quarantined();

@@ -11,6 +11,7 @@
 #include "src/client/connection.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/paths.h"
+#include "src/common/status_macros.h"
 #include "src/common/wire_duration.h"
 #include "src/store/checksum.h"
 #include "src/store/layout.h"
@@ -274,7 +275,20 @@ absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std:
   w->write_id_ = 0;  // the seal below settles it either way
   auto r = conn_->Call(req, &wire::Response::mutable_seal);
   if (!r.ok()) return r.status();
+  if (options.wait_published.count() > 0) {
+    RETURN_IF_ERROR(WaitPublished(key, r->generation(), options.wait_published));
+  }
   return ObjectRef{std::string(key), r->generation(), value.size()};
+}
+
+absl::Status Client::WaitPublished(std::string_view key, uint64_t generation,
+                                   std::chrono::milliseconds timeout) {
+  wire::Request req;
+  auto* w = req.mutable_wait_published();
+  w->set_key(std::string(key));
+  w->set_generation(generation);
+  w->set_wait_ms(WaitToWireMs(timeout));
+  return conn_->Call(req).status();
 }
 
 absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
@@ -300,6 +314,9 @@ absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
   w->write_id_ = 0;
   auto r = conn_->Call(req, &wire::Response::mutable_seal);
   if (!r.ok()) return r.status();
+  if (options.wait_published.count() > 0) {
+    RETURN_IF_ERROR(WaitPublished(key, r->generation(), options.wait_published));
+  }
   return ObjectRef{std::string(key), r->generation(), total};
 }
 

@@ -295,6 +295,7 @@ bool ClusterAgent::RegisterHost() {
   spdlog::info("cluster: registered with {} as host '{}' (number {}, epoch {}){}",
                options_.registry.address, options_.host_id, host_number_, registry_epoch_,
                need_sync_ ? "; sending the inventory" : "; the registry's view matches");
+  if (!need_sync_ && options_.on_published) options_.on_published();
   return true;
 }
 
@@ -351,6 +352,7 @@ bool ClusterAgent::SyncInventory() {
   acked_seq_ = seq;
   last_contact_unix_ms_ = UnixMs();
   state_ = State::kServing;
+  if (options_.on_published) options_.on_published();
   const auto& r = reply->report();
   spdlog::info(
       "cluster: inventory of {} replicas sent: {} added, {} removed, {} updated, {} "
@@ -438,6 +440,7 @@ bool ClusterAgent::PublishSome() {
     state_ = State::kServing;
     last_error_.clear();
   }
+  if (options_.on_published) options_.on_published();
   if (reply->conflicted_size() > 0) {
     spdlog::warn(
         "cluster: {} replicas conflict with another host's (same key and generation, "
@@ -445,6 +448,22 @@ bool ClusterAgent::PublishSome() {
         reply->conflicted_size(), reply->conflicted(0).key(), reply->conflicted(0).generation());
   }
   return true;
+}
+
+bool ClusterAgent::IsPublished(std::string_view key, uint64_t generation) const {
+  MutexLock lock(&mu_);
+  for (const Change& c : queue_) {
+    if (c.added && c.replica.generation() == generation && c.replica.key() == key) return false;
+  }
+  return true;
+}
+
+std::string ClusterAgent::WhyLate() const {
+  MutexLock lock(&mu_);
+  std::string why = fmt::format("the cluster agent is {} ({} changes queued)",
+                                StateName(static_cast<int>(state_)), queue_.size());
+  if (!last_error_.empty()) why += "; last error: " + last_error_;
+  return why;
 }
 
 void ClusterAgent::FillStatus(wire::ClusterStatus* out) const {

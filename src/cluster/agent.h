@@ -30,6 +30,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <set>
 #include <string>
@@ -58,6 +59,8 @@ struct AgentOptions {
   std::chrono::milliseconds initial_backoff{100};
   std::chrono::milliseconds max_backoff{5000};
   size_t sync_chunk = 4096;
+  // Called (on the agent's thread) after the registry acknowledged changes.
+  std::function<void()> on_published;
 };
 
 class ClusterAgent : public store::StoreObserver {
@@ -75,6 +78,12 @@ class ClusterAgent : public store::StoreObserver {
   void Stop(bool deregister);
 
   void FillStatus(wire::ClusterStatus* out) const;
+  // False while the seal of (key, generation) is queued and not yet
+  // acknowledged by the registry; true otherwise (acknowledged, local-only,
+  // or not a seal of this host).
+  bool IsPublished(std::string_view key, uint64_t generation) const;
+  // Why publications are late: the state and the last error.
+  std::string WhyLate() const;
 
   // StoreObserver (the store's lock is held).
   void OnVisible(const store::ObjectInfo& info) override;

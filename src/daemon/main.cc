@@ -264,12 +264,16 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     ao.publish_delay = std::chrono::milliseconds(cl.publish_delay_ms());
     ao.publish_batch = cl.publish_batch();
     ao.max_backoff = std::chrono::milliseconds(cl.max_retry_backoff_ms());
+    ao.on_published = [&server] { server.NotifyPublished(); };
     agent = std::make_unique<cluster::ClusterAgent>(std::move(ao), store->get());
     if (absl::Status s = agent->Start(); !s.ok()) {
       spdlog::error("cluster: {}", s.message());
       return 2;
     }
     server.SetClusterStatus([&agent](wire::ClusterStatus* out) { agent->FillStatus(out); });
+    server.SetPublication(
+        [&agent](std::string_view key, uint64_t gen) { return agent->IsPublished(key, gen); },
+        [&agent] { return agent->WhyLate(); });
     spdlog::info("cluster '{}': host '{}', registry {}, advertised as {}", cl.cluster_id(),
                  cfg.host_id(), cl.registry(), cl.advertise());
   }

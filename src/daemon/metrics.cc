@@ -35,6 +35,7 @@ constexpr std::string_view kVerbNames[kVerbCount] = {
     "quarantine_list",
     "quarantine_remove",
     "adopt",
+    "wait_published",
     "stream_open",
     "stream_commit",
     "stream_lease",
@@ -86,6 +87,8 @@ Verb VerbOf(const wire::Request& req) {
       return Verb::kQuarantineRemove;
     case wire::Request::kAdopt:
       return Verb::kAdopt;
+    case wire::Request::kWaitPublished:
+      return Verb::kWaitPublished;
     case wire::Request::kStreamOpen:
       return Verb::kStreamOpen;
     case wire::Request::kStreamCommit:

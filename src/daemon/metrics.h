@@ -73,6 +73,7 @@ enum class Verb : uint8_t {
   kQuarantineList,
   kQuarantineRemove,
   kAdopt,
+  kWaitPublished,
   kStreamOpen,
   kStreamCommit,
   kStreamLease,

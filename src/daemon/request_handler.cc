@@ -147,6 +147,7 @@ void RequestHandler::Handle(store::SessionId s, const wire::Request& req, wire::
       return FillStats(resp->mutable_stats());
     case wire::Request::kDaemonStatus:
     case wire::Request::kAdopt:
+    case wire::Request::kWaitPublished:
       return SetStatus(absl::InternalError("answered by the server, not the request handler"),
                        resp);
     case wire::Request::kQuarantineList: {

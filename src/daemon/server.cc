@@ -26,6 +26,7 @@ namespace {
 
 constexpr uint64_t kListenTag = UINT64_MAX;
 constexpr uint64_t kWakeTag = UINT64_MAX - 1;
+constexpr uint64_t kNotifyTag = UINT64_MAX - 2;
 constexpr size_t kReadChunk = 64 * 1024;
 
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
@@ -62,6 +63,15 @@ Server::Server(ServerOptions options, store::ObjectStore* store, stream::StreamM
   ev.events = EPOLLIN;
   ev.data.u64 = kWakeTag;
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, wake_fd_.get(), &ev);
+  notify_fd_.Reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+  ev.data.u64 = kNotifyTag;
+  ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, notify_fd_.get(), &ev);
+}
+
+void Server::NotifyPublished() {
+  uint64_t one = 1;
+  ssize_t n = ::write(notify_fd_.get(), &one, sizeof one);
+  (void)n;
 }
 
 Server::~Server() = default;
@@ -207,6 +217,13 @@ void Server::Run() {
       }
       if (tag == kWakeTag) {
         stopping_ = true;
+        continue;
+      }
+      if (tag == kNotifyTag) {
+        uint64_t count;
+        while (::read(notify_fd_.get(), &count, sizeof count) > 0) {
+        }
+        publish_changed_ = true;
         continue;
       }
       if (tag >= kRecoveredSessionBase && tag < stream::kStreamSession) {
@@ -380,8 +397,9 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
   if (!stopping_ && Dispatch(s, req, StreamHandler::Attempt::kFirst, &resp)) {
     s->parked = std::make_unique<wire::Request>(std::move(req));
     s->parked_since = start;
-    uint64_t wait_ms =
-        s->parked->has_create() ? s->parked->create().wait_ms() : StreamHandler::WaitMs(*s->parked);
+    uint64_t wait_ms = s->parked->has_create()           ? s->parked->create().wait_ms()
+                       : s->parked->has_wait_published() ? s->parked->wait_published().wait_ms()
+                                                         : StreamHandler::WaitMs(*s->parked);
     s->parked_deadline = start + WaitFromWireMs(wait_ms);
     parked_.push_back(s->id);
     return;
@@ -418,6 +436,23 @@ bool Server::Dispatch(Session* s, const wire::Request& req, StreamHandler::Attem
   }
   if (req.has_adopt()) {
     HandleAdopt(s, req, resp);
+    return false;
+  }
+  if (req.has_wait_published()) {
+    resp->set_id(req.id());
+    const wire::WaitPublished& w = req.wait_published();
+    if (absl::Status k = store::ValidateKey(w.key()); !k.ok()) {
+      resp->mutable_status()->set_code(static_cast<int32_t>(k.code()));
+      resp->mutable_status()->set_message(std::string(k.message()));
+      return false;
+    }
+    if (!published_ || published_(w.key(), w.generation())) return false;
+    if (attempt != StreamHandler::Attempt::kFinal && w.wait_ms() > 0) return true;  // park
+    resp->mutable_status()->set_code(static_cast<int32_t>(absl::StatusCode::kDeadlineExceeded));
+    resp->mutable_status()->set_message(
+        fmt::format("{} generation {} is stored on this host but not yet published to the "
+                    "registry: {}",
+                    QuoteKey(w.key()), w.generation(), why_late_ ? why_late_() : "unknown"));
     return false;
   }
   if (StreamHandler::Handles(req)) {
@@ -639,7 +674,9 @@ void Server::RetryParked() {
   uint64_t epoch = store_->free_epoch();
   uint64_t stream_epoch = streams_.epoch();
   // Answers given below that change a stream are seen next round.
-  bool changed = epoch != seen_free_epoch_ || stream_epoch != seen_stream_epoch_;
+  bool changed =
+      epoch != seen_free_epoch_ || stream_epoch != seen_stream_epoch_ || publish_changed_;
+  publish_changed_ = false;
   seen_free_epoch_ = epoch;
   seen_stream_epoch_ = stream_epoch;
   if (!changed || parked_.empty()) return;

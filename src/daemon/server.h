@@ -122,6 +122,17 @@ class Server {
   void SetClusterStatus(std::function<void(wire::ClusterStatus*)> fn) {
     cluster_status_ = std::move(fn);
   }
+  // Before Run: how wait_published learns whether (key, generation) has
+  // reached the registry (true) or is still queued (false), and why a
+  // publication is late (for the DeadlineExceeded message). Unset: every
+  // wait is answered OK at once (the daemon runs alone).
+  void SetPublication(std::function<bool(std::string_view key, uint64_t generation)> published,
+                      std::function<std::string()> why_late) {
+    published_ = std::move(published);
+    why_late_ = std::move(why_late);
+  }
+  // Thread-safe: a publication was acknowledged; parked waits are retried.
+  void NotifyPublished();
 
   // Open sessions (connections that said hello). Thread-safe.
   uint64_t session_count() const { return session_count_.load(std::memory_order_relaxed); }
@@ -225,6 +236,10 @@ class Server {
   Clock::Duration tick_period_{};
   std::function<void()> tick_;
   std::function<void(wire::ClusterStatus*)> cluster_status_;
+  std::function<bool(std::string_view, uint64_t)> published_;
+  std::function<std::string()> why_late_;
+  UniqueFd notify_fd_;  // an eventfd: NotifyPublished
+  bool publish_changed_ = false;
   Clock::TimePoint next_tick_{};
   Clock::TimePoint start_time_;
   uint64_t start_unix_ms_ = 0;

@@ -267,6 +267,34 @@ TEST_F(ClusterTest, ARegistryDownAtDaemonStartIsRetriedUntilItAnswers) {
   EXPECT_EQ(AgentStatus(a).state(), "serving");
 }
 
+TEST_F(ClusterTest, APutCanWaitForItsPublication) {
+  Daemon& a = AddDaemon("host-a");
+  ASSERT_TRUE(Eventually([&] { return AllAlive(1); }));
+  auto c = *a.Connect();
+  PutOptions wait;
+  wait.wait_published = std::chrono::seconds(10);
+  for (int i = 0; i < 20; ++i) {
+    std::string key = "waited/" + std::to_string(i);
+    auto r = c->Put(key, std::string("v"), wait);
+    ASSERT_TRUE(r.ok()) << r.status();
+    // Acknowledged means locatable, with no polling.
+    EXPECT_EQ(Holders(key, r->generation), std::set<std::string>{"host-a"}) << key;
+  }
+  PutOptions local = wait;
+  local.local_only = true;
+  EXPECT_TRUE(c->Put("waited/local", std::string("v"), local).ok());  // nothing to wait for
+  registry_.Kill(SIGSTOP);  // a registry that does not answer
+  PutOptions brief;
+  brief.wait_published = std::chrono::milliseconds(300);
+  auto late = c->Put("waited/late", std::string("v"), brief);
+  registry_.Kill(SIGCONT);
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded);
+  EXPECT_THAT(late.status().message(), HasSubstr("stored on this host but not yet published"));
+  EXPECT_TRUE(c->Stat("waited/late").ok());  // stored all the same
+  EXPECT_TRUE(
+      Eventually([&] { return Holders("waited/late") == std::set<std::string>{"host-a"}; }));
+}
+
 TEST_F(ClusterTest, ACleanStopLeavesTheClusterAtOnce) {
   Daemon& a = AddDaemon("host-a");
   ASSERT_TRUE(Eventually([&] { return AllAlive(1); }));
