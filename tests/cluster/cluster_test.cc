@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <filesystem>
 #include <map>
 #include <set>
 #include <thread>
@@ -12,6 +13,7 @@
 #include "fmt/format.h"
 #include "tests/cluster/registry_harness.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/util/test_certs.h"
 
 namespace cistern::testing {
 namespace {
@@ -304,6 +306,44 @@ TEST_F(ClusterTest, ACleanStopLeavesTheClusterAtOnce) {
   EXPECT_EQ(a.Wait(), 0);
   EXPECT_EQ(States()["host-a"], v1::HOST_STATE_LEFT);
   EXPECT_TRUE(Holders("k").empty());
+}
+
+// A daemon joins a registry that speaks TLS only, trusting its CA; one that
+// does not trust it stays out.
+TEST(ClusterTlsTest, DaemonsJoinOverTlsAndOthersCannot) {
+  char tmpl[] = "/tmp/cistern-certs-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  testing_tls::TestCerts certs = testing_tls::MakeTestCerts(dir);
+  ASSERT_TRUE(certs.ok) << certs.error;
+  Registry registry("tls-cluster", "tls-token",
+                    {"tls.cert_file=" + certs.server_cert, "tls.key_file=" + certs.server_key});
+  registry.UseTls(certs.ca);
+  std::string err;
+  ASSERT_TRUE(registry.Start(&err)) << err;
+  DaemonSpec spec;
+  spec.extra_yaml = registry.DaemonYaml("tls-host", "127.0.0.1:17200");
+  Daemon good(spec);
+  ASSERT_TRUE(good.Start({}, &err)) << err;
+  ASSERT_TRUE((*good.Connect())->Put("secure", std::string("v")).ok());
+  v1::LocateRequest req;
+  req.set_key("secure");
+  ASSERT_TRUE(Eventually([&] { return registry.Client()->Locate(req).ok(); })) << registry.Log();
+  registry.UseTls(certs.other_ca);
+  spec.extra_yaml = registry.DaemonYaml("untrusting-host", "127.0.0.1:17201");
+  Daemon bad(spec);
+  ASSERT_TRUE(bad.Start({}, &err)) << err;
+  auto status = [&] {
+    auto c = bad.Connect();
+    return c.ok() ? (*(*c)->Status()).cluster() : wire::ClusterStatus();
+  };
+  ASSERT_TRUE(Eventually([&] { return status().state() == "unreachable"; }));
+  registry.UseTls(certs.ca);
+  auto q = registry.Client()->QuerySystem();
+  ASSERT_TRUE(q.ok()) << q.status();
+  ASSERT_EQ(q->hosts_size(), 1);
+  EXPECT_EQ(q->hosts(0).host_id(), "tls-host");
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 }  // namespace

@@ -112,7 +112,8 @@ bool Registry::Restart(std::string* error) {
 
 std::unique_ptr<cluster::RegistryClient> Registry::Client() const {
   cluster::RegistryClientOptions o;
-  o.address = endpoint_;
+  o.address = ca_file_.empty() ? endpoint_ : tls_host_ + ":" + std::to_string(port_);
+  o.ca_file = ca_file_;
   o.cluster_id = cluster_id_;
   o.token = token_;
   o.rpc_timeout = std::chrono::seconds(10);
@@ -120,10 +121,13 @@ std::unique_ptr<cluster::RegistryClient> Registry::Client() const {
 }
 
 std::string Registry::DaemonYaml(const std::string& host_id, const std::string& advertise) const {
-  return fmt::format(
+  std::string yaml = fmt::format(
       "host_id: {}\ncluster:\n  registry: {}\n  cluster_id: {}\n  token: {}\n  advertise: {}\n"
       "  max_retry_backoff_ms: 200\n",
-      host_id, endpoint_, cluster_id_, token_, advertise);
+      host_id, ca_file_.empty() ? endpoint_ : tls_host_ + ":" + std::to_string(port_), cluster_id_,
+      token_, advertise);
+  if (!ca_file_.empty()) yaml += fmt::format("  tls:\n    ca_file: {}\n", ca_file_);
+  return yaml;
 }
 
 }  // namespace cistern::testing

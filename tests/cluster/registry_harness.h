@@ -36,12 +36,20 @@ class Registry {
   const std::string& token() const { return token_; }
   std::string Log() const;
   std::unique_ptr<cluster::RegistryClient> Client() const;
+  // Clients (this harness's and DaemonYaml's) trust `ca_file` and dial
+  // `host` (a name the registry's certificate carries) instead of the
+  // address the registry wrote.
+  void UseTls(std::string ca_file, std::string host = "localhost") {
+    ca_file_ = std::move(ca_file);
+    tls_host_ = std::move(host);
+  }
   // The YAML `cluster:` block a daemon joins with.
   std::string DaemonYaml(const std::string& host_id, const std::string& advertise) const;
 
  private:
   std::string cluster_id_, token_, dir_, endpoint_;
   std::vector<std::string> settings_;
+  std::string ca_file_, tls_host_;
   uint16_t port_ = 0;
   pid_t pid_ = -1;
 };
