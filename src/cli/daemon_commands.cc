@@ -504,7 +504,9 @@ int Status(const Target& target, bool json) {
                {"deferred_frees", st->stats().deferred_frees()},
                {"parked_requests", st->parked_requests()},
                {"tiers", tiers},
-               {"sessions", sessions}});
+               {"sessions", sessions},
+               {"cluster",
+                st->has_cluster() ? ProtoToJson(st->cluster()) : nlohmann::ordered_json(nullptr)}});
     return 0;
   }
   std::printf(
@@ -513,6 +515,17 @@ int Status(const Target& target, bool json) {
       st->version().c_str(), st->pid(), st->uptime_ms() / 1000.0, m->session_id.c_str(),
       st->socket_path().c_str(), st->metrics_endpoint().c_str());
   if (!registry.empty()) std::printf("registry: %s\n", registry.c_str());
+  if (st->has_cluster()) {
+    const auto& c = st->cluster();
+    std::printf(
+        "cluster: %s, registry %s, host '%s' (number %u, epoch %llu), %llu changes "
+        "published, %llu pending\n",
+        c.state().c_str(), c.registry().c_str(), c.host_id().c_str(), c.host_number(),
+        static_cast<unsigned long long>(c.registry_epoch()),
+        static_cast<unsigned long long>(c.published()),
+        static_cast<unsigned long long>(c.pending()));
+    if (!c.last_error().empty()) std::printf("cluster last error: %s\n", c.last_error().c_str());
+  }
   std::printf("objects: %llu, leases: %llu, unsealed writes: %llu, parked requests: %llu\n",
               static_cast<unsigned long long>(st->stats().objects()),
               static_cast<unsigned long long>(st->stats().leases()),
