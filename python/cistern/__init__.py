@@ -56,6 +56,7 @@ PermissionDeniedError = _error_type("PermissionDeniedError", PermissionError, "P
 InvalidArgumentError = _error_type("InvalidArgumentError", ValueError, "INVALID_ARGUMENT")
 UnavailableError = _error_type("UnavailableError", ConnectionError, "UNAVAILABLE")
 AlreadyExistsError = _error_type("AlreadyExistsError", FileExistsError, "ALREADY_EXISTS")
+DeadlineExceededError = _error_type("DeadlineExceededError", TimeoutError, "DEADLINE_EXCEEDED")
 # No builtin means "the state does not allow this now"; RuntimeError is the nearest.
 FailedPreconditionError = _error_type("FailedPreconditionError", RuntimeError,
                                       "FAILED_PRECONDITION")
@@ -63,6 +64,7 @@ FailedPreconditionError = _error_type("FailedPreconditionError", RuntimeError,
 # absl::StatusCode values.
 _BY_CODE = {
     3: InvalidArgumentError,
+    4: DeadlineExceededError,
     5: NotFoundError,
     6: AlreadyExistsError,
     7: PermissionDeniedError,
@@ -324,14 +326,19 @@ class Client:
 
     @_translate
     def put(self, key: str, value: Any, *, evictable: bool = False, if_absent: bool = False,
-            timeout: Optional[float] = None, checksum: bool = True) -> ObjectRef:
+            timeout: Optional[float] = None, checksum: bool = True, local_only: bool = False,
+            wait_published: Optional[float] = None) -> ObjectRef:
         """Stores ``value`` as a new generation of ``key``: bytes-like, a numpy
         array, a torch tensor, or a dict of str to arrays/tensors, possibly
         nested (one object, one allocation; nesting is kept in the tensor names
         as '/', so keys may not contain '/'). ``timeout`` (seconds) waits for space instead of
-        raising MemoryError at once."""
+        raising MemoryError at once. In a cluster (docs/cluster.md), ``local_only`` keeps
+        the object off the registry, and ``wait_published`` (seconds) returns only once
+        the registry has acknowledged its publication (TimeoutError past it; the object
+        is stored on this host all the same)."""
         opts = dict(evictable=evictable, if_absent=if_absent, timeout=_seconds(timeout, "timeout"),
-                    checksum=checksum)
+                    checksum=checksum, local_only=local_only,
+                    wait_published=_seconds(wait_published, "wait_published"))
         if isinstance(value, (bytes, bytearray, memoryview)):
             return ObjectRef(*self._c.put_bytes(key, memoryview(value).cast("B"), **opts))
         if isinstance(value, dict):

@@ -74,8 +74,11 @@ std::chrono::milliseconds Millis(double seconds) {
   return std::chrono::milliseconds(static_cast<int64_t>(std::min(seconds * 1000, kMaxMs)));
 }
 
-cistern::PutOptions Options(bool evictable, bool if_absent, double timeout, bool checksum) {
+cistern::PutOptions Options(bool evictable, bool if_absent, double timeout, bool checksum,
+                            bool local_only = false, double wait_published = 0) {
   cistern::PutOptions o;
+  o.local_only = local_only;
+  o.wait_published = Millis(wait_published);
   o.evictable = evictable;
   o.if_absent = if_absent;
   o.wait = Millis(timeout);
@@ -325,35 +328,40 @@ PYBIND11_MODULE(_cistern, m) {
       .def(
           "put_bytes",
           [](Client& c, const std::string& key, py::buffer value, bool evictable, bool if_absent,
-             double timeout, bool checksum) {
+             double timeout, bool checksum, bool local_only, double wait_published) {
             py::buffer_info b = value.request();  // the Python side passes contiguous buffers
             auto bytes = std::span<const std::byte>(static_cast<const std::byte*>(b.ptr),
                                                     static_cast<size_t>(b.size * b.itemsize));
             absl::StatusOr<cistern::ObjectRef> r;
             {
               py::gil_scoped_release unlocked;
-              r = c.Put(key, bytes, Options(evictable, if_absent, timeout, checksum));
+              r = c.Put(key, bytes,
+                        Options(evictable, if_absent, timeout, checksum, local_only, wait_published));
             }
             return Ref(Check(std::move(r)));
           },
           py::arg("key"), py::arg("value"), py::arg("evictable") = false,
-          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
+          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true,
+          py::arg("local_only") = false, py::arg("wait_published") = 0.0)
       .def(
           "put_tensors",
           // tensors: list of (name, dtype name, shape, contiguous buffer)
           [](Client& c, const std::string& key, const py::list& tensors, bool evictable,
-             bool if_absent, double timeout, bool checksum) {
+             bool if_absent, double timeout, bool checksum, bool local_only, double wait_published) {
             std::vector<py::buffer_info> keep;
             std::vector<cistern::TensorInput> in = TensorsFromPy(tensors, &keep);
             absl::StatusOr<cistern::ObjectRef> r;
             {
               py::gil_scoped_release unlocked;
-              r = c.PutTensors(key, in, Options(evictable, if_absent, timeout, checksum));
+              r = c.PutTensors(
+                  key, in,
+                  Options(evictable, if_absent, timeout, checksum, local_only, wait_published));
             }
             return Ref(Check(std::move(r)));
           },
           py::arg("key"), py::arg("tensors"), py::arg("evictable") = false,
-          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
+          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true,
+          py::arg("local_only") = false, py::arg("wait_published") = 0.0)
       .def(
           "get",
           [](Client& c, const std::string& key, uint64_t generation) {

@@ -29,6 +29,16 @@ def test_bytes_round_trip(client):
     assert bytes(client.get("blob", as_="memoryview")) == b"hello world"
 
 
+def test_local_only_is_recorded_and_wait_published_returns_at_once_alone(client):
+    ref = client.put("hostbound", b"x", local_only=True, wait_published=5.0)
+    assert client.stat("hostbound")["local_only"] is True
+    assert client.stat("hostbound")["generation"] == ref.generation
+    client.put("shared", np.arange(4), wait_published=5.0)  # a daemon alone: nothing to wait for
+    assert client.stat("shared")["local_only"] is False
+    with pytest.raises(ValueError):
+        client.put("bad", b"x", wait_published=-1)
+
+
 @pytest.mark.parametrize("dtype", NUMPY_DTYPES)
 def test_numpy_round_trip_every_dtype(client, dtype):
     rng = np.random.default_rng(7)
