@@ -335,8 +335,9 @@ PYBIND11_MODULE(_cistern, m) {
             absl::StatusOr<cistern::ObjectRef> r;
             {
               py::gil_scoped_release unlocked;
-              r = c.Put(key, bytes,
-                        Options(evictable, if_absent, timeout, checksum, local_only, wait_published));
+              r = c.Put(
+                  key, bytes,
+                  Options(evictable, if_absent, timeout, checksum, local_only, wait_published));
             }
             return Ref(Check(std::move(r)));
           },
@@ -347,7 +348,8 @@ PYBIND11_MODULE(_cistern, m) {
           "put_tensors",
           // tensors: list of (name, dtype name, shape, contiguous buffer)
           [](Client& c, const std::string& key, const py::list& tensors, bool evictable,
-             bool if_absent, double timeout, bool checksum, bool local_only, double wait_published) {
+             bool if_absent, double timeout, bool checksum, bool local_only,
+             double wait_published) {
             std::vector<py::buffer_info> keep;
             std::vector<cistern::TensorInput> in = TensorsFromPy(tensors, &keep);
             absl::StatusOr<cistern::ObjectRef> r;
