@@ -365,7 +365,11 @@ class RegistryTlsTest : public RegistryServerTest {
 
   absl::Status Call(std::string ca, std::string cert = "", std::string key = "") {
     cluster::RegistryClientOptions o;
-    o.address = "localhost:" + std::to_string(server_->port());
+    // The address the server listens on, and the name its certificate
+    // carries: "localhost:port" could reach another process's listener on
+    // [::1]:port first when tests run in parallel.
+    o.address = "127.0.0.1:" + std::to_string(server_->port());
+    o.server_name = "localhost";
     o.cluster_id = "c1";
     o.token = "s3cret";
     o.ca_file = std::move(ca);
