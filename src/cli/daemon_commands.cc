@@ -48,6 +48,7 @@
 #include "include/cistern/client.h"
 #include "src/cli/data_commands.h"
 #include "src/cli/proto_json.h"
+#include "src/cli/sessions.h"
 #include "src/common/clock.h"
 #include "src/common/paths.h"
 #include "src/config/config_yaml.h"
@@ -59,95 +60,16 @@ namespace {
 
 using SteadyClock = std::chrono::steady_clock;
 
-struct Meta {
-  std::string session_id;
-  int pid = 0;
-  std::string socket;
-  std::string version;
-  uint64_t start_unix_ms = 0;
-  std::string config;
-  std::string metrics;  // host:port, known once the daemon answers
-  fs::path dir;
-};
+using Meta = SessionMeta;
 
-fs::path HostDir() { return paths::HostDir(); }
-
-bool Alive(int pid) { return paths::IsLiveDaemon(pid); }
-
-std::optional<Meta> ReadMeta(const fs::path& dir) {
-  std::ifstream in(dir / "meta.json");
-  if (!in) return std::nullopt;
-  auto j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
-  if (!j.is_object()) return std::nullopt;
-  Meta m;
-  m.dir = dir;
-  m.session_id = j.value("session_id", "");
-  m.pid = j.value("pid", 0);
-  m.socket = j.value("socket", "");
-  m.version = j.value("version", "");
-  m.start_unix_ms = j.value("start_unix_ms", uint64_t{0});
-  m.config = j.value("config", "");
-  m.metrics = j.value("metrics", "");
-  return m;
+const SessionStore& Sessions() {
+  static const SessionStore store("daemon", "cisternd", paths::HostDir());
+  return store;
 }
 
-void WriteFileAtomically(const fs::path& path, const std::string& text) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  std::ofstream(tmp) << text;
-  fs::rename(tmp, path);
-}
-
-void WriteMeta(const Meta& m) {
-  nlohmann::json j = {{"session_id", m.session_id},
-                      {"pid", m.pid},
-                      {"socket", m.socket},
-                      {"version", m.version},
-                      {"start_unix_ms", m.start_unix_ms},
-                      {"config", m.config},
-                      {"metrics", m.metrics}};
-  WriteFileAtomically(m.dir / "meta.json", j.dump(2) + "\n");
-}
-
-// The session named `id`, else the current one.
-std::optional<Meta> FindSession(const std::string& id) {
-  std::string sid = id;
-  if (sid.empty()) std::ifstream(HostDir() / "current_session") >> sid;
-  if (sid.empty()) return std::nullopt;
-  return ReadMeta(HostDir() / "sessions" / sid);
-}
-
-// Removes the session directories of `sessions` beyond the kSessionsKept
-// newest (by start time; one without meta.json counts as oldest), except
-// `current` and any whose daemon is still alive: each holds up to
-// (log_max_files + 1) x log_max_bytes of logs, and a host restarted daily
-// would otherwise fill its disk.
-constexpr size_t kSessionsKept = 10;
-
-void PruneSessions(const fs::path& sessions, const std::string& current) {
-  std::vector<std::pair<uint64_t, fs::path>> found;
-  std::error_code ec;
-  for (const auto& e : fs::directory_iterator(sessions, ec)) {
-    if (!e.is_directory(ec) || e.path().filename() == current) continue;
-    std::optional<Meta> meta = ReadMeta(e.path());
-    if (meta && Alive(meta->pid)) continue;
-    found.emplace_back(meta ? meta->start_unix_ms : 0, e.path());
-  }
-  if (found.size() < kSessionsKept) return;  // with `current`, kSessionsKept in all
-  std::sort(found.begin(), found.end(), std::greater<>());
-  for (size_t i = kSessionsKept - 1; i < found.size(); ++i) fs::remove_all(found[i].second, ec);
-}
-
-std::string LastLines(const fs::path& path, int n) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string l; std::getline(in, l);) lines.push_back(l);
-  std::string out;
-  for (size_t i = lines.size() > size_t(n) ? lines.size() - n : 0; i < lines.size(); ++i) {
-    out += "  " + lines[i] + "\n";
-  }
-  return out;
-}
+fs::path HostDir() { return Sessions().root(); }
+bool Alive(int pid) { return Sessions().Alive(pid); }
+std::optional<Meta> FindSession(const std::string& id) { return Sessions().Find(id); }
 
 // Where the config comes from when --config is absent.
 absl::StatusOr<std::string> ResolveConfig(const std::string& given) {
@@ -176,16 +98,6 @@ std::string DaemonBinary() {
   return "cisternd";  // from PATH
 }
 
-std::string NewSessionId() {
-  auto now = std::chrono::system_clock::now();
-  std::time_t t = std::chrono::system_clock::to_time_t(now);
-  std::tm tm{};
-  ::localtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y%m%d-%H%M%S", &tm);
-  return fmt::format("{}-{}", buf, getpid());
-}
-
 // The token a command presents: --token, else $CISTERN_TOKEN, else
 // `configured` (the token of the daemon's own config, when it can be read).
 std::string TokenFor(const Target& t, const std::string& configured) {
@@ -209,23 +121,6 @@ std::optional<config::DaemonConfig> SessionConfig(const Meta& m) {
   return cfg;
 }
 
-// Sends SIGTERM, waits up to `grace`, then SIGKILL. True if it exited.
-bool StopProcess(int pid, std::chrono::seconds grace, bool is_child) {
-  ::kill(pid, SIGTERM);
-  auto deadline = SteadyClock::now() + grace;
-  while (SteadyClock::now() < deadline) {
-    if (is_child) {
-      if (::waitpid(pid, nullptr, WNOHANG) == pid) return true;
-    } else if (!Alive(pid)) {
-      return true;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  ::kill(pid, SIGKILL);
-  if (is_child) ::waitpid(pid, nullptr, 0);
-  return false;
-}
-
 struct StartArgs {
   std::string config;
   std::vector<std::string> sets;
@@ -233,9 +128,6 @@ struct StartArgs {
   double timeout_s = 60;
   double grace_s = 30;
 };
-
-volatile sig_atomic_t g_stop_signal = 0;
-void OnStopSignal(int sig) { g_stop_signal = sig; }
 
 int Start(const StartArgs& a, const Target& target, bool json) {
   auto config_path = ResolveConfig(a.config);
@@ -273,9 +165,7 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     }
   }
   ::setenv("CISTERN_HOME", paths::HomeDir().c_str(), 1);  // defaults derive from it
-  Meta m;
-  m.session_id = NewSessionId();
-  m.dir = host / "sessions" / m.session_id;
+  Meta m = Sessions().NewSession();
   // In the background the daemon logs to the session's rotated log file.
   if (!a.blocking && cfg.log_file().empty()) {
     cfg.set_log_file((m.dir / "logs" / "stdout.log").string());
@@ -317,44 +207,17 @@ int Start(const StartArgs& a, const Target& target, bool json) {
   fs::path err = m.dir / "logs" / "stderr.log";
 
   std::string bin = DaemonBinary();
-  pid_t pid = ::fork();
-  if (pid == 0) {
-    if (!a.blocking) {
-      // The log goes to log_file (rotated); stdout and stderr carry only what
-      // comes before it is set up, and crash reports.
-      ::setsid();
-      FILE* e = std::freopen(err.c_str(), "a", stderr);
-      (void)e;
-      ::dup2(STDERR_FILENO, STDOUT_FILENO);
-      std::freopen("/dev/null", "r", stdin);
-    }
-    ::execlp(bin.c_str(), bin.c_str(), "--config", effective.c_str(), nullptr);
-    std::fprintf(stderr, "cistern: cannot run '%s': %s\n", bin.c_str(), std::strerror(errno));
-    std::_Exit(127);
+  pid_t pid = Sessions().Spawn(bin, effective, err, a.blocking);
+  if (pid < 0) {
+    std::fprintf(stderr, "cistern: fork: %s\n", std::strerror(errno));
+    return 1;
   }
   m.pid = pid;
   m.start_unix_ms = UnixMs();
-  WriteMeta(m);
-  WriteFileAtomically(host / "current_session", m.session_id + "\n");
+  Sessions().WriteMeta(m);
+  Sessions().SetCurrent(m.session_id);
 
-  if (a.blocking) {
-    struct sigaction sa {};
-    sa.sa_handler = OnStopSignal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGINT, &sa, nullptr);
-    sigaction(SIGTERM, &sa, nullptr);
-    int status = 0;
-    for (;;) {
-      pid_t r = ::waitpid(pid, &status, 0);
-      if (r == pid) break;
-      if (r < 0 && errno == EINTR && g_stop_signal) {
-        std::fprintf(stderr, "cistern: stopping cisternd (pid %d)\n", pid);
-        StopProcess(pid, std::chrono::seconds(static_cast<int64_t>(a.grace_s)), true);
-        return 0;
-      }
-    }
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-  }
+  if (a.blocking) return Sessions().WaitInForeground(pid, a.grace_s);
 
   // Background: wait until it answers, saying so when it takes a while.
   auto begin = SteadyClock::now();
@@ -364,10 +227,9 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     int status = 0;
     if (::waitpid(pid, &status, WNOHANG) == pid) {
       std::fprintf(stderr, "cistern: cisternd exited during start (%s). Last log lines:\n%s%s",
-                   WIFEXITED(status) ? fmt::format("status {}", WEXITSTATUS(status)).c_str()
-                                     : fmt::format("signal {}", WTERMSIG(status)).c_str(),
-                   LastLines(out, 10).c_str(), LastLines(err, 10).c_str());
-      fs::remove(host / "current_session", ec);
+                   ExitDescription(status).c_str(), LastLines(out, 10).c_str(),
+                   LastLines(err, 10).c_str());
+      Sessions().ClearCurrent();
       return WIFEXITED(status) && WEXITSTATUS(status) == 2 ? 2 : 1;
     }
     // The probe presents the token the daemon was configured with. Any answer
@@ -376,13 +238,13 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     if (c.ok()) {
       if (auto st = (*c)->Status(); st.ok()) {
         m.metrics = st->metrics_endpoint();
-        WriteMeta(m);
+        Sessions().WriteMeta(m);
       }
       break;
     }
     if (c.status().code() != absl::StatusCode::kUnavailable) {
-      StopProcess(pid, std::chrono::seconds(5), true);
-      fs::remove(host / "current_session", ec);
+      Sessions().StopProcess(pid, std::chrono::seconds(5), true);
+      Sessions().ClearCurrent();
       std::fprintf(stderr,
                    "cistern: cisternd (pid %d) refused the readiness probe: %s; it was stopped. "
                    "Last log lines:\n%s%s",
@@ -392,8 +254,8 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     }
     auto now = SteadyClock::now();
     if (now > deadline) {
-      StopProcess(pid, std::chrono::seconds(5), true);
-      fs::remove(host / "current_session", ec);
+      Sessions().StopProcess(pid, std::chrono::seconds(5), true);
+      Sessions().ClearCurrent();
       std::fprintf(stderr,
                    "cistern: cisternd did not become ready within %.0f s. Last log lines:\n%s%s",
                    a.timeout_s, LastLines(out, 10).c_str(), LastLines(err, 10).c_str());
@@ -405,7 +267,7 @@ int Start(const StartArgs& a, const Target& target, bool json) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  PruneSessions(host / "sessions", m.session_id);
+  Sessions().Prune(m.session_id);
   if (json) {
     PrintJson({{"session", m.session_id},
                {"pid", pid},
@@ -421,28 +283,7 @@ int Start(const StartArgs& a, const Target& target, bool json) {
 }
 
 int Stop(const std::string& id, double grace_s, bool json) {
-  auto m = FindSession(id);
-  if (!m) {
-    std::fprintf(stderr, "cistern: no daemon session %s\n", id.empty() ? "is current" : id.c_str());
-    return 1;
-  }
-  if (!Alive(m->pid)) {
-    std::fprintf(stderr, "cistern: session %s is not running (pid %d is gone)\n",
-                 m->session_id.c_str(), m->pid);
-    return 1;
-  }
-  bool clean = StopProcess(m->pid, std::chrono::seconds(static_cast<int64_t>(grace_s)), false);
-  std::string cur;
-  std::ifstream(HostDir() / "current_session") >> cur;
-  std::error_code ec;
-  if (cur == m->session_id) fs::remove(HostDir() / "current_session", ec);
-  if (json) {
-    PrintJson({{"session", m->session_id}, {"pid", m->pid}, {"stopped", true}, {"killed", !clean}});
-  } else {
-    std::printf("cisternd stopped: session %s, pid %d%s\n", m->session_id.c_str(), m->pid,
-                clean ? "" : " (killed after the grace period)");
-  }
-  return 0;
+  return Sessions().StopCommand(id, grace_s, json);
 }
 
 int Status(const Target& target, bool json) {
@@ -548,63 +389,15 @@ int Status(const Target& target, bool json) {
   return 0;
 }
 
-// `base` with `index` before its extension, as the daemon's rotation names its
-// files: stdout.log -> stdout.1.log.
-fs::path Rotated(const fs::path& base, int index) {
-  fs::path p = base;
-  return p.replace_filename(
-      fmt::format("{}.{}{}", base.stem().string(), index, base.extension().string()));
-}
-
-// Copies what is left of `in` to stdout.
-void Drain(std::ifstream& in) {
-  char buf[65536];
-  for (;;) {
-    in.read(buf, sizeof buf);
-    std::streamsize n = in.gcount();
-    if (n <= 0) break;
-    std::fwrite(buf, 1, n, stdout);
-  }
-  in.clear();
-}
-
 int Logs(const std::string& id, bool follow, bool err) {
-  auto m = FindSession(id);
-  if (!m) {
-    std::fprintf(stderr, "cistern: no daemon session %s\n", id.empty() ? "is current" : id.c_str());
-    return 1;
-  }
-  fs::path path = m->dir / "logs" / (err ? "stderr.log" : "stdout.log");
-  int keep = 0;  // rotated files beside the log (both are rotated alike)
-  if (std::optional<config::DaemonConfig> cfg = SessionConfig(*m)) {
-    if (!err && !cfg->log_file().empty()) path = cfg->log_file();
-    keep = static_cast<int>(cfg->log_max_files());
-  }
-  std::ifstream in(path);
-  if (!in) {
-    std::fprintf(stderr, "cistern: no log at %s (a --blocking session logs to its terminal)\n",
-                 path.c_str());
-    return 1;
-  }
-  // The rotated files first, oldest first, then the current one.
-  for (int i = keep; i >= 1; --i) {
-    std::ifstream old(Rotated(path, i));
-    if (old) Drain(old);
-  }
-  struct stat st {};
-  ino_t inode = ::stat(path.c_str(), &st) == 0 ? st.st_ino : 0;
-  for (;;) {
-    Drain(in);
-    std::fflush(stdout);
-    if (!follow) return 0;
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    // Rotated: what was written to the old file is read above; go on with the new one.
-    if (::stat(path.c_str(), &st) == 0 && st.st_ino != inode) {
-      Drain(in);
-      in = std::ifstream(path);
-      inode = st.st_ino;
+  return Sessions().LogsCommand(id, follow, err, [](const Meta& m) {
+    SessionStore::LogFiles f;
+    if (std::optional<config::DaemonConfig> cfg = SessionConfig(m)) {
+      f.log_file = cfg->log_file();
+      f.rotated_files = static_cast<int>(cfg->log_max_files());
     }
-  }
+    return f;
+  });
 }
 
 }  // namespace

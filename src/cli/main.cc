@@ -22,7 +22,9 @@
 #include "src/cli/data_commands.h"
 #include "src/cli/load_commands.h"
 #include "src/cli/quarantine_commands.h"
+#include "src/cli/registry_commands.h"
 #include "src/cli/stream_commands.h"
+#include "src/cli/system_commands.h"
 #include "src/config/config_yaml.h"
 #include "src/config/daemon_config.h"
 
@@ -93,7 +95,9 @@ int main(int argc, char** argv) {
   app.add_option("--address", target.socket,
                  "cisternd's socket (default: $CISTERN_ADDRESS, else the current daemon session, "
                  "else the default socket)");
-  app.add_option("--token", target.token, "shared secret (default: $CISTERN_TOKEN)");
+  app.add_option("--token", target.token,
+                 "shared secret (default: $CISTERN_TOKEN); for `system query` and `locate` the "
+                 "cluster's token");
   app.add_flag("--json", json, "print one JSON document");
 
   int rc = 0;
@@ -145,6 +149,8 @@ int main(int argc, char** argv) {
   cistern::cli::RegisterDaemonCommands(&app, &target, &json, &rc);
   cistern::cli::RegisterStreamCommands(&app, &target, &json, &rc);
   cistern::cli::RegisterQuarantineCommands(&app, &target, &json, &rc);
+  cistern::cli::RegisterRegistryCommands(&app, &target, &json, &rc);
+  cistern::cli::RegisterSystemCommands(&app, &target, &json, &rc);
 
   std::function<void(CLI::App*)> fall = [&](CLI::App* a) {
     for (CLI::App* sub : a->get_subcommands({})) {
@@ -160,5 +166,6 @@ int main(int argc, char** argv) {
     int code = app.exit(e);
     return code == 0 ? 0 : 2;
   }
+  cistern::cli::StopGrpc();  // every registry client is gone by now
   return rc;
 }

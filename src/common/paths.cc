@@ -34,10 +34,10 @@ std::string DefaultRuntimeDir() {
   return fmt::format("/tmp/cistern-{}", ::geteuid());
 }
 
-bool IsLiveDaemon(int pid) {
+bool IsLiveProcess(int pid, std::string_view binary) {
   if (pid <= 0) return false;
   if (::kill(pid, 0) != 0 && errno == ESRCH) return false;
-  // A zombie or a recycled pid that is not cisternd does not count.
+  // A zombie or a recycled pid that is not `binary` does not count.
   std::ifstream stat(fmt::format("/proc/{}/stat", pid));
   std::string line;
   std::getline(stat, line);
@@ -46,8 +46,10 @@ bool IsLiveDaemon(int pid) {
   std::ifstream cmd(fmt::format("/proc/{}/cmdline", pid));
   std::string argv0;
   std::getline(cmd, argv0, '\0');
-  return argv0.find("cisternd") != std::string::npos;
+  return argv0.find(binary) != std::string::npos;
 }
+
+bool IsLiveDaemon(int pid) { return IsLiveProcess(pid, "cisternd"); }
 
 std::string CurrentSessionSocket() {
   std::string host = HostDir();

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <string_view>
 
 namespace cistern::paths {
 
@@ -30,7 +31,11 @@ std::string HostDir();
 // /tmp/cistern-<euid>.
 std::string DefaultRuntimeDir();
 
-// True if `pid` is a live cisternd (not a zombie, not a recycled pid).
+// True if `pid` is a live process whose argv[0] contains `binary` (not a
+// zombie, not a recycled pid).
+bool IsLiveProcess(int pid, std::string_view binary);
+
+// IsLiveProcess(pid, "cisternd").
 bool IsLiveDaemon(int pid);
 
 // The socket of this host's live `cistern daemon start` session, or "" when
