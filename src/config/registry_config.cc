@@ -102,6 +102,10 @@ absl::Status ValidateRegistryConfig(const RegistryServerConfig& cfg) {
   if (cfg.transfer_ttl_ms() < 100) {
     return bad(fmt::format("transfer_ttl_ms {} is below 100", cfg.transfer_ttl_ms()));
   }
+  if (cfg.database_max_bytes() != 0 && cfg.database_max_bytes() < 64 * 1024) {
+    return bad(fmt::format("database_max_bytes {} is below the minimum of 64KiB (0: no limit)",
+                           cfg.database_max_bytes()));
+  }
   if (cfg.max_message_bytes() < 64 * 1024 || cfg.max_message_bytes() > 1024 * kMiB) {
     return bad(fmt::format("max_message_bytes {} must be between 64KiB and 1GiB",
                            cfg.max_message_bytes()));

@@ -50,6 +50,7 @@ TEST(RegistryConfigTest, BadValuesNameTheKey) {
            {"dead_after_ms=5s", "dead_after_ms"},
            {"transfer_ttl_ms=10", "transfer_ttl_ms"},
            {"max_message_bytes=1KiB", "max_message_bytes"},
+           {"database_max_bytes=1KiB", "database_max_bytes"},
            {"replica_grace_ms=8d", "replica_grace_ms"},
            {"unknown_key=1", "unknown_key"},
        }) {

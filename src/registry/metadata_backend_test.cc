@@ -371,6 +371,36 @@ TEST_F(SqliteBackendTest, FullDatabaseIsResourceExhaustedAndAppliesNothing) {
   EXPECT_EQ(ScanAll(*backend, "big/").size(), 500u);
 }
 
+TEST_F(SqliteBackendTest, MaxBytesCapsTheFileAndAWriteBeyondItAppliesNothing) {
+  {
+    auto capped = OpenSqliteBackend({.path = path_, .max_bytes = 128 * 1024});
+    ASSERT_TRUE(capped.ok()) << capped.status();
+    ASSERT_TRUE(PutAll(**capped, {{"keep", "old"}}).ok());
+    absl::Status s;
+    uint64_t written = 0;
+    while (s.ok() && written < 1000) {  // 1000 x 1 KiB would need ~1 MiB
+      WriteBatch one;
+      one.Put("fill/" + BigEndian(written), std::string(1000, 'x'));
+      one.Put("keep", "new");
+      s = (*capped)->Apply(one);
+      written += s.ok();
+    }
+    EXPECT_EQ(s.code(), absl::StatusCode::kResourceExhausted) << s;
+    EXPECT_THAT(s.message(), HasSubstr("registry database '" + path_ + "' is full"));
+    EXPECT_GT(written, 10u);
+    EXPECT_LT(written, 128u);
+    EXPECT_EQ(ScanAll(**capped, "fill/").size(), written);  // the refused write left nothing
+  }
+  EXPECT_LE(std::filesystem::file_size(path_), 128u * 1024);
+  // Without the cap the same database takes the write.
+  auto open = MustOpen();
+  ASSERT_NE(open, nullptr);
+  WriteBatch more;
+  for (int i = 0; i < 200; ++i) more.Put("more/" + BigEndian(i), std::string(1000, 'y'));
+  ASSERT_TRUE(open->Apply(more).ok());
+  EXPECT_EQ(ScanAll(*open, "more/").size(), 200u);
+}
+
 TEST_F(SqliteBackendTest, ReadOnlyDatabaseIsUnavailableAndAppliesNothing) {
   auto backend = MustOpen();
   ASSERT_NE(backend, nullptr);

@@ -121,7 +121,7 @@ class SqliteBackend : public MetadataBackend {
   SqliteBackend& operator=(const SqliteBackend&) = delete;
 
   // Opens the connection, checks the file and creates the schema.
-  absl::Status Open(int busy_timeout_ms) {
+  absl::Status Open(int busy_timeout_ms, uint64_t max_bytes) {
     MutexLock l(&mu_);
     const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, nullptr);
@@ -141,6 +141,13 @@ class SqliteBackend : public MetadataBackend {
           "registry database '{}' cannot use WAL journal mode: SQLite chose '{}'", path_, journal));
     }
     RETURN_IF_ERROR(Query("PRAGMA synchronous=FULL", "opening").status());
+    if (max_bytes > 0) {
+      ASSIGN_OR_RETURN(std::string page_size, Query("PRAGMA page_size", "opening"));
+      const uint64_t page = std::max<uint64_t>(512, std::strtoull(page_size.c_str(), nullptr, 10));
+      const uint64_t pages = std::max<uint64_t>(1, max_bytes / page);
+      RETURN_IF_ERROR(
+          Query(fmt::format("PRAGMA max_page_count={}", pages), "limiting its size").status());
+    }
 
     // The first write takes the exclusive lock; see the top of this file.
     RETURN_IF_ERROR(Query("BEGIN IMMEDIATE", "opening").status());
@@ -375,7 +382,7 @@ absl::StatusOr<std::unique_ptr<MetadataBackend>> OpenSqliteBackend(const SqliteO
     return absl::InvalidArgumentError("registry database path is empty");
   }
   auto backend = std::make_unique<SqliteBackend>(options.path);
-  RETURN_IF_ERROR(backend->Open(options.busy_timeout_ms));
+  RETURN_IF_ERROR(backend->Open(options.busy_timeout_ms, options.max_bytes));
   return backend;
 }
 

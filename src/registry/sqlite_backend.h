@@ -7,6 +7,7 @@
 // puts costs one fsync.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -19,6 +20,11 @@ struct SqliteOptions {
   std::string path;  // the database file; its directory must exist
   // SQLite's busy timeout while another connection holds the lock.
   int busy_timeout_ms = 1000;
+  // The database file grows to at most this many bytes (whole pages,
+  // PRAGMA max_page_count): a write that needs more is ResourceExhausted
+  // ("... is full") and applies nothing. 0: no limit but the disk's. A
+  // database already larger keeps its size and cannot grow.
+  uint64_t max_bytes = 0;
 };
 
 // Opens (creating if absent) the database at options.path and its schema.

@@ -1,6 +1,10 @@
 #include "src/registryd/group_commit.h"
 
+#include <chrono>
 #include <utility>
+
+#include "spdlog/spdlog.h"
+#include "src/common/fmt_absl.h"
 
 namespace cistern::registryd {
 
@@ -89,6 +93,18 @@ void GroupCommitter::WriteGroup(std::deque<Pending*>& group) {
   if (!s.ok()) {
     stats.failed = true;
     for (Pending* p : applied) p->status = s;
+    // Every caller gets the error; the log says it once a second, not once
+    // per group, however fast the daemons retry.
+    ++failures_unlogged_;
+    Clock::TimePoint now = Clock::Real()->Now();
+    if (now - last_failure_log_ >= std::chrono::seconds(1)) {
+      spdlog::error(
+          "a group commit of {} requests failed, nothing of it applied ({} failed since "
+          "the last such line): {}",
+          applied.size(), failures_unlogged_, s.message());
+      last_failure_log_ = now;
+      failures_unlogged_ = 0;
+    }
   }
   if (on_group_) on_group_(stats);
 }

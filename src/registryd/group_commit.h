@@ -85,6 +85,9 @@ class GroupCommitter {
   std::deque<Pending*> queue_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::thread thread_;
+  // The writer thread's own: failed groups are logged at most once a second.
+  Clock::TimePoint last_failure_log_{};
+  uint64_t failures_unlogged_ = 0;
 };
 
 }  // namespace cistern::registryd

@@ -92,6 +92,7 @@ int Serve(const config::RegistryServerConfig& cfg, const sigset_t& stop_signals)
   std::filesystem::create_directories(std::filesystem::path(cfg.database()).parent_path(), ec);
   registry::SqliteOptions sq;
   sq.path = cfg.database();
+  sq.max_bytes = cfg.database_max_bytes();
   auto backend = registry::OpenSqliteBackend(sq);
   if (!backend.ok()) {
     spdlog::error("cannot open the registry database: {}", backend.status().message());

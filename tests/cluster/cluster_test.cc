@@ -27,7 +27,8 @@ const std::vector<std::string> kFastLiveness = {"heartbeat_interval_ms=100", "su
 
 class ClusterTest : public ::testing::Test {
  protected:
-  ClusterTest() : registry_("test-cluster", "test-token", kFastLiveness) {}
+  explicit ClusterTest(std::vector<std::string> settings = kFastLiveness)
+      : registry_("test-cluster", "test-token", std::move(settings)) {}
 
   void SetUp() override {
     std::string err;
@@ -207,6 +208,67 @@ TEST_F(ClusterTest, RegistryKilledUnderPublicationLoadForgetsNothingTheDaemonsHo
   ASSERT_TRUE(q.ok());
   EXPECT_EQ(q->replicas(), want.size());
   EXPECT_GE(q->registry_epoch(), 2u);
+}
+
+// A registry whose database is full (database_max_bytes, the stand-in for a
+// full disk: the tests run as root, for whom a read-only file is writable)
+// refuses what it cannot write, with an error that says so, stays up, and
+// never offers a replica that is not on disk; given room again, the daemon's
+// retries bring the catalog level with what it holds. Default liveness: a
+// host stays offered as unknown for 15 s after a restart.
+class FullDatabaseTest : public ClusterTest {
+ protected:
+  FullDatabaseTest() : ClusterTest({"database_max_bytes=256KiB"}) {}
+};
+
+TEST_F(FullDatabaseTest, AFullDatabaseRefusesPublicationsAndOffersNothingUnwritten) {
+  Daemon& a = AddDaemon("host-a");
+  ASSERT_TRUE(Eventually([&] { return AllAlive(1); })) << registry_.Log();
+  auto c = a.Connect();
+  ASSERT_TRUE(c.ok()) << c.status();
+  std::set<std::string> keys;
+  bool full = false;
+  for (int n = 0; n < 40000 && !full; ++n) {
+    std::string key = fmt::format("full/{:05}/a-key-long-enough-to-fill-pages", n);
+    ASSERT_TRUE((*c)->Put(key, std::string("v")).ok());  // local puts never wait on the registry
+    keys.insert(key);
+    if (n % 200 == 199) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      full = AgentStatus(a).last_error().find("is full") != std::string::npos;
+    }
+  }
+  ASSERT_TRUE(full) << "no publication was refused; registry log:\n" << registry_.Log();
+  auto st = AgentStatus(a);
+  EXPECT_EQ(st.state(), "unreachable");
+  EXPECT_THAT(st.last_error(), HasSubstr("registry database '"));
+  EXPECT_TRUE(registry_.Client()->QuerySystem().ok());  // still serving
+  EXPECT_THAT(registry_.Log(), HasSubstr("is full"));
+
+  // What the registry offers is on disk: a restart over the same database
+  // (the daemon frozen, so that it cannot publish meanwhile) offers the same.
+  std::set<std::string> before = Catalog(keys);
+  EXPECT_FALSE(before.empty());
+  EXPECT_LT(before.size(), keys.size());
+  a.Kill(SIGSTOP);
+  std::string err;
+  bool restarted = registry_.Restart(&err);
+  std::set<std::string> after = Catalog(keys);
+  a.Kill(SIGCONT);
+  ASSERT_TRUE(restarted) << err;
+  EXPECT_EQ(after, before);
+
+  // Room again: the daemon's retries publish the rest.
+  registry_.set_settings({});
+  ASSERT_TRUE(registry_.Restart(&err)) << err;
+  std::set<std::string> want, got;
+  bool level = Eventually([&] {
+    want = UnionOfInventories({"host-a"});
+    got = Catalog(keys);
+    return want == got;
+  });
+  EXPECT_TRUE(level) << "daemon holds " << want.size() << ", catalog has " << got.size();
+  EXPECT_EQ(want.size(), keys.size());
+  EXPECT_TRUE(Eventually([&] { return AgentStatus(a).state() == "serving"; }));
 }
 
 TEST_F(ClusterTest, AKilledDaemonBecomesSuspectThenDeadAndIsNoLongerOffered) {

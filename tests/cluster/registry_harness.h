@@ -28,6 +28,9 @@ class Registry {
   int Wait();
   // kill -9, then start again over the same state directory (and port).
   bool Restart(std::string* error = nullptr);
+  // The --set assignments the next Start uses (besides cluster_id, token,
+  // ports and state_dir).
+  void set_settings(std::vector<std::string> settings) { settings_ = std::move(settings); }
 
   const std::string& endpoint() const { return endpoint_; }  // host:port
   uint16_t port() const { return port_; }
