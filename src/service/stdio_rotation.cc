@@ -42,22 +42,35 @@ fs::path StdioRotation::Numbered(int index) const {
 bool StdioRotation::Check() {
   struct stat st {};
   if (::fstat(fds_[0], &st) != 0 || static_cast<uint64_t>(st.st_size) < max_bytes_) return false;
+  // The file's name never goes missing, for a reader that opens it by name
+  // (`cistern daemon logs`, tail -F): the current file is hard-linked to
+  // <name>.1 and a fresh file renamed over the name in one step.
   if (max_files_ > 0) {
     std::error_code missing;  // a numbered file not there yet is no error
     fs::remove(Numbered(max_files_), missing);
     for (int i = max_files_ - 1; i >= 1; --i) fs::rename(Numbered(i), Numbered(i + 1), missing);
     std::error_code ec;
-    fs::rename(path_, Numbered(1), ec);
+    fs::create_hard_link(path_, Numbered(1), ec);
     if (ec) {
       spdlog::warn("cannot rotate {}: {}", path_.string(), ec.message());
       return false;
     }
   }
-  // O_TRUNC: with max_files 0 (or the file renamed away by someone else)
-  // the current file starts over.
-  int fresh = ::open(path_.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  // With max_files 0 the current file starts over.
+  fs::path next = path_;
+  next += ".new";
+  int fresh = ::open(next.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fresh < 0) {
     spdlog::warn("cannot reopen {}: {}", path_.string(), std::strerror(errno));
+    return false;
+  }
+  std::error_code renamed;
+  fs::rename(next, path_, renamed);
+  if (renamed) {
+    spdlog::warn("cannot reopen {}: {}", path_.string(), renamed.message());
+    ::close(fresh);
+    std::error_code ignored;
+    fs::remove(next, ignored);
     return false;
   }
   for (int fd : fds_) ::dup2(fresh, fd);

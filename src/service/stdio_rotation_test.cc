@@ -2,12 +2,15 @@
 
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/inotify.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "gtest/gtest.h"
 
@@ -71,6 +74,36 @@ TEST_F(StdioRotationTest, RotatesAtMaxBytesAndMovesEveryDescriptor) {
   EXPECT_EQ(Slurp(dir_ / "stderr.2.log"), "after-a\nafter-b\n" + std::string(100, 'c'));
   EXPECT_FALSE(fs::exists(dir_ / "stderr.3.log"));
   EXPECT_EQ(Slurp(path_), "");
+}
+
+// CI failure (CliRegressTest.DaemonStartRotatesTheSessionStderr): rotation
+// renamed the file to <name>.1 and then created a new one, so a reader that
+// opened the name in between (`cistern daemon logs`, tail -F, the test) found
+// no file. The name must never leave the directory: inotify sees every step.
+TEST_F(StdioRotationTest, TheFilesNameNeverGoesMissing) {
+  auto r = StdioRotation::ForDescriptors({a_, b_}, 10, 2);
+  ASSERT_TRUE(r.has_value());
+  int in = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  ASSERT_GE(in, 0);
+  ASSERT_GE(::inotify_add_watch(in, dir_.c_str(), IN_MOVED_FROM | IN_DELETE | IN_CREATE), 0);
+  for (int round = 0; round < 3; ++round) {
+    WriteAll(a_, std::string(20, 'x'));
+    ASSERT_TRUE(r->Check());
+  }
+  std::vector<std::string> gone;  // names that left the directory
+  alignas(inotify_event) char buf[8192];
+  for (ssize_t n; (n = ::read(in, buf, sizeof buf)) > 0;) {
+    for (char* p = buf; p < buf + n;) {
+      auto* e = reinterpret_cast<inotify_event*>(p);
+      if ((e->mask & (IN_MOVED_FROM | IN_DELETE)) && e->len > 0) gone.emplace_back(e->name);
+      p += sizeof(inotify_event) + e->len;
+    }
+  }
+  ::close(in);
+  EXPECT_EQ(std::count(gone.begin(), gone.end(), "stderr.log"), 0);
+  EXPECT_EQ(Slurp(dir_ / "stderr.1.log"), std::string(20, 'x'));
+  EXPECT_EQ(Slurp(dir_ / "stderr.2.log"), std::string(20, 'x'));
+  EXPECT_FALSE(fs::exists(dir_ / "stderr.log.new"));
 }
 
 TEST_F(StdioRotationTest, NoKeptFilesStartsTheFileOver) {
