@@ -1,0 +1,74 @@
+// src/transport: moving bytes between hosts over UCX (issue 12; docs/cluster.md).
+//
+// A Transport listens on a TCP address and serves reads of this host's memory
+// to peers, and pulls bytes from peers into memory the caller owns. This
+// first data path is the one issue 12 names for TCP, where UCX 1.13 has no
+// native get: a pull sends a request active message naming (region, offset,
+// length) and the holder answers with one active message carrying the bytes,
+// sent with the rendezvous protocol so that they land in the puller's buffer
+// without an intermediate copy on the puller's side.
+//
+// Every request carries the cluster token; a holder answers a wrong one with
+// PERMISSION_DENIED and sends nothing. What a region id means is the
+// holder's business (Resolver): the daemon will map it to an arena.
+//
+// Threading: one progress thread owns the UCX worker; Pull may be called from
+// any thread and blocks until its bytes are in place or it has failed. When
+// Pull returns, with any status, UCX will not write to `dest` again: a pull
+// that times out closes its endpoint and waits for UCX to give the buffer
+// back.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace cistern::transport {
+
+// Bytes a peer may read, kept in place until `release` is called (after the
+// send completed or failed).
+struct ReadLease {
+  const void* data = nullptr;
+  std::function<void()> release;  // may be empty
+};
+
+// Resolves a peer's read of `length` bytes at `offset` of `region`: a lease
+// on them, or an error sent back to the puller (NotFound, OutOfRange, ...).
+using Resolver =
+    std::function<absl::StatusOr<ReadLease>(uint64_t region, uint64_t offset, uint64_t length)>;
+
+struct TransportOptions {
+  std::string listen_address = "127.0.0.1";  // numeric IPv4
+  uint16_t port = 0;                         // 0: a free port (see Transport::port)
+  std::string token;                         // required of every peer's request
+};
+
+class Transport {
+ public:
+  static absl::StatusOr<std::unique_ptr<Transport>> Start(const TransportOptions& options,
+                                                          Resolver resolver);
+  ~Transport();  // stops the progress thread; pulls in flight fail with Unavailable
+
+  uint16_t port() const;
+
+  // Reads `length` bytes at (`region`, `offset`) of the peer listening at
+  // `address` ("a.b.c.d:port") into `dest`. Unavailable when the peer cannot
+  // be reached or goes away mid-pull, DeadlineExceeded after `timeout`, or
+  // the holder's own error (PermissionDenied for a wrong token, NotFound,
+  // ...). The endpoint to a peer is made on first use and kept.
+  absl::Status Pull(const std::string& address, uint64_t region, uint64_t offset, uint64_t length,
+                    void* dest, std::chrono::milliseconds timeout);
+
+  class Impl;
+
+ private:
+  explicit Transport(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace cistern::transport
