@@ -282,10 +282,6 @@ int Start(const StartArgs& a, const Target& target, bool json) {
   return 0;
 }
 
-int Stop(const std::string& id, double grace_s, bool json) {
-  return Sessions().StopCommand(id, grace_s, json);
-}
-
 int Status(const Target& target, bool json) {
   auto m = FindSession("");
   if (!m || !Alive(m->pid)) {
@@ -420,37 +416,20 @@ void RegisterDaemonCommands(CLI::App* app, Target* target, const bool* json, int
   s->add_option("--grace", start.grace_s, "with --blocking: seconds between SIGTERM and SIGKILL");
   s->callback([=] { *rc = Start(start, *target, *json); });
 
-  static std::string session;
-  static double grace = 30;
-  auto* stop = d->add_subcommand("stop", "stop a session (default: the current one)");
-  stop->add_option("SESSION_ID", session);
-  stop->add_option("--grace", grace, "seconds between SIGTERM and SIGKILL (default 30)");
-  stop->callback([=] { *rc = Stop(session, grace, *json); });
-
-  auto* restart = d->add_subcommand("restart", "stop the current session and start a new one");
-  add_start_options(restart);
-  restart->add_option("--grace", grace, "seconds between SIGTERM and SIGKILL (default 30)");
-  restart->callback([=] {
-    auto cur = FindSession("");
-    if (cur && Alive(cur->pid)) {
-      if (start.config.empty()) start.config = cur->config;
-      if (int r = Stop("", grace, false); r != 0) {
-        *rc = r;
-        return;
-      }
-    }
-    *rc = Start(start, *target, *json);
-  });
+  static StopArgs stop;
+  AddStopAndRestart(
+      d, &Sessions(), &stop, &start.config, add_start_options,
+      [=] { return Start(start, *target, *json); }, json, rc);
 
   auto* status = d->add_subcommand("status", "health, usage and sessions of the current daemon");
   status->callback([=] { *rc = Status(*target, *json); });
 
   static bool follow = false, err = false;
   auto* logs = d->add_subcommand("logs", "print a session's log (default: the current one)");
-  logs->add_option("SESSION_ID", session);
+  logs->add_option("SESSION_ID", stop.session);
   logs->add_flag("-f,--follow", follow, "keep printing as the log grows");
   logs->add_flag("--stderr", err, "print stderr (crash output, config errors)");
-  logs->callback([=] { *rc = Logs(session, follow, err); });
+  logs->callback([=] { *rc = Logs(stop.session, follow, err); });
 }
 
 }  // namespace cistern::cli

@@ -461,10 +461,6 @@ int Start(const StartArgs& a, bool json) {
   return 0;
 }
 
-int Stop(const std::string& id, double grace_s, bool json) {
-  return Sessions().StopCommand(id, grace_s, json);
-}
-
 // Every host state but UNSPECIFIED, in enum order, with how many hosts of
 // `q` are in it.
 std::vector<std::pair<std::string, int>> HostsByState(const v1::QuerySystemReply& q) {
@@ -703,27 +699,10 @@ void RegisterRegistryCommands(CLI::App* app, Target* target, const bool* json, i
   s->add_option("--grace", start.grace_s, "with --blocking: seconds between SIGTERM and SIGKILL");
   s->callback([=] { *rc = Start(start, *json); });
 
-  static std::string session;
-  static double grace = 30;
-  auto* stop = r->add_subcommand("stop", "stop a session (default: the current one)");
-  stop->add_option("SESSION_ID", session);
-  stop->add_option("--grace", grace, "seconds between SIGTERM and SIGKILL (default 30)");
-  stop->callback([=] { *rc = Stop(session, grace, *json); });
-
-  auto* restart = r->add_subcommand("restart", "stop the current session and start a new one");
-  add_start_options(restart);
-  restart->add_option("--grace", grace, "seconds between SIGTERM and SIGKILL (default 30)");
-  restart->callback([=] {
-    auto cur = FindSession("");
-    if (cur && Alive(cur->pid)) {
-      if (start.config.empty()) start.config = cur->config;
-      if (int code = Stop("", grace, false); code != 0) {
-        *rc = code;
-        return;
-      }
-    }
-    *rc = Start(start, *json);
-  });
+  static StopArgs stop;
+  AddStopAndRestart(
+      r, &Sessions(), &stop, &start.config, add_start_options, [=] { return Start(start, *json); },
+      json, rc);
 
   static RegistryTarget tls_flags;
   auto* status = r->add_subcommand(
@@ -742,10 +721,10 @@ void RegisterRegistryCommands(CLI::App* app, Target* target, const bool* json, i
 
   static bool follow = false, err = false;
   auto* logs = r->add_subcommand("logs", "print a session's log (default: the current one)");
-  logs->add_option("SESSION_ID", session);
+  logs->add_option("SESSION_ID", stop.session);
   logs->add_flag("-f,--follow", follow, "keep printing as the log grows");
   logs->add_flag("--stderr", err, "print stderr (crash output, config errors)");
-  logs->callback([=] { *rc = Logs(session, follow, err); });
+  logs->callback([=] { *rc = Logs(stop.session, follow, err); });
 }
 
 }  // namespace cistern::cli

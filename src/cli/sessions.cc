@@ -250,6 +250,31 @@ int SessionStore::LogsCommand(const std::string& id, bool follow, bool err,
   }
 }
 
+void AddStopAndRestart(CLI::App* parent, const SessionStore* store, StopArgs* args,
+                       std::string* start_config,
+                       const std::function<void(CLI::App*)>& add_start_options,
+                       std::function<int()> start, const bool* json, int* rc) {
+  auto* stop = parent->add_subcommand("stop", "stop a session (default: the current one)");
+  stop->add_option("SESSION_ID", args->session);
+  stop->add_option("--grace", args->grace_s, "seconds between SIGTERM and SIGKILL (default 30)");
+  stop->callback([=] { *rc = store->StopCommand(args->session, args->grace_s, *json); });
+
+  auto* restart = parent->add_subcommand("restart", "stop the current session and start a new one");
+  add_start_options(restart);
+  restart->add_option("--grace", args->grace_s, "seconds between SIGTERM and SIGKILL (default 30)");
+  restart->callback([=] {
+    std::optional<SessionMeta> cur = store->Find("");
+    if (cur && store->Alive(cur->pid)) {
+      if (start_config->empty()) *start_config = cur->config;
+      if (int code = store->StopCommand("", args->grace_s, false); code != 0) {
+        *rc = code;
+        return;
+      }
+    }
+    *rc = start();
+  });
+}
+
 std::string NewSessionId() {
   auto now = std::chrono::system_clock::now();
   std::time_t t = std::chrono::system_clock::to_time_t(now);

@@ -19,6 +19,8 @@
 #include <optional>
 #include <string>
 
+#include "CLI/CLI.hpp"
+
 namespace cistern::cli {
 
 // meta.json of a session. socket is the daemon's; state_dir and endpoint
@@ -108,6 +110,22 @@ class SessionStore {
   std::string binary_;
   std::filesystem::path root_;
 };
+
+// What `stop` and `restart` were given.
+struct StopArgs {
+  std::string session;  // stop's SESSION_ID; empty: the current session
+  double grace_s = 30;  // --grace
+};
+
+// Adds `stop [SESSION_ID] [--grace S]` and `restart [start options]
+// [--grace S]` under `parent` (`cistern daemon`, `cistern registry`).
+// `add_start_options` adds start's options to restart; restart stops the
+// current session if it is alive (its config file is kept unless --config is
+// given: `start_config`), then runs `start`.
+void AddStopAndRestart(CLI::App* parent, const SessionStore* store, StopArgs* args,
+                       std::string* start_config,
+                       const std::function<void(CLI::App*)>& add_start_options,
+                       std::function<int()> start, const bool* json, int* rc);
 
 // "20261204-031500-<pid>": a session id, by local time and this process.
 std::string NewSessionId();
