@@ -285,7 +285,7 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
     }
     entry = *e;
   }
-  writes_.emplace(id, Write{obj, session, args.if_absent, entry});
+  writes_.emplace(id, Write{obj, session, args.if_absent, entry, false, args.replica_generation});
   session_writes_[session].insert(id);
   EvictToWatermark(tier);
   return WriteInfo{id, *tier_index, a->offset + tier.arena.header(a->offset)->payload_offset,
@@ -397,9 +397,18 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
     AbortObject(obj);
     return held;
   }
+  if (w->replica_generation != 0) {
+    if (Object* v = obj->key->visible; v && v->generation >= w->replica_generation) {
+      std::string msg = fmt::format(
+          "{} already has generation {} here; the replica of generation {} is not needed",
+          QuoteKey(obj->key->key), v->generation, w->replica_generation);
+      AbortObject(obj);
+      return absl::AlreadyExistsError(msg);
+    }
+  }
   Tier& tier = tiers_[obj->tier];
-  obj->generation = NextGeneration();
-  max_generation_ = obj->generation;
+  obj->generation = w->replica_generation != 0 ? w->replica_generation : NextGeneration();
+  max_generation_ = std::max(max_generation_, obj->generation);
   tier.arena.Seal(obj->block_offset, obj->generation, checksum ? &*checksum : nullptr);
   if (Object* old = obj->key->visible) Retire(old);
   table_.SetVisible(obj);

@@ -176,6 +176,11 @@ class ObjectStore {
     bool if_absent = false;
     bool local_only = false;  // recorded in the header (kFlagLocalOnly)
     std::string_view tier;    // empty: the first tier
+    // Non-zero: this write is a replica of another host's (key, generation)
+    // (a pull, docs/cluster.md): Seal gives it this generation instead of
+    // issuing one, and fails with AlreadyExists (aborting the write) when the
+    // key already has this generation or a newer one visible here.
+    uint64_t replica_generation = 0;
   };
   struct WriteInfo {
     uint64_t write_id = 0;
@@ -291,6 +296,7 @@ class ObjectStore {
     bool if_absent;
     uint64_t entry = LeaseTable::kNoEntry;  // in the shared lease table
     bool orphaned = false;                  // recovered from an earlier daemon: abort only
+    uint64_t replica_generation = 0;        // CreateArgs::replica_generation
   };
 
   ObjectStore() = default;

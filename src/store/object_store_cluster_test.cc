@@ -90,5 +90,39 @@ TEST(StoreClusterTest, LocalOnlyIsRecordedAndSurvivesARestart) {
   EXPECT_TRUE(h.store().Stat("secret")->local_only);
 }
 
+TEST(StoreClusterTest, AReplicaKeepsItsOriginsGenerationAndNeverGoesBackwards) {
+  StoreHarness h(kMiB);
+  h.store().SetGenerationScheme(65536, 2);
+  auto replica = [&](std::string_view key, uint64_t generation) {
+    ObjectStore::CreateArgs args;
+    args.key = key;
+    args.size = 4;
+    args.replica_generation = generation;
+    auto w = h.store().Create(1, args);
+    EXPECT_TRUE(w.ok()) << w.status();
+    return h.store().Seal(1, w->write_id, std::nullopt);
+  };
+  // Generation 65537 is host 1's; this host (residue 2) keeps it as it is.
+  auto g = replica("model", 65537);
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(*g, 65537u);
+  EXPECT_EQ(h.store().Stat("model")->generation, 65537u);
+  // A local put afterwards is numbered above it, under this host's residue.
+  uint64_t local = *h.Put(1, "model", "newer");
+  EXPECT_GT(local, 65537u);
+  EXPECT_EQ(local % 65536, 2u);
+  // A replica of an older or the same generation is refused and frees its block.
+  uint64_t used = h.store().Stats().tiers[0].used_bytes;
+  auto old = replica("model", 65537);
+  EXPECT_EQ(old.status().code(), absl::StatusCode::kAlreadyExists) << old.status();
+  EXPECT_EQ(h.store().Stat("model")->generation, local);
+  EXPECT_EQ(h.store().Stats().tiers[0].used_bytes, used);
+  // It survives a restart with its generation.
+  ASSERT_TRUE(replica("other", 131073).ok());
+  ASSERT_TRUE(h.Reopen().ok());
+  EXPECT_EQ(h.store().Stat("other")->generation, 131073u);
+  EXPECT_GT(h.store().max_generation(), 131073u - 1);
+}
+
 }  // namespace
 }  // namespace cistern::store
