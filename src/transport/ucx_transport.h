@@ -24,6 +24,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <string_view>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -42,6 +43,10 @@ struct ReadLease {
 using Resolver =
     std::function<absl::StatusOr<ReadLease>(uint64_t region, uint64_t offset, uint64_t length)>;
 
+// Answers a peer's call (Transport::Call) with the reply's bytes or an error
+// sent back to the caller. Runs on the progress thread: it must be quick.
+using CallHandler = std::function<absl::StatusOr<std::string>(std::string_view request)>;
+
 struct TransportOptions {
   std::string listen_address = "127.0.0.1";  // numeric IPv4
   uint16_t port = 0;                         // 0: a free port (see Transport::port)
@@ -50,8 +55,10 @@ struct TransportOptions {
 
 class Transport {
  public:
+  // `calls` may be empty: calls are then answered Unimplemented.
   static absl::StatusOr<std::unique_ptr<Transport>> Start(const TransportOptions& options,
-                                                          Resolver resolver);
+                                                          Resolver resolver,
+                                                          CallHandler calls = {});
   ~Transport();  // stops the progress thread; pulls in flight fail with Unavailable
 
   uint16_t port() const;
@@ -63,6 +70,12 @@ class Transport {
   // ...). The endpoint to a peer is made on first use and kept.
   absl::Status Pull(const std::string& address, uint64_t region, uint64_t offset, uint64_t length,
                     void* dest, std::chrono::milliseconds timeout);
+
+  // A small request/reply exchange with the peer at `address` (the control
+  // messages of a pull: which bytes, under which lease), carrying the token
+  // like a pull; at most 16 MiB each way. The peer's CallHandler answers.
+  absl::StatusOr<std::string> Call(const std::string& address, std::string_view request,
+                                   std::chrono::milliseconds timeout);
 
   class Impl;
 
