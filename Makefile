@@ -42,7 +42,7 @@ asan: bootstrap build/asan/build.ninja
 
 tsan: bootstrap build/tsan/build.ninja
 	cmake --build build/tsan -j $(JOBS) --target store_test common_test config_test daemon_test registry_test stream_test \
-	  catalog_test registryd_test service_test transport_test
+	  catalog_test registryd_test service_test transport_test cluster_unit_test
 	# Tests over a gRPC channel are left out: see tests/tsan.supp. UCX's memory
 	# hooks (its malloc/mmap interception) crash under TSan's own: UCX_MEM_EVENTS=no.
 	cd build/tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" UCX_MEM_EVENTS=no \

@@ -1,0 +1,519 @@
+#include "src/cluster/peer.h"
+
+#include <algorithm>
+#include <atomic>
+#include <set>
+#include <utility>
+
+#include "cistern/peer.pb.h"
+#include "fmt/format.h"
+#include "spdlog/spdlog.h"
+#include "src/common/fmt_absl.h"
+#include "src/common/quote.h"
+#include "src/store/checksum.h"
+#include "src/store/layout.h"
+#include "src/store/manifest.h"
+
+namespace cistern::cluster {
+namespace {
+
+namespace pv1 = peer::v1;
+using std::chrono::milliseconds;
+using std::chrono::steady_clock;
+
+milliseconds Remaining(steady_clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
+  return std::max(left, milliseconds{0});
+}
+
+// A status with `context` before its message, the code kept.
+absl::Status Annotate(const absl::Status& s, std::string_view context) {
+  return absl::Status(s.code(), fmt::format("{}: {}", context, s.message()));
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+// PeerServer
+
+PeerServer::PeerServer(store::ObjectStore* store, std::vector<char*> tier_bases,
+                       PeerServerOptions options)
+    : store_(store), tier_bases_(std::move(tier_bases)), options_(options) {}
+
+PeerServer::~PeerServer() {
+  MutexLock lock(&mu_);
+  while (!leases_.empty()) EndLocked(leases_.begin()->first);
+}
+
+absl::StatusOr<std::string> PeerServer::HandleCall(std::string_view request) {
+  pv1::PeerRequest req;
+  if (!req.ParseFromArray(request.data(), static_cast<int>(request.size()))) {
+    return absl::InvalidArgumentError(
+        "peer request: malformed (not a cistern.peer.v1.PeerRequest)");
+  }
+  pv1::PeerReply reply;
+  switch (req.kind_case()) {
+    case pv1::PeerRequest::kOpen: {
+      auto open = Open(req.open().SerializeAsString());
+      if (!open.ok()) return open.status();
+      if (!reply.mutable_open()->ParseFromString(*open)) return absl::InternalError("peer open");
+      break;
+    }
+    case pv1::PeerRequest::kClose: {
+      MutexLock lock(&mu_);
+      auto it = leases_.find(req.close().region());
+      if (it == leases_.end() || it->second.closed) {
+        return absl::NotFoundError(fmt::format(
+            "peer close: region {} is not open (closed or expired)", req.close().region()));
+      }
+      if (it->second.reads > 0) {
+        it->second.closed = true;
+      } else {
+        EndLocked(it->first);
+      }
+      reply.mutable_close();
+      break;
+    }
+    default:
+      return absl::InvalidArgumentError("peer request: empty (neither open nor close)");
+  }
+  return reply.SerializeAsString();
+}
+
+absl::StatusOr<std::string> PeerServer::Open(const std::string& request_bytes) {
+  pv1::OpenRequest req;
+  req.ParseFromString(request_bytes);
+  milliseconds lease = options_.max_lease;
+  if (req.lease_ms() != 0) lease = std::min(lease, milliseconds(req.lease_ms()));
+  auto got = store_->Get(kPeerSession, req.key(), req.generation());
+  if (!got.ok()) return got.status();
+  char* base = tier_bases_[got->tier];
+  const auto* h = reinterpret_cast<const store::ObjectHeader*>(base + got->block_offset);
+  if ((h->flags & store::kFlagLocalOnly) != 0) {
+    store_->Release(kPeerSession, got->lease_id).IgnoreError();
+    return absl::FailedPreconditionError(fmt::format(
+        "{} is local_only on this host: it is never served to other hosts", QuoteKey(req.key())));
+  }
+  pv1::OpenReply reply;
+  reply.set_generation(got->generation);
+  reply.set_size(got->size);
+  reply.set_has_checksum((h->flags & store::kFlagHasChecksum) != 0);
+  reply.set_checksum(reply.has_checksum() ? h->checksum : 0);
+  reply.set_evictable((h->flags & store::kFlagEvictable) != 0);
+  reply.set_tier(store_->tier_names()[got->tier]);
+  reply.set_tensor_count(h->tensor_count);
+  reply.set_manifest(base + got->block_offset + store::ManifestOffset(h->key_bytes),
+                     h->manifest_bytes);
+  MutexLock lock(&mu_);
+  uint64_t region = ++next_region_;
+  Lease& l = leases_[region];
+  l.store_lease = got->lease_id;
+  l.payload = base + got->payload_offset;
+  l.size = got->size;
+  l.duration = lease;
+  l.expires = steady_clock::now() + lease;
+  reply.set_region(region);
+  SPDLOG_DEBUG("peer: {} generation {} opened as region {} for host '{}'", QuoteKey(req.key()),
+               got->generation, region, req.requester_host());
+  return reply.SerializeAsString();
+}
+
+void PeerServer::EndLocked(uint64_t region) {
+  auto it = leases_.find(region);
+  if (it == leases_.end()) return;
+  store_->Release(kPeerSession, it->second.store_lease).IgnoreError();
+  leases_.erase(it);
+}
+
+absl::StatusOr<transport::ReadLease> PeerServer::Resolve(uint64_t region, uint64_t offset,
+                                                         uint64_t length) {
+  MutexLock lock(&mu_);
+  auto it = leases_.find(region);
+  if (it == leases_.end() || it->second.closed) {
+    return absl::NotFoundError(
+        fmt::format("region {} is not open (closed or expired); open it again", region));
+  }
+  Lease& l = it->second;
+  if (offset > l.size || length > l.size - offset) {
+    return absl::OutOfRangeError(
+        fmt::format("read of {} bytes at offset {} is outside region {} ({} bytes)", length, offset,
+                    region, l.size));
+  }
+  ++l.reads;
+  l.expires = steady_clock::now() + l.duration;  // a lease lives while it is read
+  bytes_sent_ += length;
+  transport::ReadLease out;
+  out.data = l.payload + offset;
+  out.release = [this, region] {
+    MutexLock lock(&mu_);
+    auto it = leases_.find(region);
+    if (it == leases_.end()) return;
+    if (--it->second.reads == 0 && it->second.closed) EndLocked(region);
+  };
+  return out;
+}
+
+void PeerServer::ExpireLeases() {
+  MutexLock lock(&mu_);
+  auto now = steady_clock::now();
+  std::vector<uint64_t> ended;
+  for (auto& [region, l] : leases_) {
+    if (l.closed || l.expires > now) continue;
+    if (l.reads > 0) {
+      l.closed = true;
+    } else {
+      ended.push_back(region);
+    }
+  }
+  for (uint64_t region : ended) EndLocked(region);
+}
+
+uint64_t PeerServer::open_leases() const {
+  MutexLock lock(&mu_);
+  return leases_.size();
+}
+
+uint64_t PeerServer::bytes_sent() const {
+  MutexLock lock(&mu_);
+  return bytes_sent_;
+}
+
+// ---------------------------------------------------------------------------
+// Fetcher
+
+Fetcher::Fetcher(FetcherOptions options, store::ObjectStore* store, std::vector<char*> tier_bases,
+                 RegistryClient* registry, transport::Transport* transport)
+    : options_(std::move(options)),
+      store_(store),
+      tier_bases_(std::move(tier_bases)),
+      registry_(registry),
+      transport_(transport) {
+  for (size_t i = 0; i < std::max<size_t>(options_.threads, 1); ++i) {
+    threads_.emplace_back([this] { Work(); });
+  }
+}
+
+Fetcher::~Fetcher() {
+  {
+    MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  work_.SignalAll();
+  for (auto& t : threads_) t.join();
+}
+
+std::string Fetcher::JobKey(std::string_view key, uint64_t generation) {
+  return fmt::format("{}\n{}", generation, key);
+}
+
+void Fetcher::Start(Request request) {
+  std::string id = JobKey(request.key, request.generation);
+  {
+    MutexLock lock(&mu_);
+    auto now = steady_clock::now();
+    for (auto it = jobs_.begin(); it != jobs_.end();) {
+      bool stale =
+          it->second.state == State::kDone && now - it->second.finished > options_.keep_outcome;
+      it = stale ? jobs_.erase(it) : std::next(it);
+    }
+    auto it = jobs_.find(id);
+    if (it != jobs_.end() && it->second.state == State::kRunning) return;
+    Job& job = jobs_[id];
+    job = Job{};
+    job.request = std::move(request);
+    queue_.push_back(id);
+  }
+  work_.Signal();
+}
+
+Fetcher::Outcome Fetcher::Poll(std::string_view key, uint64_t generation) const {
+  MutexLock lock(&mu_);
+  auto it = jobs_.find(JobKey(key, generation));
+  if (it == jobs_.end()) return {};
+  return Outcome{it->second.state, it->second.status};
+}
+
+Fetcher::Stats Fetcher::stats() const {
+  MutexLock lock(&mu_);
+  return stats_;
+}
+
+void Fetcher::Work() {
+  for (;;) {
+    std::string id;
+    Request request;
+    {
+      MutexLock lock(&mu_);
+      while (!stopping_ && queue_.empty()) work_.Wait(&mu_);
+      if (stopping_) return;
+      id = std::move(queue_.front());
+      queue_.pop_front();
+      request = jobs_[id].request;
+    }
+    absl::Status s = Fetch(request);
+    if (!s.ok()) SPDLOG_WARN("fetch: {}", s.message());
+    {
+      MutexLock lock(&mu_);
+      Job& job = jobs_[id];
+      job.state = State::kDone;
+      job.status = s;
+      job.finished = steady_clock::now();
+      ++stats_.pulls;
+      if (!s.ok()) ++stats_.failed;
+    }
+    if (options_.on_done) options_.on_done();
+  }
+}
+
+absl::Status Fetcher::Fetch(const Request& r) {
+  const std::string what = RequestName(r);
+  std::set<std::string> tried;  // sources that failed this fetch
+  absl::Status last;
+  for (;;) {
+    if (steady_clock::now() >= r.deadline) {
+      return absl::DeadlineExceededError(
+          fmt::format("{}: the pull's deadline passed{}", what,
+                      last.ok() ? std::string() : fmt::format(" (last: {})", last.message())));
+    }
+    v1::LocateRequest lreq;
+    lreq.set_key(r.key);
+    lreq.set_generation(r.generation);
+    lreq.set_requester_host(options_.host_id);
+    auto located = registry_->Locate(lreq);
+    if (!located.ok()) return Annotate(located.status(), what);
+    std::vector<const v1::Location*> candidates;
+    for (const v1::Location& l : located->locations()) {
+      if (l.host_id() != options_.host_id && !tried.contains(l.host_id())) candidates.push_back(&l);
+    }
+    if (candidates.empty()) {
+      if (!last.ok()) return last;
+      return absl::NotFoundError(fmt::format("{}: no other host holds it", what));
+    }
+    std::string prefer = candidates.front()->host_id();
+    for (const v1::Location* l : candidates) {
+      if (l->host_id() == r.prefer_host) prefer = r.prefer_host;
+    }
+    v1::ClaimTransferRequest creq;
+    creq.set_key(r.key);
+    creq.set_generation(located->generation());
+    creq.set_target_host(options_.host_id);
+    creq.set_prefer_host(prefer);
+    auto claim = registry_->ClaimTransfer(creq);
+    bool busy = !claim.ok() && absl::IsResourceExhausted(claim.status());
+    if (!claim.ok() && !busy) return Annotate(claim.status(), what);
+    if (claim.ok() && tried.contains(claim->source().host_id())) {
+      // Only a source that already failed is under its cap: give the claim
+      // back and wait for another.
+      v1::CompleteTransferRequest done;
+      done.set_claim_id(claim->claim_id());
+      done.set_succeeded(false);
+      registry_->CompleteTransfer(done).IgnoreError();
+      busy = true;
+    }
+    if (busy) {
+      std::this_thread::sleep_for(std::min(milliseconds{20}, Remaining(r.deadline)));
+      continue;
+    }
+    bool source_fault = false;
+    absl::Status s = PullFrom(r, claim->generation(), claim->source(), &source_fault);
+    v1::CompleteTransferRequest done;
+    done.set_claim_id(claim->claim_id());
+    done.set_succeeded(s.ok());
+    if (absl::Status c = registry_->CompleteTransfer(done); !c.ok()) {
+      SPDLOG_WARN("fetch: {}: completing claim {}: {}", what, claim->claim_id(), c.message());
+    }
+    if (s.ok() || absl::IsAlreadyExists(s)) return absl::OkStatus();
+    if (!source_fault) return s;
+    SPDLOG_WARN("fetch: {}; trying another replica", s.message());
+    tried.insert(claim->source().host_id());
+    last = s;
+    MutexLock lock(&mu_);
+    ++stats_.retries;
+  }
+}
+
+std::string Fetcher::RequestName(const Request& r) {
+  if (r.generation == 0) return fmt::format("pulling {}", QuoteKey(r.key));
+  return fmt::format("pulling {} generation {}", QuoteKey(r.key), r.generation);
+}
+
+absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::Location& source,
+                               bool* source_fault) {
+  const std::string address = source.advertise();
+  const std::string what = fmt::format("pulling {} generation {} from host '{}' ({})",
+                                       QuoteKey(r.key), generation, source.host_id(), address);
+  auto control_timeout = [&] { return std::min(options_.control_timeout, Remaining(r.deadline)); };
+  *source_fault = true;
+
+  pv1::PeerRequest open;
+  open.mutable_open()->set_key(r.key);
+  open.mutable_open()->set_generation(generation);
+  open.mutable_open()->set_requester_host(options_.host_id);
+  open.mutable_open()->set_lease_ms(options_.lease.count());
+  auto opened = transport_->Call(address, open.SerializeAsString(), control_timeout());
+  if (!opened.ok()) return Annotate(opened.status(), what);
+  pv1::PeerReply reply;
+  if (!reply.ParseFromString(*opened) || !reply.has_open()) {
+    return absl::DataLossError(fmt::format("{}: malformed open reply", what));
+  }
+  const pv1::OpenReply& o = reply.open();
+  auto close = [&] {
+    pv1::PeerRequest req;
+    req.mutable_close()->set_region(o.region());
+    auto c = transport_->Call(address, req.SerializeAsString(), options_.control_timeout);
+    if (!c.ok()) SPDLOG_DEBUG("fetch: {}: close: {}", what, c.status().message());
+  };
+  if (o.generation() != generation) {
+    close();
+    return absl::NotFoundError(
+        fmt::format("{}: it holds generation {} instead", what, o.generation()));
+  }
+  if (o.size() != source.size()) {
+    close();
+    return absl::DataLossError(
+        fmt::format("{}: it holds {} bytes, the registry says {}", what, o.size(), source.size()));
+  }
+  std::optional<uint64_t> expected;
+  if (source.has_checksum()) expected = source.checksum();
+  if (o.has_checksum()) {
+    if (expected && *expected != o.checksum()) {
+      close();
+      return absl::DataLossError(
+          fmt::format("{}: its checksum {:016x} differs from the registry's {:016x}", what,
+                      o.checksum(), *expected));
+    }
+    expected = o.checksum();
+  }
+  auto tensors = store::DecodeManifest(o.manifest(), o.tensor_count());
+  if (!tensors.ok()) {
+    close();
+    return Annotate(tensors.status(), what);
+  }
+
+  store::ObjectStore::CreateArgs args;
+  args.key = r.key;
+  args.size = o.size();
+  args.tensors = std::move(*tensors);
+  args.evictable = o.evictable();
+  const auto& tiers = store_->tier_names();
+  if (std::find(tiers.begin(), tiers.end(), o.tier()) != tiers.end()) args.tier = o.tier();
+  args.replica_generation = generation;
+  auto w = store_->Create(kFetchSession, args);
+  if (!w.ok()) {
+    close();
+    *source_fault = false;  // this host's store refused: another source will not help
+    return Annotate(w.status(), what);
+  }
+  char* dest = tier_bases_[w->tier] + w->payload_offset;
+  absl::Status read = ReadPayload(address, o.region(), o.size(), dest, r.deadline);
+  close();
+  if (!read.ok()) {
+    store_->Abort(kFetchSession, w->write_id).IgnoreError();
+    return Annotate(read, what);
+  }
+  uint64_t actual = store::Checksum(dest, o.size());
+  if (expected && actual != *expected) {
+    store_->Abort(kFetchSession, w->write_id).IgnoreError();
+    return absl::DataLossError(fmt::format(
+        "{}: checksum mismatch: the bytes hash to {:016x}, expected {:016x}; not sealed", what,
+        actual, *expected));
+  }
+  *source_fault = false;
+  auto sealed = store_->Seal(kFetchSession, w->write_id, actual);
+  if (!sealed.ok()) return Annotate(sealed.status(), what);
+  {
+    MutexLock lock(&mu_);
+    stats_.bytes += o.size();
+  }
+  SPDLOG_INFO("fetch: {} bytes of {} generation {} from host '{}'", o.size(), QuoteKey(r.key),
+              generation, source.host_id());
+  return absl::OkStatus();
+}
+
+absl::Status Fetcher::ReadPayload(const std::string& address, uint64_t region, uint64_t size,
+                                  char* dest, steady_clock::time_point deadline) {
+  const uint64_t chunk = std::max<uint64_t>(options_.chunk_bytes, 1);
+  const uint64_t chunks = (size + chunk - 1) / chunk;
+  std::atomic<uint64_t> next{0};
+  Mutex error_mu;
+  absl::Status error;
+  std::atomic<bool> failed{false};
+  auto reader = [&] {
+    for (;;) {
+      if (failed.load(std::memory_order_relaxed)) return;
+      uint64_t i = next.fetch_add(1);
+      if (i >= chunks) return;
+      uint64_t off = i * chunk;
+      uint64_t n = std::min(chunk, size - off);
+      absl::Status s = transport_->Pull(address, region, off, n, dest + off, Remaining(deadline));
+      if (!s.ok()) {
+        MutexLock lock(&error_mu);
+        if (error.ok()) error = Annotate(s, fmt::format("reading bytes [{}, {})", off, off + n));
+        failed = true;
+        return;
+      }
+    }
+  };
+  // Up to `window` reads in flight: this thread and window-1 helpers.
+  std::vector<std::thread> helpers;
+  size_t extra = std::min<uint64_t>(std::max<size_t>(options_.window, 1), chunks);
+  for (size_t i = 1; i < extra; ++i) helpers.emplace_back(reader);
+  reader();
+  for (auto& t : helpers) t.join();
+  MutexLock lock(&error_mu);
+  return error;
+}
+
+// ---------------------------------------------------------------------------
+// PeerNode
+
+absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions options,
+                                                          store::ObjectStore* store,
+                                                          std::vector<char*> tier_bases) {
+  std::unique_ptr<PeerNode> node(new PeerNode());
+  node->server_ = std::make_unique<PeerServer>(store, tier_bases, PeerServerOptions{});
+  auto registry = RegistryClient::Create(options.registry);
+  if (!registry.ok()) return registry.status();
+  node->registry_ = std::move(*registry);
+  transport::TransportOptions to;
+  size_t colon = options.advertise.rfind(':');
+  if (colon == std::string::npos) {
+    return absl::InvalidArgumentError(
+        fmt::format("advertise '{}' is not address:port", options.advertise));
+  }
+  to.listen_address = options.advertise.substr(0, colon);
+  int port = std::atoi(options.advertise.c_str() + colon + 1);
+  if (port <= 0 || port > 65535) {
+    return absl::InvalidArgumentError(
+        fmt::format("advertise '{}' has no port 1..65535", options.advertise));
+  }
+  to.port = static_cast<uint16_t>(port);
+  to.token = options.token;
+  PeerServer* server = node->server_.get();
+  auto transport = transport::Transport::Start(
+      to,
+      [server](uint64_t region, uint64_t offset, uint64_t length) {
+        return server->Resolve(region, offset, length);
+      },
+      [server](std::string_view request) { return server->HandleCall(request); });
+  if (!transport.ok()) {
+    return Annotate(transport.status(), fmt::format("peer transport at {}", options.advertise));
+  }
+  node->transport_ = std::move(*transport);
+  FetcherOptions fo;
+  fo.host_id = options.host_id;
+  fo.threads = options.pull_threads;
+  fo.on_done = std::move(options.on_pull_done);
+  node->fetcher_ = std::make_unique<Fetcher>(std::move(fo), store, std::move(tier_bases),
+                                             node->registry_.get(), node->transport_.get());
+  return node;
+}
+
+PeerNode::~PeerNode() {
+  fetcher_.reset();
+  transport_.reset();
+  registry_.reset();
+  server_.reset();
+}
+
+}  // namespace cistern::cluster

@@ -1,0 +1,209 @@
+// Pulls between daemons (docs/cluster.md, "Moving the bytes").
+//
+// PeerServer is the holder's side. A puller's Open (a transport call,
+// proto/cistern/peer.proto) leases (key, generation) in the store under the
+// peer session and answers with the lease as a transport region; the
+// puller's reads of that region are served from the leased payload and
+// nothing else, so a peer can read only bytes of an object it opened. The
+// lease ends with Close, or lease_ms after the Open or the last read when the
+// puller went quiet, but never while a read of it is still being sent.
+// Objects written local_only are never served.
+//
+// Fetcher is the puller's side: a get of a key this host does not hold
+// asks the registry where it lives, claims a transfer from the best replica,
+// opens it, reserves a block of the same size and manifest, reads the
+// payload into it, verifies the checksum the registry recorded, and seals it
+// as a replica with the origin's generation (the cluster agent then
+// publishes it). A failure of one source (gone, unreachable, a bad checksum,
+// no longer holding it) moves on to the next replica; the reserved block is
+// aborted, so nothing torn is ever visible. Concurrent fetches of one
+// (key, generation) share one pull.
+//
+// Thread-safety: every public method of both may be called from any thread.
+// PeerServer's HandleCall and Resolve run on the transport's progress
+// thread; the Fetcher runs pulls on its own threads.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "src/cluster/registry_client.h"
+#include "src/common/mutex.h"
+#include "src/store/object_store.h"
+#include "src/transport/ucx_transport.h"
+
+namespace cistern::cluster {
+
+// The store sessions of peer leases and of writes being pulled: below the
+// recovered sessions (1 << 61) and far above the server's own ids.
+inline constexpr store::SessionId kPeerSession = store::SessionId{1} << 60;
+inline constexpr store::SessionId kFetchSession = kPeerSession + 1;
+
+struct PeerServerOptions {
+  std::chrono::milliseconds max_lease{60000};  // the cap on OpenRequest.lease_ms
+};
+
+class PeerServer {
+ public:
+  // `tier_bases[i]` is where tier i of `store` is mapped.
+  PeerServer(store::ObjectStore* store, std::vector<char*> tier_bases, PeerServerOptions options);
+  ~PeerServer();  // releases every lease
+
+  // The transport's CallHandler and Resolver.
+  absl::StatusOr<std::string> HandleCall(std::string_view request);
+  absl::StatusOr<transport::ReadLease> Resolve(uint64_t region, uint64_t offset, uint64_t length);
+
+  // Ends the leases past their time that no read holds.
+  void ExpireLeases();
+
+  uint64_t open_leases() const;
+  uint64_t bytes_sent() const;  // payload bytes handed to peers' reads
+
+ private:
+  struct Lease {
+    uint64_t store_lease = 0;
+    const char* payload = nullptr;
+    uint64_t size = 0;
+    std::chrono::milliseconds duration{0};  // renewed by each read
+    std::chrono::steady_clock::time_point expires;
+    uint32_t reads = 0;   // being sent
+    bool closed = false;  // Close came, or it expired, while a read was sent
+  };
+  absl::StatusOr<std::string> Open(const std::string& request_bytes);
+  void EndLocked(uint64_t region) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  store::ObjectStore* const store_;
+  const std::vector<char*> tier_bases_;
+  const PeerServerOptions options_;
+  mutable Mutex mu_;
+  std::map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  uint64_t next_region_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t bytes_sent_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+struct FetcherOptions {
+  std::string host_id;  // this host (the claim's target; never a source)
+  size_t threads = 4;   // pulls at once
+  // Bytes per transport read; a pull reads its object in chunks, up to
+  // `window` at once.
+  uint64_t chunk_bytes = 16 << 20;
+  size_t window = 4;
+  std::chrono::milliseconds lease{60000};  // asked of the holder per Open
+  std::chrono::milliseconds control_timeout{5000};
+  // How long a finished fetch's outcome is kept for Poll.
+  std::chrono::milliseconds keep_outcome{60000};
+  // Called (on a fetch thread) whenever a fetch finishes.
+  std::function<void()> on_done;
+};
+
+class Fetcher {
+ public:
+  // `tier_bases[i]` is where tier i of `store` is mapped.
+  Fetcher(FetcherOptions options, store::ObjectStore* store, std::vector<char*> tier_bases,
+          RegistryClient* registry, transport::Transport* transport);
+  ~Fetcher();  // waits for the pulls in flight (each ends by its deadline)
+
+  struct Request {
+    std::string key;
+    uint64_t generation = 0;  // 0: the newest any live host holds
+    std::string prefer_host;  // try this host's replica first
+    std::chrono::steady_clock::time_point deadline;
+  };
+  // Starts a pull of (key, generation) unless one is running (then it is
+  // shared, and a later deadline is not applied). Returns at once.
+  void Start(Request request);
+
+  enum class State { kNone, kRunning, kDone };
+  struct Outcome {
+    State state = State::kNone;
+    absl::Status status;  // when kDone
+  };
+  // What became of the last fetch of (key, generation).
+  Outcome Poll(std::string_view key, uint64_t generation) const;
+
+  struct Stats {
+    uint64_t pulls = 0;  // finished
+    uint64_t failed = 0;
+    uint64_t bytes = 0;    // received into sealed replicas
+    uint64_t retries = 0;  // sources given up for another
+  };
+  Stats stats() const;
+
+ private:
+  struct Job {
+    Request request;
+    State state = State::kRunning;
+    absl::Status status;
+    std::chrono::steady_clock::time_point finished;
+  };
+  void Work();
+  absl::Status Fetch(const Request& r);
+  // One source: NotFound / Unavailable / DataLoss etc. name it.
+  // `source_fault` says whether another source might do better (false when
+  // this host's store refused, or the pull succeeded).
+  absl::Status PullFrom(const Request& r, uint64_t generation, const registry::v1::Location& source,
+                        bool* source_fault);
+  absl::Status ReadPayload(const std::string& address, uint64_t region, uint64_t size, char* dest,
+                           std::chrono::steady_clock::time_point deadline);
+  static std::string JobKey(std::string_view key, uint64_t generation);
+  static std::string RequestName(const Request& r);
+
+  const FetcherOptions options_;
+  store::ObjectStore* const store_;
+  const std::vector<char*> tier_bases_;
+  RegistryClient* const registry_;
+  transport::Transport* const transport_;
+
+  mutable Mutex mu_;
+  CondVar work_;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
+  Stats stats_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::thread> threads_;
+};
+
+// The daemon's peer-to-peer side: a transport listening at the advertised
+// address, the PeerServer answering it, and a Fetcher pulling through it.
+// Destroyed in the safe order: pulls end, then the transport (no more reads
+// of leased bytes), then the leases.
+struct PeerNodeOptions {
+  std::string host_id;
+  std::string advertise;  // "a.b.c.d:port": the transport listens here
+  std::string token;      // the cluster token, required of every peer
+  RegistryClientOptions registry;
+  size_t pull_threads = 4;
+  std::function<void()> on_pull_done;
+};
+
+class PeerNode {
+ public:
+  static absl::StatusOr<std::unique_ptr<PeerNode>> Start(PeerNodeOptions options,
+                                                         store::ObjectStore* store,
+                                                         std::vector<char*> tier_bases);
+  ~PeerNode();
+
+  PeerServer& server() { return *server_; }
+  Fetcher& fetcher() { return *fetcher_; }
+
+ private:
+  PeerNode() = default;
+  std::unique_ptr<PeerServer> server_;
+  std::unique_ptr<RegistryClient> registry_;
+  std::unique_ptr<transport::Transport> transport_;
+  std::unique_ptr<Fetcher> fetcher_;
+};
+
+}  // namespace cistern::cluster
