@@ -71,6 +71,20 @@ struct PutOptions {
   std::chrono::milliseconds wait_published{0};
 };
 
+// How a Get finds its object. Alone, a key this host lacks is NotFound. In a
+// cluster the daemon pulls it from a host that holds it, keeps it as a
+// replica here and answers with an ordinary view (docs/cluster.md, "Remote
+// get").
+struct GetOptions {
+  uint64_t generation = 0;  // 0: the newest
+  // Never pull from another host: NotFound when this host lacks the key.
+  bool local_only = false;
+  // The most a pull may take; past it the Get is DeadlineExceeded naming
+  // the key. 0: the daemon's cluster.pull_timeout_ms.
+  std::chrono::milliseconds deadline{0};
+  std::string prefer_host;  // pull from this host's replica when it has one
+};
+
 // A leased, read-only view of one sealed generation. The bytes stay valid and
 // unchanged until the view is released or destroyed, even if the key is
 // removed or overwritten meanwhile. They lie in a read-only mapping of the
@@ -210,6 +224,7 @@ class Client {
 
   // Leases the current generation of `key` (or exactly `generation`).
   absl::StatusOr<ObjectView> Get(std::string_view key, uint64_t generation = 0);
+  absl::StatusOr<ObjectView> Get(std::string_view key, const GetOptions& options);
   // Removes the current generation (only if it is `generation`, when given);
   // returns the generation removed. Leased bytes stay valid until released.
   absl::StatusOr<uint64_t> Remove(std::string_view key, uint64_t generation = 0);

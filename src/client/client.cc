@@ -350,9 +350,17 @@ absl::StatusOr<ObjectView> Client::MakeView(std::string_view key, const void* ge
 }
 
 absl::StatusOr<ObjectView> Client::Get(std::string_view key, uint64_t generation) {
+  return Get(key, GetOptions{.generation = generation});
+}
+
+absl::StatusOr<ObjectView> Client::Get(std::string_view key, const GetOptions& options) {
   wire::Request req;
-  req.mutable_get()->set_key(std::string(key));
-  req.mutable_get()->set_generation(generation);
+  wire::Get* g = req.mutable_get();
+  g->set_key(std::string(key));
+  g->set_generation(options.generation);
+  g->set_local_only(options.local_only);
+  g->set_wait_ms(WaitToWireMs(options.deadline));
+  g->set_prefer_host(options.prefer_host);
   auto r = conn_->Call(req, &wire::Response::mutable_get);
   if (!r.ok()) return r.status();
   return MakeView(key, &*r);

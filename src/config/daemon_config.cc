@@ -106,6 +106,8 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cl->publish_batch() == 0) cl->set_publish_batch(1024);
   if (cl->rpc_timeout_ms() == 0) cl->set_rpc_timeout_ms(5000);
   if (cl->max_retry_backoff_ms() == 0) cl->set_max_retry_backoff_ms(5000);
+  if (cl->pull_timeout_ms() == 0) cl->set_pull_timeout_ms(60000);
+  if (cl->pull_threads() == 0) cl->set_pull_threads(4);
 }
 
 absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
@@ -157,6 +159,25 @@ absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
   if (cl.max_retry_backoff_ms() < 100) {
     return bad(
         fmt::format("cluster.max_retry_backoff_ms {} is below 100", cl.max_retry_backoff_ms()));
+  }
+  if (cl.pull_timeout_ms() > 3600000) {
+    return bad(
+        fmt::format("cluster.pull_timeout_ms {} exceeds 3600000 (1h)", cl.pull_timeout_ms()));
+  }
+  if (cl.pull_threads() > 64) {
+    return bad(fmt::format("cluster.pull_threads {} exceeds 64", cl.pull_threads()));
+  }
+  {
+    // Peers reach the daemon's transport at advertise: it listens there.
+    const std::string& a = cl.advertise();
+    std::string host = a.substr(0, a.rfind(':'));
+    in_addr ip{};
+    if (::inet_pton(AF_INET, host.c_str(), &ip) != 1) {
+      return bad(fmt::format(
+          "cluster.advertise '{}' must be a numeric IPv4 address and port (the daemon's peer "
+          "transport listens there)",
+          a));
+    }
   }
   return absl::OkStatus();
 }

@@ -22,6 +22,7 @@
 #include "absl/cleanup/cleanup.h"
 #include "spdlog/spdlog.h"
 #include "src/cluster/agent.h"
+#include "src/cluster/peer.h"
 #include "src/common/fmt_absl.h"
 #include "src/config/daemon_config.h"
 #include "src/daemon/arena_file.h"
@@ -244,6 +245,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   // In a cluster: register, sync, heartbeat and publish (src/cluster/agent.h).
   // The daemon serves its local objects whether the registry answers or not.
   std::unique_ptr<cluster::ClusterAgent> agent;
+  std::unique_ptr<cluster::PeerNode> peers;
   if (!cfg.cluster().registry().empty()) {
     const auto& cl = cfg.cluster();
     cluster::AgentOptions ao;
@@ -265,22 +267,65 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     ao.publish_batch = cl.publish_batch();
     ao.max_backoff = std::chrono::milliseconds(cl.max_retry_backoff_ms());
     ao.on_published = [&server] { server.NotifyPublished(); };
+    cluster::RegistryClientOptions ao_registry = ao.registry;
     agent = std::make_unique<cluster::ClusterAgent>(std::move(ao), store->get());
     if (absl::Status s = agent->Start(); !s.ok()) {
       spdlog::error("cluster: {}", s.message());
       return 2;
     }
-    server.SetClusterStatus([&agent](wire::ClusterStatus* out) { agent->FillStatus(out); });
+    server.SetClusterStatus([&agent, &peers](wire::ClusterStatus* out) {
+      agent->FillStatus(out);
+      if (!peers) return;
+      cluster::Fetcher::Stats f = peers->fetcher().stats();
+      out->set_pulls(f.pulls);
+      out->set_pulls_failed(f.failed);
+      out->set_pulled_bytes(f.bytes);
+      out->set_pull_retries(f.retries);
+      out->set_peer_bytes_sent(peers->server().bytes_sent());
+      out->set_peer_leases(peers->server().open_leases());
+    });
     server.SetPublication(
         [&agent](std::string_view key, uint64_t gen) { return agent->IsPublished(key, gen); },
         [&agent] { return agent->WhyLate(); });
-    spdlog::info("cluster '{}': host '{}', registry {}, advertised as {}", cl.cluster_id(),
-                 cfg.host_id(), cl.registry(), cl.advertise());
+    // Peer to peer: serve this host's objects to pullers at advertise, and
+    // pull what a get asks for and this host lacks (src/cluster/peer.h).
+    cluster::PeerNodeOptions po;
+    po.host_id = cfg.host_id();
+    po.advertise = cl.advertise();
+    po.token = cl.token();
+    po.registry = ao_registry;
+    po.pull_threads = cl.pull_threads();
+    po.on_pull_done = [&server] { server.NotifyPublished(); };
+    std::vector<char*> bases;
+    for (const auto& spec : specs) bases.push_back(spec.base);
+    auto node = cluster::PeerNode::Start(std::move(po), store->get(), std::move(bases));
+    if (!node.ok()) {
+      spdlog::error("cluster: {}", node.status().message());
+      return 2;
+    }
+    peers = std::move(*node);
+    daemon::Server::RemoteGet remote;
+    remote.default_timeout = std::chrono::milliseconds(cl.pull_timeout_ms());
+    remote.start = [&peers](std::string_view key, uint64_t generation, std::string_view prefer,
+                            std::chrono::milliseconds timeout) {
+      peers->fetcher().Start({std::string(key), generation, std::string(prefer),
+                              std::chrono::steady_clock::now() + timeout});
+    };
+    remote.poll = [&peers](std::string_view key,
+                           uint64_t generation) -> std::optional<absl::Status> {
+      auto o = peers->fetcher().Poll(key, generation);
+      if (o.state == cluster::Fetcher::State::kRunning) return std::nullopt;
+      return o.status;  // kNone (forgotten): OK, and the get says NotFound
+    };
+    server.SetRemoteGet(std::move(remote));
+    spdlog::info("cluster '{}': host '{}', registry {}, advertised (and serving peers) at {}",
+                 cl.cluster_id(), cfg.host_id(), cl.registry(), cl.advertise());
   }
-  // Housekeeping on the event loop, once a second: the eviction summary and
-  // the stderr.log rotation.
-  server.Every(std::chrono::seconds(1), [&metrics, &stdio] {
+  // Housekeeping on the event loop, once a second: the eviction summary,
+  // the stderr.log rotation, and the end of peers' expired leases.
+  server.Every(std::chrono::seconds(1), [&metrics, &stdio, &peers] {
     metrics.LogEvictions();
+    if (peers) peers->server().ExpireLeases();
     if (stdio && stdio->Check()) spdlog::info("rotated {}", stdio->path().string());
   });
   metrics.Attach(store->get(), [&server] { return server.session_count(); });
@@ -298,6 +343,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   metrics.set_state(daemon::HealthState::kReady);
   server.Run();
   metrics.set_state(daemon::HealthState::kDraining);
+  peers.reset();  // pulls end and peers' leases are released before the store goes
   if (agent) agent->Stop(/*deregister=*/true);
   g_server = nullptr;
   g_metrics = nullptr;

@@ -399,6 +399,7 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     s->parked_since = start;
     uint64_t wait_ms = s->parked->has_create()           ? s->parked->create().wait_ms()
                        : s->parked->has_wait_published() ? s->parked->wait_published().wait_ms()
+                       : s->parked->has_get()            ? RemoteGetWaitMs(s->parked->get())
                                                          : StreamHandler::WaitMs(*s->parked);
     s->parked_deadline = start + WaitFromWireMs(wait_ms);
     parked_.push_back(s->id);
@@ -460,9 +461,42 @@ bool Server::Dispatch(Session* s, const wire::Request& req, StreamHandler::Attem
     return streams_.Handle(req, client, attempt, resp);
   }
   handler_.Handle(s->id, req, resp);
+  if (req.has_get() && remote_get_.start && resp->has_status() &&
+      resp->status().code() == static_cast<int>(absl::StatusCode::kNotFound) &&
+      !req.get().local_only()) {
+    return RemoteGetAttempt(req.get(), attempt, resp);
+  }
   return attempt != StreamHandler::Attempt::kFinal && req.has_create() &&
          req.create().wait_ms() > 0 && resp->has_status() &&
          resp->status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted);
+}
+
+uint64_t Server::RemoteGetWaitMs(const wire::Get& get) const {
+  return get.wait_ms() != 0 ? get.wait_ms() : remote_get_.default_timeout.count();
+}
+
+bool Server::RemoteGetAttempt(const wire::Get& get, StreamHandler::Attempt attempt,
+                              wire::Response* resp) {
+  auto fail = [&](const absl::Status& st) {
+    resp->mutable_status()->set_code(static_cast<int32_t>(st.code()));
+    resp->mutable_status()->set_message(std::string(st.message()));
+    return false;
+  };
+  if (attempt == StreamHandler::Attempt::kFirst) {
+    remote_get_.start(get.key(), get.generation(), get.prefer_host(),
+                      std::chrono::milliseconds(RemoteGetWaitMs(get)));
+    return true;  // park until the pull finishes
+  }
+  std::optional<absl::Status> done = remote_get_.poll(get.key(), get.generation());
+  if (!done) {
+    if (attempt == StreamHandler::Attempt::kRetry) return true;
+    return fail(absl::DeadlineExceededError(
+        fmt::format("{} is not held on this host and its pull from another host did not finish "
+                    "within {} ms",
+                    QuoteKey(get.key()), RemoteGetWaitMs(get))));
+  }
+  if (!done->ok()) return fail(*done);
+  return false;  // pulled, yet gone again (removed, evicted): the local NotFound
 }
 
 void Server::Unpark(Session* s, wire::Response& resp) {

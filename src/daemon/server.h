@@ -27,11 +27,13 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -134,6 +136,22 @@ class Server {
   // Thread-safe: a publication was acknowledged; parked waits are retried.
   void NotifyPublished();
 
+  // Before Run: how a get of a key this host does not hold pulls it from
+  // another host (docs/cluster.md, "Remote get"). `start` begins a pull of
+  // (key, generation), or joins the one running; `poll` says what became of
+  // it: nullopt while it runs, else its status (the get is then answered
+  // from the store, or with that error). Whoever finishes a pull calls
+  // NotifyPublished so that parked gets are retried. Unset: a get of a key
+  // not held here is NotFound. Called on the loop thread.
+  struct RemoteGet {
+    std::function<void(std::string_view key, uint64_t generation, std::string_view prefer_host,
+                       std::chrono::milliseconds timeout)>
+        start;
+    std::function<std::optional<absl::Status>(std::string_view key, uint64_t generation)> poll;
+    std::chrono::milliseconds default_timeout{60000};  // a Get without wait_ms
+  };
+  void SetRemoteGet(RemoteGet remote) { remote_get_ = std::move(remote); }
+
   // Open sessions (connections that said hello). Thread-safe.
   uint64_t session_count() const { return session_count_.load(std::memory_order_relaxed); }
 
@@ -188,6 +206,10 @@ class Server {
   // Answers `req` into `resp`, or returns true if it would block and may wait.
   bool Dispatch(Session* s, const wire::Request& req, StreamHandler::Attempt attempt,
                 wire::Response* resp);
+  // A get the store answered NotFound, with remote_get_ set: starts or
+  // polls its pull; true to park.
+  bool RemoteGetAttempt(const wire::Get& get, StreamHandler::Attempt attempt, wire::Response* resp);
+  uint64_t RemoteGetWaitMs(const wire::Get& get) const;
   // Answers a parked request (it no longer blocks, or its time is up) and
   // resumes its session.
   void Unpark(Session* s, wire::Response& resp);
@@ -238,6 +260,7 @@ class Server {
   std::function<void(wire::ClusterStatus*)> cluster_status_;
   std::function<bool(std::string_view, uint64_t)> published_;
   std::function<std::string()> why_late_;
+  RemoteGet remote_get_;
   UniqueFd notify_fd_;  // an eventfd: NotifyPublished
   bool publish_changed_ = false;
   Clock::TimePoint next_tick_{};
