@@ -38,8 +38,7 @@ class ClusterTest : public ::testing::Test {
   Daemon& AddDaemon(const std::string& host_id, std::string yaml_extra = "") {
     DaemonSpec spec;
     spec.extra_yaml =
-        registry_.DaemonYaml(host_id, "127.0.0.1:" + std::to_string(17000 + daemons_.size())) +
-        yaml_extra;
+        registry_.DaemonYaml(host_id, "127.0.0.1:" + std::to_string(FreeTcpPort())) + yaml_extra;
     daemons_.push_back(std::make_unique<Daemon>(spec));
     std::string err;
     EXPECT_TRUE(daemons_.back()->Start({}, &err)) << err;
@@ -295,15 +294,15 @@ TEST_F(ClusterTest, ADaemonWithTheWrongTokenOrClusterIsRefusedAndSaysWhy) {
   DaemonSpec spec;
   spec.extra_yaml = fmt::format(
       "host_id: intruder\ncluster:\n  registry: {}\n  cluster_id: test-cluster\n  token: wrong\n"
-      "  advertise: 127.0.0.1:17100\n",
-      registry_.endpoint());
+      "  advertise: 127.0.0.1:{}\n",
+      registry_.endpoint(), FreeTcpPort());
   Daemon bad_token(spec);
   std::string err;
   ASSERT_TRUE(bad_token.Start({}, &err)) << err;
   spec.extra_yaml = fmt::format(
       "host_id: stranger\ncluster:\n  registry: {}\n  cluster_id: other-cluster\n"
-      "  token: test-token\n  advertise: 127.0.0.1:17101\n",
-      registry_.endpoint());
+      "  token: test-token\n  advertise: 127.0.0.1:{}\n",
+      registry_.endpoint(), FreeTcpPort());
   Daemon bad_cluster(spec);
   ASSERT_TRUE(bad_cluster.Start({}, &err)) << err;
   ASSERT_TRUE(Eventually([&] { return AgentStatus(bad_token).state() == "refused"; }));
@@ -383,7 +382,7 @@ TEST(ClusterTlsTest, DaemonsJoinOverTlsAndOthersCannot) {
   std::string err;
   ASSERT_TRUE(registry.Start(&err)) << err;
   DaemonSpec spec;
-  spec.extra_yaml = registry.DaemonYaml("tls-host", "127.0.0.1:17200");
+  spec.extra_yaml = registry.DaemonYaml("tls-host", "127.0.0.1:" + std::to_string(FreeTcpPort()));
   Daemon good(spec);
   ASSERT_TRUE(good.Start({}, &err)) << err;
   ASSERT_TRUE((*good.Connect())->Put("secure", std::string("v")).ok());
@@ -391,7 +390,8 @@ TEST(ClusterTlsTest, DaemonsJoinOverTlsAndOthersCannot) {
   req.set_key("secure");
   ASSERT_TRUE(Eventually([&] { return registry.Client()->Locate(req).ok(); })) << registry.Log();
   registry.UseTls(certs.other_ca);
-  spec.extra_yaml = registry.DaemonYaml("untrusting-host", "127.0.0.1:17201");
+  spec.extra_yaml =
+      registry.DaemonYaml("untrusting-host", "127.0.0.1:" + std::to_string(FreeTcpPort()));
   Daemon bad(spec);
   ASSERT_TRUE(bad.Start({}, &err)) << err;
   auto status = [&] {

@@ -68,6 +68,21 @@ std::string ReadFile(const std::string& path) {
   return ss.str();
 }
 
+uint16_t FreeTcpPort() {
+  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in sa{};
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  uint16_t port = 0;
+  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0) {
+    port = ntohs(sa.sin_port);
+  }
+  if (fd >= 0) ::close(fd);
+  return port;
+}
+
 std::string BinaryPath(const std::string& name) {
   return std::string(CISTERN_BUILD_DIR) + "/" + name;
 }

@@ -92,6 +92,10 @@ bool Eventually(F pred) {
   return pred();
 }
 
+// A TCP port on 127.0.0.1 free right now (bound to 0, read, closed): for a
+// daemon's cluster.advertise, where its peer transport listens.
+uint16_t FreeTcpPort();
+
 // Path of a binary built beside the tests (cisternd, cistern_test_client).
 std::string BinaryPath(const std::string& name);
 

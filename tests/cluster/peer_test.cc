@@ -1,0 +1,257 @@
+// Remote get between real daemons on this machine (loopback): a get on one
+// host of a key another host holds pulls it, verifies it, keeps it as a
+// replica and publishes that; concurrent gets share one pull; a corrupt
+// source is never sealed; a frozen source fails the get within its deadline.
+#include <fcntl.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <set>
+#include <thread>
+
+#include "fmt/format.h"
+#include "tests/cluster/registry_harness.h"
+#include "tests/integration/daemon_harness.h"
+
+namespace cistern::testing {
+namespace {
+
+using ::testing::AnyOf;
+using ::testing::HasSubstr;
+using namespace std::chrono_literals;
+namespace v1 = registry::v1;
+
+class PeerTest : public ::testing::Test {
+ protected:
+  PeerTest()
+      : registry_("peer-cluster", "peer-token",
+                  {"heartbeat_interval_ms=100", "suspect_after_ms=400", "dead_after_ms=1200",
+                   "replica_grace_ms=2s"}) {}
+
+  void SetUp() override {
+    std::string err;
+    ASSERT_TRUE(registry_.Start(&err)) << err;
+  }
+
+  Daemon& AddDaemon(const std::string& host_id) {
+    DaemonSpec spec;
+    spec.extra_yaml = registry_.DaemonYaml(host_id, "127.0.0.1:" + std::to_string(FreeTcpPort()));
+    daemons_.push_back(std::make_unique<Daemon>(spec));
+    std::string err;
+    EXPECT_TRUE(daemons_.back()->Start({}, &err)) << err;
+    return *daemons_.back();
+  }
+
+  std::set<std::string> Holders(const std::string& key) {
+    v1::LocateRequest req;
+    req.set_key(key);
+    auto r = registry_.Client()->Locate(req);
+    std::set<std::string> out;
+    if (!r.ok()) return out;
+    for (const auto& l : r->locations()) out.insert(l.host_id());
+    return out;
+  }
+
+  static wire::ClusterStatus Cluster(Daemon& d) {
+    auto c = d.Connect();
+    if (!c.ok()) return {};
+    auto s = (*c)->Status();
+    return s.ok() ? s->cluster() : wire::ClusterStatus();
+  }
+
+  // A published object on `d`: a pattern no other bytes of its arena share.
+  static uint64_t PutPublished(Daemon& d, const std::string& key, const std::string& value) {
+    auto c = d.Connect();
+    EXPECT_TRUE(c.ok()) << c.status();
+    if (!c.ok()) return 0;
+    PutOptions o;
+    o.wait_published = 10s;
+    auto r = (*c)->Put(key, std::as_bytes(std::span(value.data(), value.size())), o);
+    EXPECT_TRUE(r.ok()) << r.status();
+    return r.ok() ? r->generation : 0;
+  }
+
+  static std::string Pattern(size_t n, uint32_t seed) {
+    std::string s(n, '\0');
+    uint32_t x = seed * 2654435761u + 1;
+    for (auto& ch : s) {
+      x = x * 1664525u + 1013904223u;
+      ch = static_cast<char>(x >> 24);
+    }
+    return s;
+  }
+
+  Registry registry_;
+  std::vector<std::unique_ptr<Daemon>> daemons_;
+};
+
+TEST_F(PeerTest, AGetOnAnotherHostPullsVerifiesKeepsAndPublishesAReplica) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  std::vector<float> w(1 << 18);
+  for (size_t i = 0; i < w.size(); ++i) w[i] = static_cast<float>(i) * 0.5f;
+  std::vector<int64_t> step = {42};
+  auto ca = a.Connect();
+  ASSERT_TRUE(ca.ok());
+  PutOptions po;
+  po.wait_published = 10s;
+  auto put = (*ca)->PutTensors("model/v1",
+                               {{"w", DType::kFloat32, {512, 512}, std::as_bytes(std::span(w))},
+                                {"step", DType::kInt64, {1}, std::as_bytes(std::span(step))}},
+                               po);
+  ASSERT_TRUE(put.ok()) << put.status();
+
+  auto cb = b.Connect();
+  ASSERT_TRUE(cb.ok());
+  // local_only never pulls.
+  GetOptions local;
+  local.local_only = true;
+  EXPECT_EQ((*cb)->Get("model/v1", local).status().code(), absl::StatusCode::kNotFound);
+  auto view = (*cb)->Get("model/v1");
+  ASSERT_TRUE(view.ok()) << view.status() << "\n" << b.Log();
+  EXPECT_EQ(view->generation(), put->generation);  // the origin's generation
+  ASSERT_EQ(view->tensors().size(), 2u);
+  auto tw = view->tensor("w");
+  ASSERT_TRUE(tw.ok());
+  ASSERT_EQ(tw->size(), w.size() * sizeof(float));
+  EXPECT_EQ(std::memcmp(tw->data(), w.data(), tw->size()), 0);
+  auto ts = view->tensor("step");
+  ASSERT_TRUE(ts.ok());
+  EXPECT_EQ(std::memcmp(ts->data(), step.data(), 8), 0);
+  // Kept on B, and offered by the registry from both hosts.
+  auto stat = (*cb)->Stat("model/v1");
+  ASSERT_TRUE(stat.ok());
+  EXPECT_EQ(stat->generation(), put->generation);
+  EXPECT_TRUE(stat->has_checksum());
+  ASSERT_TRUE(Eventually([&] {
+    return Holders("model/v1") == std::set<std::string>{"host-a", "host-b"};
+  }));
+  EXPECT_EQ(Cluster(b).pulls(), 1u);
+  EXPECT_EQ(Cluster(b).pulled_bytes(), view->size());
+  EXPECT_EQ(Cluster(a).peer_bytes_sent(), view->size());
+  ASSERT_TRUE(Eventually([&] { return Cluster(a).peer_leases() == 0; }));
+  // A second get is local: no second pull.
+  ASSERT_TRUE((*cb)->Get("model/v1").ok());
+  EXPECT_EQ(Cluster(b).pulls(), 1u);
+  // A newer generation on A is pulled when asked for by generation.
+  uint64_t g2 = PutPublished(a, "model/v1", "v2");
+  auto newer = (*cb)->Get("model/v1", g2);
+  ASSERT_TRUE(newer.ok()) << newer.status();
+  EXPECT_EQ(newer->generation(), g2);
+  EXPECT_EQ(newer->size(), 2u);
+}
+
+TEST_F(PeerTest, ConcurrentGetsOfOneKeyOnOneHostCauseOnePull) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  std::string value = Pattern(48 << 20, 1);
+  ASSERT_NE(PutPublished(a, "big", value), 0u);
+  constexpr int kGets = 6;
+  std::vector<std::thread> threads;
+  std::atomic<int> ok{0};
+  for (int i = 0; i < kGets; ++i) {
+    threads.emplace_back([&] {
+      auto c = b.Connect();
+      if (!c.ok()) return;
+      auto v = (*c)->Get("big");
+      if (v.ok() && v->size() == value.size() &&
+          std::memcmp(v->data(), value.data(), value.size()) == 0) {
+        ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), kGets) << b.Log();
+  EXPECT_EQ(Cluster(b).pulls(), 1u);
+  EXPECT_EQ(Cluster(a).peer_bytes_sent(), value.size());
+}
+
+TEST_F(PeerTest, ACorruptSourceIsNeverSealedAndTheGetSaysDataLoss) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  std::string value = Pattern(1 << 20, 2);
+  ASSERT_NE(PutPublished(a, "weights", value), 0u);
+  // A stray write into A's arena after the seal (the checksum the registry
+  // holds is the one computed at the put).
+  int fd = ::open(a.arena_path().c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << a.arena_path();
+  struct stat st {};
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  void* m = ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  ::close(fd);
+  void* hit = ::memmem(m, st.st_size, value.data(), 4096);
+  ASSERT_NE(hit, nullptr);
+  static_cast<char*>(hit)[100] ^= 0x40;
+  ::munmap(m, st.st_size);
+
+  auto cb = b.Connect();
+  ASSERT_TRUE(cb.ok());
+  GetOptions o;
+  o.deadline = 10s;
+  auto view = (*cb)->Get("weights", o);
+  ASSERT_FALSE(view.ok());
+  EXPECT_EQ(view.status().code(), absl::StatusCode::kDataLoss) << view.status();
+  EXPECT_THAT(view.status().message(), HasSubstr("checksum mismatch"));
+  EXPECT_THAT(view.status().message(), HasSubstr("host-a"));
+  // Nothing torn on B: no object, no pending write, no replica offered.
+  EXPECT_EQ((*cb)->Stat("weights").status().code(), absl::StatusCode::kNotFound);
+  auto stats = (*cb)->Stats();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->objects(), 0u);
+  EXPECT_EQ(stats->pending_writes(), 0u);
+  EXPECT_EQ(Holders("weights"), std::set<std::string>{"host-a"});
+  EXPECT_EQ(Cluster(b).pulls_failed(), 1u);
+}
+
+TEST_F(PeerTest, AFrozenSourceFailsTheGetWithinItsDeadlineAndAThawedOneServesIt) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  std::string value = Pattern(1 << 20, 3);
+  ASSERT_NE(PutPublished(a, "k", value), 0u);
+  a.Kill(SIGSTOP);
+  auto cb = b.Connect();
+  ASSERT_TRUE(cb.ok());
+  GetOptions o;
+  o.deadline = 1500ms;
+  auto view = (*cb)->Get("k", o);
+  a.Kill(SIGCONT);
+  ASSERT_FALSE(view.ok());
+  EXPECT_THAT(view.status().code(),
+              AnyOf(absl::StatusCode::kDeadlineExceeded, absl::StatusCode::kUnavailable))
+      << view.status();
+  EXPECT_THAT(view.status().message(), HasSubstr("'k'"));
+  EXPECT_EQ((*cb)->Stat("k").status().code(), absl::StatusCode::kNotFound);
+  // Once A answers again, the same get succeeds.
+  ASSERT_TRUE(Eventually([&] {
+    auto v = (*cb)->Get("k", o);
+    return v.ok() && v->size() == value.size() &&
+           std::memcmp(v->data(), value.data(), value.size()) == 0;
+  })) << b.Log();
+}
+
+TEST_F(PeerTest, AKeyNoHostHoldsAndALocalOnlyObjectAreNotFoundElsewhere) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  auto ca = a.Connect();
+  ASSERT_TRUE(ca.ok());
+  PutOptions po;
+  po.local_only = true;
+  ASSERT_TRUE((*ca)->Put("private", std::string("mine"), po).ok());
+  ASSERT_NE(PutPublished(a, "public", "ours"), 0u);  // after it: private was not published
+  auto cb = b.Connect();
+  ASSERT_TRUE(cb.ok());
+  EXPECT_EQ((*cb)->Get("private").status().code(), absl::StatusCode::kNotFound);
+  auto none = (*cb)->Get("nowhere");
+  EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_THAT(none.status().message(), HasSubstr("nowhere"));
+  EXPECT_TRUE((*cb)->Get("public").ok());
+}
+
+}  // namespace
+}  // namespace cistern::testing
