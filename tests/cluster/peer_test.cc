@@ -235,6 +235,38 @@ TEST_F(PeerTest, AFrozenSourceFailsTheGetWithinItsDeadlineAndAThawedOneServesIt)
   })) << b.Log();
 }
 
+TEST_F(PeerTest, APullFromADeadSourceFailsOverToAnotherReplica) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  Daemon& c = AddDaemon("host-c");
+  std::string value = Pattern(4 << 20, 4);
+  ASSERT_NE(PutPublished(a, "k", value), 0u);
+  auto cb = b.Connect();
+  ASSERT_TRUE(cb.ok());
+  ASSERT_TRUE((*cb)->Get("k").ok());
+  ASSERT_TRUE(Eventually([&] {
+    return Holders("k") == std::set<std::string>{"host-a", "host-b"};
+  }));
+  // A dies; the registry still offers it for a while, and C asks for it first.
+  a.Kill(SIGKILL);
+  a.Wait();
+  auto cc = c.Connect();
+  ASSERT_TRUE(cc.ok());
+  GetOptions o;
+  o.prefer_host = "host-a";
+  o.deadline = 20s;
+  auto view = (*cc)->Get("k", o);
+  ASSERT_TRUE(view.ok()) << view.status() << "\n" << c.Log();
+  ASSERT_EQ(view->size(), value.size());
+  EXPECT_EQ(std::memcmp(view->data(), value.data(), value.size()), 0);
+  wire::ClusterStatus st = Cluster(c);
+  EXPECT_EQ(st.pulls(), 1u);
+  EXPECT_EQ(st.pulls_failed(), 0u);
+  // Either A was tried and given up, or the registry already knew it dead.
+  EXPECT_LE(st.pull_retries(), 1u);
+  EXPECT_EQ(Cluster(b).peer_bytes_sent(), value.size());
+}
+
 TEST_F(PeerTest, AKeyNoHostHoldsAndALocalOnlyObjectAreNotFoundElsewhere) {
   Daemon& a = AddDaemon("host-a");
   Daemon& b = AddDaemon("host-b");

@@ -3,15 +3,18 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -69,18 +72,24 @@ std::string ReadFile(const std::string& path) {
 }
 
 uint16_t FreeTcpPort() {
-  int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in sa{};
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof sa;
-  uint16_t port = 0;
-  if (fd >= 0 && ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&sa), &len) == 0) {
-    port = ntohs(sa.sin_port);
+  // Below the kernel's ephemeral range (32768-60999 by default), so that no
+  // outgoing connection takes the port between this check and the daemon's
+  // bind; random, so that parallel tests rarely try the same one.
+  static std::atomic<uint32_t> calls{0};
+  std::mt19937 rng(static_cast<uint32_t>(::getpid()) * 7919u + calls.fetch_add(1) * 104729u);
+  for (int attempt = 0; attempt < 1000; ++attempt) {
+    uint16_t port = static_cast<uint16_t>(20000 + rng() % 12000);
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return 0;
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_ANY);
+    sa.sin_port = htons(port);
+    bool free = ::bind(fd, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0;
+    ::close(fd);
+    if (free) return port;
   }
-  if (fd >= 0) ::close(fd);
-  return port;
+  return 0;
 }
 
 std::string BinaryPath(const std::string& name) {
@@ -150,7 +159,7 @@ int ChildProcess::Wait() {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-Daemon::Daemon(DaemonSpec spec) {
+Daemon::Daemon(DaemonSpec spec) : netns_(spec.netns) {
   char tmpl[] = "/tmp/cistern-test-XXXXXX";
   dir_ = ::mkdtemp(tmpl);
   socket_path_ = dir_ + "/cisternd.sock";
@@ -193,6 +202,14 @@ pid_t Daemon::Spawn(const std::vector<std::string>& args) {
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);
+    if (!netns_.empty()) {
+      int ns = ::open(("/run/netns/" + netns_).c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0 || ::setns(ns, CLONE_NEWNET) != 0) {
+        std::fprintf(stderr, "cannot enter network namespace '%s': %s\n", netns_.c_str(),
+                     std::strerror(errno));
+        std::_Exit(126);
+      }
+    }
     std::vector<char*> cargv;
     for (auto& a : argv) cargv.push_back(a.data());
     cargv.push_back(nullptr);

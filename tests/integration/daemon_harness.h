@@ -20,6 +20,10 @@ namespace cistern::testing {
 struct DaemonSpec {
   uint64_t tier_bytes = 64 << 20;
   std::string extra_yaml;  // appended to the generated config
+  // Run cisternd in this network namespace (/run/netns/NAME, as `ip netns
+  // add` makes it): a simulated host (scripts/cluster-sim). Its Unix socket
+  // is still reached from here.
+  std::string netns;
 };
 
 class Daemon {
@@ -51,6 +55,7 @@ class Daemon {
 
  private:
   pid_t Spawn(const std::vector<std::string>& args);
+  std::string netns_;
   std::string dir_, socket_path_, config_path_, arena_path_, log_path_;
   pid_t pid_ = -1;
 };
@@ -92,8 +97,8 @@ bool Eventually(F pred) {
   return pred();
 }
 
-// A TCP port on 127.0.0.1 free right now (bound to 0, read, closed): for a
-// daemon's cluster.advertise, where its peer transport listens.
+// A TCP port free right now outside the ephemeral range (0 if none found):
+// for a daemon's cluster.advertise, where its peer transport listens.
 uint16_t FreeTcpPort();
 
 // Path of a binary built beside the tests (cisternd, cistern_test_client).
