@@ -94,7 +94,7 @@ fuzz: fuzz-build
 
 # Debian's python3 with the package built into build/release/python.
 pytest: bootstrap build/release/build.ninja
-	cmake --build build/release -j $(JOBS) --target _cistern cisternd cistern
+	cmake --build build/release -j $(JOBS) --target _cistern cisternd cistern cistern-registry
 	PYTHONPATH=build/release/python:python/tests CISTERN_BUILD_DIR=build/release \
 	  /usr/bin/python3 -m pytest -q python/tests
 	bash examples/stream_kill_restart.sh build/release

@@ -347,14 +347,25 @@ class Client:
         return ObjectRef(*self._c.put_tensors(key, [_tensor_entry(BARE, value)], **opts))
 
     @_translate
-    def get(self, key: str, *, generation: int = 0, as_: str = "numpy"):
+    def get(self, key: str, *, generation: int = 0, as_: str = "numpy",
+            local_only: bool = False, timeout: Optional[float] = None,
+            prefer_host: str = ""):
         """The current generation of ``key`` (or exactly ``generation``),
         zero-copy: a numpy array / torch tensor for a stored array or bytes, a
         dict of them for a stored dict. ``as_``: "numpy", "torch" or
-        "memoryview"."""
+        "memoryview".
+
+        In a cluster, a key this host lacks is pulled from a host that holds
+        it (docs/cluster.md, "Remote get"): ``timeout`` seconds at most
+        (None: the daemon's cluster.pull_timeout_ms), from ``prefer_host``
+        when it has a replica; ``local_only=True`` never pulls."""
         if as_ not in ("numpy", "torch", "memoryview"):
             raise ValueError(f"as_ must be 'numpy', 'torch' or 'memoryview', not {as_!r}")
-        return _from_view(self._c.get(key, generation), as_)
+        if not isinstance(prefer_host, str):
+            raise TypeError(f"prefer_host must be a str, not {type(prefer_host).__name__}")
+        view = self._c.get(key, generation, local_only=bool(local_only),
+                           timeout=_seconds(timeout, "timeout"), prefer_host=prefer_host)
+        return _from_view(view, as_)
 
     @_translate
     def writer(self, key: str, nbytes: int, *, evictable: bool = False, if_absent: bool = False,

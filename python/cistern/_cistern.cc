@@ -366,17 +366,24 @@ PYBIND11_MODULE(_cistern, m) {
           py::arg("local_only") = false, py::arg("wait_published") = 0.0)
       .def(
           "get",
-          [](Client& c, const std::string& key, uint64_t generation) {
+          [](Client& c, const std::string& key, uint64_t generation, bool local_only,
+             double timeout, const std::string& prefer_host) {
+            GetOptions o;
+            o.generation = generation;
+            o.local_only = local_only;
+            o.deadline = Millis(timeout);
+            o.prefer_host = prefer_host;
             absl::StatusOr<ObjectView> v;
             {
               py::gil_scoped_release unlocked;
-              v = c.Get(key, generation);
+              v = c.Get(key, o);
             }
             auto view = std::make_shared<View>();
             view->view = Check(std::move(v));
             return view;
           },
-          py::arg("key"), py::arg("generation") = 0)
+          py::arg("key"), py::arg("generation") = 0, py::arg("local_only") = false,
+          py::arg("timeout") = 0.0, py::arg("prefer_host") = "")
       .def(
           "create",
           [](Client& c, const std::string& key, uint64_t nbytes, bool evictable, bool if_absent,
