@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <span>
 #include <string>
@@ -83,6 +84,34 @@ struct GetOptions {
   // the key. 0: the daemon's cluster.pull_timeout_ms.
   std::chrono::milliseconds deadline{0};
   std::string prefer_host;  // pull from this host's replica when it has one
+};
+
+// Client::Replicate: where to copy a key (docs/cluster.md, "Fan-out").
+struct ReplicateOptions {
+  std::vector<std::string> to;  // host ids; or
+  bool all = false;             // every live host that lacks it
+  uint64_t generation = 0;      // 0: the newest any live host holds
+  // Children per host in the copy tree; 0 or 1: a chain, where the origin
+  // sends each byte once.
+  uint32_t fanout = 0;
+  // The most the whole fan-out may take. 0: cluster.pull_timeout_ms.
+  std::chrono::milliseconds deadline{0};
+};
+
+struct ReplicateResult {
+  struct Target {
+    std::string host_id;
+    absl::Status status;  // OK: it holds the generation now
+    bool already_held = false;
+    std::string upstream;                     // the host it pulled from first
+    std::map<std::string, uint64_t> sources;  // bytes it read from each host
+  };
+  std::string key;
+  uint64_t generation = 0;
+  std::vector<Target> targets;
+  std::map<std::string, uint64_t> bytes_sent;  // by each host, over all targets
+  // OK when every target holds it; else the first failure, naming its host.
+  absl::Status status() const;
 };
 
 // A leased, read-only view of one sealed generation. The bytes stay valid and
@@ -225,6 +254,15 @@ class Client {
   // Leases the current generation of `key` (or exactly `generation`).
   absl::StatusOr<ObjectView> Get(std::string_view key, uint64_t generation = 0);
   absl::StatusOr<ObjectView> Get(std::string_view key, const GetOptions& options);
+  // In a cluster, starts pulls of the keys this host lacks and returns at
+  // once with how many were started; a later Get of one waits for its pull.
+  // FailedPrecondition when the daemon is not in a cluster.
+  absl::StatusOr<uint32_t> Prefetch(const std::vector<std::string>& keys);
+  // In a cluster, copies `key` to other hosts and waits until each holds it
+  // (or failed, or the deadline passed): see ReplicateOptions. The call
+  // fails only when nothing was attempted (bad input, unknown host, no
+  // cluster); per-host outcomes are in the result.
+  absl::StatusOr<ReplicateResult> Replicate(std::string_view key, const ReplicateOptions& options);
   // Removes the current generation (only if it is `generation`, when given);
   // returns the generation removed. Leased bytes stay valid until released.
   absl::StatusOr<uint64_t> Remove(std::string_view key, uint64_t generation = 0);

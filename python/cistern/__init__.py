@@ -368,6 +368,36 @@ class Client:
         return _from_view(view, as_)
 
     @_translate
+    def prefetch(self, keys) -> int:
+        """In a cluster, starts pulling the keys this host lacks from hosts
+        that hold them and returns at once with how many pulls were started;
+        a later ``get`` of one waits for its pull."""
+        if isinstance(keys, (str, bytes)):
+            raise TypeError("prefetch takes a list of keys, not one key")
+        return self._c.prefetch([str(k) for k in keys])
+
+    @_translate
+    def replicate(self, key: str, to=None, *, all: bool = False, generation: int = 0,
+                  fanout: int = 1, timeout: Optional[float] = None) -> dict:
+        """In a cluster, copies ``key`` to the hosts ``to`` (host ids), or with
+        ``all=True`` to every live host that lacks it, and waits until each
+        holds it. Hosts pull in a chain (``fanout`` children per host), each
+        from one still receiving it, so the origin sends each byte about once.
+        Returns ``{"key", "generation", "targets": [{"host_id", "ok", "code",
+        "message", "already_held", "upstream", "received": {host: bytes}}],
+        "bytes_sent": {host: bytes}}``; a failed host is reported there, not
+        raised. Raises ValueError for an unknown host or a bad option."""
+        if isinstance(to, (str, bytes)):
+            raise TypeError("replicate's `to` takes a list of host ids, not one")
+        hosts = [str(h) for h in (to or [])]
+        if bool(hosts) == bool(all):
+            raise ValueError("replicate: give hosts in `to`, or all=True (not both)")
+        if not isinstance(fanout, int) or not 1 <= fanout <= 64:
+            raise ValueError(f"replicate: fanout {fanout!r} is outside 1..64")
+        return self._c.replicate(key, hosts, all=bool(all), generation=int(generation),
+                                 fanout=fanout, timeout=_seconds(timeout, "timeout"))
+
+    @_translate
     def writer(self, key: str, nbytes: int, *, evictable: bool = False, if_absent: bool = False,
                timeout: Optional[float] = None, checksum: bool = True) -> Writer:
         """``with c.writer(key, n) as w: w.buffer[:] = ...`` fills a new

@@ -23,6 +23,7 @@
 
 namespace py = pybind11;
 using cistern::Client;
+using cistern::GetOptions;
 using cistern::ObjectView;
 
 namespace {
@@ -384,6 +385,58 @@ PYBIND11_MODULE(_cistern, m) {
           },
           py::arg("key"), py::arg("generation") = 0, py::arg("local_only") = false,
           py::arg("timeout") = 0.0, py::arg("prefer_host") = "")
+      .def(
+          "prefetch",
+          [](Client& c, const std::vector<std::string>& keys) {
+            absl::StatusOr<uint32_t> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = c.Prefetch(keys);
+            }
+            return Check(std::move(r));
+          },
+          py::arg("keys"))
+      .def(
+          "replicate",
+          [](Client& c, const std::string& key, const std::vector<std::string>& to, bool all,
+             uint64_t generation, uint32_t fanout, double timeout) {
+            cistern::ReplicateOptions o;
+            o.to = to;
+            o.all = all;
+            o.generation = generation;
+            o.fanout = fanout;
+            o.deadline = Millis(timeout);
+            absl::StatusOr<cistern::ReplicateResult> r;
+            {
+              py::gil_scoped_release unlocked;
+              r = c.Replicate(key, o);
+            }
+            cistern::ReplicateResult res = Check(std::move(r));
+            py::list targets;
+            for (const auto& t : res.targets) {
+              py::dict d;
+              d["host_id"] = t.host_id;
+              d["ok"] = t.status.ok();
+              d["code"] = absl::StatusCodeToString(t.status.code());
+              d["message"] = std::string(t.status.message());
+              d["already_held"] = t.already_held;
+              d["upstream"] = t.upstream;
+              py::dict received;
+              for (const auto& [host, bytes] : t.sources) received[py::str(host)] = bytes;
+              d["received"] = received;
+              targets.append(d);
+            }
+            py::dict sent;
+            for (const auto& [host, bytes] : res.bytes_sent) sent[py::str(host)] = bytes;
+            py::dict out;
+            out["key"] = res.key;
+            out["generation"] = res.generation;
+            out["targets"] = targets;
+            out["bytes_sent"] = sent;
+            return out;
+          },
+          py::arg("key"), py::arg("to") = std::vector<std::string>{}, py::arg("all") = false,
+          py::arg("generation") = 0, py::arg("fanout") = 0, py::arg("timeout") = 0.0)
       .def(
           "create",
           [](Client& c, const std::string& key, uint64_t nbytes, bool evictable, bool if_absent,

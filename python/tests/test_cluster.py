@@ -79,6 +79,43 @@ def test_a_get_on_another_host_pulls_the_array(cluster):
         b.get("nowhere", timeout=5)
 
 
+def test_prefetch_starts_pulls_without_waiting(cluster):
+    import cistern
+    a = cistern.connect(cluster[0].socket)
+    b = cistern.connect(cluster[1].socket)
+    a.put("p1", np.ones(1000, dtype=np.int64), wait_published=10)
+    a.put("p2", b"two", wait_published=10)
+    b.put("mine", b"here")
+    assert b.prefetch(["p1", "p2", "mine"]) == 2
+    np.testing.assert_array_equal(b.get("p1", timeout=30), np.ones(1000, dtype=np.int64))
+    assert bytes(b.get("p2", as_="memoryview", timeout=30)) == b"two"
+    with pytest.raises(TypeError):
+        b.prefetch("p1")
+
+
+def test_replicate_copies_to_the_other_host_and_reports_bytes_sent(cluster):
+    import cistern
+    a = cistern.connect(cluster[0].socket)
+    b = cistern.connect(cluster[1].socket)
+    w = np.arange(1 << 20, dtype=np.float32)
+    a.put("rep/w", w, wait_published=10)
+    r = a.replicate("rep/w", ["py-b"], timeout=60)
+    assert r["key"] == "rep/w"
+    [t] = r["targets"]
+    assert t["host_id"] == "py-b" and t["ok"], t
+    assert t["upstream"] == "py-a"
+    assert sum(t["received"].values()) == r["bytes_sent"]["py-a"] > w.nbytes
+    np.testing.assert_array_equal(b.get("rep/w", local_only=True), w)
+    again = a.replicate("rep/w", all=True)
+    assert all(t["already_held"] for t in again["targets"])
+    with pytest.raises(ValueError, match="py-nowhere"):
+        a.replicate("rep/w", ["py-nowhere"])
+    with pytest.raises(ValueError, match="not both"):
+        a.replicate("rep/w")
+    with pytest.raises(TypeError):
+        a.replicate("rep/w", "py-b")
+
+
 def test_get_options_are_checked(cluster):
     import cistern
     b = cistern.connect(cluster[1].socket)

@@ -176,6 +176,70 @@ int Locate(const RegistryTarget& t, const std::string& key, uint64_t generation,
   return 0;
 }
 
+int Replicate(const Target& target, const std::string& key, const ReplicateOptions& o, bool json) {
+  auto c = ConnectTo(target);
+  if (!c.ok()) return Fail(c.status());
+  auto r = (*c)->Replicate(key, o);
+  if (!r.ok()) return Fail(r.status());
+  absl::Status overall = r->status();
+  if (json) {
+    Json j;
+    j["key"] = r->key;
+    j["generation"] = r->generation;
+    j["ok"] = overall.ok();
+    Json targets = Json::array();
+    for (const auto& t : r->targets) {
+      Json sources = Json::object();
+      for (const auto& [host, bytes] : t.sources) sources[host] = bytes;
+      targets.push_back({{"host_id", t.host_id},
+                         {"ok", t.status.ok()},
+                         {"code", absl::StatusCodeToString(t.status.code())},
+                         {"message", std::string(t.status.message())},
+                         {"already_held", t.already_held},
+                         {"upstream", t.upstream},
+                         {"received", sources}});
+    }
+    j["targets"] = targets;
+    Json sent = Json::object();
+    for (const auto& [host, bytes] : r->bytes_sent) sent[host] = bytes;
+    j["bytes_sent"] = sent;
+    PrintJson(j);
+    return overall.ok() ? 0 : 1;
+  }
+  std::printf("%s generation %llu\n", QuoteKey(r->key).c_str(),
+              static_cast<unsigned long long>(r->generation));
+  std::vector<std::vector<std::string>> rows = {{"HOST", "RESULT", "FROM", "RECEIVED"}};
+  for (const auto& t : r->targets) {
+    uint64_t received = 0;
+    std::vector<std::string> from;
+    for (const auto& [host, bytes] : t.sources) {
+      received += bytes;
+      from.push_back(host);
+    }
+    std::string result = t.already_held  ? "already held"
+                         : t.status.ok() ? "copied"
+                                         : absl::StatusCodeToString(t.status.code());
+    rows.push_back(
+        {t.host_id, result,
+         from.empty() ? (t.upstream.empty() ? "-" : t.upstream) : absl::StrJoin(from, ","),
+         HumanBytes(received)});
+  }
+  PrintTable(rows, {false, false, false, true});
+  std::vector<std::vector<std::string>> sent = {{"HOST", "SENT"}};
+  for (const auto& [host, bytes] : r->bytes_sent) sent.push_back({host, HumanBytes(bytes)});
+  if (sent.size() > 1) {
+    std::printf("bytes sent:\n");
+    PrintTable(sent, {false, true});
+  }
+  for (const auto& t : r->targets) {
+    if (!t.status.ok()) {
+      std::fprintf(stderr, "cistern: host '%s': %s\n", t.host_id.c_str(),
+                   std::string(t.status.message()).c_str());
+    }
+  }
+  return overall.ok() ? 0 : 1;
+}
+
 void RegisterSystemCommands(CLI::App* app, Target* target, const bool* json, int* rc) {
   static RegistryTarget where;
   auto* system = app->add_subcommand("system", "ask the cluster registry about the cluster");
@@ -200,6 +264,33 @@ void RegisterSystemCommands(CLI::App* app, Target* target, const bool* json, int
     RegistryTarget t = where;
     t.token = target->token;
     *rc = Locate(t, key, generation, *json);
+  });
+
+  static ReplicateOptions ro;
+  static double timeout_s = 0;
+  auto* replicate = app->add_subcommand(
+      "replicate", "copy KEY to other hosts of the cluster; the origin sends each byte about once");
+  replicate->add_option("KEY", key)->required();
+  auto* to = replicate->add_option("--to", ro.to, "target host ids (one or more)");
+  auto* all = replicate->add_flag("--all", ro.all, "every live host that lacks KEY");
+  to->excludes(all);
+  replicate->add_option("--generation", ro.generation,
+                        "the generation to copy (default: the newest any live host holds)");
+  replicate
+      ->add_option("--fanout", ro.fanout, "children per host in the copy tree (default 1: a chain)")
+      ->check(CLI::Range(1, 64));
+  replicate
+      ->add_option("--timeout", timeout_s,
+                   "seconds the whole copy may take (default: cluster.pull_timeout_ms)")
+      ->check(CLI::Range(0.0, 3600.0));
+  replicate->callback([=] {
+    if (ro.to.empty() && !ro.all) {
+      *rc = UsageError(absl::InvalidArgumentError("replicate: name hosts with --to, or use --all"));
+      return;
+    }
+    ReplicateOptions o = ro;
+    o.deadline = std::chrono::milliseconds(static_cast<int64_t>(timeout_s * 1000));
+    *rc = Replicate(*target, key, o, *json);
   });
 }
 

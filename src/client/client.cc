@@ -366,6 +366,52 @@ absl::StatusOr<ObjectView> Client::Get(std::string_view key, const GetOptions& o
   return MakeView(key, &*r);
 }
 
+absl::StatusOr<uint32_t> Client::Prefetch(const std::vector<std::string>& keys) {
+  wire::Request req;
+  for (const std::string& k : keys) req.mutable_prefetch()->add_keys(k);
+  auto r = conn_->Call(req, &wire::Response::mutable_prefetch);
+  if (!r.ok()) return r.status();
+  return r->started();
+}
+
+absl::Status ReplicateResult::status() const {
+  for (const Target& t : targets) {
+    if (!t.status.ok()) {
+      return absl::Status(t.status.code(),
+                          fmt::format("host '{}': {}", t.host_id, t.status.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ReplicateResult> Client::Replicate(std::string_view key,
+                                                  const ReplicateOptions& options) {
+  wire::Request req;
+  wire::Replicate* r = req.mutable_replicate();
+  r->set_key(std::string(key));
+  r->set_generation(options.generation);
+  for (const std::string& h : options.to) r->add_to(h);
+  r->set_all(options.all);
+  r->set_fanout(options.fanout);
+  r->set_wait_ms(WaitToWireMs(options.deadline));
+  auto got = conn_->Call(req, &wire::Response::mutable_replicate);
+  if (!got.ok()) return got.status();
+  ReplicateResult out;
+  out.key = got->key();
+  out.generation = got->generation();
+  for (const wire::ReplicateTarget& t : got->targets()) {
+    ReplicateResult::Target o;
+    o.host_id = t.host_id();
+    o.status = absl::Status(static_cast<absl::StatusCode>(t.code()), t.message());
+    o.already_held = t.already_held();
+    o.upstream = t.upstream();
+    for (const auto& s : t.sources()) o.sources[s.host_id()] = s.bytes();
+    out.targets.push_back(std::move(o));
+  }
+  for (const auto& s : got->sent()) out.bytes_sent[s.host_id()] = s.bytes();
+  return out;
+}
+
 absl::StatusOr<uint64_t> Client::Remove(std::string_view key, uint64_t generation) {
   wire::Request req;
   req.mutable_remove()->set_key(std::string(key));

@@ -8,9 +8,11 @@
 #include "cistern/peer.pb.h"
 #include "fmt/format.h"
 #include "spdlog/spdlog.h"
+#include "src/cluster/replicate.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/quote.h"
 #include "src/store/checksum.h"
+#include "src/store/key.h"
 #include "src/store/layout.h"
 #include "src/store/manifest.h"
 
@@ -32,6 +34,50 @@ absl::Status Annotate(const absl::Status& s, std::string_view context) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// Arriving
+
+Arriving::~Arriving() {
+  uint64_t lease = 0;
+  {
+    MutexLock lock(&mu);
+    lease = sealed_lease;
+  }
+  if (lease != 0) store->Release(kPeerSession, lease).IgnoreError();
+}
+
+void Arriving::MarkArrived(uint64_t offset, uint64_t n) {
+  MutexLock lock(&mu);
+  islands[offset] = n;
+  for (auto it = islands.begin(); it != islands.end() && it->first <= available;) {
+    available = std::max(available, it->first + it->second);
+    it = islands.erase(it);
+  }
+}
+
+void Arriving::Fail(std::string reason, milliseconds wait) {
+  MutexLock lock(&mu);
+  state = State::kFailed;
+  why = std::move(reason);
+  auto deadline = steady_clock::now() + wait;
+  while (readers > 0 && steady_clock::now() < deadline) {
+    reads_done.WaitFor(&mu, Remaining(deadline));
+  }
+  if (readers > 0) {
+    SPDLOG_WARN(
+        "fetch: {}: {} relay reads still being sent as its block is freed; their "
+        "pullers' checksums will refuse what they got",
+        QuoteKey(key), readers);
+  }
+}
+
+void Arriving::Complete(uint64_t lease) {
+  MutexLock lock(&mu);
+  state = State::kComplete;
+  available = size;
+  sealed_lease = lease;
+}
 
 // ---------------------------------------------------------------------------
 // PeerServer
@@ -74,8 +120,118 @@ absl::StatusOr<std::string> PeerServer::HandleCall(std::string_view request) {
       reply.mutable_close();
       break;
     }
+    case pv1::PeerRequest::kProgress: {
+      auto progress = Progress(req.progress().region());
+      if (!progress.ok()) return progress.status();
+      if (!reply.mutable_progress()->ParseFromString(*progress)) {
+        return absl::InternalError("peer progress");
+      }
+      break;
+    }
+    case pv1::PeerRequest::kFetch:
+    case pv1::PeerRequest::kFetchStatus: {
+      FetchHooks hooks = EnterHooks();
+      bool fetch = req.kind_case() == pv1::PeerRequest::kFetch;
+      if (!hooks.fetch) {
+        LeaveHooks();
+        return absl::UnavailableError("peer: this host is starting or stopping");
+      }
+      auto out = fetch ? hooks.fetch(req.fetch().SerializeAsString())
+                       : hooks.fetch_status(req.fetch_status().SerializeAsString());
+      LeaveHooks();
+      if (!out.ok()) return out.status();
+      bool parsed = fetch ? reply.mutable_fetch()->ParseFromString(*out)
+                          : reply.mutable_fetch_status()->ParseFromString(*out);
+      if (!parsed) return absl::InternalError("peer fetch");
+      break;
+    }
     default:
-      return absl::InvalidArgumentError("peer request: empty (neither open nor close)");
+      return absl::InvalidArgumentError(
+          "peer request: empty (none of open, close, progress, fetch, fetch_status)");
+  }
+  return reply.SerializeAsString();
+}
+
+void PeerServer::SetFetchHooks(FetchHooks hooks) {
+  MutexLock lock(&mu_);
+  hooks_ = std::move(hooks);
+  while (hook_calls_ > 0) hooks_idle_.Wait(&mu_);  // the old ones are no longer called
+}
+
+FetchHooks PeerServer::EnterHooks() {
+  MutexLock lock(&mu_);
+  ++hook_calls_;
+  return hooks_;
+}
+
+void PeerServer::LeaveHooks() {
+  MutexLock lock(&mu_);
+  if (--hook_calls_ == 0) hooks_idle_.SignalAll();
+}
+
+absl::StatusOr<std::string> PeerServer::OpenArriving(const std::string& key, uint64_t generation,
+                                                     milliseconds lease,
+                                                     const std::string& requester) {
+  FetchHooks hooks = EnterHooks();
+  bool pending = false;
+  std::shared_ptr<Arriving> a =
+      hooks.arriving ? hooks.arriving(key, generation, &pending) : nullptr;
+  LeaveHooks();
+  if (a == nullptr) {
+    if (pending) {  // Aborted: "again", unlike Unavailable (go elsewhere)
+      return absl::AbortedError(fmt::format(
+          "{} generation {} is queued to arrive here and has not started: open it again",
+          QuoteKey(key), generation));
+    }
+    return absl::NotFoundError(fmt::format("{} generation {} is neither held nor arriving here",
+                                           QuoteKey(key), generation));
+  }
+  {
+    MutexLock al(&a->mu);
+    if (a->state == Arriving::State::kFailed) {
+      return absl::UnavailableError(fmt::format("{} generation {} failed to arrive here: {}",
+                                                QuoteKey(key), generation, a->why));
+    }
+  }
+  pv1::OpenReply reply;
+  reply.ParseFromString(a->open_reply);
+  reply.set_arriving(true);
+  MutexLock lock(&mu_);
+  uint64_t region = ++next_region_;
+  Lease& l = leases_[region];
+  l.payload = a->data;
+  l.size = a->size;
+  l.duration = lease;
+  l.expires = steady_clock::now() + lease;
+  l.arriving = std::move(a);
+  reply.set_region(region);
+  SPDLOG_DEBUG("peer: {} generation {} (arriving) opened as region {} for host '{}'", QuoteKey(key),
+               generation, region, requester);
+  return reply.SerializeAsString();
+}
+
+absl::StatusOr<std::string> PeerServer::Progress(uint64_t region) {
+  std::shared_ptr<Arriving> a;
+  {
+    MutexLock lock(&mu_);
+    auto it = leases_.find(region);
+    if (it == leases_.end() || it->second.closed) {
+      return absl::NotFoundError(
+          fmt::format("peer progress: region {} is not open (closed or expired)", region));
+    }
+    it->second.expires = steady_clock::now() + it->second.duration;
+    a = it->second.arriving;
+  }
+  pv1::ProgressReply reply;
+  if (a == nullptr) {
+    reply.set_available(0);
+    reply.set_complete(true);  // a sealed object: all of it
+  } else {
+    MutexLock al(&a->mu);
+    reply.set_available(a->available);
+    reply.set_complete(a->state == Arriving::State::kComplete);
+    reply.set_failed(a->state == Arriving::State::kFailed);
+    reply.set_why(a->why);
   }
   return reply.SerializeAsString();
 }
@@ -86,6 +242,10 @@ absl::StatusOr<std::string> PeerServer::Open(const std::string& request_bytes) {
   milliseconds lease = options_.max_lease;
   if (req.lease_ms() != 0) lease = std::min(lease, milliseconds(req.lease_ms()));
   auto got = store_->Get(kPeerSession, req.key(), req.generation());
+  if (!got.ok() && absl::IsNotFound(got.status()) && req.allow_arriving() &&
+      req.generation() != 0) {
+    return OpenArriving(req.key(), req.generation(), lease, req.requester_host());
+  }
   if (!got.ok()) return got.status();
   char* base = tier_bases_[got->tier];
   const auto* h = reinterpret_cast<const store::ObjectHeader*>(base + got->block_offset);
@@ -121,7 +281,9 @@ absl::StatusOr<std::string> PeerServer::Open(const std::string& request_bytes) {
 void PeerServer::EndLocked(uint64_t region) {
   auto it = leases_.find(region);
   if (it == leases_.end()) return;
-  store_->Release(kPeerSession, it->second.store_lease).IgnoreError();
+  if (it->second.arriving == nullptr) {
+    store_->Release(kPeerSession, it->second.store_lease).IgnoreError();
+  }
   leases_.erase(it);
 }
 
@@ -139,12 +301,47 @@ absl::StatusOr<transport::ReadLease> PeerServer::Resolve(uint64_t region, uint64
         fmt::format("read of {} bytes at offset {} is outside region {} ({} bytes)", length, offset,
                     region, l.size));
   }
+  if (l.arriving != nullptr) return ResolveArriving(region, l, offset, length);
   ++l.reads;
   l.expires = steady_clock::now() + l.duration;  // a lease lives while it is read
   bytes_sent_ += length;
   transport::ReadLease out;
   out.data = l.payload + offset;
   out.release = [this, region] {
+    MutexLock lock(&mu_);
+    auto it = leases_.find(region);
+    if (it == leases_.end()) return;
+    if (--it->second.reads == 0 && it->second.closed) EndLocked(region);
+  };
+  return out;
+}
+
+absl::StatusOr<transport::ReadLease> PeerServer::ResolveArriving(uint64_t region, Lease& l,
+                                                                 uint64_t offset, uint64_t length) {
+  std::shared_ptr<Arriving> a = l.arriving;
+  {
+    MutexLock al(&a->mu);
+    if (a->state == Arriving::State::kFailed) {
+      return absl::UnavailableError(
+          fmt::format("region {}: {} failed to arrive here: {}", region, QuoteKey(a->key), a->why));
+    }
+    if (offset + length > a->available) {
+      return absl::OutOfRangeError(fmt::format(
+          "region {}: bytes [{}, {}) have not arrived yet ({} have): ask progress first", region,
+          offset, offset + length, a->available));
+    }
+    ++a->readers;
+  }
+  ++l.reads;
+  l.expires = steady_clock::now() + l.duration;
+  bytes_sent_ += length;
+  transport::ReadLease out;
+  out.data = l.payload + offset;
+  out.release = [this, region, a] {
+    {
+      MutexLock al(&a->mu);
+      if (--a->readers == 0) a->reads_done.SignalAll();
+    }
     MutexLock lock(&mu_);
     auto it = leases_.find(region);
     if (it == leases_.end()) return;
@@ -230,7 +427,66 @@ Fetcher::Outcome Fetcher::Poll(std::string_view key, uint64_t generation) const 
   MutexLock lock(&mu_);
   auto it = jobs_.find(JobKey(key, generation));
   if (it == jobs_.end()) return {};
-  return Outcome{it->second.state, it->second.status};
+  return Outcome{it->second.state, it->second.status, it->second.sources};
+}
+
+std::shared_ptr<Arriving> Fetcher::FindArriving(std::string_view key, uint64_t generation,
+                                                bool* pending) const {
+  MutexLock lock(&mu_);
+  std::string id = JobKey(key, generation);
+  auto it = arriving_.find(id);
+  if (it != arriving_.end()) return it->second;
+  auto job = jobs_.find(id);
+  *pending = job != jobs_.end() && job->second.state == State::kRunning;
+  return nullptr;
+}
+
+absl::StatusOr<std::string> Fetcher::HandleFetch(const std::string& request) {
+  pv1::FetchRequest req;
+  req.ParseFromString(request);
+  if (absl::Status k = store::ValidateKey(req.key()); !k.ok()) return k;
+  if (req.generation() == 0) {
+    return absl::InvalidArgumentError("peer fetch: a generation is required");
+  }
+  pv1::FetchReply reply;
+  auto held = store_->Stat(req.key());
+  if (held.ok() && held->generation >= req.generation()) {
+    reply.set_already_held(true);
+    return reply.SerializeAsString();
+  }
+  Request r;
+  r.key = req.key();
+  r.generation = req.generation();
+  uint64_t ms = std::min<uint64_t>(req.deadline_ms(), 3600 * 1000);
+  r.deadline = steady_clock::now() + milliseconds(ms);
+  if (!req.upstream_host().empty()) {
+    v1::Location up;
+    up.set_host_id(req.upstream_host());
+    up.set_advertise(req.upstream_advertise());
+    up.set_size(req.size());
+    up.set_checksum(req.checksum());
+    up.set_has_checksum(req.has_checksum());
+    r.upstream = std::move(up);
+  }
+  Start(std::move(r));
+  return reply.SerializeAsString();
+}
+
+absl::StatusOr<std::string> Fetcher::HandleFetchStatus(const std::string& request) const {
+  pv1::FetchStatusRequest req;
+  req.ParseFromString(request);
+  Outcome o = Poll(req.key(), req.generation());
+  pv1::FetchStatusReply reply;
+  reply.set_running(o.state == State::kRunning);
+  reply.set_done(o.state == State::kDone);
+  reply.set_code(static_cast<int32_t>(o.status.code()));
+  reply.set_message(std::string(o.status.message()));
+  for (const auto& [host, bytes] : o.sources) {
+    auto* src = reply.add_sources();
+    src->set_host_id(host);
+    src->set_bytes(bytes);
+  }
+  return reply.SerializeAsString();
 }
 
 Fetcher::Stats Fetcher::stats() const {
@@ -269,6 +525,17 @@ absl::Status Fetcher::Fetch(const Request& r) {
   const std::string what = RequestName(r);
   std::set<std::string> tried;  // sources that failed this fetch
   absl::Status last;
+  if (r.upstream && r.upstream->host_id() != options_.host_id) {
+    bool source_fault = false;
+    absl::Status s = PullFrom(r, r.generation, *r.upstream, &source_fault);
+    if (s.ok() || absl::IsAlreadyExists(s)) return absl::OkStatus();
+    if (!source_fault) return s;
+    SPDLOG_WARN("fetch: {}; trying a complete replica", s.message());
+    tried.insert(r.upstream->host_id());
+    last = s;
+    MutexLock lock(&mu_);
+    ++stats_.retries;
+  }
   for (;;) {
     if (steady_clock::now() >= r.deadline) {
       return absl::DeadlineExceededError(
@@ -345,12 +612,20 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   auto control_timeout = [&] { return std::min(options_.control_timeout, Remaining(r.deadline)); };
   *source_fault = true;
 
+  const bool relay = r.upstream && r.upstream->host_id() == source.host_id();
   pv1::PeerRequest open;
   open.mutable_open()->set_key(r.key);
   open.mutable_open()->set_generation(generation);
   open.mutable_open()->set_requester_host(options_.host_id);
   open.mutable_open()->set_lease_ms(options_.lease.count());
-  auto opened = transport_->Call(address, open.SerializeAsString(), control_timeout());
+  open.mutable_open()->set_allow_arriving(relay);
+  absl::StatusOr<std::string> opened;
+  for (;;) {
+    opened = transport_->Call(address, open.SerializeAsString(), control_timeout());
+    // A relay whose own pull is queued: it is about to start receiving.
+    if (!relay || !absl::IsAborted(opened.status()) || steady_clock::now() >= r.deadline) break;
+    std::this_thread::sleep_for(std::min(milliseconds{5}, Remaining(r.deadline)));
+  }
   if (!opened.ok()) return Annotate(opened.status(), what);
   pv1::PeerReply reply;
   if (!reply.ParseFromString(*opened) || !reply.has_open()) {
@@ -405,22 +680,67 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     return Annotate(w.status(), what);
   }
   char* dest = tier_bases_[w->tier] + w->payload_offset;
-  absl::Status read = ReadPayload(address, o.region(), o.size(), dest, r.deadline);
+  // What a relay downstream of this host is told when it opens this copy.
+  pv1::OpenReply relayed = o;
+  relayed.clear_region();
+  relayed.clear_arriving();
+  relayed.set_has_checksum(expected.has_value());
+  relayed.set_checksum(expected.value_or(0));
+  relayed.set_tier(store_->tier_names()[w->tier]);
+  auto arriving = std::make_shared<Arriving>(store_, r.key, generation, dest, o.size(),
+                                             relayed.SerializeAsString());
+  const std::string id = JobKey(r.key, generation);
+  const std::string job_id = JobKey(r.key, r.generation);
+  {
+    MutexLock lock(&mu_);
+    arriving_[id] = arriving;
+  }
+  auto forget = [&] {
+    MutexLock lock(&mu_);
+    auto it = arriving_.find(id);
+    if (it != arriving_.end() && it->second == arriving) arriving_.erase(it);
+  };
+  auto abort = [&](const std::string& why) {
+    forget();
+    arriving->Fail(why, options_.control_timeout);
+    store_->Abort(kFetchSession, w->write_id).IgnoreError();
+  };
+  absl::Status read = ReadPayload(address, o.region(), o.size(), dest, o.arriving(), r.deadline,
+                                  [&](uint64_t offset, uint64_t n) {
+                                    arriving->MarkArrived(offset, n);
+                                    MutexLock lock(&mu_);
+                                    auto it = jobs_.find(job_id);
+                                    if (it != jobs_.end())
+                                      it->second.sources[source.host_id()] += n;
+                                  });
   close();
   if (!read.ok()) {
-    store_->Abort(kFetchSession, w->write_id).IgnoreError();
+    abort(std::string(read.message()));
     return Annotate(read, what);
   }
   uint64_t actual = store::Checksum(dest, o.size());
   if (expected && actual != *expected) {
-    store_->Abort(kFetchSession, w->write_id).IgnoreError();
+    abort("checksum mismatch");
     return absl::DataLossError(fmt::format(
         "{}: checksum mismatch: the bytes hash to {:016x}, expected {:016x}; not sealed", what,
         actual, *expected));
   }
   *source_fault = false;
   auto sealed = store_->Seal(kFetchSession, w->write_id, actual);
-  if (!sealed.ok()) return Annotate(sealed.status(), what);
+  if (!sealed.ok()) {
+    forget();
+    arriving->Fail(std::string(sealed.status().message()), options_.control_timeout);
+    return Annotate(sealed.status(), what);
+  }
+  // Relays still reading this copy keep it by a lease of the sealed object.
+  auto kept = store_->Get(kPeerSession, r.key, generation);
+  if (kept.ok() && tier_bases_[kept->tier] + kept->payload_offset == dest) {
+    arriving->Complete(kept->lease_id);
+  } else {
+    if (kept.ok()) store_->Release(kPeerSession, kept->lease_id).IgnoreError();
+    arriving->Fail("removed as soon as it was sealed", options_.control_timeout);
+  }
+  forget();
   {
     MutexLock lock(&mu_);
     stats_.bytes += o.size();
@@ -431,13 +751,48 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
 }
 
 absl::Status Fetcher::ReadPayload(const std::string& address, uint64_t region, uint64_t size,
-                                  char* dest, steady_clock::time_point deadline) {
+                                  char* dest, bool arriving, steady_clock::time_point deadline,
+                                  const std::function<void(uint64_t, uint64_t)>& arrived) {
   const uint64_t chunk = std::max<uint64_t>(options_.chunk_bytes, 1);
   const uint64_t chunks = (size + chunk - 1) / chunk;
   std::atomic<uint64_t> next{0};
   Mutex error_mu;
   absl::Status error;
   std::atomic<bool> failed{false};
+  // How much of an arriving source has arrived, as its Progress last said.
+  Mutex progress_mu;
+  uint64_t known = arriving ? 0 : size;
+  // Waits until bytes [0, end) have arrived at the source.
+  auto wait_for = [&](uint64_t end) -> absl::Status {
+    MutexLock lock(&progress_mu);
+    while (known < end) {
+      if (failed.load(std::memory_order_relaxed))
+        return absl::CancelledError("another read failed");
+      if (steady_clock::now() >= deadline) {
+        return absl::DeadlineExceededError(fmt::format(
+            "the source's copy is still arriving ({} of {} bytes) at the deadline", known, size));
+      }
+      pv1::PeerRequest req;
+      req.mutable_progress()->set_region(region);
+      auto got = transport_->Call(address, req.SerializeAsString(),
+                                  std::min(options_.control_timeout, Remaining(deadline)));
+      if (!got.ok()) return got.status();
+      pv1::PeerReply reply;
+      if (!reply.ParseFromString(*got) || !reply.has_progress()) {
+        return absl::DataLossError("malformed progress reply");
+      }
+      const pv1::ProgressReply& p = reply.progress();
+      if (p.failed()) {
+        return absl::UnavailableError(fmt::format("the source's own pull failed ({})", p.why()));
+      }
+      uint64_t now_known = p.complete() ? size : std::min(p.available(), size);
+      if (now_known <= known) {
+        std::this_thread::sleep_for(std::min(milliseconds{2}, Remaining(deadline)));
+      }
+      known = std::max(known, now_known);
+    }
+    return absl::OkStatus();
+  };
   auto reader = [&] {
     for (;;) {
       if (failed.load(std::memory_order_relaxed)) return;
@@ -445,13 +800,15 @@ absl::Status Fetcher::ReadPayload(const std::string& address, uint64_t region, u
       if (i >= chunks) return;
       uint64_t off = i * chunk;
       uint64_t n = std::min(chunk, size - off);
-      absl::Status s = transport_->Pull(address, region, off, n, dest + off, Remaining(deadline));
+      absl::Status s = wait_for(off + n);
+      if (s.ok()) s = transport_->Pull(address, region, off, n, dest + off, Remaining(deadline));
       if (!s.ok()) {
         MutexLock lock(&error_mu);
         if (error.ok()) error = Annotate(s, fmt::format("reading bytes [{}, {})", off, off + n));
         failed = true;
         return;
       }
+      arrived(off, n);
     }
   };
   // Up to `window` reads in flight: this thread and window-1 helpers.
@@ -503,13 +860,26 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
   FetcherOptions fo;
   fo.host_id = options.host_id;
   fo.threads = options.pull_threads;
-  fo.on_done = std::move(options.on_pull_done);
+  fo.on_done = options.on_pull_done;
   node->fetcher_ = std::make_unique<Fetcher>(std::move(fo), store, std::move(tier_bases),
                                              node->registry_.get(), node->transport_.get());
+  Fetcher* fetcher = node->fetcher_.get();
+  FetchHooks hooks;
+  hooks.arriving = [fetcher](std::string_view key, uint64_t generation, bool* pending) {
+    return fetcher->FindArriving(key, generation, pending);
+  };
+  hooks.fetch = [fetcher](const std::string& r) { return fetcher->HandleFetch(r); };
+  hooks.fetch_status = [fetcher](const std::string& r) { return fetcher->HandleFetchStatus(r); };
+  server->SetFetchHooks(std::move(hooks));
+  node->replicator_ =
+      std::make_unique<Replicator>(options.host_id, node->registry_.get(), node->transport_.get(),
+                                   fetcher, std::move(options.on_pull_done));
   return node;
 }
 
 PeerNode::~PeerNode() {
+  replicator_.reset();
+  if (server_ != nullptr) server_->SetFetchHooks({});
   fetcher_.reset();
   transport_.reset();
   registry_.reset();

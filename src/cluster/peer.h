@@ -46,10 +46,67 @@
 
 namespace cistern::cluster {
 
+class Replicator;  // src/cluster/replicate.h
+
 // The store sessions of peer leases and of writes being pulled: below the
 // recovered sessions (1 << 61) and far above the server's own ids.
 inline constexpr store::SessionId kPeerSession = store::SessionId{1} << 60;
 inline constexpr store::SessionId kFetchSession = kPeerSession + 1;
+
+// A replica this host is still receiving, served to fan-out relays before it
+// is sealed: bytes [0, available) of `data` have arrived. A read of it is
+// counted in `readers`; the Fetcher marks a failed pull failed and waits for
+// those reads before it frees the block. Once sealed, `sealed_lease` (a store
+// lease under kPeerSession) keeps the bytes until the last relay region that
+// refers to this ends.
+struct Arriving {
+  Arriving(store::ObjectStore* s, std::string k, uint64_t g, const char* d, uint64_t n,
+           std::string reply)
+      : store(s),
+        key(std::move(k)),
+        generation(g),
+        data(d),
+        size(n),
+        open_reply(std::move(reply)) {}
+  ~Arriving();
+  Arriving(const Arriving&) = delete;
+  Arriving& operator=(const Arriving&) = delete;
+
+  enum class State { kArriving, kComplete, kFailed };
+  // Marks bytes [offset, offset + n) arrived; `available` grows over the
+  // prefix that has.
+  void MarkArrived(uint64_t offset, uint64_t n);
+  // Fails it and waits (up to `wait`) for the reads of it being sent.
+  void Fail(std::string why, std::chrono::milliseconds wait);
+  void Complete(uint64_t lease);
+
+  store::ObjectStore* const store;
+  const std::string key;
+  const uint64_t generation;
+  const char* const data;
+  const uint64_t size;
+  const std::string open_reply;  // an encoded peer.v1.OpenReply, region unset
+
+  mutable Mutex mu;
+  CondVar reads_done;
+  State state ABSL_GUARDED_BY(mu) = State::kArriving;
+  std::string why ABSL_GUARDED_BY(mu);
+  uint64_t available ABSL_GUARDED_BY(mu) = 0;
+  std::map<uint64_t, uint64_t> islands ABSL_GUARDED_BY(mu);  // arrived past `available`
+  uint32_t readers ABSL_GUARDED_BY(mu) = 0;
+  uint64_t sealed_lease ABSL_GUARDED_BY(mu) = 0;
+};
+
+// What a PeerServer asks of this host's Fetcher.
+struct FetchHooks {
+  // The replica of (key, generation) being received here, if any; `pending`
+  // when a fetch of it is queued but has not reserved its block yet.
+  std::function<std::shared_ptr<Arriving>(std::string_view key, uint64_t generation, bool* pending)>
+      arriving;
+  // A peer's FetchRequest / FetchStatusRequest (encoded); the encoded reply.
+  std::function<absl::StatusOr<std::string>(const std::string& request)> fetch;
+  std::function<absl::StatusOr<std::string>(const std::string& request)> fetch_status;
+};
 
 struct PeerServerOptions {
   std::chrono::milliseconds max_lease{60000};  // the cap on OpenRequest.lease_ms
@@ -68,6 +125,10 @@ class PeerServer {
   // Ends the leases past their time that no read holds.
   void ExpireLeases();
 
+  // Set once the Fetcher exists; until then relays and fetch requests are
+  // refused as Unavailable.
+  void SetFetchHooks(FetchHooks hooks);
+
   uint64_t open_leases() const;
   uint64_t bytes_sent() const;  // payload bytes handed to peers' reads
 
@@ -78,10 +139,20 @@ class PeerServer {
     uint64_t size = 0;
     std::chrono::milliseconds duration{0};  // renewed by each read
     std::chrono::steady_clock::time_point expires;
-    uint32_t reads = 0;   // being sent
-    bool closed = false;  // Close came, or it expired, while a read was sent
+    uint32_t reads = 0;                  // being sent
+    bool closed = false;                 // Close came, or it expired, while a read was sent
+    std::shared_ptr<Arriving> arriving;  // a relay region (no store lease)
   };
   absl::StatusOr<std::string> Open(const std::string& request_bytes);
+  absl::StatusOr<std::string> OpenArriving(const std::string& key, uint64_t generation,
+                                           std::chrono::milliseconds lease,
+                                           const std::string& requester);
+  absl::StatusOr<std::string> Progress(uint64_t region);
+  FetchHooks EnterHooks();  // a copy of the hooks, counted as in use until LeaveHooks
+  void LeaveHooks();
+  absl::StatusOr<transport::ReadLease> ResolveArriving(uint64_t region, Lease& l, uint64_t offset,
+                                                       uint64_t length)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void EndLocked(uint64_t region) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   store::ObjectStore* const store_;
@@ -91,6 +162,9 @@ class PeerServer {
   std::map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
   uint64_t next_region_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_sent_ ABSL_GUARDED_BY(mu_) = 0;
+  FetchHooks hooks_ ABSL_GUARDED_BY(mu_);
+  uint32_t hook_calls_ ABSL_GUARDED_BY(mu_) = 0;  // hooks being called
+  CondVar hooks_idle_;
 };
 
 struct FetcherOptions {
@@ -120,6 +194,10 @@ class Fetcher {
     uint64_t generation = 0;  // 0: the newest any live host holds
     std::string prefer_host;  // try this host's replica first
     std::chrono::steady_clock::time_point deadline;
+    // A fan-out relay: read first from this host, whose copy may still be
+    // arriving (then any complete replica). `upstream` carries host_id,
+    // advertise, size and checksum.
+    std::optional<registry::v1::Location> upstream;
   };
   // Starts a pull of (key, generation) unless one is running (then it is
   // shared, and a later deadline is not applied). Returns at once.
@@ -128,7 +206,8 @@ class Fetcher {
   enum class State { kNone, kRunning, kDone };
   struct Outcome {
     State state = State::kNone;
-    absl::Status status;  // when kDone
+    absl::Status status;                      // when kDone
+    std::map<std::string, uint64_t> sources;  // bytes read from each host
   };
   // What became of the last fetch of (key, generation).
   Outcome Poll(std::string_view key, uint64_t generation) const;
@@ -141,12 +220,21 @@ class Fetcher {
   };
   Stats stats() const;
 
+  // The PeerServer's FetchHooks: the copy of (key, generation) arriving
+  // here, and peers' fetch / fetch-status requests (encoded peer.v1
+  // FetchRequest / FetchStatusRequest).
+  std::shared_ptr<Arriving> FindArriving(std::string_view key, uint64_t generation,
+                                         bool* pending) const;
+  absl::StatusOr<std::string> HandleFetch(const std::string& request);
+  absl::StatusOr<std::string> HandleFetchStatus(const std::string& request) const;
+
  private:
   struct Job {
     Request request;
     State state = State::kRunning;
     absl::Status status;
     std::chrono::steady_clock::time_point finished;
+    std::map<std::string, uint64_t> sources;
   };
   void Work();
   absl::Status Fetch(const Request& r);
@@ -155,8 +243,12 @@ class Fetcher {
   // this host's store refused, or the pull succeeded).
   absl::Status PullFrom(const Request& r, uint64_t generation, const registry::v1::Location& source,
                         bool* source_fault);
+  // Reads region [0, size) into dest, chunks in parallel. From an arriving
+  // region only what the holder's Progress says has arrived is read.
+  // `arrived` is told of each chunk read.
   absl::Status ReadPayload(const std::string& address, uint64_t region, uint64_t size, char* dest,
-                           std::chrono::steady_clock::time_point deadline);
+                           bool arriving, std::chrono::steady_clock::time_point deadline,
+                           const std::function<void(uint64_t offset, uint64_t n)>& arrived);
   static std::string JobKey(std::string_view key, uint64_t generation);
   static std::string RequestName(const Request& r);
 
@@ -170,22 +262,24 @@ class Fetcher {
   CondVar work_;
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
   std::map<std::string, Job> jobs_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, std::shared_ptr<Arriving>> arriving_ ABSL_GUARDED_BY(mu_);
   std::deque<std::string> queue_ ABSL_GUARDED_BY(mu_);
   Stats stats_ ABSL_GUARDED_BY(mu_);
   std::vector<std::thread> threads_;
 };
 
 // The daemon's peer-to-peer side: a transport listening at the advertised
-// address, the PeerServer answering it, and a Fetcher pulling through it.
-// Destroyed in the safe order: pulls end, then the transport (no more reads
-// of leased bytes), then the leases.
+// address, the PeerServer answering it, a Fetcher pulling through it, and a
+// Replicator driving fan-outs. Destroyed in the safe order: fan-outs end,
+// then pulls, then the transport (no more reads of leased bytes), then the
+// leases.
 struct PeerNodeOptions {
   std::string host_id;
   std::string advertise;  // "a.b.c.d:port": the transport listens here
   std::string token;      // the cluster token, required of every peer
   RegistryClientOptions registry;
   size_t pull_threads = 4;
-  std::function<void()> on_pull_done;
+  std::function<void()> on_pull_done;  // also when a fan-out ends
 };
 
 class PeerNode {
@@ -197,6 +291,7 @@ class PeerNode {
 
   PeerServer& server() { return *server_; }
   Fetcher& fetcher() { return *fetcher_; }
+  Replicator& replicator() { return *replicator_; }
 
  private:
   PeerNode() = default;
@@ -204,6 +299,7 @@ class PeerNode {
   std::unique_ptr<RegistryClient> registry_;
   std::unique_ptr<transport::Transport> transport_;
   std::unique_ptr<Fetcher> fetcher_;
+  std::unique_ptr<Replicator> replicator_;
 };
 
 }  // namespace cistern::cluster

@@ -23,6 +23,7 @@
 #include "spdlog/spdlog.h"
 #include "src/cluster/agent.h"
 #include "src/cluster/peer.h"
+#include "src/cluster/replicate.h"
 #include "src/common/fmt_absl.h"
 #include "src/config/daemon_config.h"
 #include "src/daemon/arena_file.h"
@@ -41,6 +42,31 @@ namespace {
 
 cistern::daemon::Server* g_server = nullptr;
 cistern::daemon::Metrics* g_metrics = nullptr;
+
+cistern::wire::ReplicateReply ReplicateReplyOf(const cistern::cluster::ReplicateResult& r) {
+  cistern::wire::ReplicateReply out;
+  out.set_key(r.key);
+  out.set_generation(r.generation);
+  for (const auto& t : r.targets) {
+    auto* w = out.add_targets();
+    w->set_host_id(t.host_id);
+    w->set_code(static_cast<int32_t>(t.status.code()));
+    w->set_message(std::string(t.status.message()));
+    w->set_already_held(t.already_held);
+    w->set_upstream(t.upstream);
+    for (const auto& [host, bytes] : t.sources) {
+      auto* s = w->add_sources();
+      s->set_host_id(host);
+      s->set_bytes(bytes);
+    }
+  }
+  for (const auto& [host, bytes] : r.sent) {
+    auto* s = out.add_sent();
+    s->set_host_id(host);
+    s->set_bytes(bytes);
+  }
+  return out;
+}
 
 void OnSignal(int) {
   if (g_metrics) g_metrics->set_state(cistern::daemon::HealthState::kDraining);
@@ -317,6 +343,26 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
       if (o.state == cluster::Fetcher::State::kRunning) return std::nullopt;
       return o.status;  // kNone (forgotten): OK, and the get says NotFound
     };
+    remote.replicate_start = [&peers, &cl](const wire::Replicate& r) {
+      cluster::ReplicateRequest req;
+      req.key = r.key();
+      req.generation = r.generation();
+      req.to.assign(r.to().begin(), r.to().end());
+      req.all = r.all();
+      req.fanout = r.fanout();
+      uint64_t ms = r.wait_ms() != 0 ? r.wait_ms() : cl.pull_timeout_ms();
+      req.timeout =
+          std::chrono::milliseconds(std::min<uint64_t>(ms, daemon::Server::kMaxReplicateWaitMs));
+      return peers->replicator().Start(std::move(req));
+    };
+    remote.replicate_poll =
+        [&peers](uint64_t job) -> std::optional<absl::StatusOr<wire::ReplicateReply>> {
+      auto done = peers->replicator().Poll(job);
+      if (!done) return std::nullopt;
+      if (!done->ok()) return done->status();
+      return ReplicateReplyOf(**done);
+    };
+    remote.replicate_forget = [&peers](uint64_t job) { peers->replicator().Forget(job); };
     server.SetRemoteGet(std::move(remote));
     spdlog::info("cluster '{}': host '{}', registry {}, advertised (and serving peers) at {}",
                  cl.cluster_id(), cfg.host_id(), cl.registry(), cl.advertise());

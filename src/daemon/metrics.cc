@@ -36,6 +36,8 @@ constexpr std::string_view kVerbNames[kVerbCount] = {
     "quarantine_remove",
     "adopt",
     "wait_published",
+    "prefetch",
+    "replicate",
     "stream_open",
     "stream_commit",
     "stream_lease",
@@ -89,6 +91,10 @@ Verb VerbOf(const wire::Request& req) {
       return Verb::kAdopt;
     case wire::Request::kWaitPublished:
       return Verb::kWaitPublished;
+    case wire::Request::kPrefetch:
+      return Verb::kPrefetch;
+    case wire::Request::kReplicate:
+      return Verb::kReplicate;
     case wire::Request::kStreamOpen:
       return Verb::kStreamOpen;
     case wire::Request::kStreamCommit:

@@ -74,6 +74,8 @@ enum class Verb : uint8_t {
   kQuarantineRemove,
   kAdopt,
   kWaitPublished,
+  kPrefetch,
+  kReplicate,
   kStreamOpen,
   kStreamCommit,
   kStreamLease,

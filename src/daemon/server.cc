@@ -400,6 +400,7 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     uint64_t wait_ms = s->parked->has_create()           ? s->parked->create().wait_ms()
                        : s->parked->has_wait_published() ? s->parked->wait_published().wait_ms()
                        : s->parked->has_get()            ? RemoteGetWaitMs(s->parked->get())
+                       : s->parked->has_replicate()      ? ReplicateWaitMs(s->parked->replicate())
                                                          : StreamHandler::WaitMs(*s->parked);
     s->parked_deadline = start + WaitFromWireMs(wait_ms);
     parked_.push_back(s->id);
@@ -456,6 +457,11 @@ bool Server::Dispatch(Session* s, const wire::Request& req, StreamHandler::Attem
                     QuoteKey(w.key()), w.generation(), why_late_ ? why_late_() : "unknown"));
     return false;
   }
+  if (req.has_prefetch()) {
+    HandlePrefetch(req, resp);
+    return false;
+  }
+  if (req.has_replicate()) return HandleReplicate(s, req, attempt, resp);
   if (StreamHandler::Handles(req)) {
     std::string client = s->client_name.empty() ? fmt::format("pid-{}", s->pid) : s->client_name;
     return streams_.Handle(req, client, attempt, resp);
@@ -469,6 +475,74 @@ bool Server::Dispatch(Session* s, const wire::Request& req, StreamHandler::Attem
   return attempt != StreamHandler::Attempt::kFinal && req.has_create() &&
          req.create().wait_ms() > 0 && resp->has_status() &&
          resp->status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted);
+}
+
+uint64_t Server::ReplicateWaitMs(const wire::Replicate& r) const {
+  // The fan-out reports its own deadline; the park outlives it a little so
+  // that report, naming each host, is what the client gets.
+  uint64_t ms = r.wait_ms() != 0 ? r.wait_ms() : remote_get_.default_timeout.count();
+  return std::min<uint64_t>(ms, kMaxReplicateWaitMs) + 10000;
+}
+
+bool Server::HandleReplicate(Session* s, const wire::Request& req, StreamHandler::Attempt attempt,
+                             wire::Response* resp) {
+  resp->set_id(req.id());
+  auto fail = [&](const absl::Status& st) {
+    resp->mutable_status()->set_code(static_cast<int32_t>(st.code()));
+    resp->mutable_status()->set_message(std::string(st.message()));
+    return false;
+  };
+  if (!remote_get_.replicate_start) {
+    return fail(absl::FailedPreconditionError(
+        "replicate needs a cluster: this daemon has no cluster.registry"));
+  }
+  const wire::Replicate& r = req.replicate();
+  if (attempt == StreamHandler::Attempt::kFirst) {
+    auto job = remote_get_.replicate_start(r);
+    if (!job.ok()) return fail(job.status());
+    s->replicate_job = *job;
+    return true;  // park until it ends
+  }
+  auto done = remote_get_.replicate_poll(s->replicate_job);
+  if (!done) {
+    if (attempt == StreamHandler::Attempt::kRetry) return true;
+    remote_get_.replicate_forget(s->replicate_job);
+    s->replicate_job = 0;
+    return fail(absl::DeadlineExceededError(
+        fmt::format("replicate {}: the fan-out did not report within {} ms", QuoteKey(r.key()),
+                    ReplicateWaitMs(r))));
+  }
+  s->replicate_job = 0;
+  if (!done->ok()) return fail(done->status());
+  *resp->mutable_replicate() = std::move(**done);
+  return false;
+}
+
+void Server::HandlePrefetch(const wire::Request& req, wire::Response* resp) {
+  resp->set_id(req.id());
+  auto fail = [&](const absl::Status& st) {
+    resp->mutable_status()->set_code(static_cast<int32_t>(st.code()));
+    resp->mutable_status()->set_message(std::string(st.message()));
+  };
+  const auto& keys = req.prefetch().keys();
+  if (!remote_get_.start) {
+    return fail(absl::FailedPreconditionError(
+        "prefetch needs a cluster: this daemon has no cluster.registry"));
+  }
+  if (static_cast<uint64_t>(keys.size()) > options_.max_batch) {
+    return fail(absl::InvalidArgumentError(
+        fmt::format("prefetch of {} keys exceeds max_batch {}", keys.size(), options_.max_batch)));
+  }
+  for (const std::string& key : keys) {
+    if (absl::Status k = store::ValidateKey(key); !k.ok()) return fail(k);
+  }
+  uint32_t started = 0;
+  for (const std::string& key : keys) {
+    if (store_->Stat(key).ok()) continue;
+    remote_get_.start(key, 0, "", remote_get_.default_timeout);
+    ++started;
+  }
+  resp->mutable_prefetch()->set_started(started);
 }
 
 uint64_t Server::RemoteGetWaitMs(const wire::Get& get) const {
@@ -692,6 +766,9 @@ void Server::CloseSession(Session* s, const char* why, bool end_leases) {
                 info.pending_writes);
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_DEL, s->fd.get(), nullptr);
   if (end_leases) store_->CloseSession(id);
+  if (s->replicate_job != 0 && remote_get_.replicate_forget) {
+    remote_get_.replicate_forget(s->replicate_job);
+  }
   parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
   if (s->hello_done) {
     --said_hello_;

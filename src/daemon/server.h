@@ -149,7 +149,15 @@ class Server {
         start;
     std::function<std::optional<absl::Status>(std::string_view key, uint64_t generation)> poll;
     std::chrono::milliseconds default_timeout{60000};  // a Get without wait_ms
+    // Fan-out (src/cluster/replicate.h): start answers a job id at once (or
+    // refuses the request); poll answers nothing while it runs, then its
+    // reply once; forget drops a job whose asker went away.
+    std::function<absl::StatusOr<uint64_t>(const wire::Replicate&)> replicate_start;
+    std::function<std::optional<absl::StatusOr<wire::ReplicateReply>>(uint64_t job)> replicate_poll;
+    std::function<void(uint64_t job)> replicate_forget;
   };
+  // Fan-outs wait at most this long (a longer wait_ms is clamped to it).
+  static constexpr uint64_t kMaxReplicateWaitMs = 3600 * 1000;
   void SetRemoteGet(RemoteGet remote) { remote_get_ = std::move(remote); }
 
   // Open sessions (connections that said hello). Thread-safe.
@@ -174,6 +182,7 @@ class Server {
     Clock::TimePoint close_deadline;  // while closing: when to stop waiting for the client
     // A request waiting (see the top of this file).
     std::unique_ptr<wire::Request> parked;
+    uint64_t replicate_job = 0;  // the fan-out a parked Replicate waits for
     Clock::TimePoint parked_since;
     Clock::TimePoint parked_deadline;
     explicit Session(uint64_t max_frame) : in(max_frame) {}
@@ -210,6 +219,10 @@ class Server {
   // polls its pull; true to park.
   bool RemoteGetAttempt(const wire::Get& get, StreamHandler::Attempt attempt, wire::Response* resp);
   uint64_t RemoteGetWaitMs(const wire::Get& get) const;
+  bool HandleReplicate(Session* s, const wire::Request& req, StreamHandler::Attempt attempt,
+                       wire::Response* resp);
+  uint64_t ReplicateWaitMs(const wire::Replicate& r) const;
+  void HandlePrefetch(const wire::Request& req, wire::Response* resp);
   // Answers a parked request (it no longer blocks, or its time is up) and
   // resumes its session.
   void Unpark(Session* s, wire::Response& resp);

@@ -38,8 +38,9 @@ class PeerTest : public ::testing::Test {
     ASSERT_TRUE(registry_.Start(&err)) << err;
   }
 
-  Daemon& AddDaemon(const std::string& host_id) {
+  Daemon& AddDaemon(const std::string& host_id, uint64_t tier_bytes = 64 << 20) {
     DaemonSpec spec;
+    spec.tier_bytes = tier_bytes;
     spec.extra_yaml = registry_.DaemonYaml(host_id, "127.0.0.1:" + std::to_string(FreeTcpPort()));
     daemons_.push_back(std::make_unique<Daemon>(spec));
     std::string err;
@@ -283,6 +284,202 @@ TEST_F(PeerTest, AKeyNoHostHoldsAndALocalOnlyObjectAreNotFoundElsewhere) {
   EXPECT_EQ(none.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(none.status().message(), HasSubstr("nowhere"));
   EXPECT_TRUE((*cb)->Get("public").ok());
+}
+
+TEST_F(PeerTest, PrefetchStartsPullsWithoutWaitingAndCheckedKeysChangeNothing) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  std::string one = Pattern(8 << 20, 7);
+  std::string two = Pattern(1 << 20, 8);
+  ASSERT_NE(PutPublished(a, "pre/one", one), 0u);
+  ASSERT_NE(PutPublished(a, "pre/two", two), 0u);
+  ASSERT_NE(PutPublished(b, "pre/here", "local"), 0u);
+  auto cb = b.Connect();
+  ASSERT_TRUE(cb.ok());
+  // A bad key anywhere in the list refuses the whole call and starts nothing.
+  auto bad = (*cb)->Prefetch({"pre/one", std::string("bad\0key", 7)});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Cluster(b).pulls(), 0u);
+  // A key held here is skipped; the two held on A are pulled in the background.
+  auto started = (*cb)->Prefetch({"pre/one", "pre/two", "pre/here"});
+  ASSERT_TRUE(started.ok()) << started.status();
+  EXPECT_EQ(*started, 2u);
+  ASSERT_TRUE(Eventually([&] { return Cluster(b).pulls() == 2u; })) << b.Log();
+  EXPECT_EQ(Cluster(b).pulls_failed(), 0u);
+  // Now both are local: a local-only get serves them, with the right bytes.
+  GetOptions local;
+  local.local_only = true;
+  ASSERT_TRUE(Eventually([&] { return (*cb)->Get("pre/two", local).ok(); }));
+  auto v = (*cb)->Get("pre/one", local);
+  ASSERT_TRUE(v.ok()) << v.status();
+  ASSERT_EQ(v->size(), one.size());
+  EXPECT_EQ(std::memcmp(v->data(), one.data(), one.size()), 0);
+  // Prefetching what is already here starts nothing.
+  auto again = (*cb)->Prefetch({"pre/one", "pre/two"});
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(*again, 0u);
+  EXPECT_EQ(Cluster(b).pulls(), 2u);
+}
+
+TEST_F(PeerTest, ReplicateToAllCopiesInAChainAndTheOriginSendsEachByteOnce) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  Daemon& c = AddDaemon("host-c");
+  Daemon& d = AddDaemon("host-d");
+  std::string value = Pattern(40 << 20, 11);
+  uint64_t gen = PutPublished(a, "fan/weights", value);
+  ASSERT_NE(gen, 0u);
+  ASSERT_TRUE(Eventually([&] { return Cluster(d).state() == "serving"; }));
+  auto ca = a.Connect();
+  ASSERT_TRUE(ca.ok());
+  ReplicateOptions o;
+  o.all = true;
+  auto r = (*ca)->Replicate("fan/weights", o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->status().ok()) << r->status() << "\n" << b.Log() << c.Log() << d.Log();
+  EXPECT_EQ(r->generation, gen);
+  ASSERT_EQ(r->targets.size(), 4u);  // every live host; A already holds it
+  std::map<std::string, std::string> upstream;
+  for (const auto& t : r->targets) {
+    upstream[t.host_id] = t.upstream;
+    if (t.host_id == "host-a") {
+      EXPECT_TRUE(t.already_held);
+      continue;
+    }
+    uint64_t received = 0;
+    for (const auto& [host, bytes] : t.sources) received += bytes;
+    EXPECT_EQ(received, value.size()) << t.host_id;
+  }
+  // A chain: A -> B -> C -> D, each pulling from the one before.
+  EXPECT_EQ(upstream["host-b"], "host-a");
+  EXPECT_EQ(upstream["host-c"], "host-b");
+  EXPECT_EQ(upstream["host-d"], "host-c");
+  EXPECT_EQ(r->bytes_sent["host-a"], value.size());
+  EXPECT_EQ(r->bytes_sent["host-b"], value.size());
+  EXPECT_EQ(r->bytes_sent["host-c"], value.size());
+  EXPECT_EQ(r->bytes_sent.count("host-d"), 0u);
+  EXPECT_EQ(Cluster(a).peer_bytes_sent(), value.size());  // the daemon's own count
+  for (Daemon* host : {&b, &c, &d}) {
+    auto ch = host->Connect();
+    ASSERT_TRUE(ch.ok());
+    GetOptions local;
+    local.local_only = true;
+    auto v = (*ch)->Get("fan/weights", local);
+    ASSERT_TRUE(v.ok()) << v.status();
+    EXPECT_EQ(v->generation(), gen);
+    ASSERT_EQ(v->size(), value.size());
+    EXPECT_EQ(std::memcmp(v->data(), value.data(), value.size()), 0);
+  }
+  ASSERT_TRUE(Eventually([&] {
+    return Holders("fan/weights") == std::set<std::string>{"host-a", "host-b", "host-c", "host-d"};
+  }));
+  ASSERT_TRUE(Eventually([&] {
+    return Cluster(a).peer_leases() + Cluster(b).peer_leases() + Cluster(c).peer_leases() == 0;
+  }));
+  // Again: every target already holds it, nothing moves.
+  auto again = (*ca)->Replicate("fan/weights", o);
+  ASSERT_TRUE(again.ok());
+  for (const auto& t : again->targets) EXPECT_TRUE(t.already_held) << t.host_id;
+  EXPECT_TRUE(again->bytes_sent.empty());
+}
+
+TEST_F(PeerTest, AFailedLinkInTheChainFallsBackToACompleteReplicaAndNothingTornIsKept) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b", 16 << 20);  // too small: its own pull fails at once
+  Daemon& c = AddDaemon("host-c");
+  std::string value = Pattern(24 << 20, 12);
+  ASSERT_NE(PutPublished(a, "fan/big", value), 0u);
+  ASSERT_TRUE(Eventually([&] { return Cluster(c).state() == "serving"; }));
+  auto cc = c.Connect();  // asked from a host that does not hold it
+  ASSERT_TRUE(cc.ok());
+  ReplicateOptions o;
+  o.to = {"host-b", "host-c"};
+  auto r = (*cc)->Replicate("fan/big", o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->targets.size(), 2u);
+  EXPECT_EQ(r->targets[0].host_id, "host-b");
+  EXPECT_EQ(r->targets[0].status.code(), absl::StatusCode::kInvalidArgument)  // does not fit
+      << r->targets[0].status;
+  EXPECT_THAT(r->targets[0].status.message(), HasSubstr("does not fit"));
+  EXPECT_EQ(r->targets[1].host_id, "host-c");
+  EXPECT_TRUE(r->targets[1].status.ok()) << r->targets[1].status << "\n" << c.Log();
+  EXPECT_EQ(r->targets[1].upstream, "host-b");
+  EXPECT_EQ(r->targets[1].sources["host-a"], value.size());  // fell back to the origin
+  EXPECT_EQ(r->status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(r->status().message(), HasSubstr("host-b"));
+  auto cb = b.Connect();
+  ASSERT_TRUE(cb.ok());
+  GetOptions local;
+  local.local_only = true;
+  EXPECT_EQ((*cb)->Get("fan/big", local).status().code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(Eventually([&] {
+    return Holders("fan/big") == std::set<std::string>{"host-a", "host-c"};
+  }));
+}
+
+TEST_F(PeerTest, ReplicateRefusesBadRequestsAndStartsNothing) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  ASSERT_NE(PutPublished(a, "fan/x", "x"), 0u);
+  ASSERT_TRUE(Eventually([&] { return Cluster(b).state() == "serving"; }));
+  auto ca = a.Connect();
+  ASSERT_TRUE(ca.ok());
+  ReplicateOptions o;
+  o.to = {"host-b", "host-nowhere"};
+  auto unknown = (*ca)->Replicate("fan/x", o);
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(unknown.status().message(), HasSubstr("host-nowhere"));
+  o.to.clear();
+  EXPECT_EQ((*ca)->Replicate("fan/x", o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.all = true;
+  o.fanout = 1000;
+  EXPECT_EQ((*ca)->Replicate("fan/x", o).status().code(), absl::StatusCode::kInvalidArgument);
+  o.fanout = 0;
+  EXPECT_EQ((*ca)->Replicate(std::string("bad\0key", 7), o).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ((*ca)->Replicate("fan/none", o).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Cluster(b).pulls(), 0u);
+  EXPECT_EQ(Holders("fan/x"), std::set<std::string>{"host-a"});
+}
+
+TEST_F(PeerTest, TheCliReplicatesAndReportsEachHostAndTheBytesSent) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  std::string value = Pattern(3 << 20, 13);
+  ASSERT_NE(PutPublished(a, "cli/w", value), 0u);
+  ASSERT_TRUE(Eventually([&] { return Cluster(b).state() == "serving"; }));
+  std::string at = " --address " + a.socket_path();
+  CliResult copied = RunCli("replicate cli/w --to host-b" + at);
+  ASSERT_EQ(copied.code, 0) << copied.out;
+  EXPECT_THAT(copied.out, HasSubstr("host-b"));
+  EXPECT_THAT(copied.out, HasSubstr("copied"));
+  EXPECT_THAT(copied.out, HasSubstr("bytes sent:"));
+  EXPECT_THAT(copied.out, HasSubstr("3.0 MiB"));
+  CliResult json = RunCli("replicate cli/w --all --json" + at);
+  ASSERT_EQ(json.code, 0) << json.out;
+  EXPECT_THAT(json.out, HasSubstr("\"already_held\": true"));
+  CliResult unknown = RunCli("replicate cli/w --to host-zz" + at);
+  EXPECT_EQ(unknown.code, 1);
+  EXPECT_THAT(unknown.out, HasSubstr("host-zz"));
+  EXPECT_EQ(RunCli("replicate cli/w" + at).code, 2);
+  EXPECT_EQ(RunCli("replicate cli/w --all --to host-b" + at).code, 2);
+  EXPECT_EQ(RunCli("replicate cli/w --all --fanout 0" + at).code, 2);
+}
+
+TEST(PrefetchTest, ADaemonOutsideAClusterRefusesPrefetch) {
+  Daemon d;
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  auto c = d.Connect();
+  ASSERT_TRUE(c.ok());
+  auto r = (*c)->Prefetch({"anything"});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(r.status().message(), HasSubstr("cluster"));
+  ReplicateOptions o;
+  o.all = true;
+  auto rep = (*c)->Replicate("anything", o);
+  EXPECT_EQ(rep.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(rep.status().message(), HasSubstr("cluster"));
 }
 
 }  // namespace

@@ -131,7 +131,9 @@ TEST(CliDocsTest, OperationsGuideCoversEveryCommandAndOption) {
                                        "stream",
                                        "stream ls",
                                        "stream show",
-                                       "stream reconcile"};
+                                       "stream reconcile",
+                                       "locate",
+                                       "replicate"};
   for (const std::string& cmd : commands) {
     if (!cmd.empty()) {
       EXPECT_NE(doc.find("cistern " + cmd), std::string::npos) << "`cistern " << cmd << "`";
