@@ -23,11 +23,6 @@ namespace pv1 = peer::v1;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
-milliseconds Remaining(steady_clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
-  return std::max(left, milliseconds{0});
-}
-
 // A status with `context` before its message, the code kept.
 absl::Status Annotate(const absl::Status& s, std::string_view context) {
   return absl::Status(s.code(), fmt::format("{}: {}", context, s.message()));

@@ -24,6 +24,7 @@
 // thread; the Fetcher runs pulls on its own threads.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -47,6 +48,13 @@
 namespace cistern::cluster {
 
 class Replicator;  // src/cluster/replicate.h
+
+// The time left until `deadline`, never negative.
+inline std::chrono::milliseconds Remaining(std::chrono::steady_clock::time_point deadline) {
+  auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      deadline - std::chrono::steady_clock::now());
+  return std::max(left, std::chrono::milliseconds{0});
+}
 
 // The store sessions of peer leases and of writes being pulled: below the
 // recovered sessions (1 << 61) and far above the server's own ids.

@@ -19,11 +19,6 @@ namespace pv1 = peer::v1;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
-milliseconds Remaining(steady_clock::time_point deadline) {
-  auto left = std::chrono::duration_cast<milliseconds>(deadline - steady_clock::now());
-  return std::max(left, milliseconds{0});
-}
-
 constexpr milliseconds kPollEvery{20};
 constexpr milliseconds kCallTimeout{5000};
 
