@@ -7,6 +7,9 @@
 #                stream kill-and-restart example against a release build, and a short
 #                run of each fuzz harness (fuzz-smoke)
 #   make stream-demo  a stream trainer killed and restarted mid-run; the ledger is checked
+#   make cluster-demo a registry and three simulated hosts (root: network namespaces): a
+#                safetensors model loaded on one, attached on the others, replicated to
+#                all, the origin killed, the model still served
 #   make bench   the side-by-side benchmarks (see docs/benchmarks.md)
 #   make tsan    TSan build of the unit tests (the store's concurrency test among them)
 #   make fuzz-smoke  each libFuzzer harness (tests/fuzz) for FUZZ_SMOKE_SECONDS (30); part of test
@@ -15,7 +18,8 @@
 JOBS ?= $(shell nproc)
 CMAKE_COMMON = -G Ninja -DPython_EXECUTABLE=/usr/bin/python3 -DPYTHON_EXECUTABLE=/usr/bin/python3
 
-.PHONY: all bootstrap build release asan tsan pytest pipcheck test demo stream-demo bench clean \
+.PHONY: all bootstrap build release asan tsan pytest pipcheck test demo stream-demo cluster-demo \
+        bench clean \
         fuzz-build fuzz-smoke fuzz
 
 all: build
@@ -122,6 +126,10 @@ demo: release
 # A trainer killed mid-run and restarted: no sample lost, none retrained after a durable ack.
 stream-demo: release
 	bash examples/stream_kill_restart.sh build/release
+
+# Needs root: scripts/cluster-sim makes the hosts out of network namespaces.
+cluster-demo: release
+	scripts/cluster-demo.sh build/release
 
 bench: release
 	bash bench/run.sh

@@ -542,6 +542,8 @@ absl::Status Fetcher::Fetch(const Request& r) {
     lreq.set_generation(r.generation);
     lreq.set_requester_host(options_.host_id);
     auto located = registry_->Locate(lreq);
+    // A source that just failed may be why none is live now: its error says more.
+    if (!located.ok() && absl::IsNotFound(located.status()) && !last.ok()) return last;
     if (!located.ok()) return Annotate(located.status(), what);
     std::vector<const v1::Location*> candidates;
     for (const v1::Location& l : located->locations()) {
@@ -627,19 +629,19 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     return absl::DataLossError(fmt::format("{}: malformed open reply", what));
   }
   const pv1::OpenReply& o = reply.open();
-  auto close = [&] {
+  auto close = [&](milliseconds timeout) {
     pv1::PeerRequest req;
     req.mutable_close()->set_region(o.region());
-    auto c = transport_->Call(address, req.SerializeAsString(), options_.control_timeout);
+    auto c = transport_->Call(address, req.SerializeAsString(), timeout);
     if (!c.ok()) SPDLOG_DEBUG("fetch: {}: close: {}", what, c.status().message());
   };
   if (o.generation() != generation) {
-    close();
+    close(options_.control_timeout);
     return absl::NotFoundError(
         fmt::format("{}: it holds generation {} instead", what, o.generation()));
   }
   if (o.size() != source.size()) {
-    close();
+    close(options_.control_timeout);
     return absl::DataLossError(
         fmt::format("{}: it holds {} bytes, the registry says {}", what, o.size(), source.size()));
   }
@@ -647,7 +649,7 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   if (source.has_checksum()) expected = source.checksum();
   if (o.has_checksum()) {
     if (expected && *expected != o.checksum()) {
-      close();
+      close(options_.control_timeout);
       return absl::DataLossError(
           fmt::format("{}: its checksum {:016x} differs from the registry's {:016x}", what,
                       o.checksum(), *expected));
@@ -656,7 +658,7 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   }
   auto tensors = store::DecodeManifest(o.manifest(), o.tensor_count());
   if (!tensors.ok()) {
-    close();
+    close(options_.control_timeout);
     return Annotate(tensors.status(), what);
   }
 
@@ -670,7 +672,7 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   args.replica_generation = generation;
   auto w = store_->Create(kFetchSession, args);
   if (!w.ok()) {
-    close();
+    close(options_.control_timeout);
     *source_fault = false;  // this host's store refused: another source will not help
     return Annotate(w.status(), what);
   }
@@ -708,11 +710,14 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
                                     if (it != jobs_.end())
                                       it->second.sources[source.host_id()] += n;
                                   });
-  close();
   if (!read.ok()) {
     abort(std::string(read.message()));
+    // Briefly: a source that is down would hold up the failover by the
+    // whole control timeout, and its lease lapses by itself.
+    close(std::min(options_.control_timeout, milliseconds{500}));
     return Annotate(read, what);
   }
+  close(options_.control_timeout);
   uint64_t actual = store::Checksum(dest, o.size());
   if (expected && actual != *expected) {
     abort("checksum mismatch");
@@ -796,10 +801,26 @@ absl::Status Fetcher::ReadPayload(const std::string& address, uint64_t region, u
       uint64_t off = i * chunk;
       uint64_t n = std::min(chunk, size - off);
       absl::Status s = wait_for(off + n);
-      if (s.ok()) s = transport_->Pull(address, region, off, n, dest + off, Remaining(deadline));
+      bool stalled = false;  // the read this thread timed out (the others then fail too)
+      if (s.ok()) {
+        milliseconds left = Remaining(deadline);
+        bool bounded = options_.stall_timeout < left;
+        s = transport_->Pull(address, region, off, n, dest + off,
+                             bounded ? options_.stall_timeout : left);
+        if (bounded && absl::IsDeadlineExceeded(s)) {
+          stalled = true;
+          s = absl::UnavailableError(fmt::format(
+              "a read of {} bytes took over {} ms (cluster.pull_stall_timeout_ms): the source's "
+              "link or daemon is down, or the link is far too slow",
+              n, options_.stall_timeout.count()));
+        }
+      }
       if (!s.ok()) {
         MutexLock lock(&error_mu);
-        if (error.ok()) error = Annotate(s, fmt::format("reading bytes [{}, {})", off, off + n));
+        // The stall says why; the reads it cut off only say "closed".
+        if (error.ok() || stalled) {
+          error = Annotate(s, fmt::format("reading bytes [{}, {})", off, off + n));
+        }
         failed = true;
         return;
       }
@@ -855,6 +876,7 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
   FetcherOptions fo;
   fo.host_id = options.host_id;
   fo.threads = options.pull_threads;
+  fo.stall_timeout = options.stall_timeout;
   fo.on_done = options.on_pull_done;
   node->fetcher_ = std::make_unique<Fetcher>(std::move(fo), store, std::move(tier_bases),
                                              node->registry_.get(), node->transport_.get());

@@ -184,6 +184,10 @@ struct FetcherOptions {
   size_t window = 4;
   std::chrono::milliseconds lease{60000};  // asked of the holder per Open
   std::chrono::milliseconds control_timeout{5000};
+  // One chunk read that takes longer than this (a source whose link went
+  // down sends nothing, and TCP may not say so for minutes) gives the source
+  // up as Unavailable, so the pull tries another replica within its deadline.
+  std::chrono::milliseconds stall_timeout{10000};
   // How long a finished fetch's outcome is kept for Poll.
   std::chrono::milliseconds keep_outcome{60000};
   // Called (on a fetch thread) whenever a fetch finishes.
@@ -287,7 +291,8 @@ struct PeerNodeOptions {
   std::string token;      // the cluster token, required of every peer
   RegistryClientOptions registry;
   size_t pull_threads = 4;
-  std::function<void()> on_pull_done;  // also when a fan-out ends
+  std::chrono::milliseconds stall_timeout{10000};  // FetcherOptions::stall_timeout
+  std::function<void()> on_pull_done;              // also when a fan-out ends
 };
 
 class PeerNode {

@@ -108,6 +108,7 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cl->max_retry_backoff_ms() == 0) cl->set_max_retry_backoff_ms(5000);
   if (cl->pull_timeout_ms() == 0) cl->set_pull_timeout_ms(60000);
   if (cl->pull_threads() == 0) cl->set_pull_threads(4);
+  if (cl->pull_stall_timeout_ms() == 0) cl->set_pull_stall_timeout_ms(10000);
 }
 
 absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
@@ -163,6 +164,10 @@ absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
   if (cl.pull_timeout_ms() > 3600000) {
     return bad(
         fmt::format("cluster.pull_timeout_ms {} exceeds 3600000 (1h)", cl.pull_timeout_ms()));
+  }
+  if (cl.pull_stall_timeout_ms() < 100 || cl.pull_stall_timeout_ms() > 3600000) {
+    return bad(fmt::format("cluster.pull_stall_timeout_ms {} is outside 100..3600000 (100ms..1h)",
+                           cl.pull_stall_timeout_ms()));
   }
   if (cl.pull_threads() > 64) {
     return bad(fmt::format("cluster.pull_threads {} exceeds 64", cl.pull_threads()));

@@ -141,6 +141,24 @@ TEST(DaemonConfigRegressionTest, EveryDurationAndSizeKeyHasARange) {
   }
 }
 
+TEST(DaemonConfigTest, PullStallTimeoutMustLeaveTimeForAChunk) {
+  std::vector<std::string> cluster = {"cluster.registry=198.18.0.1:7470", "cluster.cluster_id=c",
+                                      "cluster.token=t", "cluster.advertise=198.18.0.2:7471"};
+  auto defaults = LoadDaemonConfig("", cluster);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->cluster().pull_stall_timeout_ms(), 10000u);
+  auto sets = cluster;
+  sets.push_back("cluster.pull_stall_timeout_ms=50ms");
+  auto cfg = LoadDaemonConfig("", sets);
+  EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(cfg.status().message()),
+              HasSubstr("cluster.pull_stall_timeout_ms 50 is outside 100..3600000"));
+  sets.back() = "cluster.pull_stall_timeout_ms=2s";
+  auto ok = LoadDaemonConfig("", sets);
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->cluster().pull_stall_timeout_ms(), 2000u);
+}
+
 // A token that is not UTF-8 was accepted though no client can send it.
 TEST(DaemonConfigRegressionTest, TokenMustBeUtf8) {
   auto cfg = LoadDaemonConfig("", {"token=ab\xff"});

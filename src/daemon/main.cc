@@ -321,6 +321,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     po.token = cl.token();
     po.registry = ao_registry;
     po.pull_threads = cl.pull_threads();
+    po.stall_timeout = std::chrono::milliseconds(cl.pull_stall_timeout_ms());
     po.on_pull_done = [&server] { server.NotifyPublished(); };
     std::vector<char*> bases;
     for (const auto& spec : specs) bases.push_back(spec.base);

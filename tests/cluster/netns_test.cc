@@ -3,15 +3,21 @@
 // 198.18.0.0/15), the registry on the bridge in this namespace. Pulls cross
 // the veths; a partition is a veth taken down. Needs root (CAP_NET_ADMIN):
 // without it the fixture fails and says so.
+#include <fcntl.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <future>
 #include <set>
 
+#include "cistern/peer.pb.h"
 #include "fmt/format.h"
+#include "src/transport/ucx_transport.h"
 #include "tests/cluster/registry_harness.h"
 #include "tests/integration/daemon_harness.h"
 
@@ -27,6 +33,12 @@ using namespace std::chrono_literals;
 constexpr char kPrefix[] = "cstt";
 constexpr char kSubnet[] = "198.18.2";
 constexpr int kHosts = 3;
+// A chunk read that takes longer gives its source up: short, so that a cut
+// link is noticed well inside a test's deadline.
+constexpr int kStallMs = 3000;
+// Slow enough (a puller's link capped with `cluster-sim rate`) that a 64 MiB
+// pull takes over a second, so it can be cut in the middle.
+constexpr int kSlowMbit = 400;
 
 int Sim(const std::string& args) {
   std::string cmd = fmt::format("{}/scripts/cluster-sim {}", CISTERN_SOURCE_DIR, args);
@@ -35,25 +47,27 @@ int Sim(const std::string& args) {
 
 class NetnsTest : public ::testing::Test {
  protected:
-  NetnsTest()
-      : registry_("sim-cluster", "sim-token",
+  explicit NetnsTest(int hosts = kHosts)
+      : hosts_wanted_(hosts),
+        registry_("sim-cluster", "sim-token",
                   {"heartbeat_interval_ms=100", "suspect_after_ms=400", "dead_after_ms=1200",
                    "replica_grace_ms=2s", fmt::format("listen_address={}.1", kSubnet)}) {}
 
   void SetUp() override {
     ASSERT_EQ(::geteuid(), 0u) << "simulated hosts need root (network namespaces, veth pairs)";
-    ASSERT_EQ(Sim(fmt::format("net-up {} {} {}", kPrefix, kHosts, kSubnet)), 0);
+    ASSERT_EQ(Sim(fmt::format("net-up {} {} {}", kPrefix, hosts_wanted_, kSubnet)), 0);
     // The daemons inherit it: bytes cross the veths over TCP, never through
     // the shared memory UCX would otherwise pick between processes of one
     // machine.
     ::setenv("UCX_TLS", "tcp", 1);
     std::string err;
     ASSERT_TRUE(registry_.Start(&err)) << err;
-    for (int i = 1; i <= kHosts; ++i) {
+    for (int i = 1; i <= hosts_wanted_; ++i) {
       DaemonSpec spec;
       spec.netns = fmt::format("{}h{}", kPrefix, i);
-      spec.extra_yaml =
-          registry_.DaemonYaml(fmt::format("h{}", i), fmt::format("{}.{}:7471", kSubnet, 10 + i));
+      spec.tier_bytes = 256 << 20;
+      spec.extra_yaml = registry_.DaemonYaml(fmt::format("h{}", i), Advertise(i)) +
+                        fmt::format("  pull_stall_timeout_ms: {}\n", kStallMs);
       hosts_.push_back(std::make_unique<Daemon>(spec));
       ASSERT_TRUE(hosts_.back()->Start({}, &err)) << err;
     }
@@ -66,6 +80,57 @@ class NetnsTest : public ::testing::Test {
   }
 
   Daemon& host(int i) { return *hosts_[i - 1]; }
+  static std::string Advertise(int i) { return fmt::format("{}.{}:7471", kSubnet, 10 + i); }
+
+  DaemonStats Stats(int i) {
+    auto c = host(i).Connect();
+    if (!c.ok()) return {};
+    auto s = (*c)->Stats();
+    return s.ok() ? *s : DaemonStats();
+  }
+  uint64_t UsedBytes(int i) {
+    uint64_t used = 0;
+    DaemonStats stats = Stats(i);
+    for (const auto& t : stats.tiers()) used += t.used_bytes();
+    return used;
+  }
+  wire::ClusterStatus Cluster(int i) {
+    auto c = host(i).Connect();
+    if (!c.ok()) return {};
+    auto s = (*c)->Status();
+    return s.ok() ? s->cluster() : wire::ClusterStatus();
+  }
+
+  // A get on host i whose bytes must equal `value`: OK, the get's error, or
+  // DataLoss when the bytes differ.
+  absl::Status GetVerified(int i, const std::string& key, const std::string& value,
+                           GetOptions o = {}) {
+    auto c = host(i).Connect();
+    if (!c.ok()) return c.status();
+    auto v = (*c)->Get(key, o);
+    if (!v.ok()) return v.status();
+    if (v->size() != value.size() || std::memcmp(v->data(), value.data(), value.size()) != 0) {
+      return absl::DataLossError(fmt::format("host {} serves other bytes for '{}'", i, key));
+    }
+    return absl::OkStatus();
+  }
+  std::future<absl::Status> GetVerifiedAsync(int i, const std::string& key,
+                                             const std::string& value, GetOptions o) {
+    return std::async(std::launch::async, [=, this] { return GetVerified(i, key, value, o); });
+  }
+
+  // True once host i has reserved a block for a pull (its bytes are arriving).
+  bool WaitPulling(int i) {
+    return Eventually([&] { return Stats(i).pending_writes() > 0; });
+  }
+
+  // Nothing torn on host i: no write pending and only sealed objects whose
+  // bytes verify (a Stat of each is answered from its sealed header).
+  void ExpectNothingTorn(int i, uint64_t objects) {
+    auto st = Stats(i);
+    EXPECT_EQ(st.pending_writes(), 0u) << "host " << i;
+    EXPECT_EQ(st.objects(), objects) << "host " << i;
+  }
 
   std::set<std::string> Holders(const std::string& key) {
     registry::v1::LocateRequest req;
@@ -98,8 +163,15 @@ class NetnsTest : public ::testing::Test {
     return r.ok() ? r->generation : 0;
   }
 
+  const int hosts_wanted_;
   Registry registry_;
   std::vector<std::unique_ptr<Daemon>> hosts_;
+};
+
+// An origin and six targets.
+class NetnsFanoutTest : public NetnsTest {
+ protected:
+  NetnsFanoutTest() : NetnsTest(7) {}
 };
 
 TEST_F(NetnsTest, AnObjectPutOnOneHostIsPulledAcrossTheVethsByEveryOther) {
@@ -116,6 +188,15 @@ TEST_F(NetnsTest, AnObjectPutOnOneHostIsPulledAcrossTheVethsByEveryOther) {
     EXPECT_EQ(std::memcmp(v->data(), value.data(), value.size()), 0);
   }
   ASSERT_TRUE(Eventually([&] { return Holders("model").size() == kHosts; }));
+  // Many clients on one host attach the one replica: sixteen concurrent gets
+  // of a key it lacks make one pull.
+  std::string other = Pattern(8 << 20, 9);
+  ASSERT_NE(PutPublished(1, "features", other), 0u);
+  std::vector<std::future<absl::Status>> gets;
+  for (int i = 0; i < 16; ++i) gets.push_back(GetVerifiedAsync(3, "features", other, {}));
+  for (auto& g : gets) EXPECT_TRUE(g.get().ok());
+  EXPECT_EQ(Cluster(3).pulls(), 2u);  // "model" and "features"
+  ExpectNothingTorn(3, 2);
 }
 
 TEST_F(NetnsTest, APartitionedSourceFailsThePullCleanlyAndHealingServesIt) {
@@ -143,6 +224,205 @@ TEST_F(NetnsTest, APartitionedSourceFailsThePullCleanlyAndHealingServesIt) {
     return got.ok() && got->size() == value.size() &&
            std::memcmp(got->data(), value.data(), value.size()) == 0;
   })) << host(2).Log();
+}
+
+TEST_F(NetnsTest, ALinkCutMidPullFailsOverToAnotherReplica) {
+  std::string value = Pattern(64 << 20, 11);
+  uint64_t gen = PutPublished(1, "k", value);
+  ASSERT_NE(gen, 0u);
+  ASSERT_TRUE(GetVerified(3, "k", value).ok());  // a second replica on h3
+  ASSERT_TRUE(Eventually([&] { return Holders("k").size() == 2; }));
+  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
+  GetOptions o;
+  o.prefer_host = "h1";
+  o.deadline = 30s;
+  auto pull = GetVerifiedAsync(2, "k", value, o);
+  ASSERT_TRUE(WaitPulling(2));
+  std::this_thread::sleep_for(200ms);  // some chunks from h1 have landed
+  ASSERT_EQ(Sim(fmt::format("partition {} 1", kPrefix)), 0);
+  absl::Status got = pull.get();
+  EXPECT_TRUE(got.ok()) << got << "\n" << host(2).Log();
+  EXPECT_GE(Cluster(2).pull_retries(), 1u);
+  EXPECT_THAT(host(2).Log(), HasSubstr("took over"));  // h1 was given up as stalled
+  ExpectNothingTorn(2, 1);
+  ExpectNothingTorn(1, 1);
+  ExpectNothingTorn(3, 1);
+}
+
+TEST_F(NetnsTest, ALinkCutMidPullWithNoOtherReplicaFailsNamingTheSourceAndKeepsNothing) {
+  std::string value = Pattern(64 << 20, 12);
+  ASSERT_NE(PutPublished(1, "k", value), 0u);
+  const uint64_t baseline = UsedBytes(2);
+  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
+  GetOptions o;
+  o.deadline = 30s;
+  auto start = std::chrono::steady_clock::now();
+  auto pull = GetVerifiedAsync(2, "k", value, o);
+  ASSERT_TRUE(WaitPulling(2));
+  std::this_thread::sleep_for(200ms);
+  ASSERT_EQ(Sim(fmt::format("partition {} 1", kPrefix)), 0);
+  absl::Status got = pull.get();
+  auto took = std::chrono::steady_clock::now() - start;
+  ASSERT_FALSE(got.ok());
+  EXPECT_EQ(got.code(), absl::StatusCode::kUnavailable) << got;
+  EXPECT_THAT(got.message(), HasSubstr("'k'"));
+  EXPECT_THAT(got.message(), HasSubstr("host 'h1'"));
+  EXPECT_LT(took, o.deadline) << "the stall, not the deadline, ends it";
+  ExpectNothingTorn(2, 0);
+  EXPECT_EQ(UsedBytes(2), baseline);  // the reserved block is freed
+  ASSERT_EQ(Sim(fmt::format("heal {} 1", kPrefix)), 0);
+  ASSERT_EQ(Sim(fmt::format("rate {} 2 0", kPrefix)), 0);
+  ASSERT_TRUE(Eventually([&] { return GetVerified(2, "k", value, o).ok(); })) << host(2).Log();
+}
+
+TEST_F(NetnsTest, ASourceKilledMidPullFailsOverToAnotherReplica) {
+  std::string value = Pattern(64 << 20, 13);
+  ASSERT_NE(PutPublished(1, "k", value), 0u);
+  ASSERT_TRUE(GetVerified(3, "k", value).ok());
+  ASSERT_TRUE(Eventually([&] { return Holders("k").size() == 2; }));
+  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
+  GetOptions o;
+  o.prefer_host = "h1";
+  o.deadline = 30s;
+  auto pull = GetVerifiedAsync(2, "k", value, o);
+  ASSERT_TRUE(WaitPulling(2));
+  std::this_thread::sleep_for(200ms);
+  host(1).Kill(SIGKILL);
+  host(1).Wait();
+  absl::Status got = pull.get();
+  EXPECT_TRUE(got.ok()) << got << "\n" << host(2).Log();
+  EXPECT_GE(Cluster(2).pull_retries(), 1u);
+  ExpectNothingTorn(2, 1);
+  ExpectNothingTorn(3, 1);
+}
+
+TEST_F(NetnsTest, APullerKilledMidPullShowsNothingPartialAfterRestart) {
+  std::string value = Pattern(64 << 20, 14);
+  ASSERT_NE(PutPublished(1, "k", value), 0u);
+  const uint64_t baseline = UsedBytes(2);
+  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
+  GetOptions o;
+  o.deadline = 30s;
+  auto pull = GetVerifiedAsync(2, "k", value, o);
+  ASSERT_TRUE(WaitPulling(2));
+  std::this_thread::sleep_for(200ms);
+  host(2).Kill(SIGKILL);
+  host(2).Wait();
+  EXPECT_FALSE(pull.get().ok());  // its daemon died under it
+  std::string err;
+  ASSERT_TRUE(host(2).Start({}, &err)) << err;
+  ExpectNothingTorn(2, 0);
+  EXPECT_EQ(UsedBytes(2), baseline);
+  GetOptions local;
+  local.local_only = true;
+  EXPECT_EQ(GetVerified(2, "k", value, local).code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Holders("k"), std::set<std::string>{"h1"});
+  ExpectNothingTorn(1, 1);
+  // The restarted daemon pulls it whole.
+  ASSERT_EQ(Sim(fmt::format("rate {} 2 0", kPrefix)), 0);
+  EXPECT_TRUE(GetVerified(2, "k", value, o).ok()) << host(2).Log();
+}
+
+TEST_F(NetnsTest, ACorruptedReplicaIsRefusedAndThePullPicksAnother) {
+  std::string value = Pattern(4 << 20, 15);
+  ASSERT_NE(PutPublished(1, "k", value), 0u);
+  ASSERT_TRUE(GetVerified(3, "k", value).ok());
+  ASSERT_TRUE(Eventually([&] { return Holders("k").size() == 2; }));
+  // A stray write into h1's arena after the seal.
+  int fd = ::open(host(1).arena_path().c_str(), O_RDWR);
+  ASSERT_GE(fd, 0) << host(1).arena_path();
+  struct stat st {};
+  ASSERT_EQ(::fstat(fd, &st), 0);
+  void* m = ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ASSERT_NE(m, MAP_FAILED);
+  ::close(fd);
+  void* hit = ::memmem(m, st.st_size, value.data() + (1 << 20), 4096);
+  ASSERT_NE(hit, nullptr);
+  static_cast<char*>(hit)[7] ^= 0x01;
+  ::munmap(m, st.st_size);
+  GetOptions o;
+  o.prefer_host = "h1";
+  o.deadline = 20s;
+  absl::Status got = GetVerified(2, "k", value, o);
+  EXPECT_TRUE(got.ok()) << got << "\n" << host(2).Log();
+  EXPECT_EQ(Cluster(2).pull_retries(), 1u);
+  EXPECT_THAT(host(2).Log(), HasSubstr("checksum mismatch"));
+  ExpectNothingTorn(2, 1);
+}
+
+TEST_F(NetnsTest, APeerWithoutTheClusterTokenIsRefused) {
+  std::string value = Pattern(1 << 20, 16);
+  ASSERT_NE(PutPublished(1, "k", value), 0u);
+  auto open = [&](const std::string& token) -> absl::StatusOr<cistern::peer::v1::PeerReply> {
+    transport::TransportOptions to;
+    to.listen_address = fmt::format("{}.1", kSubnet);
+    to.token = token;
+    auto t = transport::Transport::Start(to, [](uint64_t, uint64_t, uint64_t) {
+      return absl::StatusOr<transport::ReadLease>(absl::NotFoundError("nothing here"));
+    });
+    if (!t.ok()) return t.status();
+    cistern::peer::v1::PeerRequest req;
+    req.mutable_open()->set_key("k");
+    req.mutable_open()->set_requester_host("intruder");
+    auto got = (*t)->Call(Advertise(1), req.SerializeAsString(), 5s);
+    if (!got.ok()) return got.status();
+    cistern::peer::v1::PeerReply reply;
+    if (!reply.ParseFromString(*got)) return absl::DataLossError("bad reply");
+    if (reply.has_open()) {
+      // What a wrong token must never get: bytes of the region.
+      std::string bytes(4096, '\0');
+      absl::Status read =
+          (*t)->Pull(Advertise(1), reply.open().region(), 0, bytes.size(), bytes.data(), 5s);
+      if (!read.ok()) return read;
+      if (bytes != value.substr(0, bytes.size())) return absl::DataLossError("other bytes");
+      cistern::peer::v1::PeerRequest close;
+      close.mutable_close()->set_region(reply.open().region());
+      (*t)->Call(Advertise(1), close.SerializeAsString(), 5s).IgnoreError();
+    }
+    return reply;
+  };
+  auto refused = open("not-the-token");
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+  EXPECT_EQ(Cluster(1).peer_bytes_sent(), 0u);
+  EXPECT_EQ(Cluster(1).peer_leases(), 0u);
+  // The same exchange with the token is served (so the refusal is the token's).
+  auto served = open("sim-token");
+  ASSERT_TRUE(served.ok()) << served.status();
+  EXPECT_TRUE(served->has_open());
+  EXPECT_EQ(Cluster(1).peer_bytes_sent(), 4096u);
+  ASSERT_TRUE(Eventually([&] { return Cluster(1).peer_leases() == 0; }));
+}
+
+TEST_F(NetnsFanoutTest, ReplicateToSixHostsSendsEachByteFromTheOriginOnce) {
+  std::string value = Pattern(64 << 20, 17);
+  uint64_t gen = PutPublished(1, "weights", value);
+  ASSERT_NE(gen, 0u);
+  ASSERT_TRUE(Eventually([&] {
+    for (int i = 1; i <= 7; ++i)
+      if (Cluster(i).state() != "serving") return false;
+    return true;
+  }));
+  auto c = host(1).Connect();
+  ASSERT_TRUE(c.ok());
+  ReplicateOptions ro;
+  ro.all = true;
+  ro.deadline = 120s;
+  auto r = (*c)->Replicate("weights", ro);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_TRUE(r->status().ok()) << r->status();
+  EXPECT_EQ(r->generation, gen);
+  EXPECT_EQ(r->targets.size(), 7u);  // h1 reports already held
+  EXPECT_LE(r->bytes_sent["h1"], 2 * value.size());
+  EXPECT_EQ(r->bytes_sent["h1"], value.size());  // a chain: exactly once
+  EXPECT_EQ(Cluster(1).peer_bytes_sent(), value.size());
+  GetOptions local;
+  local.local_only = true;
+  for (int i = 2; i <= 7; ++i) {
+    EXPECT_TRUE(GetVerified(i, "weights", value, local).ok()) << "host " << i;
+    ExpectNothingTorn(i, 1);
+  }
+  ASSERT_TRUE(Eventually([&] { return Holders("weights").size() == 7; }));
 }
 
 }  // namespace
