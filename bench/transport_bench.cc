@@ -1,11 +1,13 @@
-// cistern_transport_bench: a first look at src/transport's pull throughput
-// over TCP on loopback, side by side with iperf3 (1 and 4 streams) and
-// memcpy in the same run. Two Transports in one process (a holder with one
-// region, a puller), 127.0.0.1; each size is pulled repeatedly into the same
-// buffer for --seconds, contents checked once. Not the issue-12 benchmark
-// (that one runs between two network namespaces with ucx_perftest too); this
-// says whether the active-message rendezvous path is anywhere near what the
-// kernel's TCP gives on this machine. Prints a table; not a pass/fail test.
+// cistern_transport_bench: src/transport's two data paths over TCP on
+// loopback, side by side with iperf3 (1 and 4 streams) and memcpy in the same
+// run. Two Transports in one process (a holder with one region, a puller),
+// 127.0.0.1. The active-message pull (request AM, rendezvous AM reply) and
+// the one-sided get (ucp_get_nbx from memory the holder registered) each read
+// 1, 64 and 256 MiB as the fetcher does (16 MiB chunks, 4 in flight),
+// repeatedly into one buffer for --seconds, contents checked once. It decides
+// which variant is the TCP default (docs/benchmarks.md). Run with
+// UCX_TLS=tcp, or UCX picks shared memory between the two. Prints a table;
+// not a pass/fail test.
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,7 +17,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "fmt/format.h"
@@ -106,26 +110,70 @@ int main(int argc, char** argv) {
   if (!puller.ok()) Die(std::string(puller.status().message()));
   const std::string address = fmt::format("127.0.0.1:{}", (*holder)->port());
 
-  std::printf("\n   %-34s %12s %10s\n", "variant", "MiB/s", "pulls");
+  auto rkey = (*holder)->RegisterMemory(region.data(), region.size());
+  if (!rkey.ok()) Die(std::string(rkey.status().message()));
+  const uint64_t base = reinterpret_cast<uint64_t>(region.data());
+
+  // One variant reading `size` bytes as the fetcher does: 16 MiB chunks, up
+  // to 4 in flight (smaller objects in one read).
   std::vector<char> dest(kRegion);
-  double best_pull = 0;
-  for (size_t size : {size_t{1} << 20, size_t{64} << 20, size_t{256} << 20}) {
-    auto s = (*puller)->Pull(address, 1, 0, size, dest.data(), std::chrono::seconds(60));
-    if (!s.ok()) Die(std::string(s.message()));
-    if (std::memcmp(dest.data(), region.data(), size) != 0) Die("the pulled bytes differ");
-    uint64_t n = 0;
-    auto t0 = Clock::now();
-    while (Seconds(Clock::now() - t0) < seconds) {
-      s = (*puller)->Pull(address, 1, 0, size, dest.data(), std::chrono::seconds(60));
+  auto read = [&](bool get, size_t size) -> absl::Status {
+    const size_t chunk = std::min<size_t>(size, 16 << 20);
+    const size_t chunks = (size + chunk - 1) / chunk;
+    std::atomic<size_t> next{0};
+    std::atomic<bool> failed{false};
+    absl::Status first;
+    std::mutex mu;
+    auto worker = [&] {
+      for (size_t i; (i = next.fetch_add(1)) < chunks && !failed;) {
+        size_t off = i * chunk, n = std::min(chunk, size - off);
+        absl::Status s =
+            get ? (*puller)->Get(address, *rkey, base + off, n, dest.data() + off,
+                                 std::chrono::seconds(60))
+                : (*puller)->Pull(address, 1, off, n, dest.data() + off, std::chrono::seconds(60));
+        if (!s.ok()) {
+          std::lock_guard<std::mutex> l(mu);
+          if (first.ok()) first = s;
+          failed = true;
+        }
+      }
+    };
+    std::vector<std::thread> helpers;
+    for (size_t i = 1; i < std::min<size_t>(4, chunks); ++i) helpers.emplace_back(worker);
+    worker();
+    for (auto& t : helpers) t.join();
+    return first;
+  };
+
+  std::printf("\n   %-40s %12s %10s\n", "variant", "MiB/s", "reads");
+  double best_pull = 0, best_am = 0, best_get = 0;
+  for (bool get : {false, true}) {
+    for (size_t size : {size_t{1} << 20, size_t{64} << 20, size_t{256} << 20}) {
+      std::memset(dest.data(), 0, size);
+      auto s = read(get, size);
       if (!s.ok()) Die(std::string(s.message()));
-      ++n;
+      if (std::memcmp(dest.data(), region.data(), size) != 0) Die("the read bytes differ");
+      uint64_t n = 0;
+      auto t0 = Clock::now();
+      while (Seconds(Clock::now() - t0) < seconds) {
+        s = read(get, size);
+        if (!s.ok()) Die(std::string(s.message()));
+        ++n;
+      }
+      double rate = static_cast<double>(n * size) / 1048576 / Seconds(Clock::now() - t0);
+      best_pull = std::max(best_pull, rate);
+      (get ? best_get : best_am) = std::max(get ? best_get : best_am, rate);
+      std::printf(
+          "   %-40s %12.0f %10llu\n",
+          fmt::format("{} of {} MiB", get ? "one-sided get (ucp_get_nbx)" : "AM pull", size >> 20)
+              .c_str(),
+          rate, static_cast<unsigned long long>(n));
     }
-    double rate = static_cast<double>(n * size) / 1048576 / Seconds(Clock::now() - t0);
-    best_pull = std::max(best_pull, rate);
-    std::printf("   %-34s %12.0f %10llu\n",
-                fmt::format("pull of {} MiB, one at a time", size >> 20).c_str(), rate,
-                static_cast<unsigned long long>(n));
   }
+  auto lanes = (*puller)->PeerTransports(address);
+  std::printf("   UCX lanes to the holder: %s\n",
+              lanes.ok() ? (cistern::transport::Transport::LooksRdma(*lanes) ? "RDMA" : "not RDMA")
+                         : std::string(lanes.status().message()).c_str());
   double memcpy_rate;
   {
     uint64_t n = 0;
@@ -144,8 +192,9 @@ int main(int argc, char** argv) {
     std::printf("   %-34s %12.0f\n",
                 fmt::format("iperf3, {} stream{}", streams, streams == 1 ? "" : "s").c_str(), r);
   }
+  std::printf("\n   best one-sided get / best AM pull = %.2fx\n", best_get / best_am);
   if (best_iperf > 0) {
-    std::printf("\n   best pull / best iperf3 = %.2fx\n", best_pull / best_iperf);
+    std::printf("   best read / best iperf3 = %.2fx\n", best_pull / best_iperf);
   }
   std::printf("   load average %s at end\n", LoadAvg().c_str());
   return 0;

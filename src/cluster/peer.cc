@@ -147,6 +147,11 @@ absl::StatusOr<std::string> PeerServer::HandleCall(std::string_view request) {
   return reply.SerializeAsString();
 }
 
+void PeerServer::SetRemoteKeys(std::vector<std::string> rkeys) {
+  MutexLock lock(&mu_);
+  rkeys_ = std::move(rkeys);
+}
+
 void PeerServer::SetFetchHooks(FetchHooks hooks) {
   MutexLock lock(&mu_);
   hooks_ = std::move(hooks);
@@ -260,6 +265,10 @@ absl::StatusOr<std::string> PeerServer::Open(const std::string& request_bytes) {
   reply.set_manifest(base + got->block_offset + store::ManifestOffset(h->key_bytes),
                      h->manifest_bytes);
   MutexLock lock(&mu_);
+  if (got->tier < rkeys_.size() && !rkeys_[got->tier].empty()) {
+    reply.set_rkey(rkeys_[got->tier]);
+    reply.set_remote_address(reinterpret_cast<uint64_t>(base + got->payload_offset));
+  }
   uint64_t region = ++next_region_;
   Lease& l = leases_[region];
   l.store_lease = got->lease_id;
@@ -681,6 +690,8 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   pv1::OpenReply relayed = o;
   relayed.clear_region();
   relayed.clear_arriving();
+  relayed.clear_rkey();  // an arriving copy is read by active messages only
+  relayed.clear_remote_address();
   relayed.set_has_checksum(expected.has_value());
   relayed.set_checksum(expected.value_or(0));
   relayed.set_tier(store_->tier_names()[w->tier]);
@@ -702,14 +713,18 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     arriving->Fail(why, options_.control_timeout);
     store_->Abort(kFetchSession, w->write_id).IgnoreError();
   };
-  absl::Status read = ReadPayload(address, o.region(), o.size(), dest, o.arriving(), r.deadline,
-                                  [&](uint64_t offset, uint64_t n) {
-                                    arriving->MarkArrived(offset, n);
-                                    MutexLock lock(&mu_);
-                                    auto it = jobs_.find(job_id);
-                                    if (it != jobs_.end())
-                                      it->second.sources[source.host_id()] += n;
-                                  });
+  Source from{address, o.region()};
+  if (!o.rkey().empty() && !o.arriving() && UseOneSided(address)) {
+    from.rkey = o.rkey();
+    from.remote = o.remote_address();
+  }
+  absl::Status read =
+      ReadPayload(from, o.size(), dest, o.arriving(), r.deadline, [&](uint64_t offset, uint64_t n) {
+        arriving->MarkArrived(offset, n);
+        MutexLock lock(&mu_);
+        auto it = jobs_.find(job_id);
+        if (it != jobs_.end()) it->second.sources[source.host_id()] += n;
+      });
   if (!read.ok()) {
     abort(std::string(read.message()));
     // Briefly: a source that is down would hold up the failover by the
@@ -745,14 +760,49 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     MutexLock lock(&mu_);
     stats_.bytes += o.size();
   }
-  SPDLOG_INFO("fetch: {} bytes of {} generation {} from host '{}'", o.size(), QuoteKey(r.key),
-              generation, source.host_id());
+  SPDLOG_INFO("fetch: {} bytes of {} generation {} from host '{}' ({})", o.size(), QuoteKey(r.key),
+              generation, source.host_id(),
+              from.rkey.empty() ? "active messages" : "one-sided get");
   return absl::OkStatus();
 }
 
-absl::Status Fetcher::ReadPayload(const std::string& address, uint64_t region, uint64_t size,
-                                  char* dest, bool arriving, steady_clock::time_point deadline,
+bool Fetcher::UseOneSided(const std::string& address) {
+  switch (options_.transfer) {
+    case Transfer::kActiveMessage:
+      return false;
+    case Transfer::kOneSided:
+      return true;
+    case Transfer::kAuto:
+      break;
+  }
+  // The Open just made the connection; UCX says which lanes it chose.
+  auto lanes = transport_->PeerTransports(address);
+  return lanes.ok() && transport::Transport::LooksRdma(*lanes);
+}
+
+absl::Status Fetcher::ReadPayload(const Source& from, uint64_t size, char* dest, bool arriving,
+                                  steady_clock::time_point deadline,
                                   const std::function<void(uint64_t, uint64_t)>& arrived) {
+  const std::string& address = from.address;
+  const uint64_t region = from.region;
+  const bool one_sided = !from.rkey.empty();
+  // One-sided reads do not pass the holder's resolver, so they do not renew
+  // its lease on the object: a Progress call does, at most every lease/4.
+  Mutex renew_mu;
+  steady_clock::time_point renewed = steady_clock::now();
+  auto renew = [&]() -> absl::Status {
+    {
+      MutexLock lock(&renew_mu);
+      if (steady_clock::now() - renewed < options_.lease / 4) return absl::OkStatus();
+      renewed = steady_clock::now();
+    }
+    pv1::PeerRequest req;
+    req.mutable_progress()->set_region(region);
+    return transport_
+        ->Call(address, req.SerializeAsString(),
+               std::min(options_.control_timeout, Remaining(deadline)))
+        .status();
+  };
   const uint64_t chunk = std::max<uint64_t>(options_.chunk_bytes, 1);
   const uint64_t chunks = (size + chunk - 1) / chunk;
   std::atomic<uint64_t> next{0};
@@ -800,13 +850,15 @@ absl::Status Fetcher::ReadPayload(const std::string& address, uint64_t region, u
       if (i >= chunks) return;
       uint64_t off = i * chunk;
       uint64_t n = std::min(chunk, size - off);
-      absl::Status s = wait_for(off + n);
+      absl::Status s = one_sided ? renew() : wait_for(off + n);
       bool stalled = false;  // the read this thread timed out (the others then fail too)
       if (s.ok()) {
         milliseconds left = Remaining(deadline);
         bool bounded = options_.stall_timeout < left;
-        s = transport_->Pull(address, region, off, n, dest + off,
-                             bounded ? options_.stall_timeout : left);
+        milliseconds timeout = bounded ? options_.stall_timeout : left;
+        s = one_sided
+                ? transport_->Get(address, from.rkey, from.remote + off, n, dest + off, timeout)
+                : transport_->Pull(address, region, off, n, dest + off, timeout);
         if (bounded && absl::IsDeadlineExceeded(s)) {
           stalled = true;
           s = absl::UnavailableError(fmt::format(
@@ -873,10 +925,25 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
     return Annotate(transport.status(), fmt::format("peer transport at {}", options.advertise));
   }
   node->transport_ = std::move(*transport);
+  if (options.transfer != Transfer::kActiveMessage) {
+    // Registered once; the keys go to pullers only in Open replies, which
+    // the transport hands out only to callers with the token.
+    std::vector<std::string> rkeys;
+    for (size_t i = 0; i < tier_bases.size() && i < options.tier_sizes.size(); ++i) {
+      auto rkey = node->transport_->RegisterMemory(tier_bases[i], options.tier_sizes[i]);
+      if (!rkey.ok()) {
+        SPDLOG_WARN("peer: tier {} is served by active messages only: {}", i,
+                    rkey.status().message());
+      }
+      rkeys.push_back(rkey.ok() ? *rkey : std::string());
+    }
+    server->SetRemoteKeys(std::move(rkeys));
+  }
   FetcherOptions fo;
   fo.host_id = options.host_id;
   fo.threads = options.pull_threads;
   fo.stall_timeout = options.stall_timeout;
+  fo.transfer = options.transfer;
   fo.on_done = options.on_pull_done;
   node->fetcher_ = std::make_unique<Fetcher>(std::move(fo), store, std::move(tier_bases),
                                              node->registry_.get(), node->transport_.get());

@@ -136,6 +136,9 @@ class PeerServer {
   // Set once the Fetcher exists; until then relays and fetch requests are
   // refused as Unavailable.
   void SetFetchHooks(FetchHooks hooks);
+  // The packed remote key of each tier (empty: not registered), handed to
+  // pullers in OpenReply for one-sided reads.
+  void SetRemoteKeys(std::vector<std::string> rkeys);
 
   uint64_t open_leases() const;
   uint64_t bytes_sent() const;  // payload bytes handed to peers' reads
@@ -171,8 +174,16 @@ class PeerServer {
   uint64_t next_region_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t bytes_sent_ ABSL_GUARDED_BY(mu_) = 0;
   FetchHooks hooks_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::string> rkeys_ ABSL_GUARDED_BY(mu_);
   uint32_t hook_calls_ ABSL_GUARDED_BY(mu_) = 0;  // hooks being called
   CondVar hooks_idle_;
+};
+
+// How a puller reads a source's bytes (cluster.transfer).
+enum class Transfer {
+  kAuto,           // one-sided where UCX's lanes to the source are RDMA, else active messages
+  kActiveMessage,  // always the request AM answered by a rendezvous AM
+  kOneSided,       // always ucp_get_nbx when the source offers a remote key
 };
 
 struct FetcherOptions {
@@ -188,6 +199,7 @@ struct FetcherOptions {
   // down sends nothing, and TCP may not say so for minutes) gives the source
   // up as Unavailable, so the pull tries another replica within its deadline.
   std::chrono::milliseconds stall_timeout{10000};
+  Transfer transfer = Transfer::kAuto;
   // How long a finished fetch's outcome is kept for Poll.
   std::chrono::milliseconds keep_outcome{60000};
   // Called (on a fetch thread) whenever a fetch finishes.
@@ -258,9 +270,19 @@ class Fetcher {
   // Reads region [0, size) into dest, chunks in parallel. From an arriving
   // region only what the holder's Progress says has arrived is read.
   // `arrived` is told of each chunk read.
-  absl::Status ReadPayload(const std::string& address, uint64_t region, uint64_t size, char* dest,
-                           bool arriving, std::chrono::steady_clock::time_point deadline,
+  // Where the bytes are read from: a region by active messages, or with
+  // `rkey` set, one-sided from `remote`.
+  struct Source {
+    std::string address;
+    uint64_t region = 0;
+    std::string rkey;
+    uint64_t remote = 0;
+  };
+  absl::Status ReadPayload(const Source& from, uint64_t size, char* dest, bool arriving,
+                           std::chrono::steady_clock::time_point deadline,
                            const std::function<void(uint64_t offset, uint64_t n)>& arrived);
+  // Whether to read from `address` one-sided, when it offered a remote key.
+  bool UseOneSided(const std::string& address);
   static std::string JobKey(std::string_view key, uint64_t generation);
   static std::string RequestName(const Request& r);
 
@@ -292,7 +314,11 @@ struct PeerNodeOptions {
   RegistryClientOptions registry;
   size_t pull_threads = 4;
   std::chrono::milliseconds stall_timeout{10000};  // FetcherOptions::stall_timeout
-  std::function<void()> on_pull_done;              // also when a fan-out ends
+  Transfer transfer = Transfer::kAuto;
+  // Each tier's size (beside its base): registered with UCX for one-sided
+  // reads unless transfer is kActiveMessage.
+  std::vector<uint64_t> tier_sizes;
+  std::function<void()> on_pull_done;  // also when a fan-out ends
 };
 
 class PeerNode {

@@ -165,9 +165,7 @@ absl::StatusOr<ReplicateResult> Replicator::Run(const ReplicateRequest& r) {
   auto located = registry_->Locate(lreq);
   if (!located.ok()) return annotate(located.status());
   const v1::Location* root = nullptr;
-  std::set<std::string> holders;
   for (const v1::Location& l : located->locations()) {
-    holders.insert(l.host_id());
     bool live = l.host_state() == v1::HOST_STATE_ALIVE;
     if (live && (root == nullptr || l.host_id() == host_id_)) root = &l;
   }
@@ -213,7 +211,9 @@ absl::StatusOr<ReplicateResult> Replicator::Run(const ReplicateRequest& r) {
     ReplicateResult::Target t;
     t.host_id = n;
     const v1::HostInfo* h = hosts[n];
-    if (holders.contains(n)) {
+    // A host the registry lists is asked anyway (it answers already_held
+    // when it does hold it): the registry may not have heard of a removal yet.
+    if (n == root->host_id()) {
       t.already_held = true;
     } else if (h->state() != v1::HOST_STATE_ALIVE) {
       t.status = absl::UnavailableError(

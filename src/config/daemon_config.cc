@@ -109,6 +109,7 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
   if (cl->pull_timeout_ms() == 0) cl->set_pull_timeout_ms(60000);
   if (cl->pull_threads() == 0) cl->set_pull_threads(4);
   if (cl->pull_stall_timeout_ms() == 0) cl->set_pull_stall_timeout_ms(10000);
+  if (cl->transfer().empty()) cl->set_transfer("auto");
 }
 
 absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
@@ -168,6 +169,9 @@ absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
   if (cl.pull_stall_timeout_ms() < 100 || cl.pull_stall_timeout_ms() > 3600000) {
     return bad(fmt::format("cluster.pull_stall_timeout_ms {} is outside 100..3600000 (100ms..1h)",
                            cl.pull_stall_timeout_ms()));
+  }
+  if (cl.transfer() != "auto" && cl.transfer() != "am" && cl.transfer() != "get") {
+    return bad(fmt::format("cluster.transfer '{}' must be auto, am or get", cl.transfer()));
   }
   if (cl.pull_threads() > 64) {
     return bad(fmt::format("cluster.pull_threads {} exceeds 64", cl.pull_threads()));

@@ -159,6 +159,25 @@ TEST(DaemonConfigTest, PullStallTimeoutMustLeaveTimeForAChunk) {
   EXPECT_EQ(ok->cluster().pull_stall_timeout_ms(), 2000u);
 }
 
+TEST(DaemonConfigTest, TransferIsAutoAmOrGet) {
+  std::vector<std::string> cluster = {"cluster.registry=198.18.0.1:7470", "cluster.cluster_id=c",
+                                      "cluster.token=t", "cluster.advertise=198.18.0.2:7471"};
+  auto defaults = LoadDaemonConfig("", cluster);
+  ASSERT_TRUE(defaults.ok()) << defaults.status();
+  EXPECT_EQ(defaults->cluster().transfer(), "auto");
+  for (std::string v : {"am", "get", "auto"}) {
+    auto sets = cluster;
+    sets.push_back("cluster.transfer=" + v);
+    EXPECT_TRUE(LoadDaemonConfig("", sets).ok()) << v;
+  }
+  auto sets = cluster;
+  sets.push_back("cluster.transfer=rdma");
+  auto bad = LoadDaemonConfig("", sets);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(bad.status().message()),
+              HasSubstr("cluster.transfer 'rdma' must be auto, am or get"));
+}
+
 // A token that is not UTF-8 was accepted though no client can send it.
 TEST(DaemonConfigRegressionTest, TokenMustBeUtf8) {
   auto cfg = LoadDaemonConfig("", {"token=ab\xff"});

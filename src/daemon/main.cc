@@ -322,9 +322,15 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     po.registry = ao_registry;
     po.pull_threads = cl.pull_threads();
     po.stall_timeout = std::chrono::milliseconds(cl.pull_stall_timeout_ms());
+    po.transfer = cl.transfer() == "am"    ? cluster::Transfer::kActiveMessage
+                  : cl.transfer() == "get" ? cluster::Transfer::kOneSided
+                                           : cluster::Transfer::kAuto;
     po.on_pull_done = [&server] { server.NotifyPublished(); };
     std::vector<char*> bases;
-    for (const auto& spec : specs) bases.push_back(spec.base);
+    for (const auto& spec : specs) {
+      bases.push_back(spec.base);
+      po.tier_sizes.push_back(spec.size);
+    }
     auto node = cluster::PeerNode::Start(std::move(po), store->get(), std::move(bases));
     if (!node.ok()) {
       spdlog::error("cluster: {}", node.status().message());

@@ -11,6 +11,8 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <future>
@@ -52,6 +54,7 @@ struct ReplyHeader {
 constexpr uint32_t kMaxToken = 4096;
 constexpr uint32_t kMaxMessage = 1024;
 constexpr uint64_t kMaxCallBytes = 16 << 20;  // a call's request or reply
+constexpr size_t kMaxRkeyBytes = 64 << 10;    // a packed remote key
 
 absl::Status UcsError(ucs_status_t s, const std::string& what) {
   return absl::UnavailableError(fmt::format("{}: {}", what, ucs_status_string(s)));
@@ -113,6 +116,11 @@ struct PullState {
   uint64_t region = 0, offset = 0, length = 0;
   void* dest = nullptr;
   bool call = false;  // a Call: `body` is the request, then the reply
+  // A one-sided read (Get): the holder's packed remote key and the address
+  // of the bytes in its memory.
+  bool get = false;
+  std::string rkey;
+  uint64_t remote = 0;
   std::string body;
   std::string request;  // RequestHeader + token, alive until the send completes
   ucp_ep_h ep = nullptr;
@@ -157,7 +165,7 @@ class Transport::Impl {
   absl::Status InitOnThread() {
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
     params.mt_workers_shared = 0;
     ucp_config_t* config = nullptr;
     if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
@@ -236,6 +244,37 @@ class Transport::Impl {
     return Wait(st, timeout);
   }
 
+  absl::Status Get(const std::string& address, std::string_view rkey, uint64_t remote,
+                   uint64_t length, void* dest, std::chrono::milliseconds timeout) {
+    if (rkey.empty() || rkey.size() > kMaxRkeyBytes) {
+      return absl::InvalidArgumentError(
+          fmt::format("a remote key of {} bytes (1..{} expected)", rkey.size(), kMaxRkeyBytes));
+    }
+    auto st = std::make_shared<PullState>();
+    st->id = next_id_.fetch_add(1) + 1;
+    st->address = address;
+    st->get = true;
+    st->rkey.assign(rkey);
+    st->remote = remote;
+    st->length = length;
+    st->dest = dest;
+    return Wait(st, timeout);
+  }
+
+  absl::StatusOr<std::string> RegisterMemory(void* base, size_t length) {
+    std::promise<absl::StatusOr<std::string>> done;
+    auto got = done.get_future();
+    Post([&] { done.set_value(MapMemory(base, length)); });
+    return got.get();
+  }
+
+  absl::StatusOr<std::string> PeerTransports(const std::string& address) {
+    std::promise<absl::StatusOr<std::string>> done;
+    auto got = done.get_future();
+    Post([&] { done.set_value(DescribeEp(address)); });
+    return got.get();
+  }
+
   absl::StatusOr<std::string> Call(const std::string& address, std::string_view request,
                                    std::chrono::milliseconds timeout) {
     if (request.size() > kMaxCallBytes) {
@@ -306,6 +345,10 @@ class Transport::Impl {
       while (ucp_worker_progress(worker_) != 0) {
       }
       RunCommands();
+      if (gets_in_flight_ == 0 && !retired_rkeys_.empty()) {
+        for (ucp_rkey_h rkey : retired_rkeys_) ucp_rkey_destroy(rkey);
+        retired_rkeys_.clear();
+      }
       if (stopping_) break;
       ucs_status_t s = ucp_worker_arm(worker_);
       if (s == UCS_ERR_BUSY) continue;  // more to progress
@@ -342,6 +385,12 @@ class Transport::Impl {
   // On the progress thread, last: UCX's objects go, then whoever still waits
   // is told (UCX writes nowhere any more).
   void Teardown() {
+    for (auto& [key, rkey] : rkeys_) retired_rkeys_.push_back(rkey);
+    rkeys_.clear();
+    for (ucp_rkey_h rkey : retired_rkeys_) ucp_rkey_destroy(rkey);
+    retired_rkeys_.clear();
+    for (ucp_mem_h m : mapped_) ucp_mem_unmap(context_, m);
+    mapped_.clear();
     if (listener_ != nullptr) ucp_listener_destroy(listener_);
     listener_ = nullptr;
     if (worker_ != nullptr) ucp_worker_destroy(worker_);
@@ -413,6 +462,15 @@ class Transport::Impl {
       st->ep = nullptr;
       Finish(st, why, /*close_ep=*/false);
     }
+    // Its remote keys go once no read that might use them is in flight.
+    for (auto it = rkeys_.begin(); it != rkeys_.end();) {
+      if (it->first.first == ep) {
+        retired_rkeys_.push_back(it->second);
+        it = rkeys_.erase(it);
+      } else {
+        ++it;
+      }
+    }
     CloseEp(ep, /*force=*/true);
   }
 
@@ -468,6 +526,10 @@ class Transport::Impl {
     }
     st->ep = *ep;
     pulls_[st->id] = st;
+    if (st->get) {
+      StartGet(st);
+      return;
+    }
     RequestHeader h{st->id,
                     st->region,
                     st->offset,
@@ -495,6 +557,96 @@ class Transport::Impl {
                true);
       }
     }
+  }
+
+  // A one-sided read: UCX moves the bytes from the holder's registered
+  // memory into dest; the holder's CPU is not asked (on TCP, UCX emulates
+  // it with its own active messages).
+  void StartGet(const std::shared_ptr<PullState>& st) {
+    auto key = std::make_pair(st->ep, st->rkey);
+    auto it = rkeys_.find(key);
+    if (it == rkeys_.end()) {
+      ucp_rkey_h rkey = nullptr;
+      if (ucs_status_t s = ucp_ep_rkey_unpack(st->ep, st->rkey.data(), &rkey); s != UCS_OK) {
+        Finish(st, UcsError(s, fmt::format("the remote key from {}", st->address)), false);
+        return;
+      }
+      it = rkeys_.emplace(key, rkey).first;
+    }
+    ucp_request_param_t p{};
+    p.op_attr_mask = UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
+    p.cb.send = &Impl::OnGetDone;
+    p.user_data = new std::pair<Impl*, std::shared_ptr<PullState>>(this, st);
+    st->receiving = true;
+    ucs_status_ptr_t r = ucp_get_nbx(st->ep, st->dest, st->length, st->remote, it->second, &p);
+    if (UCS_PTR_IS_PTR(r)) {
+      ++gets_in_flight_;
+    } else {
+      delete static_cast<std::pair<Impl*, std::shared_ptr<PullState>>*>(p.user_data);
+      st->receiving = false;
+      Finish(st,
+             UCS_PTR_IS_ERR(r)
+                 ? UcsError(UCS_PTR_STATUS(r), fmt::format("reading from {}", st->address))
+                 : absl::OkStatus(),
+             UCS_PTR_IS_ERR(r));
+    }
+  }
+
+  static void OnGetDone(void* request, ucs_status_t status, void* user_data) {
+    auto* ctx = static_cast<std::pair<Impl*, std::shared_ptr<PullState>>*>(user_data);
+    --ctx->first->gets_in_flight_;
+    ctx->second->receiving = false;
+    ctx->first->Finish(ctx->second,
+                       status == UCS_OK
+                           ? absl::OkStatus()
+                           : UcsError(status, fmt::format("reading from {}", ctx->second->address)),
+                       false);
+    delete ctx;
+    ucp_request_free(request);
+  }
+
+  absl::StatusOr<std::string> MapMemory(void* base, size_t length) {
+    if (context_ == nullptr) return absl::FailedPreconditionError("the transport is not running");
+    ucp_mem_map_params_t mp{};
+    mp.field_mask = UCP_MEM_MAP_PARAM_FIELD_ADDRESS | UCP_MEM_MAP_PARAM_FIELD_LENGTH;
+    mp.address = base;
+    mp.length = length;
+    ucp_mem_h memh = nullptr;
+    if (ucs_status_t s = ucp_mem_map(context_, &mp, &memh); s != UCS_OK) {
+      return UcsError(s, fmt::format("registering {} bytes with UCX", length));
+    }
+    void* packed = nullptr;
+    size_t size = 0;
+    if (ucs_status_t s = ucp_rkey_pack(context_, memh, &packed, &size); s != UCS_OK) {
+      ucp_mem_unmap(context_, memh);
+      return UcsError(s, "packing a remote key");
+    }
+    std::string key(static_cast<const char*>(packed), size);
+    ucp_rkey_buffer_release(packed);
+    if (key.size() > kMaxRkeyBytes) {
+      ucp_mem_unmap(context_, memh);
+      return absl::InternalError(fmt::format("a remote key of {} bytes", key.size()));
+    }
+    mapped_.push_back(memh);
+    return key;
+  }
+
+  // What UCX says about the endpoint to `address` (its lanes and their
+  // transports), once a call or pull has wired it up.
+  absl::StatusOr<std::string> DescribeEp(const std::string& address) {
+    auto it = client_eps_.find(address);
+    if (it == client_eps_.end()) {
+      return absl::NotFoundError(fmt::format("no connection to {} yet", address));
+    }
+    char* buf = nullptr;
+    size_t size = 0;
+    FILE* f = ::open_memstream(&buf, &size);
+    if (f == nullptr) return absl::InternalError("open_memstream failed");
+    ucp_ep_print_info(it->second, f);
+    std::fclose(f);
+    std::string out(buf, size);
+    std::free(buf);
+    return out;
   }
 
   static void OnRequestSent(void* request, ucs_status_t status, void* user_data) {
@@ -718,7 +870,11 @@ class Transport::Impl {
   std::set<ucp_ep_h> server_eps_;
   std::unordered_map<uint64_t, std::shared_ptr<PullState>> pulls_;
   std::vector<ucs_status_ptr_t> closing_reqs_;
-  std::set<ReplyCtx*> sending_;  // replies in flight
+  std::set<ReplyCtx*> sending_;                                   // replies in flight
+  std::vector<ucp_mem_h> mapped_;                                 // RegisterMemory's
+  std::map<std::pair<ucp_ep_h, std::string>, ucp_rkey_h> rkeys_;  // unpacked, per endpoint
+  std::vector<ucp_rkey_h> retired_rkeys_;                         // of closed endpoints
+  int gets_in_flight_ = 0;
   int closing_ = 0;
 };
 
@@ -737,6 +893,30 @@ uint16_t Transport::port() const { return impl_->port(); }
 absl::Status Transport::Pull(const std::string& address, uint64_t region, uint64_t offset,
                              uint64_t length, void* dest, std::chrono::milliseconds timeout) {
   return impl_->Pull(address, region, offset, length, dest, timeout);
+}
+
+absl::Status Transport::Get(const std::string& address, std::string_view rkey, uint64_t remote,
+                            uint64_t length, void* dest, std::chrono::milliseconds timeout) {
+  return impl_->Get(address, rkey, remote, length, dest, timeout);
+}
+
+absl::StatusOr<std::string> Transport::RegisterMemory(void* base, size_t length) {
+  return impl_->RegisterMemory(base, length);
+}
+
+absl::StatusOr<std::string> Transport::PeerTransports(const std::string& address) {
+  return impl_->PeerTransports(address);
+}
+
+bool Transport::LooksRdma(std::string_view description) {
+  // ucp_ep_print_info names each lane's transport: rc_verbs, rc_mlx5,
+  // dc_mlx5, ud_verbs, ... on InfiniBand/RoCE; tcp, sysv, posix, cma, ...
+  // otherwise.
+  // Each lane is printed as "N:transport/device".
+  for (std::string_view tl : {":rc_", ":dc_", ":ud_", ":gga", ":srd"}) {
+    if (description.find(tl) != std::string_view::npos) return true;
+  }
+  return false;
 }
 
 absl::StatusOr<std::string> Transport::Call(const std::string& address, std::string_view request,

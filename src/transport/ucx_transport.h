@@ -71,6 +71,27 @@ class Transport {
   absl::Status Pull(const std::string& address, uint64_t region, uint64_t offset, uint64_t length,
                     void* dest, std::chrono::milliseconds timeout);
 
+  // The one-sided variant (ucp_get_nbx): reads `length` bytes at `remote`
+  // in memory the peer at `address` registered (RegisterMemory), described by
+  // its packed remote key `rkey`, into `dest`. The peer's CPU is not asked,
+  // so nothing checks that the bytes are still what the caller expects: the
+  // caller verifies them (the fetcher's end-to-end checksum). Same errors and
+  // the same promise about `dest` as Pull.
+  absl::Status Get(const std::string& address, std::string_view rkey, uint64_t remote,
+                   uint64_t length, void* dest, std::chrono::milliseconds timeout);
+
+  // Registers [base, base + length) with UCX, once, for peers' Gets until
+  // the transport stops; the packed remote key to hand to peers (over Call
+  // only, which checks the token).
+  absl::StatusOr<std::string> RegisterMemory(void* base, size_t length);
+
+  // What UCX says about the connection to `address` (ucp_ep_print_info: its
+  // lanes and their transports); NotFound before any call or pull to it.
+  absl::StatusOr<std::string> PeerTransports(const std::string& address);
+  // Whether such a description names an RDMA transport (where one-sided
+  // reads are native; on TCP, UCX 1.13 emulates them over active messages).
+  static bool LooksRdma(std::string_view description);
+
   // A small request/reply exchange with the peer at `address` (the control
   // messages of a pull: which bytes, under which lease), carrying the token
   // like a pull; at most 16 MiB each way. The peer's CallHandler answers.

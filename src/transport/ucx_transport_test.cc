@@ -51,6 +51,8 @@ class Holder {
   ~Holder() { Stall(false); }
   std::string address() const { return "127.0.0.1:" + std::to_string(transport_->port()); }
   const std::vector<char>& bytes() const { return bytes_; }
+  Transport& transport() { return *transport_; }
+  uint64_t base() const { return reinterpret_cast<uint64_t>(bytes_.data()); }
   int leases() const { return leases_; }
   // While stalled, requests wait in the resolver (on the progress thread).
   void Stall(bool on) {
@@ -96,6 +98,70 @@ TEST(TransportTest, PullsLargeAndSmallRangesExactly) {
   EXPECT_EQ(std::memcmp(small.data(), holder.bytes().data() + 12345, small.size()), 0);
   std::this_thread::sleep_for(100ms);
   EXPECT_EQ(holder.leases(), 0);  // every lease given back after its send
+}
+
+TEST(TransportTest, OneSidedGetsReadRegisteredMemoryExactly) {
+  Holder holder(64 << 20);
+  auto rkey = holder.transport().RegisterMemory(const_cast<char*>(holder.bytes().data()),
+                                                holder.bytes().size());
+  ASSERT_TRUE(rkey.ok()) << rkey.status();
+  ASSERT_FALSE(rkey->empty());
+  auto puller = Puller();
+  ASSERT_NE(puller, nullptr);
+  EXPECT_EQ(puller->PeerTransports(holder.address()).status().code(),
+            absl::StatusCode::kNotFound);  // no connection yet
+  std::vector<char> big(64 << 20, 0);
+  absl::Status got =
+      puller->Get(holder.address(), *rkey, holder.base(), big.size(), big.data(), 30s);
+  ASSERT_TRUE(got.ok()) << got;
+  EXPECT_EQ(std::memcmp(big.data(), holder.bytes().data(), big.size()), 0);
+  std::vector<char> small(100, 0);
+  ASSERT_TRUE(
+      puller->Get(holder.address(), *rkey, holder.base() + 4097, small.size(), small.data(), 10s)
+          .ok());
+  EXPECT_EQ(std::memcmp(small.data(), holder.bytes().data() + 4097, small.size()), 0);
+  // Concurrent reads of distinct ranges.
+  std::vector<std::thread> threads;
+  std::vector<std::vector<char>> parts(8, std::vector<char>(1 << 20, 0));
+  std::atomic<int> ok{0};
+  for (int i = 0; i < 8; ++i) {
+    threads.emplace_back([&, i] {
+      uint64_t off = static_cast<uint64_t>(i) * (5 << 20);
+      if (puller
+              ->Get(holder.address(), *rkey, holder.base() + off, parts[i].size(), parts[i].data(),
+                    30s)
+              .ok() &&
+          std::memcmp(parts[i].data(), holder.bytes().data() + off, parts[i].size()) == 0) {
+        ++ok;
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok.load(), 8);
+  auto described = puller->PeerTransports(holder.address());
+  ASSERT_TRUE(described.ok()) << described.status();
+  EXPECT_FALSE(described->empty());
+  EXPECT_EQ(holder.leases(), 0);  // the holder's resolver was never asked
+}
+
+TEST(TransportTest, AGetWithoutAKeyIsRefusedAndWritesNothing) {
+  Holder holder(1 << 20);
+  auto puller = Puller();
+  ASSERT_NE(puller, nullptr);
+  std::vector<char> dest(4096, 'x');
+  absl::Status got = puller->Get(holder.address(), "", holder.base(), dest.size(), dest.data(), 5s);
+  EXPECT_EQ(got.code(), absl::StatusCode::kInvalidArgument) << got;
+  EXPECT_EQ(dest, std::vector<char>(4096, 'x'));
+  got = puller->Get(holder.address(), std::string(100 << 10, 'k'), holder.base(), dest.size(),
+                    dest.data(), 5s);
+  EXPECT_EQ(got.code(), absl::StatusCode::kInvalidArgument) << got;
+}
+
+TEST(TransportTest, RdmaTransportsAreToldFromTcpInUcxsDescription) {
+  EXPECT_TRUE(Transport::LooksRdma("lane[0]:  2:rc_mlx5/mlx5_0:1.0 md[2] rma_bw#0"));
+  EXPECT_TRUE(Transport::LooksRdma("lane[1]:  4:dc_mlx5/mlx5_0:1.0 am"));
+  EXPECT_FALSE(Transport::LooksRdma("lane[0]:  1:tcp/eth0.0 md[1] am am_bw#0 rma_bw#0"));
+  EXPECT_FALSE(Transport::LooksRdma("lane[0]:  0:posix/memory.0 md[0] am"));
 }
 
 TEST(TransportTest, ConcurrentPullsFromManyThreadsEachGetTheirBytes) {

@@ -38,10 +38,13 @@ class PeerTest : public ::testing::Test {
     ASSERT_TRUE(registry_.Start(&err)) << err;
   }
 
-  Daemon& AddDaemon(const std::string& host_id, uint64_t tier_bytes = 64 << 20) {
+  // `cluster_yaml`: more keys of the daemon's cluster section ("  key: value\n").
+  Daemon& AddDaemon(const std::string& host_id, uint64_t tier_bytes = 64 << 20,
+                    const std::string& cluster_yaml = "") {
     DaemonSpec spec;
     spec.tier_bytes = tier_bytes;
-    spec.extra_yaml = registry_.DaemonYaml(host_id, "127.0.0.1:" + std::to_string(FreeTcpPort()));
+    spec.extra_yaml =
+        registry_.DaemonYaml(host_id, "127.0.0.1:" + std::to_string(FreeTcpPort())) + cluster_yaml;
     daemons_.push_back(std::make_unique<Daemon>(spec));
     std::string err;
     EXPECT_TRUE(daemons_.back()->Start({}, &err)) << err;
@@ -147,12 +150,42 @@ TEST_F(PeerTest, AGetOnAnotherHostPullsVerifiesKeepsAndPublishesAReplica) {
   EXPECT_EQ(newer->size(), 2u);
 }
 
+TEST_F(PeerTest, OneSidedGetsPullTheSameBytesAndASourceWithoutKeysIsReadByMessages) {
+  Daemon& a = AddDaemon("host-a");                                 // registers its arena
+  Daemon& b = AddDaemon("host-b", 64 << 20, "  transfer: get\n");  // reads one-sided
+  Daemon& c = AddDaemon("host-c", 64 << 20, "  transfer: am\n");   // registers nothing
+  Daemon& d = AddDaemon("host-d", 64 << 20, "  transfer: get\n");
+  std::string value = Pattern(40 << 20, 21);  // 3 chunks, the last one short
+  ASSERT_NE(PutPublished(a, "k", value), 0u);
+  auto verify = [&](Daemon& host, const std::string& prefer) {
+    auto ch = host.Connect();
+    ASSERT_TRUE(ch.ok());
+    GetOptions o;
+    o.prefer_host = prefer;
+    auto v = (*ch)->Get("k", o);
+    ASSERT_TRUE(v.ok()) << v.status() << "\n" << host.Log();
+    ASSERT_EQ(v->size(), value.size());
+    EXPECT_EQ(std::memcmp(v->data(), value.data(), value.size()), 0);
+  };
+  verify(b, "host-a");
+  EXPECT_THAT(b.Log(), HasSubstr("from host 'host-a' (one-sided get)"));
+  EXPECT_EQ(Cluster(b).pulled_bytes(), value.size());
+  EXPECT_EQ(Cluster(a).peer_bytes_sent(), 0u);  // one-sided: the holder's CPU sent nothing
+  ASSERT_TRUE(Eventually([&] { return Cluster(a).peer_leases() == 0; }));
+  verify(c, "host-a");  // C asked for messages
+  EXPECT_THAT(c.Log(), HasSubstr("from host 'host-a' (active messages)"));
+  ASSERT_TRUE(Eventually([&] { return Holders("k").size() == 3; }));
+  verify(d, "host-c");  // C offers no key: D falls back to messages
+  EXPECT_THAT(d.Log(), HasSubstr("from host 'host-c' (active messages)"));
+  EXPECT_EQ(Cluster(c).peer_bytes_sent(), value.size());
+}
+
 TEST_F(PeerTest, ConcurrentGetsOfOneKeyOnOneHostCauseOnePull) {
   Daemon& a = AddDaemon("host-a");
   Daemon& b = AddDaemon("host-b");
   std::string value = Pattern(48 << 20, 1);
   ASSERT_NE(PutPublished(a, "big", value), 0u);
-  constexpr int kGets = 6;
+  constexpr int kGets = 16;
   std::vector<std::thread> threads;
   std::atomic<int> ok{0};
   for (int i = 0; i < kGets; ++i) {
@@ -381,6 +414,37 @@ TEST_F(PeerTest, ReplicateToAllCopiesInAChainAndTheOriginSendsEachByteOnce) {
   ASSERT_TRUE(again.ok());
   for (const auto& t : again->targets) EXPECT_TRUE(t.already_held) << t.host_id;
   EXPECT_TRUE(again->bytes_sent.empty());
+}
+
+// Replicate trusted the registry's list of holders, so a host that had just
+// removed its copy (the removal not yet published) was reported "already
+// held" and left without it (seen in make cluster-demo).
+TEST_F(PeerTest, AHostThatJustRemovedItsCopyIsCopiedAgainNotReportedAsHolding) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& c = AddDaemon("host-c", 64 << 20, "  publish_delay_ms: 1000\n");
+  std::string value = Pattern(4 << 20, 22);
+  ASSERT_NE(PutPublished(a, "k", value), 0u);
+  auto cc = c.Connect();
+  ASSERT_TRUE(cc.ok());
+  ASSERT_TRUE((*cc)->Get("k").ok());
+  ASSERT_TRUE(Eventually([&] { return Holders("k").contains("host-c"); }));
+  ASSERT_TRUE((*cc)->Remove("k").ok());
+  ASSERT_TRUE(Holders("k").contains("host-c"));  // the registry has not heard yet
+  auto ca = a.Connect();
+  ASSERT_TRUE(ca.ok());
+  ReplicateOptions o;
+  o.to = {"host-c"};
+  auto r = (*ca)->Replicate("k", o);
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_EQ(r->targets.size(), 1u);
+  EXPECT_TRUE(r->targets[0].status.ok()) << r->targets[0].status;
+  EXPECT_FALSE(r->targets[0].already_held);
+  EXPECT_EQ(r->bytes_sent["host-a"], value.size());
+  GetOptions local;
+  local.local_only = true;
+  auto v = (*cc)->Get("k", local);
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(std::memcmp(v->data(), value.data(), value.size()), 0);
 }
 
 TEST_F(PeerTest, AFailedLinkInTheChainFallsBackToACompleteReplicaAndNothingTornIsKept) {
