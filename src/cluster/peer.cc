@@ -510,7 +510,8 @@ void Fetcher::Work() {
       queue_.pop_front();
       request = jobs_[id].request;
     }
-    absl::Status s = Fetch(request);
+    uint64_t claim = 0;
+    absl::Status s = Fetch(request, &claim);
     if (!s.ok()) SPDLOG_WARN("fetch: {}", s.message());
     {
       MutexLock lock(&mu_);
@@ -522,10 +523,19 @@ void Fetcher::Work() {
       if (!s.ok()) ++stats_.failed;
     }
     if (options_.on_done) options_.on_done();
+    if (claim != 0) {
+      v1::CompleteTransferRequest done;
+      done.set_claim_id(claim);
+      done.set_succeeded(true);
+      if (absl::Status c = registry_->CompleteTransfer(done); !c.ok()) {
+        SPDLOG_WARN("fetch: {}: completing claim {}: {}", RequestName(request), claim, c.message());
+      }
+    }
   }
 }
 
-absl::Status Fetcher::Fetch(const Request& r) {
+absl::Status Fetcher::Fetch(const Request& r, uint64_t* claim_out) {
+  *claim_out = 0;
   const std::string what = RequestName(r);
   std::set<std::string> tried;  // sources that failed this fetch
   absl::Status last;
@@ -589,13 +599,16 @@ absl::Status Fetcher::Fetch(const Request& r) {
     }
     bool source_fault = false;
     absl::Status s = PullFrom(r, claim->generation(), claim->source(), &source_fault);
+    if (s.ok() || absl::IsAlreadyExists(s)) {
+      *claim_out = claim->claim_id();  // completed once the get is answered
+      return absl::OkStatus();
+    }
     v1::CompleteTransferRequest done;
     done.set_claim_id(claim->claim_id());
     done.set_succeeded(s.ok());
     if (absl::Status c = registry_->CompleteTransfer(done); !c.ok()) {
       SPDLOG_WARN("fetch: {}: completing claim {}: {}", what, claim->claim_id(), c.message());
     }
-    if (s.ok() || absl::IsAlreadyExists(s)) return absl::OkStatus();
     if (!source_fault) return s;
     SPDLOG_WARN("fetch: {}; trying another replica", s.message());
     tried.insert(claim->source().host_id());

@@ -261,7 +261,9 @@ class Fetcher {
     std::map<std::string, uint64_t> sources;
   };
   void Work();
-  absl::Status Fetch(const Request& r);
+  // On success, `*claim` is the registry claim still to complete (0: none):
+  // the worker completes it after the waiters are told, off the get's path.
+  absl::Status Fetch(const Request& r, uint64_t* claim);
   // One source: NotFound / Unavailable / DataLoss etc. name it.
   // `source_fault` says whether another source might do better (false when
   // this host's store refused, or the pull succeeded).
