@@ -52,6 +52,7 @@ std::string LoadAvg() {
 // received, or -1 when iperf3 could not run.
 double Iperf(int streams, double seconds) {
   const int port = 25000 + (getpid() % 1000);
+  std::fflush(stdout);  // or the child's freopen writes our buffered lines again
   pid_t server = ::fork();
   if (server == 0) {
     std::freopen("/dev/null", "w", stdout);
