@@ -731,13 +731,16 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     from.rkey = o.rkey();
     from.remote = o.remote_address();
   }
-  absl::Status read =
-      ReadPayload(from, o.size(), dest, o.arriving(), r.deadline, [&](uint64_t offset, uint64_t n) {
+  uint64_t actual = 0;  // the checksum of what landed
+  absl::Status read = ReadPayload(
+      from, o.size(), dest, o.arriving(), r.deadline,
+      [&](uint64_t offset, uint64_t n) {
         arriving->MarkArrived(offset, n);
         MutexLock lock(&mu_);
         auto it = jobs_.find(job_id);
         if (it != jobs_.end()) it->second.sources[source.host_id()] += n;
-      });
+      },
+      &actual);
   if (!read.ok()) {
     abort(std::string(read.message()));
     // Briefly: a source that is down would hold up the failover by the
@@ -746,7 +749,6 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     return Annotate(read, what);
   }
   close(options_.control_timeout);
-  uint64_t actual = store::Checksum(dest, o.size());
   if (expected && actual != *expected) {
     abort("checksum mismatch");
     return absl::DataLossError(fmt::format(
@@ -795,7 +797,10 @@ bool Fetcher::UseOneSided(const std::string& address) {
 
 absl::Status Fetcher::ReadPayload(const Source& from, uint64_t size, char* dest, bool arriving,
                                   steady_clock::time_point deadline,
-                                  const std::function<void(uint64_t, uint64_t)>& arrived) {
+                                  const std::function<void(uint64_t, uint64_t)>& arrived,
+                                  uint64_t* checksum) {
+  store::ChecksumBuilder hash(size);
+  std::atomic<bool> hash_at_end{false};  // a chunk that is not whole segments
   const std::string& address = from.address;
   const uint64_t region = from.region;
   const bool one_sided = !from.rkey.empty();
@@ -889,6 +894,11 @@ absl::Status Fetcher::ReadPayload(const Source& from, uint64_t size, char* dest,
         failed = true;
         return;
       }
+      if (hash.Fits(off, n)) {
+        hash.Add(dest, off, n);
+      } else {
+        hash_at_end = true;
+      }
       arrived(off, n);
     }
   };
@@ -899,6 +909,7 @@ absl::Status Fetcher::ReadPayload(const Source& from, uint64_t size, char* dest,
   reader();
   for (auto& t : helpers) t.join();
   MutexLock lock(&error_mu);
+  if (error.ok()) *checksum = hash_at_end ? store::Checksum(dest, size) : hash.Finish();
   return error;
 }
 

@@ -280,9 +280,12 @@ class Fetcher {
     std::string rkey;
     uint64_t remote = 0;
   };
+  // On success `*checksum` is the store checksum of the bytes, hashed chunk
+  // by chunk as they landed (while later chunks are still on the wire).
   absl::Status ReadPayload(const Source& from, uint64_t size, char* dest, bool arriving,
                            std::chrono::steady_clock::time_point deadline,
-                           const std::function<void(uint64_t offset, uint64_t n)>& arrived);
+                           const std::function<void(uint64_t offset, uint64_t n)>& arrived,
+                           uint64_t* checksum);
   // Whether to read from `address` one-sided, when it offered a remote key.
   bool UseOneSided(const std::string& address);
   static std::string JobKey(std::string_view key, uint64_t generation);

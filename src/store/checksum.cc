@@ -111,6 +111,32 @@ uint64_t CopyAndChecksum(void* dst, const void* src, size_t n) {
   return Segmented(static_cast<char*>(dst), static_cast<const char*>(src), n);
 }
 
+ChecksumBuilder::ChecksumBuilder(size_t n)
+    : n_(n), digests_(n > kChecksumSegment ? (n + kChecksumSegment - 1) / kChecksumSegment : 0) {}
+
+bool ChecksumBuilder::Fits(size_t offset, size_t length) const {
+  return offset % kChecksumSegment == 0 && offset <= n_ && length <= n_ - offset &&
+         (length % kChecksumSegment == 0 || offset + length == n_);
+}
+
+void ChecksumBuilder::Add(const void* data, size_t offset, size_t length) {
+  const char* p = static_cast<const char*>(data);
+  if (n_ <= kChecksumSegment) {
+    whole_ = XXH3_64bits_dispatch(p, n_);
+    return;
+  }
+  for (size_t off = offset; off < offset + length; off += kChecksumSegment) {
+    size_t len = std::min(kChecksumSegment, n_ - off);
+    digests_[off / kChecksumSegment] = htole64(XXH3_64bits_dispatch(p + off, len));
+  }
+}
+
+uint64_t ChecksumBuilder::Finish() const {
+  if (n_ == 0) return XXH3_64bits_dispatch(nullptr, 0);
+  if (n_ <= kChecksumSegment) return whole_;
+  return XXH3_64bits_dispatch(digests_.data(), digests_.size() * sizeof(uint64_t));
+}
+
 void Copy(void* dst, const void* src, size_t n) {
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);

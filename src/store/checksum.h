@@ -11,6 +11,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace cistern::store {
 
@@ -28,5 +29,24 @@ uint64_t CopyAndChecksum(void* dst, const void* src, size_t n);
 
 // CopyAndChecksum without the checksum: the same threads and streaming stores.
 void Copy(void* dst, const void* src, size_t n);
+
+// Checksum(data, n) built from pieces hashed as they arrive, in any order and
+// on any threads (a pull hashes each chunk once it has landed). Each piece
+// starts at a multiple of kChecksumSegment and is a whole number of segments
+// or reaches n; pieces must not overlap. Finish() once every byte was added,
+// after the adding threads are joined.
+class ChecksumBuilder {
+ public:
+  explicit ChecksumBuilder(size_t n);
+  // Whether a piece [offset, offset + length) meets the rule above.
+  bool Fits(size_t offset, size_t length) const;
+  void Add(const void* data, size_t offset, size_t length);  // data: the whole payload
+  uint64_t Finish() const;
+
+ private:
+  size_t n_;
+  std::vector<uint64_t> digests_;  // one per segment, little-endian when n > one segment
+  uint64_t whole_ = 0;             // n <= one segment
+};
 
 }  // namespace cistern::store

@@ -2,6 +2,7 @@
 
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstring>
 #include <random>
 #include <vector>
@@ -70,4 +71,27 @@ TEST(ChecksumTest, OneFlippedBitChangesTheChecksum) {
 }
 
 }  // namespace
+TEST(ChecksumTest, ABuilderFedPiecesInAnyOrderMatchesTheWholeChecksum) {
+  for (size_t n : {size_t{0}, size_t{100}, kChecksumSegment, kChecksumSegment + 1,
+                   11 * kChecksumSegment / 2, 40 * kChecksumSegment}) {
+    auto v = Random(n, static_cast<uint32_t>(n % 1000) + 3);
+    const size_t piece = 16 * kChecksumSegment;
+    ChecksumBuilder b(n);
+    std::vector<size_t> offsets;
+    for (size_t off = 0; off < n; off += piece) offsets.push_back(off);
+    std::reverse(offsets.begin(), offsets.end());  // the last chunk lands first
+    for (size_t off : offsets) {
+      size_t len = std::min(piece, n - off);
+      ASSERT_TRUE(b.Fits(off, len)) << n << " " << off;
+      b.Add(v.data(), off, len);
+    }
+    EXPECT_EQ(b.Finish(), Checksum(v.data(), n)) << n;
+  }
+  ChecksumBuilder b(40 * kChecksumSegment);
+  EXPECT_FALSE(b.Fits(100, kChecksumSegment));                        // not at a segment
+  EXPECT_FALSE(b.Fits(0, kChecksumSegment + 1));                      // not whole segments
+  EXPECT_FALSE(b.Fits(39 * kChecksumSegment, 2 * kChecksumSegment));  // past the end
+  EXPECT_TRUE(b.Fits(39 * kChecksumSegment, kChecksumSegment));
+}
+
 }  // namespace cistern::store
