@@ -96,6 +96,7 @@ int main(int argc, char** argv) {
   for (size_t i = 0; i < kRegion; i += 4096) region[i] = static_cast<char>(i >> 12);
   cistern::transport::TransportOptions o;
   o.token = "bench";
+  o.one_sided = true;
   auto holder = cistern::transport::Transport::Start(
       o,
       [&](uint64_t, uint64_t offset,

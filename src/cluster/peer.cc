@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <filesystem>
 #include <set>
 #include <utility>
 
@@ -916,6 +917,13 @@ absl::Status Fetcher::ReadPayload(const Source& from, uint64_t size, char* dest,
 // ---------------------------------------------------------------------------
 // PeerNode
 
+// An InfiniBand / RoCE device (what UCX's rc/dc/ud transports run on).
+static bool HasRdmaDevice() {
+  std::error_code ec;
+  auto it = std::filesystem::directory_iterator("/sys/class/infiniband", ec);
+  return !ec && it != std::filesystem::directory_iterator();
+}
+
 absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions options,
                                                           store::ObjectStore* store,
                                                           std::vector<char*> tier_bases) {
@@ -938,6 +946,13 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
   }
   to.port = static_cast<uint16_t>(port);
   to.token = options.token;
+  // auto turns one-sided reads on only where RDMA devices exist: on TCP they
+  // are slower, and UCP_FEATURE_RMA there widened a UCX 1.13 crash on a
+  // failing peer (ucx_transport.h).
+  if (options.transfer == Transfer::kAuto && !HasRdmaDevice()) {
+    options.transfer = Transfer::kActiveMessage;
+  }
+  to.one_sided = options.transfer != Transfer::kActiveMessage;
   PeerServer* server = node->server_.get();
   auto transport = transport::Transport::Start(
       to,

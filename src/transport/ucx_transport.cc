@@ -165,7 +165,8 @@ class Transport::Impl {
   absl::Status InitOnThread() {
     ucp_params_t params{};
     params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
-    params.features = UCP_FEATURE_AM | UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
+    params.features = UCP_FEATURE_AM | UCP_FEATURE_WAKEUP;
+    if (options_.one_sided) params.features |= UCP_FEATURE_RMA;
     params.mt_workers_shared = 0;
     ucp_config_t* config = nullptr;
     if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
@@ -246,6 +247,7 @@ class Transport::Impl {
 
   absl::Status Get(const std::string& address, std::string_view rkey, uint64_t remote,
                    uint64_t length, void* dest, std::chrono::milliseconds timeout) {
+    if (!options_.one_sided) return OneSidedOff();
     if (rkey.empty() || rkey.size() > kMaxRkeyBytes) {
       return absl::InvalidArgumentError(
           fmt::format("a remote key of {} bytes (1..{} expected)", rkey.size(), kMaxRkeyBytes));
@@ -261,7 +263,13 @@ class Transport::Impl {
     return Wait(st, timeout);
   }
 
+  static absl::Status OneSidedOff() {
+    return absl::FailedPreconditionError(
+        "one-sided reads are off in this transport (TransportOptions::one_sided)");
+  }
+
   absl::StatusOr<std::string> RegisterMemory(void* base, size_t length) {
+    if (!options_.one_sided) return OneSidedOff();
     std::promise<absl::StatusOr<std::string>> done;
     auto got = done.get_future();
     Post([&] { done.set_value(MapMemory(base, length)); });

@@ -51,6 +51,11 @@ struct TransportOptions {
   std::string listen_address = "127.0.0.1";  // numeric IPv4
   uint16_t port = 0;                         // 0: a free port (see Transport::port)
   std::string token;                         // required of every peer's request
+  // Enables one-sided reads (UCP_FEATURE_RMA): RegisterMemory and Get. Off,
+  // they are FailedPrecondition. Off by default: with RMA, UCX 1.13 wires up
+  // extra lanes, and a peer that dies before they are connected tripped
+  // UCX's own assertion in wireup_ep.c (the daemon aborted), seen twice on TCP.
+  bool one_sided = false;
 };
 
 class Transport {

@@ -21,10 +21,11 @@ using namespace std::chrono_literals;
 // A holder with one region (id 7): `size` bytes of a pattern.
 class Holder {
  public:
-  explicit Holder(size_t size, std::string token = "t0ken") : bytes_(size) {
+  explicit Holder(size_t size, std::string token = "t0ken", bool one_sided = true) : bytes_(size) {
     for (size_t i = 0; i < size; ++i) bytes_[i] = static_cast<char>((i * 131 + i / 4096) & 0xff);
     TransportOptions o;
     o.token = std::move(token);
+    o.one_sided = one_sided;
     auto t = Transport::Start(
         o,
         [this](uint64_t region, uint64_t offset, uint64_t length) -> absl::StatusOr<ReadLease> {
@@ -76,9 +77,10 @@ class Holder {
   bool stalled_ = false;
 };
 
-std::unique_ptr<Transport> Puller(std::string token = "t0ken") {
+std::unique_ptr<Transport> Puller(std::string token = "t0ken", bool one_sided = true) {
   TransportOptions o;
   o.token = std::move(token);
+  o.one_sided = one_sided;
   auto t = Transport::Start(o, [](uint64_t, uint64_t, uint64_t) -> absl::StatusOr<ReadLease> {
     return absl::NotFoundError("this side holds nothing");
   });
@@ -155,6 +157,22 @@ TEST(TransportTest, AGetWithoutAKeyIsRefusedAndWritesNothing) {
   got = puller->Get(holder.address(), std::string(100 << 10, 'k'), holder.base(), dest.size(),
                     dest.data(), 5s);
   EXPECT_EQ(got.code(), absl::StatusCode::kInvalidArgument) << got;
+}
+
+TEST(TransportTest, WithoutOneSidedReadsRegisterAndGetAreRefused) {
+  Holder holder(1 << 20, "t0ken", /*one_sided=*/false);
+  auto key = holder.transport().RegisterMemory(const_cast<char*>(holder.bytes().data()), 4096);
+  EXPECT_EQ(key.status().code(), absl::StatusCode::kFailedPrecondition);
+  auto puller = Puller("t0ken", /*one_sided=*/false);
+  ASSERT_NE(puller, nullptr);
+  std::vector<char> dest(4096, 'x');
+  EXPECT_EQ(
+      puller->Get(holder.address(), "key", holder.base(), dest.size(), dest.data(), 5s).code(),
+      absl::StatusCode::kFailedPrecondition);
+  EXPECT_EQ(dest, std::vector<char>(4096, 'x'));
+  // Active-message pulls work as ever.
+  ASSERT_TRUE(puller->Pull(holder.address(), 7, 0, dest.size(), dest.data(), 10s).ok());
+  EXPECT_EQ(std::memcmp(dest.data(), holder.bytes().data(), dest.size()), 0);
 }
 
 TEST(TransportTest, RdmaTransportsAreToldFromTcpInUcxsDescription) {

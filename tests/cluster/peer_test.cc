@@ -151,7 +151,7 @@ TEST_F(PeerTest, AGetOnAnotherHostPullsVerifiesKeepsAndPublishesAReplica) {
 }
 
 TEST_F(PeerTest, OneSidedGetsPullTheSameBytesAndASourceWithoutKeysIsReadByMessages) {
-  Daemon& a = AddDaemon("host-a");                                 // registers its arena
+  Daemon& a = AddDaemon("host-a", 64 << 20, "  transfer: get\n");  // registers its arena
   Daemon& b = AddDaemon("host-b", 64 << 20, "  transfer: get\n");  // reads one-sided
   Daemon& c = AddDaemon("host-c", 64 << 20, "  transfer: am\n");   // registers nothing
   Daemon& d = AddDaemon("host-d", 64 << 20, "  transfer: get\n");
