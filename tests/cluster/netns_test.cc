@@ -39,6 +39,7 @@ constexpr int kStallMs = 3000;
 // Slow enough (a puller's link capped with `cluster-sim rate`) that a 64 MiB
 // pull takes over a second, so it can be cut in the middle.
 constexpr int kSlowMbit = 400;
+constexpr std::chrono::seconds kPullDeadline{30};
 
 int Sim(const std::string& args) {
   std::string cmd = fmt::format("{}/scripts/cluster-sim {}", CISTERN_SOURCE_DIR, args);
@@ -122,6 +123,27 @@ class NetnsTest : public ::testing::Test {
   // True once host i has reserved a block for a pull (its bytes are arriving).
   bool WaitPulling(int i) {
     return Eventually([&] { return Stats(i).pending_writes() > 0; });
+  }
+
+  // `value` under `key` on h1 and, pulled, on h3: two replicas.
+  void PutWithSecondReplica(const std::string& key, const std::string& value) {
+    ASSERT_NE(PutPublished(1, key, value), 0u);
+    ASSERT_TRUE(GetVerified(3, key, value).ok());
+    ASSERT_TRUE(Eventually([&] { return Holders(key).size() == 2; }));
+  }
+
+  // A get of `key` on h2 with h2's link slowed, returned once the pull is
+  // under way (its block reserved, some chunks landed).
+  std::future<absl::Status> StartSlowPull(const std::string& key, const std::string& value,
+                                          const std::string& prefer = "") {
+    EXPECT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
+    GetOptions o;
+    o.prefer_host = prefer;
+    o.deadline = kPullDeadline;
+    auto pull = GetVerifiedAsync(2, key, value, o);
+    EXPECT_TRUE(WaitPulling(2));
+    std::this_thread::sleep_for(200ms);
+    return pull;
   }
 
   // Nothing torn on host i: no write pending and only sealed objects whose
@@ -228,17 +250,8 @@ TEST_F(NetnsTest, APartitionedSourceFailsThePullCleanlyAndHealingServesIt) {
 
 TEST_F(NetnsTest, ALinkCutMidPullFailsOverToAnotherReplica) {
   std::string value = Pattern(64 << 20, 11);
-  uint64_t gen = PutPublished(1, "k", value);
-  ASSERT_NE(gen, 0u);
-  ASSERT_TRUE(GetVerified(3, "k", value).ok());  // a second replica on h3
-  ASSERT_TRUE(Eventually([&] { return Holders("k").size() == 2; }));
-  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
-  GetOptions o;
-  o.prefer_host = "h1";
-  o.deadline = 30s;
-  auto pull = GetVerifiedAsync(2, "k", value, o);
-  ASSERT_TRUE(WaitPulling(2));
-  std::this_thread::sleep_for(200ms);  // some chunks from h1 have landed
+  PutWithSecondReplica("k", value);
+  auto pull = StartSlowPull("k", value, "h1");
   ASSERT_EQ(Sim(fmt::format("partition {} 1", kPrefix)), 0);
   absl::Status got = pull.get();
   EXPECT_TRUE(got.ok()) << got << "\n" << host(2).Log();
@@ -253,13 +266,8 @@ TEST_F(NetnsTest, ALinkCutMidPullWithNoOtherReplicaFailsNamingTheSourceAndKeepsN
   std::string value = Pattern(64 << 20, 12);
   ASSERT_NE(PutPublished(1, "k", value), 0u);
   const uint64_t baseline = UsedBytes(2);
-  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
-  GetOptions o;
-  o.deadline = 30s;
   auto start = std::chrono::steady_clock::now();
-  auto pull = GetVerifiedAsync(2, "k", value, o);
-  ASSERT_TRUE(WaitPulling(2));
-  std::this_thread::sleep_for(200ms);
+  auto pull = StartSlowPull("k", value);
   ASSERT_EQ(Sim(fmt::format("partition {} 1", kPrefix)), 0);
   absl::Status got = pull.get();
   auto took = std::chrono::steady_clock::now() - start;
@@ -267,26 +275,18 @@ TEST_F(NetnsTest, ALinkCutMidPullWithNoOtherReplicaFailsNamingTheSourceAndKeepsN
   EXPECT_EQ(got.code(), absl::StatusCode::kUnavailable) << got;
   EXPECT_THAT(got.message(), HasSubstr("'k'"));
   EXPECT_THAT(got.message(), HasSubstr("host 'h1'"));
-  EXPECT_LT(took, o.deadline) << "the stall, not the deadline, ends it";
+  EXPECT_LT(took, kPullDeadline) << "the stall, not the deadline, ends it";
   ExpectNothingTorn(2, 0);
   EXPECT_EQ(UsedBytes(2), baseline);  // the reserved block is freed
   ASSERT_EQ(Sim(fmt::format("heal {} 1", kPrefix)), 0);
   ASSERT_EQ(Sim(fmt::format("rate {} 2 0", kPrefix)), 0);
-  ASSERT_TRUE(Eventually([&] { return GetVerified(2, "k", value, o).ok(); })) << host(2).Log();
+  ASSERT_TRUE(Eventually([&] { return GetVerified(2, "k", value).ok(); })) << host(2).Log();
 }
 
 TEST_F(NetnsTest, ASourceKilledMidPullFailsOverToAnotherReplica) {
   std::string value = Pattern(64 << 20, 13);
-  ASSERT_NE(PutPublished(1, "k", value), 0u);
-  ASSERT_TRUE(GetVerified(3, "k", value).ok());
-  ASSERT_TRUE(Eventually([&] { return Holders("k").size() == 2; }));
-  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
-  GetOptions o;
-  o.prefer_host = "h1";
-  o.deadline = 30s;
-  auto pull = GetVerifiedAsync(2, "k", value, o);
-  ASSERT_TRUE(WaitPulling(2));
-  std::this_thread::sleep_for(200ms);
+  PutWithSecondReplica("k", value);
+  auto pull = StartSlowPull("k", value, "h1");
   host(1).Kill(SIGKILL);
   host(1).Wait();
   absl::Status got = pull.get();
@@ -300,12 +300,7 @@ TEST_F(NetnsTest, APullerKilledMidPullShowsNothingPartialAfterRestart) {
   std::string value = Pattern(64 << 20, 14);
   ASSERT_NE(PutPublished(1, "k", value), 0u);
   const uint64_t baseline = UsedBytes(2);
-  ASSERT_EQ(Sim(fmt::format("rate {} 2 {}", kPrefix, kSlowMbit)), 0);
-  GetOptions o;
-  o.deadline = 30s;
-  auto pull = GetVerifiedAsync(2, "k", value, o);
-  ASSERT_TRUE(WaitPulling(2));
-  std::this_thread::sleep_for(200ms);
+  auto pull = StartSlowPull("k", value);
   host(2).Kill(SIGKILL);
   host(2).Wait();
   EXPECT_FALSE(pull.get().ok());  // its daemon died under it
@@ -320,7 +315,7 @@ TEST_F(NetnsTest, APullerKilledMidPullShowsNothingPartialAfterRestart) {
   ExpectNothingTorn(1, 1);
   // The restarted daemon pulls it whole.
   ASSERT_EQ(Sim(fmt::format("rate {} 2 0", kPrefix)), 0);
-  EXPECT_TRUE(GetVerified(2, "k", value, o).ok()) << host(2).Log();
+  EXPECT_TRUE(GetVerified(2, "k", value).ok()) << host(2).Log();
 }
 
 TEST_F(NetnsTest, ACorruptedReplicaIsRefusedAndThePullPicksAnother) {
