@@ -146,8 +146,8 @@ class NetnsTest : public ::testing::Test {
     return pull;
   }
 
-  // Nothing torn on host i: no write pending and only sealed objects whose
-  // bytes verify (a Stat of each is answered from its sealed header).
+  // Nothing torn on host i: no write pending, and exactly `objects` sealed
+  // objects (the tests verify their bytes with GetVerified).
   void ExpectNothingTorn(int i, uint64_t objects) {
     auto st = Stats(i);
     EXPECT_EQ(st.pending_writes(), 0u) << "host " << i;
