@@ -30,11 +30,15 @@ bootstrap:
 build/release/build.ninja: | bootstrap
 	cmake -S . -B build/release $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Release
 
+# Clang: about twice as fast as GCC here, and its thread-safety analysis
+# checks the lock annotations as the code compiles (CMakeLists.txt).
 build/asan/build.ninja: | bootstrap
-	cmake -S . -B build/asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug -DCISTERN_SANITIZE=address
+	CC=clang CXX=clang++ cmake -S . -B build/asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug \
+	  -DCISTERN_SANITIZE=address
 
 build/tsan/build.ninja: | bootstrap
-	cmake -S . -B build/tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCISTERN_SANITIZE=thread
+	CC=clang CXX=clang++ cmake -S . -B build/tsan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+	  -DCISTERN_SANITIZE=thread
 
 release: bootstrap build/release/build.ninja
 	cmake --build build/release -j $(JOBS)
@@ -50,7 +54,7 @@ tsan: bootstrap build/tsan/build.ninja
 	# Tests over a gRPC channel are left out: see tests/tsan.supp. UCX's memory
 	# hooks (its malloc/mmap interception) crash under TSan's own: UCX_MEM_EVENTS=no.
 	cd build/tsan && TSAN_OPTIONS="halt_on_error=1 suppressions=$(CURDIR)/tests/tsan.supp" UCX_MEM_EVENTS=no \
-	  ctest -L unit -E '^Registry(Server|Tls)Test\.' --output-on-failure -j $(JOBS)
+	  ctest -L unit -E '^(Registry(Server|Tls)|PeerChannel(Tls)?)Test\.' --output-on-failure -j $(JOBS)
 
 # libFuzzer harnesses (docs/testing.md), built by clang in build/fuzz with ASan
 # and UBSan. Each run starts from the seeds in tests/fuzz/corpus/<name> (never
@@ -96,19 +100,26 @@ fuzz-smoke: fuzz-build
 fuzz: fuzz-build
 	$(call run_fuzzers,$(FUZZ_SECONDS))
 
+# What the Python tests run: the module and the binaries they start.
+PY_TARGETS = _cistern cisternd cistern cistern-registry
+
 # Debian's python3 with the package built into build/release/python.
 pytest: bootstrap build/release/build.ninja
-	cmake --build build/release -j $(JOBS) --target _cistern cisternd cistern cistern-registry
+	cmake --build build/release -j $(JOBS) --target $(PY_TARGETS)
 	PYTHONPATH=build/release/python:python/tests CISTERN_BUILD_DIR=build/release \
 	  /usr/bin/python3 -m pytest -q python/tests
 	bash examples/stream_kill_restart.sh build/release
 
 # The package installs with pip into a venv of Debian's python3 (no downloads)
-# and passes the client tests from there.
-pipcheck: bootstrap release
+# and passes the client tests from there. pip's build (setup.py) takes the
+# native module from build/release (CISTERN_CMAKE_BUILD_DIR) rather than
+# compiling it all again in build/pip.
+pipcheck: bootstrap build/release/build.ninja
+	cmake --build build/release -j $(JOBS) --target $(PY_TARGETS)
 	rm -rf build/venv
 	/usr/bin/python3 -m venv --system-site-packages build/venv
-	build/venv/bin/pip install -q --no-build-isolation --no-deps .
+	CISTERN_CMAKE_BUILD_DIR=$(CURDIR)/build/release \
+	  build/venv/bin/pip install -q --no-build-isolation --no-deps .
 	cd build && CISTERN_BUILD_DIR=$(CURDIR)/build/release PYTHONPATH=$(CURDIR)/python/tests \
 	  venv/bin/python -m pytest -q $(CURDIR)/python/tests/test_client.py
 
