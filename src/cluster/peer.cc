@@ -12,6 +12,7 @@
 #include "src/cluster/replicate.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/quote.h"
+#include "src/common/status_macros.h"
 #include "src/store/checksum.h"
 #include "src/store/key.h"
 #include "src/store/layout.h"
@@ -20,7 +21,6 @@
 namespace cistern::cluster {
 namespace {
 
-namespace pv1 = peer::v1;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
@@ -87,18 +87,11 @@ PeerServer::~PeerServer() {
   while (!leases_.empty()) EndLocked(leases_.begin()->first);
 }
 
-absl::StatusOr<std::string> PeerServer::HandleCall(std::string_view request) {
-  pv1::PeerRequest req;
-  if (!req.ParseFromArray(request.data(), static_cast<int>(request.size()))) {
-    return absl::InvalidArgumentError(
-        "peer request: malformed (not a cistern.peer.v1.PeerRequest)");
-  }
+absl::StatusOr<pv1::PeerReply> PeerServer::HandleCall(const pv1::PeerRequest& req) {
   pv1::PeerReply reply;
   switch (req.kind_case()) {
     case pv1::PeerRequest::kOpen: {
-      auto open = Open(req.open().SerializeAsString());
-      if (!open.ok()) return open.status();
-      if (!reply.mutable_open()->ParseFromString(*open)) return absl::InternalError("peer open");
+      ASSIGN_OR_RETURN(*reply.mutable_open(), Open(req.open()));
       break;
     }
     case pv1::PeerRequest::kClose: {
@@ -117,40 +110,43 @@ absl::StatusOr<std::string> PeerServer::HandleCall(std::string_view request) {
       break;
     }
     case pv1::PeerRequest::kProgress: {
-      auto progress = Progress(req.progress().region());
-      if (!progress.ok()) return progress.status();
-      if (!reply.mutable_progress()->ParseFromString(*progress)) {
-        return absl::InternalError("peer progress");
-      }
+      ASSIGN_OR_RETURN(*reply.mutable_progress(), Progress(req.progress().region()));
       break;
     }
     case pv1::PeerRequest::kFetch:
     case pv1::PeerRequest::kFetchStatus: {
       FetchHooks hooks = EnterHooks();
-      bool fetch = req.kind_case() == pv1::PeerRequest::kFetch;
       if (!hooks.fetch) {
         LeaveHooks();
         return absl::UnavailableError("peer: this host is starting or stopping");
       }
-      auto out = fetch ? hooks.fetch(req.fetch().SerializeAsString())
-                       : hooks.fetch_status(req.fetch_status().SerializeAsString());
+      absl::Status s;
+      if (req.has_fetch()) {
+        auto out = hooks.fetch(req.fetch());
+        if (out.ok()) *reply.mutable_fetch() = *std::move(out);
+        s = out.status();
+      } else {
+        *reply.mutable_fetch_status() = hooks.fetch_status(req.fetch_status());
+      }
       LeaveHooks();
-      if (!out.ok()) return out.status();
-      bool parsed = fetch ? reply.mutable_fetch()->ParseFromString(*out)
-                          : reply.mutable_fetch_status()->ParseFromString(*out);
-      if (!parsed) return absl::InternalError("peer fetch");
+      RETURN_IF_ERROR(s);
       break;
     }
     default:
       return absl::InvalidArgumentError(
           "peer request: empty (none of open, close, progress, fetch, fetch_status)");
   }
-  return reply.SerializeAsString();
+  return reply;
 }
 
 void PeerServer::SetRemoteKeys(std::vector<std::string> rkeys) {
   MutexLock lock(&mu_);
   rkeys_ = std::move(rkeys);
+}
+
+void PeerServer::SetTransportAddress(std::string address) {
+  MutexLock lock(&mu_);
+  transport_address_ = std::move(address);
 }
 
 void PeerServer::SetFetchHooks(FetchHooks hooks) {
@@ -170,9 +166,9 @@ void PeerServer::LeaveHooks() {
   if (--hook_calls_ == 0) hooks_idle_.SignalAll();
 }
 
-absl::StatusOr<std::string> PeerServer::OpenArriving(const std::string& key, uint64_t generation,
-                                                     milliseconds lease,
-                                                     const std::string& requester) {
+absl::StatusOr<pv1::OpenReply> PeerServer::OpenArriving(const std::string& key, uint64_t generation,
+                                                        milliseconds lease,
+                                                        const std::string& requester) {
   FetchHooks hooks = EnterHooks();
   bool pending = false;
   std::shared_ptr<Arriving> a =
@@ -194,10 +190,10 @@ absl::StatusOr<std::string> PeerServer::OpenArriving(const std::string& key, uin
                                                 QuoteKey(key), generation, a->why));
     }
   }
-  pv1::OpenReply reply;
-  reply.ParseFromString(a->open_reply);
+  pv1::OpenReply reply = a->open_reply;
   reply.set_arriving(true);
   MutexLock lock(&mu_);
+  reply.set_transport_address(transport_address_);
   uint64_t region = ++next_region_;
   Lease& l = leases_[region];
   l.payload = a->data;
@@ -208,10 +204,10 @@ absl::StatusOr<std::string> PeerServer::OpenArriving(const std::string& key, uin
   reply.set_region(region);
   SPDLOG_DEBUG("peer: {} generation {} (arriving) opened as region {} for host '{}'", QuoteKey(key),
                generation, region, requester);
-  return reply.SerializeAsString();
+  return reply;
 }
 
-absl::StatusOr<std::string> PeerServer::Progress(uint64_t region) {
+absl::StatusOr<pv1::ProgressReply> PeerServer::Progress(uint64_t region) {
   std::shared_ptr<Arriving> a;
   {
     MutexLock lock(&mu_);
@@ -234,12 +230,10 @@ absl::StatusOr<std::string> PeerServer::Progress(uint64_t region) {
     reply.set_failed(a->state == Arriving::State::kFailed);
     reply.set_why(a->why);
   }
-  return reply.SerializeAsString();
+  return reply;
 }
 
-absl::StatusOr<std::string> PeerServer::Open(const std::string& request_bytes) {
-  pv1::OpenRequest req;
-  req.ParseFromString(request_bytes);
+absl::StatusOr<pv1::OpenReply> PeerServer::Open(const pv1::OpenRequest& req) {
   milliseconds lease = options_.max_lease;
   if (req.lease_ms() != 0) lease = std::min(lease, milliseconds(req.lease_ms()));
   auto got = store_->Get(kPeerSession, req.key(), req.generation());
@@ -266,6 +260,7 @@ absl::StatusOr<std::string> PeerServer::Open(const std::string& request_bytes) {
   reply.set_manifest(base + got->block_offset + store::ManifestOffset(h->key_bytes),
                      h->manifest_bytes);
   MutexLock lock(&mu_);
+  reply.set_transport_address(transport_address_);
   if (got->tier < rkeys_.size() && !rkeys_[got->tier].empty()) {
     reply.set_rkey(rkeys_[got->tier]);
     reply.set_remote_address(reinterpret_cast<uint64_t>(base + got->payload_offset));
@@ -280,7 +275,7 @@ absl::StatusOr<std::string> PeerServer::Open(const std::string& request_bytes) {
   reply.set_region(region);
   SPDLOG_DEBUG("peer: {} generation {} opened as region {} for host '{}'", QuoteKey(req.key()),
                got->generation, region, req.requester_host());
-  return reply.SerializeAsString();
+  return reply;
 }
 
 void PeerServer::EndLocked(uint64_t region) {
@@ -384,11 +379,13 @@ uint64_t PeerServer::bytes_sent() const {
 // Fetcher
 
 Fetcher::Fetcher(FetcherOptions options, store::ObjectStore* store, std::vector<char*> tier_bases,
-                 RegistryClient* registry, transport::Transport* transport)
+                 RegistryClient* registry, PeerControlClient* control,
+                 transport::Transport* transport)
     : options_(std::move(options)),
       store_(store),
       tier_bases_(std::move(tier_bases)),
       registry_(registry),
+      control_(control),
       transport_(transport) {
   for (size_t i = 0; i < std::max<size_t>(options_.threads, 1); ++i) {
     threads_.emplace_back([this] { Work(); });
@@ -446,9 +443,7 @@ std::shared_ptr<Arriving> Fetcher::FindArriving(std::string_view key, uint64_t g
   return nullptr;
 }
 
-absl::StatusOr<std::string> Fetcher::HandleFetch(const std::string& request) {
-  pv1::FetchRequest req;
-  req.ParseFromString(request);
+absl::StatusOr<pv1::FetchReply> Fetcher::HandleFetch(const pv1::FetchRequest& req) {
   if (absl::Status k = store::ValidateKey(req.key()); !k.ok()) return k;
   if (req.generation() == 0) {
     return absl::InvalidArgumentError("peer fetch: a generation is required");
@@ -457,7 +452,7 @@ absl::StatusOr<std::string> Fetcher::HandleFetch(const std::string& request) {
   auto held = store_->Stat(req.key());
   if (held.ok() && held->generation >= req.generation()) {
     reply.set_already_held(true);
-    return reply.SerializeAsString();
+    return reply;
   }
   Request r;
   r.key = req.key();
@@ -474,12 +469,10 @@ absl::StatusOr<std::string> Fetcher::HandleFetch(const std::string& request) {
     r.upstream = std::move(up);
   }
   Start(std::move(r));
-  return reply.SerializeAsString();
+  return reply;
 }
 
-absl::StatusOr<std::string> Fetcher::HandleFetchStatus(const std::string& request) const {
-  pv1::FetchStatusRequest req;
-  req.ParseFromString(request);
+pv1::FetchStatusReply Fetcher::HandleFetchStatus(const pv1::FetchStatusRequest& req) const {
   Outcome o = Poll(req.key(), req.generation());
   pv1::FetchStatusReply reply;
   reply.set_running(o.state == State::kRunning);
@@ -491,7 +484,7 @@ absl::StatusOr<std::string> Fetcher::HandleFetchStatus(const std::string& reques
     src->set_host_id(host);
     src->set_bytes(bytes);
   }
-  return reply.SerializeAsString();
+  return reply;
 }
 
 Fetcher::Stats Fetcher::stats() const {
@@ -639,25 +632,30 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   open.mutable_open()->set_requester_host(options_.host_id);
   open.mutable_open()->set_lease_ms(options_.lease.count());
   open.mutable_open()->set_allow_arriving(relay);
-  absl::StatusOr<std::string> opened;
+  absl::StatusOr<pv1::PeerReply> opened;
   for (;;) {
-    opened = transport_->Call(address, open.SerializeAsString(), control_timeout());
+    opened = control_->Call(address, open, control_timeout());
     // A relay whose own pull is queued: it is about to start receiving.
     if (!relay || !absl::IsAborted(opened.status()) || steady_clock::now() >= r.deadline) break;
     std::this_thread::sleep_for(std::min(milliseconds{5}, Remaining(r.deadline)));
   }
   if (!opened.ok()) return Annotate(opened.status(), what);
-  pv1::PeerReply reply;
-  if (!reply.ParseFromString(*opened) || !reply.has_open()) {
-    return absl::DataLossError(fmt::format("{}: malformed open reply", what));
+  if (!opened->has_open()) {
+    return absl::DataLossError(
+        fmt::format("{}: the peer answered an Open with no OpenReply", what));
   }
-  const pv1::OpenReply& o = reply.open();
+  const pv1::OpenReply& o = opened->open();
   auto close = [&](milliseconds timeout) {
     pv1::PeerRequest req;
     req.mutable_close()->set_region(o.region());
-    auto c = transport_->Call(address, req.SerializeAsString(), timeout);
+    auto c = control_->Call(address, req, timeout);
     if (!c.ok()) SPDLOG_DEBUG("fetch: {}: close: {}", what, c.status().message());
   };
+  if (o.transport_address().empty()) {
+    close(options_.control_timeout);
+    return absl::DataLossError(
+        fmt::format("{}: the Open reply names no transport address to read from", what));
+  }
   if (o.generation() != generation) {
     close(options_.control_timeout);
     return absl::NotFoundError(
@@ -706,11 +704,12 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   relayed.clear_arriving();
   relayed.clear_rkey();  // an arriving copy is read by active messages only
   relayed.clear_remote_address();
+  relayed.clear_transport_address();  // this host's, set by its PeerServer
   relayed.set_has_checksum(expected.has_value());
   relayed.set_checksum(expected.value_or(0));
   relayed.set_tier(store_->tier_names()[w->tier]);
-  auto arriving = std::make_shared<Arriving>(store_, r.key, generation, dest, o.size(),
-                                             relayed.SerializeAsString());
+  auto arriving =
+      std::make_shared<Arriving>(store_, r.key, generation, dest, o.size(), std::move(relayed));
   const std::string id = JobKey(r.key, generation);
   const std::string job_id = JobKey(r.key, r.generation);
   {
@@ -727,8 +726,8 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     arriving->Fail(why, options_.control_timeout);
     store_->Abort(kFetchSession, w->write_id).IgnoreError();
   };
-  Source from{address, o.region()};
-  if (!o.rkey().empty() && !o.arriving() && UseOneSided(address)) {
+  Source from{address, o.transport_address(), o.region()};
+  if (!o.rkey().empty() && !o.arriving() && UseOneSided(from.address)) {
     from.rkey = o.rkey();
     from.remote = o.remote_address();
   }
@@ -817,9 +816,8 @@ absl::Status Fetcher::ReadPayload(const Source& from, uint64_t size, char* dest,
     }
     pv1::PeerRequest req;
     req.mutable_progress()->set_region(region);
-    return transport_
-        ->Call(address, req.SerializeAsString(),
-               std::min(options_.control_timeout, Remaining(deadline)))
+    return control_
+        ->Call(from.control, req, std::min(options_.control_timeout, Remaining(deadline)))
         .status();
   };
   const uint64_t chunk = std::max<uint64_t>(options_.chunk_bytes, 1);
@@ -843,14 +841,13 @@ absl::Status Fetcher::ReadPayload(const Source& from, uint64_t size, char* dest,
       }
       pv1::PeerRequest req;
       req.mutable_progress()->set_region(region);
-      auto got = transport_->Call(address, req.SerializeAsString(),
-                                  std::min(options_.control_timeout, Remaining(deadline)));
+      auto got = control_->Call(from.control, req,
+                                std::min(options_.control_timeout, Remaining(deadline)));
       if (!got.ok()) return got.status();
-      pv1::PeerReply reply;
-      if (!reply.ParseFromString(*got) || !reply.has_progress()) {
-        return absl::DataLossError("malformed progress reply");
+      if (!got->has_progress()) {
+        return absl::DataLossError("the peer answered a Progress with no ProgressReply");
       }
-      const pv1::ProgressReply& p = reply.progress();
+      const pv1::ProgressReply& p = got->progress();
       if (p.failed()) {
         return absl::UnavailableError(fmt::format("the source's own pull failed ({})", p.why()));
       }
@@ -929,9 +926,8 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
                                                           std::vector<char*> tier_bases) {
   std::unique_ptr<PeerNode> node(new PeerNode());
   node->server_ = std::make_unique<PeerServer>(store, tier_bases, PeerServerOptions{});
-  auto registry = RegistryClient::Create(options.registry);
-  if (!registry.ok()) return registry.status();
-  node->registry_ = std::move(*registry);
+  ASSIGN_OR_RETURN(node->registry_, RegistryClient::Create(options.registry));
+  ASSIGN_OR_RETURN(node->control_client_, PeerControlClient::Create(options.channel));
   transport::TransportOptions to;
   size_t colon = options.advertise.rfind(':');
   if (colon == std::string::npos) {
@@ -939,13 +935,8 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
         fmt::format("advertise '{}' is not address:port", options.advertise));
   }
   to.listen_address = options.advertise.substr(0, colon);
-  int port = std::atoi(options.advertise.c_str() + colon + 1);
-  if (port <= 0 || port > 65535) {
-    return absl::InvalidArgumentError(
-        fmt::format("advertise '{}' has no port 1..65535", options.advertise));
-  }
-  to.port = static_cast<uint16_t>(port);
-  to.token = options.token;
+  to.port = options.transport_port;
+  to.token = options.channel.token;
   // auto turns one-sided reads on only where RDMA devices exist: on TCP they
   // are slower, and UCP_FEATURE_RMA there widened a UCX 1.13 crash on a
   // failing peer (ucx_transport.h).
@@ -954,19 +945,20 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
   }
   to.one_sided = options.transfer != Transfer::kActiveMessage;
   PeerServer* server = node->server_.get();
-  auto transport = transport::Transport::Start(
-      to,
-      [server](uint64_t region, uint64_t offset, uint64_t length) {
+  auto transport =
+      transport::Transport::Start(to, [server](uint64_t region, uint64_t offset, uint64_t length) {
         return server->Resolve(region, offset, length);
-      },
-      [server](std::string_view request) { return server->HandleCall(request); });
+      });
   if (!transport.ok()) {
-    return Annotate(transport.status(), fmt::format("peer transport at {}", options.advertise));
+    return Annotate(transport.status(),
+                    fmt::format("peer transport at {}:{}", to.listen_address, to.port));
   }
   node->transport_ = std::move(*transport);
+  node->transport_address_ = fmt::format("{}:{}", to.listen_address, node->transport_->port());
+  server->SetTransportAddress(node->transport_address_);
   if (options.transfer != Transfer::kActiveMessage) {
-    // Registered once; the keys go to pullers only in Open replies, which
-    // the transport hands out only to callers with the token.
+    // Registered once; the keys go to pullers only in Open replies, over the
+    // control channel (the token checked; TLS when configured).
     std::vector<std::string> rkeys;
     for (size_t i = 0; i < tier_bases.size() && i < options.tier_sizes.size(); ++i) {
       auto rkey = node->transport_->RegisterMemory(tier_bases[i], options.tier_sizes[i]);
@@ -984,19 +976,29 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
   fo.stall_timeout = options.stall_timeout;
   fo.transfer = options.transfer;
   fo.on_done = options.on_pull_done;
-  node->fetcher_ = std::make_unique<Fetcher>(std::move(fo), store, std::move(tier_bases),
-                                             node->registry_.get(), node->transport_.get());
+  node->fetcher_ =
+      std::make_unique<Fetcher>(std::move(fo), store, std::move(tier_bases), node->registry_.get(),
+                                node->control_client_.get(), node->transport_.get());
   Fetcher* fetcher = node->fetcher_.get();
   FetchHooks hooks;
   hooks.arriving = [fetcher](std::string_view key, uint64_t generation, bool* pending) {
     return fetcher->FindArriving(key, generation, pending);
   };
-  hooks.fetch = [fetcher](const std::string& r) { return fetcher->HandleFetch(r); };
-  hooks.fetch_status = [fetcher](const std::string& r) { return fetcher->HandleFetchStatus(r); };
+  hooks.fetch = [fetcher](const pv1::FetchRequest& r) { return fetcher->HandleFetch(r); };
+  hooks.fetch_status = [fetcher](const pv1::FetchStatusRequest& r) {
+    return fetcher->HandleFetchStatus(r);
+  };
   server->SetFetchHooks(std::move(hooks));
-  node->replicator_ =
-      std::make_unique<Replicator>(options.host_id, node->registry_.get(), node->transport_.get(),
-                                   fetcher, std::move(options.on_pull_done));
+  node->replicator_ = std::make_unique<Replicator>(options.host_id, node->registry_.get(),
+                                                   node->control_client_.get(), fetcher,
+                                                   std::move(options.on_pull_done));
+  auto control = PeerControlServer::Start(
+      options.advertise, options.channel,
+      [server](const pv1::PeerRequest& r) { return server->HandleCall(r); });
+  if (!control.ok()) {
+    return Annotate(control.status(), fmt::format("peer control channel at {}", options.advertise));
+  }
+  node->control_server_ = std::move(*control);
   return node;
 }
 
@@ -1004,6 +1006,7 @@ PeerNode::~PeerNode() {
   replicator_.reset();
   if (server_ != nullptr) server_->SetFetchHooks({});
   fetcher_.reset();
+  control_server_.reset();
   transport_.reset();
   registry_.reset();
   server_.reset();

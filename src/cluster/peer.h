@@ -1,13 +1,12 @@
 // Pulls between daemons (docs/cluster.md, "Moving the bytes").
 //
-// PeerServer is the holder's side. A puller's Open (a transport call,
-// proto/cistern/peer.proto) leases (key, generation) in the store under the
-// peer session and answers with the lease as a transport region; the
-// puller's reads of that region are served from the leased payload and
-// nothing else, so a peer can read only bytes of an object it opened. The
-// lease ends with Close, or lease_ms after the Open or the last read when the
-// puller went quiet, but never while a read of it is still being sent.
-// Objects written local_only are never served.
+// PeerServer is the holder's side. A puller's Open (over the control
+// channel, src/cluster/peer_channel.h and proto/cistern/peer.proto) leases (key, generation) in the
+// store under the peer session and answers with the lease as a transport region; the puller's reads
+// of that region are served from the leased payload and nothing else, so a peer can read only bytes
+// of an object it opened. The lease ends with Close, or lease_ms after the Open or the last read
+// when the puller went quiet, but never while a read of it is still being sent. Objects written
+// local_only are never served.
 //
 // Fetcher is the puller's side: a get of a key this host does not hold
 // asks the registry where it lives, claims a transfer from the best replica,
@@ -20,8 +19,9 @@
 // (key, generation) share one pull.
 //
 // Thread-safety: every public method of both may be called from any thread.
-// PeerServer's HandleCall and Resolve run on the transport's progress
-// thread; the Fetcher runs pulls on its own threads.
+// PeerServer's HandleCall runs on the control channel's gRPC threads and
+// Resolve on the transport's progress thread; the Fetcher runs pulls on its
+// own threads.
 #pragma once
 
 #include <algorithm>
@@ -40,6 +40,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cistern/peer.pb.h"
+#include "src/cluster/peer_channel.h"
 #include "src/cluster/registry_client.h"
 #include "src/common/mutex.h"
 #include "src/store/object_store.h"
@@ -69,7 +71,7 @@ inline constexpr store::SessionId kFetchSession = kPeerSession + 1;
 // refers to this ends.
 struct Arriving {
   Arriving(store::ObjectStore* s, std::string k, uint64_t g, const char* d, uint64_t n,
-           std::string reply)
+           pv1::OpenReply reply)
       : store(s),
         key(std::move(k)),
         generation(g),
@@ -93,7 +95,7 @@ struct Arriving {
   const uint64_t generation;
   const char* const data;
   const uint64_t size;
-  const std::string open_reply;  // an encoded peer.v1.OpenReply, region unset
+  const pv1::OpenReply open_reply;  // what a relay's Open is told (region unset)
 
   mutable Mutex mu;
   CondVar reads_done;
@@ -111,9 +113,9 @@ struct FetchHooks {
   // when a fetch of it is queued but has not reserved its block yet.
   std::function<std::shared_ptr<Arriving>(std::string_view key, uint64_t generation, bool* pending)>
       arriving;
-  // A peer's FetchRequest / FetchStatusRequest (encoded); the encoded reply.
-  std::function<absl::StatusOr<std::string>(const std::string& request)> fetch;
-  std::function<absl::StatusOr<std::string>(const std::string& request)> fetch_status;
+  // A peer's FetchRequest / FetchStatusRequest.
+  std::function<absl::StatusOr<pv1::FetchReply>(const pv1::FetchRequest&)> fetch;
+  std::function<pv1::FetchStatusReply(const pv1::FetchStatusRequest&)> fetch_status;
 };
 
 struct PeerServerOptions {
@@ -126,8 +128,8 @@ class PeerServer {
   PeerServer(store::ObjectStore* store, std::vector<char*> tier_bases, PeerServerOptions options);
   ~PeerServer();  // releases every lease
 
-  // The transport's CallHandler and Resolver.
-  absl::StatusOr<std::string> HandleCall(std::string_view request);
+  // The control channel's handler and the transport's Resolver.
+  absl::StatusOr<pv1::PeerReply> HandleCall(const pv1::PeerRequest& request);
   absl::StatusOr<transport::ReadLease> Resolve(uint64_t region, uint64_t offset, uint64_t length);
 
   // Ends the leases past their time that no read holds.
@@ -139,6 +141,8 @@ class PeerServer {
   // The packed remote key of each tier (empty: not registered), handed to
   // pullers in OpenReply for one-sided reads.
   void SetRemoteKeys(std::vector<std::string> rkeys);
+  // Where this host's transport listens, told to pullers in OpenReply.
+  void SetTransportAddress(std::string address);
 
   uint64_t open_leases() const;
   uint64_t bytes_sent() const;  // payload bytes handed to peers' reads
@@ -154,11 +158,11 @@ class PeerServer {
     bool closed = false;                 // Close came, or it expired, while a read was sent
     std::shared_ptr<Arriving> arriving;  // a relay region (no store lease)
   };
-  absl::StatusOr<std::string> Open(const std::string& request_bytes);
-  absl::StatusOr<std::string> OpenArriving(const std::string& key, uint64_t generation,
-                                           std::chrono::milliseconds lease,
-                                           const std::string& requester);
-  absl::StatusOr<std::string> Progress(uint64_t region);
+  absl::StatusOr<pv1::OpenReply> Open(const pv1::OpenRequest& req);
+  absl::StatusOr<pv1::OpenReply> OpenArriving(const std::string& key, uint64_t generation,
+                                              std::chrono::milliseconds lease,
+                                              const std::string& requester);
+  absl::StatusOr<pv1::ProgressReply> Progress(uint64_t region);
   FetchHooks EnterHooks();  // a copy of the hooks, counted as in use until LeaveHooks
   void LeaveHooks();
   absl::StatusOr<transport::ReadLease> ResolveArriving(uint64_t region, Lease& l, uint64_t offset,
@@ -175,6 +179,7 @@ class PeerServer {
   uint64_t bytes_sent_ ABSL_GUARDED_BY(mu_) = 0;
   FetchHooks hooks_ ABSL_GUARDED_BY(mu_);
   std::vector<std::string> rkeys_ ABSL_GUARDED_BY(mu_);
+  std::string transport_address_ ABSL_GUARDED_BY(mu_);
   uint32_t hook_calls_ ABSL_GUARDED_BY(mu_) = 0;  // hooks being called
   CondVar hooks_idle_;
 };
@@ -208,9 +213,10 @@ struct FetcherOptions {
 
 class Fetcher {
  public:
-  // `tier_bases[i]` is where tier i of `store` is mapped.
+  // `tier_bases[i]` is where tier i of `store` is mapped. Sources are
+  // opened over `control` and read over `transport`.
   Fetcher(FetcherOptions options, store::ObjectStore* store, std::vector<char*> tier_bases,
-          RegistryClient* registry, transport::Transport* transport);
+          RegistryClient* registry, PeerControlClient* control, transport::Transport* transport);
   ~Fetcher();  // waits for the pulls in flight (each ends by its deadline)
 
   struct Request {
@@ -245,12 +251,11 @@ class Fetcher {
   Stats stats() const;
 
   // The PeerServer's FetchHooks: the copy of (key, generation) arriving
-  // here, and peers' fetch / fetch-status requests (encoded peer.v1
-  // FetchRequest / FetchStatusRequest).
+  // here, and peers' fetch / fetch-status requests.
   std::shared_ptr<Arriving> FindArriving(std::string_view key, uint64_t generation,
                                          bool* pending) const;
-  absl::StatusOr<std::string> HandleFetch(const std::string& request);
-  absl::StatusOr<std::string> HandleFetchStatus(const std::string& request) const;
+  absl::StatusOr<pv1::FetchReply> HandleFetch(const pv1::FetchRequest& req);
+  pv1::FetchStatusReply HandleFetchStatus(const pv1::FetchStatusRequest& req) const;
 
  private:
   struct Job {
@@ -275,7 +280,8 @@ class Fetcher {
   // Where the bytes are read from: a region by active messages, or with
   // `rkey` set, one-sided from `remote`.
   struct Source {
-    std::string address;
+    std::string control;  // the holder's control channel (its advertise address)
+    std::string address;  // its transport
     uint64_t region = 0;
     std::string rkey;
     uint64_t remote = 0;
@@ -295,6 +301,7 @@ class Fetcher {
   store::ObjectStore* const store_;
   const std::vector<char*> tier_bases_;
   RegistryClient* const registry_;
+  PeerControlClient* const control_;
   transport::Transport* const transport_;
 
   mutable Mutex mu_;
@@ -307,15 +314,19 @@ class Fetcher {
   std::vector<std::thread> threads_;
 };
 
-// The daemon's peer-to-peer side: a transport listening at the advertised
-// address, the PeerServer answering it, a Fetcher pulling through it, and a
-// Replicator driving fan-outs. Destroyed in the safe order: fan-outs end,
-// then pulls, then the transport (no more reads of leased bytes), then the
-// leases.
+// The daemon's peer-to-peer side: the control channel listening at the
+// advertised address and a transport beside it, the PeerServer answering
+// both, a Fetcher pulling through them, and a Replicator driving fan-outs.
+// Destroyed in the safe order: fan-outs end, then pulls, then the control
+// channel (no more Opens), then the transport (no more reads of leased
+// bytes), then the leases.
 struct PeerNodeOptions {
   std::string host_id;
-  std::string advertise;  // "a.b.c.d:port": the transport listens here
-  std::string token;      // the cluster token, required of every peer
+  std::string advertise;  // "a.b.c.d:port": the control channel listens here
+  // The transport listens on advertise's address at this port (0: a free
+  // one); pullers learn it from Open replies.
+  uint16_t transport_port = 0;
+  PeerChannelOptions channel;  // the cluster id, token and TLS of the control channel
   RegistryClientOptions registry;
   size_t pull_threads = 4;
   std::chrono::milliseconds stall_timeout{10000};  // FetcherOptions::stall_timeout
@@ -334,6 +345,8 @@ class PeerNode {
   ~PeerNode();
 
   PeerServer& server() { return *server_; }
+  // Where the transport listens ("a.b.c.d:port").
+  const std::string& transport_address() const { return transport_address_; }
   Fetcher& fetcher() { return *fetcher_; }
   Replicator& replicator() { return *replicator_; }
 
@@ -342,6 +355,9 @@ class PeerNode {
   std::unique_ptr<PeerServer> server_;
   std::unique_ptr<RegistryClient> registry_;
   std::unique_ptr<transport::Transport> transport_;
+  std::string transport_address_;
+  std::unique_ptr<PeerControlClient> control_client_;
+  std::unique_ptr<PeerControlServer> control_server_;
   std::unique_ptr<Fetcher> fetcher_;
   std::unique_ptr<Replicator> replicator_;
 };

@@ -18,7 +18,6 @@ namespace cistern::cluster {
 namespace {
 
 using ::testing::HasSubstr;
-namespace pv1 = peer::v1;
 constexpr uint64_t kMiB = 1 << 20;
 
 class PeerServerTest : public ::testing::Test {
@@ -32,18 +31,16 @@ class PeerServerTest : public ::testing::Test {
     req.mutable_open()->set_generation(generation);
     req.mutable_open()->set_requester_host("puller");
     req.mutable_open()->set_lease_ms(lease_ms);
-    auto r = server_.HandleCall(req.SerializeAsString());
+    auto r = server_.HandleCall(req);
     if (!r.ok()) return r.status();
-    pv1::PeerReply reply;
-    EXPECT_TRUE(reply.ParseFromString(*r));
-    EXPECT_TRUE(reply.has_open());
-    return reply.open();
+    EXPECT_TRUE(r->has_open());
+    return r->open();
   }
 
   absl::Status Close(uint64_t region) {
     pv1::PeerRequest req;
     req.mutable_close()->set_region(region);
-    return server_.HandleCall(req.SerializeAsString()).status();
+    return server_.HandleCall(req).status();
   }
 
   // Reads through a Resolve the way the transport does, releasing at once.
@@ -89,6 +86,20 @@ TEST_F(PeerServerTest, AnOpenedObjectIsReadableWithinItsBoundsUntilClosed) {
   EXPECT_EQ(Close(o->region()).code(), absl::StatusCode::kNotFound);
 }
 
+TEST_F(PeerServerTest, TheOpenNamesWhereTheTransportListens) {
+  ASSERT_TRUE(h_.Put(1, "k", "value").ok());
+  server_.SetTransportAddress("198.18.1.11:40000");
+  auto o = Open("k");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->transport_address(), "198.18.1.11:40000");
+  EXPECT_TRUE(o->rkey().empty());  // no tier registered for one-sided reads
+  server_.SetRemoteKeys({"packed-key"});
+  o = Open("k");
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->rkey(), "packed-key");
+  EXPECT_NE(o->remote_address(), 0u);
+}
+
 TEST_F(PeerServerTest, TheOpenCarriesTheManifestOfATensorDict) {
   std::vector<TensorInfo> tensors(2);
   tensors[0].name = "w";
@@ -125,9 +136,9 @@ TEST_F(PeerServerTest, BadOpensAreRefusedAndLeaveNoLease) {
   EXPECT_EQ(Open("missing").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Open("k", gen + 1).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(Open("").status().code(), absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(server_.HandleCall("\xff\xff\xff not a proto").status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(server_.HandleCall("").status().code(), absl::StatusCode::kInvalidArgument);
+  auto empty = server_.HandleCall(pv1::PeerRequest());
+  EXPECT_EQ(empty.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(empty.status().message(), HasSubstr("empty"));
   // Written local_only: never served to another host.
   store::ObjectStore::CreateArgs args;
   args.key = "private";
@@ -180,8 +191,8 @@ TEST(PeerServerShutdownTest, DestroyingTheServerEndsEveryLease) {
     PeerServer server(&h.store(), {h.base()}, PeerServerOptions{});
     pv1::PeerRequest req;
     req.mutable_open()->set_key("k");
-    ASSERT_TRUE(server.HandleCall(req.SerializeAsString()).ok());
-    ASSERT_TRUE(server.HandleCall(req.SerializeAsString()).ok());
+    ASSERT_TRUE(server.HandleCall(req).ok());
+    ASSERT_TRUE(server.HandleCall(req).ok());
     EXPECT_EQ(h.store().SessionInfo(kPeerSession).leases, 2u);
   }
   EXPECT_EQ(h.store().SessionInfo(kPeerSession).leases, 0u);

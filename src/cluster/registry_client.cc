@@ -1,54 +1,24 @@
 #include "src/cluster/registry_client.h"
 
-#include <fstream>
-#include <sstream>
 #include <utility>
 
 #include "fmt/format.h"
 #include "grpcpp/create_channel.h"
-#include "grpcpp/security/credentials.h"
 #include "src/common/status_macros.h"
+#include "src/service/grpc_util.h"
 
 namespace cistern::cluster {
-namespace {
-
-absl::StatusOr<std::string> ReadPem(const std::string& path, std::string_view what) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) {
-    return absl::NotFoundError(fmt::format("{} '{}' cannot be read", what, path));
-  }
-  std::stringstream ss;
-  ss << in.rdbuf();
-  if (ss.str().empty())
-    return absl::InvalidArgumentError(fmt::format("{} '{}' is empty", what, path));
-  return ss.str();
-}
-
-}  // namespace
-
-absl::Status FromGrpc(const grpc::Status& s) {
-  if (s.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
-}
 
 absl::StatusOr<std::unique_ptr<RegistryClient>> RegistryClient::Create(
     RegistryClientOptions options) {
   if (options.address.empty()) return absl::InvalidArgumentError("registry address is empty");
-  std::shared_ptr<grpc::ChannelCredentials> creds;
+  ASSIGN_OR_RETURN(auto creds, service::ChannelCredentials(options.ca_file, options.cert_file,
+                                                           options.key_file));
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(options.max_message_bytes);
   args.SetMaxSendMessageSize(options.max_message_bytes);
-  if (!options.ca_file.empty()) {
-    grpc::SslCredentialsOptions ssl;
-    ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(options.ca_file, "tls.ca_file"));
-    if (!options.cert_file.empty()) {
-      ASSIGN_OR_RETURN(ssl.pem_cert_chain, ReadPem(options.cert_file, "tls.cert_file"));
-      ASSIGN_OR_RETURN(ssl.pem_private_key, ReadPem(options.key_file, "tls.key_file"));
-    }
-    creds = grpc::SslCredentials(ssl);
-    if (!options.server_name.empty()) args.SetSslTargetNameOverride(options.server_name);
-  } else {
-    creds = grpc::InsecureChannelCredentials();
+  if (!options.ca_file.empty() && !options.server_name.empty()) {
+    args.SetSslTargetNameOverride(options.server_name);
   }
   auto channel = grpc::CreateCustomChannel(options.address, creds, args);
   auto stub = v1::Registry::NewStub(channel);
@@ -61,8 +31,7 @@ RegistryClient::RegistryClient(RegistryClientOptions options,
 
 void RegistryClient::Prepare(grpc::ClientContext* ctx, std::chrono::milliseconds timeout) const {
   ctx->set_deadline(std::chrono::system_clock::now() + timeout);
-  ctx->AddMetadata("x-cistern-cluster", options_.cluster_id);
-  ctx->AddMetadata("x-cistern-token", options_.token);
+  service::AddCallerMetadata(ctx, options_.cluster_id, options_.token);
 }
 
 absl::Status RegistryClient::Convert(const grpc::Status& s) const {

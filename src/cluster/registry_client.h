@@ -73,7 +73,4 @@ class RegistryClient {
   std::unique_ptr<v1::Registry::Stub> stub_;
 };
 
-// The gRPC status as an absl::Status (the codes are the same numbers).
-absl::Status FromGrpc(const grpc::Status& s);
-
 }  // namespace cistern::cluster

@@ -15,7 +15,6 @@
 namespace cistern::cluster {
 namespace {
 
-namespace pv1 = peer::v1;
 using std::chrono::milliseconds;
 using std::chrono::steady_clock;
 
@@ -24,12 +23,11 @@ constexpr milliseconds kCallTimeout{5000};
 
 }  // namespace
 
-Replicator::Replicator(std::string host_id, RegistryClient* registry,
-                       transport::Transport* transport, Fetcher* local,
-                       std::function<void()> on_done)
+Replicator::Replicator(std::string host_id, RegistryClient* registry, PeerControlClient* control,
+                       Fetcher* local, std::function<void()> on_done)
     : host_id_(std::move(host_id)),
       registry_(registry),
-      transport_(transport),
+      control_(control),
       local_(local),
       on_done_(std::move(on_done)) {}
 
@@ -131,25 +129,20 @@ void Replicator::Forget(uint64_t id) {
   if (thread.joinable()) thread.join();
 }
 
-absl::StatusOr<std::string> Replicator::CallPeer(const std::string& host,
-                                                 const std::string& advertise,
-                                                 const std::string& request, milliseconds timeout) {
-  if (host == host_id_) {
-    pv1::PeerRequest req;
-    if (!req.ParseFromString(request)) return absl::InternalError("replicate: peer request");
-    pv1::PeerReply reply;
-    if (req.has_fetch()) {
-      auto out = local_->HandleFetch(req.fetch().SerializeAsString());
-      if (!out.ok()) return out.status();
-      reply.mutable_fetch()->ParseFromString(*out);
-    } else {
-      auto out = local_->HandleFetchStatus(req.fetch_status().SerializeAsString());
-      if (!out.ok()) return out.status();
-      reply.mutable_fetch_status()->ParseFromString(*out);
-    }
-    return reply.SerializeAsString();
+absl::StatusOr<pv1::PeerReply> Replicator::CallPeer(const std::string& host,
+                                                    const std::string& advertise,
+                                                    const pv1::PeerRequest& request,
+                                                    milliseconds timeout) {
+  if (host != host_id_) return control_->Call(advertise, request, timeout);
+  pv1::PeerReply reply;
+  if (request.has_fetch()) {
+    auto out = local_->HandleFetch(request.fetch());
+    if (!out.ok()) return out.status();
+    *reply.mutable_fetch() = *std::move(out);
+  } else {
+    *reply.mutable_fetch_status() = local_->HandleFetchStatus(request.fetch_status());
   }
-  return transport_->Call(advertise, request, timeout);
+  return reply;
 }
 
 absl::StatusOr<ReplicateResult> Replicator::Run(const ReplicateRequest& r) {
@@ -239,15 +232,15 @@ absl::StatusOr<ReplicateResult> Replicator::Run(const ReplicateRequest& r) {
     f->set_checksum(root->checksum());
     f->set_has_checksum(root->has_checksum());
     f->set_deadline_ms(Remaining(deadline).count());
-    auto got = CallPeer(node.host, node.advertise, req.SerializeAsString(),
-                        std::min(kCallTimeout, Remaining(deadline)));
-    pv1::PeerReply reply;
+    auto got =
+        CallPeer(node.host, node.advertise, req, std::min(kCallTimeout, Remaining(deadline)));
     if (!got.ok()) {
       t.status = absl::Status(got.status().code(), fmt::format("asking host '{}' to pull: {}",
                                                                node.host, got.status().message()));
-    } else if (!reply.ParseFromString(*got) || !reply.has_fetch()) {
-      t.status = absl::DataLossError(fmt::format("host '{}': malformed fetch reply", node.host));
-    } else if (reply.fetch().already_held()) {
+    } else if (!got->has_fetch()) {
+      t.status = absl::DataLossError(
+          fmt::format("host '{}' answered a Fetch with no FetchReply", node.host));
+    } else if (got->fetch().already_held()) {
       t.already_held = true;
     } else {
       node.running = true;
@@ -264,18 +257,17 @@ absl::StatusOr<ReplicateResult> Replicator::Run(const ReplicateRequest& r) {
       pv1::PeerRequest req;
       req.mutable_fetch_status()->set_key(r.key);
       req.mutable_fetch_status()->set_generation(result.generation);
-      auto got = CallPeer(node.host, node.advertise, req.SerializeAsString(),
-                          std::min(kCallTimeout, Remaining(deadline)));
-      pv1::PeerReply reply;
-      if (!got.ok() || !reply.ParseFromString(*got) || !reply.has_fetch_status()) {
+      auto got =
+          CallPeer(node.host, node.advertise, req, std::min(kCallTimeout, Remaining(deadline)));
+      if (!got.ok() || !got->has_fetch_status()) {
         // Unreachable for now: asked again until the deadline.
         t.status = absl::UnavailableError(
             fmt::format("host '{}' did not answer how its pull went: {}", node.host,
-                        got.ok() ? "malformed reply" : std::string(got.status().message())));
+                        got.ok() ? "no FetchStatusReply" : std::string(got.status().message())));
         any = true;
         continue;
       }
-      const pv1::FetchStatusReply& st = reply.fetch_status();
+      const pv1::FetchStatusReply& st = got->fetch_status();
       t.sources.clear();
       for (const auto& s : st.sources()) t.sources[s.host_id()] = s.bytes();
       if (st.running()) {

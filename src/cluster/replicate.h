@@ -29,9 +29,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "src/cluster/peer.h"
+#include "src/cluster/peer_channel.h"
 #include "src/cluster/registry_client.h"
 #include "src/common/mutex.h"
-#include "src/transport/ucx_transport.h"
 
 namespace cistern::cluster {
 
@@ -62,7 +62,7 @@ class Replicator {
  public:
   // `local` is this host's Fetcher (a target that is this host is asked
   // directly); `on_done` is called on the request's thread when it ends.
-  Replicator(std::string host_id, RegistryClient* registry, transport::Transport* transport,
+  Replicator(std::string host_id, RegistryClient* registry, PeerControlClient* control,
              Fetcher* local, std::function<void()> on_done);
   ~Replicator();  // waits for the requests running (each ends by its deadline)
 
@@ -87,13 +87,13 @@ class Replicator {
   };
   absl::StatusOr<ReplicateResult> Run(const ReplicateRequest& r);
   // A peer call to `host` at `advertise`, or this host's Fetcher directly.
-  absl::StatusOr<std::string> CallPeer(const std::string& host, const std::string& advertise,
-                                       const std::string& request,
-                                       std::chrono::milliseconds timeout);
+  absl::StatusOr<pv1::PeerReply> CallPeer(const std::string& host, const std::string& advertise,
+                                          const pv1::PeerRequest& request,
+                                          std::chrono::milliseconds timeout);
 
   const std::string host_id_;
   RegistryClient* const registry_;
-  transport::Transport* const transport_;
+  PeerControlClient* const control_;
   Fetcher* const local_;
   const std::function<void()> on_done_;
 

@@ -173,18 +173,36 @@ absl::Status ValidateClusterConfig(const config::DaemonConfig& cfg) {
   if (cl.transfer() != "auto" && cl.transfer() != "am" && cl.transfer() != "get") {
     return bad(fmt::format("cluster.transfer '{}' must be auto, am or get", cl.transfer()));
   }
+  if (cl.transport_port() > 65535) {
+    return bad(fmt::format("cluster.transport_port {} exceeds 65535", cl.transport_port()));
+  }
+  {
+    const std::string& a = cl.advertise();
+    if (cl.transport_port() != 0 &&
+        a.substr(a.rfind(':') + 1) == std::to_string(cl.transport_port())) {
+      return bad(fmt::format(
+          "cluster.transport_port {} is cluster.advertise's port: the control channel listens "
+          "there; pick another (or 0 for a free one)",
+          cl.transport_port()));
+    }
+  }
+  if (!cl.tls().peer_server_name().empty() && cl.tls().cert_file().empty()) {
+    return bad(
+        "cluster.tls.peer_server_name needs cluster.tls.cert_file and key_file: the daemons' "
+        "control channel is TLS only with their certificates");
+  }
   if (cl.pull_threads() > 64) {
     return bad(fmt::format("cluster.pull_threads {} exceeds 64", cl.pull_threads()));
   }
   {
-    // Peers reach the daemon's transport at advertise: it listens there.
+    // Peers reach the daemon's control channel at advertise: it listens there.
     const std::string& a = cl.advertise();
     std::string host = a.substr(0, a.rfind(':'));
     in_addr ip{};
     if (::inet_pton(AF_INET, host.c_str(), &ip) != 1) {
       return bad(fmt::format(
           "cluster.advertise '{}' must be a numeric IPv4 address and port (the daemon's peer "
-          "transport listens there)",
+          "control channel and transport listen there)",
           a));
     }
   }

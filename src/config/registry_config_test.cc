@@ -85,13 +85,30 @@ TEST(ClusterConfigTest, JoiningNeedsClusterTokenAndAdvertise) {
   for (const std::string& bad :
        {std::string("cluster.registry=nohostport"), std::string("cluster.registry=h:0"),
         std::string("cluster.advertise=h:99999"), std::string("host_id=bad/id"),
-        std::string("cluster.tls.cert_file=/c.pem")}) {
+        std::string("cluster.tls.cert_file=/c.pem"), std::string("cluster.transport_port=70000"),
+        std::string("cluster.transport_port=7471"),
+        std::string("cluster.tls.peer_server_name=daemon")}) {
     std::vector<std::string> v = ok;
     v.push_back(bad);
     auto cfg = LoadDaemonConfig("", v);
     EXPECT_EQ(cfg.status().code(), absl::StatusCode::kInvalidArgument) << bad;
     EXPECT_THAT(cfg.status().message(), HasSubstr(bad.substr(0, bad.find('=')))) << bad;
   }
+}
+
+TEST(ClusterConfigTest, TheTransportPortIsFreeByDefaultAndNeverAdvertisesPort) {
+  std::vector<std::string> ok = {"cluster.registry=127.0.0.1:7470", "cluster.cluster_id=c1",
+                                 "cluster.token=s", "cluster.advertise=10.0.0.1:7471"};
+  auto cfg = LoadDaemonConfig("", ok);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->cluster().transport_port(), 0u);
+  ok.push_back("cluster.transport_port=7472");
+  cfg = LoadDaemonConfig("", ok);
+  ASSERT_TRUE(cfg.ok()) << cfg.status();
+  EXPECT_EQ(cfg->cluster().transport_port(), 7472u);
+  ok.back() = "cluster.transport_port=7471";
+  EXPECT_THAT(LoadDaemonConfig("", ok).status().message(),
+              HasSubstr("cluster.transport_port 7471 is cluster.advertise's port"));
 }
 
 TEST(ShippedConfigTest, ExampleRegistryAndClusterDaemonConfigsValidate) {

@@ -318,7 +318,13 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     cluster::PeerNodeOptions po;
     po.host_id = cfg.host_id();
     po.advertise = cl.advertise();
-    po.token = cl.token();
+    po.transport_port = static_cast<uint16_t>(cl.transport_port());
+    po.channel.cluster_id = cl.cluster_id();
+    po.channel.token = cl.token();
+    po.channel.ca_file = cl.tls().ca_file();
+    po.channel.cert_file = cl.tls().cert_file();
+    po.channel.key_file = cl.tls().key_file();
+    po.channel.peer_server_name = cl.tls().peer_server_name();
     po.registry = ao_registry;
     po.pull_threads = cl.pull_threads();
     po.stall_timeout = std::chrono::milliseconds(cl.pull_stall_timeout_ms());
@@ -371,8 +377,11 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     };
     remote.replicate_forget = [&peers](uint64_t job) { peers->replicator().Forget(job); };
     server.SetRemoteGet(std::move(remote));
-    spdlog::info("cluster '{}': host '{}', registry {}, advertised (and serving peers) at {}",
-                 cl.cluster_id(), cfg.host_id(), cl.registry(), cl.advertise());
+    spdlog::info(
+        "cluster '{}': host '{}', registry {}, serving peers at {} (control, {}) and {} "
+        "(transport)",
+        cl.cluster_id(), cfg.host_id(), cl.registry(), cl.advertise(),
+        cl.tls().cert_file().empty() ? "plaintext" : "mutual TLS", peers->transport_address());
   }
   // Housekeeping on the event loop, once a second: the eviction summary,
   // the stderr.log rotation, and the end of peers' expired leases.

@@ -5,31 +5,16 @@
 #include "fmt/format.h"
 #include "grpcpp/grpcpp.h"
 #include "grpcpp/health_check_service_interface.h"
-#include "grpcpp/security/server_credentials.h"
 #include "prometheus/metric_family.h"
 #include "spdlog/spdlog.h"
 #include "src/common/fmt_absl.h"
+#include "src/service/grpc_util.h"
 #include "src/service/prom_util.h"
 
 namespace cistern::registryd {
 namespace {
 
 namespace v1 = cistern::registry::v1;
-
-grpc::Status ToGrpc(const absl::Status& s) {
-  if (s.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
-}
-
-// Compares without an early exit, so the time taken says nothing about how
-// much of a guessed token was right.
-bool SameSecret(std::string_view a, std::string_view b) {
-  unsigned char diff = a.size() == b.size() ? 0 : 1;
-  for (size_t i = 0; i < a.size(); ++i) {
-    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
-  }
-  return diff == 0;
-}
 
 std::string HostPort(const std::string& address, uint16_t port) {
   if (address.find(':') != std::string::npos) return fmt::format("[{}]:{}", address, port);
@@ -81,7 +66,7 @@ class RegistryServer::Service final
       bool ended = false;
       while (!ended && in->Read(&chunk)) {
         if (chunk.replicas_size() > static_cast<int>(s_->options_.max_entries_per_request)) {
-          st = ToGrpc(absl::InvalidArgumentError(
+          st = service::ToGrpc(absl::InvalidArgumentError(
               fmt::format("inventory chunk of {} replicas exceeds max_entries_per_request {}",
                           chunk.replicas_size(), s_->options_.max_entries_per_request)));
           break;
@@ -93,7 +78,7 @@ class RegistryServer::Service final
           return absl::OkStatus();
         });
         if (!s.ok()) {
-          st = ToGrpc(s);
+          st = service::ToGrpc(s);
           break;
         }
         first = false;
@@ -194,47 +179,24 @@ class RegistryServer::Service final
 
  private:
   grpc::Status Authorize(grpc::ServerContextBase* ctx) {
-    const auto& md = ctx->client_metadata();
-    auto cluster = md.find("x-cistern-cluster");
-    std::string_view want = s_->options_.catalog.cluster_id;
-    if (cluster == md.end()) {
-      s_->metrics_->RecordAuthFailure("cluster_id");
-      return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION,
-                          fmt::format("the call carries no x-cistern-cluster; this registry "
-                                      "serves cluster '{}'",
-                                      want));
-    }
-    std::string_view got(cluster->second.data(), cluster->second.size());
-    if (got != want) {
-      s_->metrics_->RecordAuthFailure("cluster_id");
-      return grpc::Status(
-          grpc::StatusCode::FAILED_PRECONDITION,
-          fmt::format("cluster id mismatch: the caller is configured for cluster '{}', this "
-                      "registry serves cluster '{}'",
-                      got.substr(0, 64), want));
-    }
-    auto token = md.find("x-cistern-token");
-    if (token == md.end() ||
-        !SameSecret(std::string_view(token->second.data(), token->second.size()),
-                    s_->options_.token)) {
-      s_->metrics_->RecordAuthFailure("token");
-      return grpc::Status(grpc::StatusCode::PERMISSION_DENIED,
-                          token == md.end() ? "the call carries no x-cistern-token"
-                                            : "wrong cluster token (x-cistern-token)");
-    }
-    return grpc::Status::OK;
+    service::AuthFailure failure;
+    grpc::Status st = service::CheckCaller(*ctx, s_->options_.catalog.cluster_id,
+                                           s_->options_.token, "this registry", &failure);
+    if (failure == service::AuthFailure::kClusterId) s_->metrics_->RecordAuthFailure("cluster_id");
+    if (failure == service::AuthFailure::kToken) s_->metrics_->RecordAuthFailure("token");
+    return st;
   }
 
   grpc::Status Refuse(const char* method, const absl::Status& s) {
     s_->metrics_->RecordRequest(method, s.code(), Clock::Duration(0));
-    return ToGrpc(s);
+    return service::ToGrpc(s);
   }
 
   template <class F>
   grpc::Status Write(const char* method, grpc::ServerContext* ctx, F&& op) {
     Clock::TimePoint start = Clock::Real()->Now();
     grpc::Status st = Authorize(ctx);
-    if (st.ok()) st = ToGrpc(s_->committer_->Run(op));
+    if (st.ok()) st = service::ToGrpc(s_->committer_->Run(op));
     s_->metrics_->RecordRequest(method, static_cast<absl::StatusCode>(st.error_code()),
                                 Clock::Real()->Now() - start);
     return st;
@@ -246,7 +208,7 @@ class RegistryServer::Service final
     grpc::Status st = Authorize(ctx);
     if (st.ok()) {
       ReaderLock lock(&s_->catalog_mu_);
-      st = ToGrpc(op(static_cast<const catalog::Catalog&>(*s_->catalog_)));
+      st = service::ToGrpc(op(static_cast<const catalog::Catalog&>(*s_->catalog_)));
     }
     s_->metrics_->RecordRequest(method, static_cast<absl::StatusCode>(st.error_code()),
                                 Clock::Real()->Now() - start);
@@ -284,18 +246,8 @@ absl::StatusOr<std::unique_ptr<RegistryServer>> RegistryServer::Start(
   s->service_ = std::make_unique<Service>(s.get());
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  std::shared_ptr<grpc::ServerCredentials> creds;
-  if (!s->options_.tls_cert_pem.empty()) {
-    grpc::SslServerCredentialsOptions ssl(
-        s->options_.tls_client_ca_pem.empty()
-            ? GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE
-            : GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
-    ssl.pem_root_certs = s->options_.tls_client_ca_pem;
-    ssl.pem_key_cert_pairs.push_back({s->options_.tls_key_pem, s->options_.tls_cert_pem});
-    creds = grpc::SslServerCredentials(ssl);
-  } else {
-    creds = grpc::InsecureServerCredentials();
-  }
+  auto creds = service::ServerCredentials(s->options_.tls_cert_pem, s->options_.tls_key_pem,
+                                          s->options_.tls_client_ca_pem);
   std::string address = HostPort(s->options_.listen_address, s->options_.port);
   int bound = 0;
   builder.AddListeningPort(address, creds, &bound);

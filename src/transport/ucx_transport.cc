@@ -27,6 +27,7 @@
 #include "spdlog/spdlog.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/mutex.h"
+#include "src/common/secret.h"
 
 namespace cistern::transport {
 namespace {
@@ -40,10 +41,8 @@ struct RequestHeader {
   uint64_t offset;
   uint64_t length;
   uint32_t token_length;
-  uint32_t kind;  // kRead, or kCall: the request body follows the token (length bytes)
+  uint32_t reserved;  // 0
 };
-constexpr uint32_t kRead = 0;
-constexpr uint32_t kCall = 1;
 
 struct ReplyHeader {
   uint64_t id;
@@ -53,8 +52,7 @@ struct ReplyHeader {
 
 constexpr uint32_t kMaxToken = 4096;
 constexpr uint32_t kMaxMessage = 1024;
-constexpr uint64_t kMaxCallBytes = 16 << 20;  // a call's request or reply
-constexpr size_t kMaxRkeyBytes = 64 << 10;    // a packed remote key
+constexpr size_t kMaxRkeyBytes = 64 << 10;  // a packed remote key
 
 absl::Status UcsError(ucs_status_t s, const std::string& what) {
   return absl::UnavailableError(fmt::format("{}: {}", what, ucs_status_string(s)));
@@ -115,13 +113,11 @@ struct PullState {
   std::string address;
   uint64_t region = 0, offset = 0, length = 0;
   void* dest = nullptr;
-  bool call = false;  // a Call: `body` is the request, then the reply
   // A one-sided read (Get): the holder's packed remote key and the address
   // of the bytes in its memory.
   bool get = false;
   std::string rkey;
   uint64_t remote = 0;
-  std::string body;
   std::string request;  // RequestHeader + token, alive until the send completes
   ucp_ep_h ep = nullptr;
   bool receiving = false;  // the bytes are being received into dest
@@ -136,8 +132,8 @@ struct PullState {
 
 class Transport::Impl {
  public:
-  Impl(TransportOptions options, Resolver resolver, CallHandler calls)
-      : options_(std::move(options)), resolver_(std::move(resolver)), calls_(std::move(calls)) {}
+  Impl(TransportOptions options, Resolver resolver)
+      : options_(std::move(options)), resolver_(std::move(resolver)) {}
 
   ~Impl() { Stop(); }
 
@@ -283,22 +279,6 @@ class Transport::Impl {
     return got.get();
   }
 
-  absl::StatusOr<std::string> Call(const std::string& address, std::string_view request,
-                                   std::chrono::milliseconds timeout) {
-    if (request.size() > kMaxCallBytes) {
-      return absl::InvalidArgumentError(
-          fmt::format("a call of {} bytes is over the limit of {}", request.size(), kMaxCallBytes));
-    }
-    auto st = std::make_shared<PullState>();
-    st->id = next_id_.fetch_add(1) + 1;
-    st->address = address;
-    st->call = true;
-    st->body.assign(request);
-    st->length = request.size();
-    if (absl::Status s = Wait(st, timeout); !s.ok()) return s;
-    return std::move(st->body);
-  }
-
   absl::Status Wait(const std::shared_ptr<PullState>& st, std::chrono::milliseconds timeout) {
     Post([this, st] { StartPull(st); });
     MutexLock l(&st->mu);
@@ -312,12 +292,9 @@ class Transport::Impl {
       Post([this, st, timeout] {
         if (st->failed_or_done && !st->receiving) return;  // it ended meanwhile
         Finish(st,
-               absl::DeadlineExceededError(
-                   st->call ? fmt::format("a call to {} was not answered within {} ms", st->address,
-                                          timeout.count())
-                            : fmt::format("pull of {} bytes of region {} from {} did not "
-                                          "complete within {} ms",
-                                          st->length, st->region, st->address, timeout.count())),
+               absl::DeadlineExceededError(fmt::format(
+                   "pull of {} bytes of region {} from {} did not complete within {} ms",
+                   st->length, st->region, st->address, timeout.count())),
                /*close_ep=*/true);
       });
       while (!st->finished) st->cv.Wait(&st->mu);
@@ -538,18 +515,11 @@ class Transport::Impl {
       StartGet(st);
       return;
     }
-    RequestHeader h{st->id,
-                    st->region,
-                    st->offset,
-                    st->length,
-                    static_cast<uint32_t>(options_.token.size()),
-                    st->call ? kCall : kRead};
+    RequestHeader h{
+        st->id, st->region, st->offset, st->length, static_cast<uint32_t>(options_.token.size()),
+        0};
     st->request.assign(reinterpret_cast<const char*>(&h), sizeof h);
     st->request += options_.token;
-    if (st->call) {
-      st->request += st->body;
-      st->body.clear();
-    }
     ucp_request_param_t p{};
     p.op_attr_mask =
         UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
@@ -682,35 +652,14 @@ class Transport::Impl {
     RequestHeader h;
     std::memcpy(&h, header, sizeof h);
     ucp_ep_h reply = param->reply_ep;
-    const uint64_t body = h.kind == kCall ? h.length : 0;
-    if (h.token_length > kMaxToken || (h.kind != kRead && h.kind != kCall) ||
-        body > kMaxCallBytes || header_length != sizeof h + h.token_length + body) {
+    if (h.token_length > kMaxToken || h.reserved != 0 ||
+        header_length != sizeof h + h.token_length) {
       SendReply(reply, h.id, absl::InvalidArgumentError("malformed pull request"), {});
       return UCS_OK;
     }
     std::string_view token(static_cast<const char*>(header) + sizeof h, h.token_length);
-    if (token != options_.token) {
+    if (!SameSecret(token, options_.token)) {
       SendReply(reply, h.id, absl::PermissionDeniedError("wrong cluster token"), {});
-      return UCS_OK;
-    }
-    if (h.kind == kCall) {
-      if (!calls_) {
-        SendReply(reply, h.id, absl::UnimplementedError("this peer answers no calls"), {});
-        return UCS_OK;
-      }
-      absl::StatusOr<std::string> answer = calls_(
-          std::string_view(static_cast<const char*>(header) + sizeof h + h.token_length, h.length));
-      if (answer.ok() && answer->size() > kMaxCallBytes) {
-        answer = absl::InternalError(fmt::format("the answer of {} bytes is over the limit of {}",
-                                                 answer->size(), kMaxCallBytes));
-      }
-      if (!answer.ok()) {
-        SendReply(reply, h.id, answer.status(), {});
-        return UCS_OK;
-      }
-      auto owned = std::make_shared<std::string>(*std::move(answer));
-      ReadLease lease{owned->data(), [owned] {}};
-      SendReply(reply, h.id, absl::OkStatus(), std::move(lease), owned->size(), /*rndv=*/false);
       return UCS_OK;
     }
     absl::StatusOr<ReadLease> lease = resolver_(h.region, h.offset, h.length);
@@ -726,7 +675,7 @@ class Transport::Impl {
   };
 
   void SendReply(ucp_ep_h ep, uint64_t id, const absl::Status& status, ReadLease lease,
-                 uint64_t length = 0, bool rndv = true) {
+                 uint64_t length = 0) {
     auto* ctx = new ReplyCtx;
     std::string message(status.message().substr(0, kMaxMessage));
     ReplyHeader h{id, static_cast<int32_t>(status.code()), static_cast<uint32_t>(message.size())};
@@ -737,7 +686,7 @@ class Transport::Impl {
     ucp_request_param_t p{};
     p.op_attr_mask =
         UCP_OP_ATTR_FIELD_FLAGS | UCP_OP_ATTR_FIELD_CALLBACK | UCP_OP_ATTR_FIELD_USER_DATA;
-    p.flags = rndv ? UCP_AM_SEND_FLAG_RNDV : 0;
+    p.flags = UCP_AM_SEND_FLAG_RNDV;
     p.cb.send = &Impl::OnReplySent;
     p.user_data = ctx;
     const void* data = status.ok() ? ctx->lease.data : nullptr;
@@ -781,17 +730,6 @@ class Transport::Impl {
                           fmt::format("{} (from {})", msg, st->address)),
              false);
       return UCS_OK;
-    }
-    if (st->call) {
-      if (length > kMaxCallBytes) {
-        Finish(st,
-               absl::DataLossError(fmt::format("{} answered with {} bytes", st->address, length)),
-               true);
-        return UCS_OK;
-      }
-      st->body.resize(length);
-      st->dest = st->body.data();
-      st->length = length;
     }
     if (length != st->length) {
       Finish(st,
@@ -860,7 +798,6 @@ class Transport::Impl {
 
   const TransportOptions options_;
   const Resolver resolver_;
-  const CallHandler calls_;
   ucp_context_h context_ = nullptr;
   ucp_worker_h worker_ = nullptr;
   ucp_listener_h listener_ = nullptr;
@@ -890,8 +827,8 @@ Transport::Transport(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Transport::~Transport() = default;
 
 absl::StatusOr<std::unique_ptr<Transport>> Transport::Start(const TransportOptions& options,
-                                                            Resolver resolver, CallHandler calls) {
-  auto impl = std::make_unique<Impl>(options, std::move(resolver), std::move(calls));
+                                                            Resolver resolver) {
+  auto impl = std::make_unique<Impl>(options, std::move(resolver));
   if (absl::Status s = impl->Init(); !s.ok()) return s;
   return std::unique_ptr<Transport>(new Transport(std::move(impl)));
 }
@@ -925,11 +862,6 @@ bool Transport::LooksRdma(std::string_view description) {
     if (description.find(tl) != std::string_view::npos) return true;
   }
   return false;
-}
-
-absl::StatusOr<std::string> Transport::Call(const std::string& address, std::string_view request,
-                                            std::chrono::milliseconds timeout) {
-  return impl_->Call(address, request, timeout);
 }
 
 }  // namespace cistern::transport

@@ -10,7 +10,10 @@
 //
 // Every request carries the cluster token; a holder answers a wrong one with
 // PERMISSION_DENIED and sends nothing. What a region id means is the
-// holder's business (Resolver): the daemon will map it to an arena.
+// holder's business (Resolver): the daemon maps it to an object it leased
+// for the puller when the puller opened it over the control channel
+// (src/cluster/peer_channel.h), which also hands out the remote keys of
+// one-sided reads.
 //
 // Threading: one progress thread owns the UCX worker; Pull may be called from
 // any thread and blocks until its bytes are in place or it has failed. When
@@ -43,10 +46,6 @@ struct ReadLease {
 using Resolver =
     std::function<absl::StatusOr<ReadLease>(uint64_t region, uint64_t offset, uint64_t length)>;
 
-// Answers a peer's call (Transport::Call) with the reply's bytes or an error
-// sent back to the caller. Runs on the progress thread: it must be quick.
-using CallHandler = std::function<absl::StatusOr<std::string>(std::string_view request)>;
-
 struct TransportOptions {
   std::string listen_address = "127.0.0.1";  // numeric IPv4
   uint16_t port = 0;                         // 0: a free port (see Transport::port)
@@ -60,10 +59,8 @@ struct TransportOptions {
 
 class Transport {
  public:
-  // `calls` may be empty: calls are then answered Unimplemented.
   static absl::StatusOr<std::unique_ptr<Transport>> Start(const TransportOptions& options,
-                                                          Resolver resolver,
-                                                          CallHandler calls = {});
+                                                          Resolver resolver);
   ~Transport();  // stops the progress thread; pulls in flight fail with Unavailable
 
   uint16_t port() const;
@@ -86,8 +83,8 @@ class Transport {
                    uint64_t length, void* dest, std::chrono::milliseconds timeout);
 
   // Registers [base, base + length) with UCX, once, for peers' Gets until
-  // the transport stops; the packed remote key to hand to peers (over Call
-  // only, which checks the token).
+  // the transport stops; the packed remote key to hand to peers (over an
+  // authenticated channel only).
   absl::StatusOr<std::string> RegisterMemory(void* base, size_t length);
 
   // What UCX says about the connection to `address` (ucp_ep_print_info: its
@@ -96,12 +93,6 @@ class Transport {
   // Whether such a description names an RDMA transport (where one-sided
   // reads are native; on TCP, UCX 1.13 emulates them over active messages).
   static bool LooksRdma(std::string_view description);
-
-  // A small request/reply exchange with the peer at `address` (the control
-  // messages of a pull: which bytes, under which lease), carrying the token
-  // like a pull; at most 16 MiB each way. The peer's CallHandler answers.
-  absl::StatusOr<std::string> Call(const std::string& address, std::string_view request,
-                                   std::chrono::milliseconds timeout);
 
   class Impl;
 

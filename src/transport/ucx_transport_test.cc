@@ -27,8 +27,7 @@ class Holder {
     o.token = std::move(token);
     o.one_sided = one_sided;
     auto t = Transport::Start(
-        o,
-        [this](uint64_t region, uint64_t offset, uint64_t length) -> absl::StatusOr<ReadLease> {
+        o, [this](uint64_t region, uint64_t offset, uint64_t length) -> absl::StatusOr<ReadLease> {
           {
             std::unique_lock<std::mutex> l(mu_);
             cv_.wait(l, [&] { return !stalled_; });
@@ -39,12 +38,6 @@ class Holder {
           }
           leases_++;
           return ReadLease{bytes_.data() + offset, [this] { leases_--; }};
-        },
-        [](std::string_view request) -> absl::StatusOr<std::string> {
-          if (request == "fail") return absl::NotFoundError("no such thing");
-          if (request.substr(0, 4) == "big:")
-            return std::string(std::stoul(std::string(request.substr(4))), 'b');
-          return "echo:" + std::string(request);
         });
     EXPECT_TRUE(t.ok()) << t.status();
     if (t.ok()) transport_ = *std::move(t);
@@ -289,40 +282,6 @@ TEST(TransportTest, AHolderThatStopsMidPullFailsThePull) {
                 s.code() == absl::StatusCode::kDeadlineExceeded)
         << s;
   }
-}
-
-TEST(TransportTest, CallsAreAnsweredWithTheHandlersBytesOrError) {
-  Holder holder(4096);
-  auto puller = Puller();
-  auto r = puller->Call(holder.address(), "hello", 5s);
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(*r, "echo:hello");
-  r = puller->Call(holder.address(), "", 5s);
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(*r, "echo:");
-  // Large answers take the rendezvous path.
-  r = puller->Call(holder.address(), "big:3000000", 5s);
-  ASSERT_TRUE(r.ok()) << r.status();
-  EXPECT_EQ(r->size(), 3000000u);
-  EXPECT_EQ(r->find_first_not_of('b'), std::string::npos);
-  r = puller->Call(holder.address(), "fail", 5s);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kNotFound) << r.status();
-  EXPECT_THAT(r.status().message(), HasSubstr("no such thing"));
-  // A caller without the token is refused before the handler runs.
-  auto stranger = Puller("wrong");
-  r = stranger->Call(holder.address(), "hello", 5s);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kPermissionDenied) << r.status();
-  // Nobody listening: Unavailable; a peer that answers no calls says so.
-  r = puller->Call("127.0.0.1:1", "x", 1s);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
-  TransportOptions o;
-  o.token = "t0ken";
-  auto mute = Transport::Start(o, [](uint64_t, uint64_t, uint64_t) -> absl::StatusOr<ReadLease> {
-    return absl::NotFoundError("none");
-  });
-  ASSERT_TRUE(mute.ok());
-  r = puller->Call("127.0.0.1:" + std::to_string((*mute)->port()), "x", 5s);
-  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnimplemented) << r.status();
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 
 #include "cistern/peer.pb.h"
 #include "fmt/format.h"
+#include "src/cluster/peer_channel.h"
 #include "src/transport/ucx_transport.h"
 #include "tests/cluster/registry_harness.h"
 #include "tests/integration/daemon_harness.h"
@@ -348,7 +349,31 @@ TEST_F(NetnsTest, ACorruptedReplicaIsRefusedAndThePullPicksAnother) {
 TEST_F(NetnsTest, APeerWithoutTheClusterTokenIsRefused) {
   std::string value = Pattern(1 << 20, 16);
   ASSERT_NE(PutPublished(1, "k", value), 0u);
-  auto open = [&](const std::string& token) -> absl::StatusOr<cistern::peer::v1::PeerReply> {
+  namespace pv1 = cistern::peer::v1;
+  auto control = [&](const std::string& token) {
+    cluster::PeerChannelOptions o;
+    o.cluster_id = registry_.cluster_id();
+    o.token = token;
+    return *cluster::PeerControlClient::Create(o);
+  };
+  pv1::PeerRequest open;
+  open.mutable_open()->set_key("k");
+  open.mutable_open()->set_requester_host("intruder");
+  // The control channel refuses an Open without the token: nothing leased.
+  auto refused = control("not-the-token")->Call(Advertise(1), open, 5s);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+  EXPECT_EQ(Cluster(1).peer_leases(), 0u);
+  // With the token it is served: a region, at the transport the reply names.
+  auto member = control(registry_.token());
+  auto opened = member->Call(Advertise(1), open, 5s);
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  ASSERT_TRUE(opened->has_open());
+  const pv1::OpenReply& o = opened->open();
+  EXPECT_THAT(o.transport_address(), ::testing::StartsWith(fmt::format("{}.11:", kSubnet)));
+  EXPECT_TRUE(o.rkey().empty());  // no RDMA device here: the arena is not registered
+  // The data path checks the token too: a region id alone reads nothing.
+  auto read = [&](const std::string& token, std::string* bytes) {
     transport::TransportOptions to;
     to.listen_address = fmt::format("{}.1", kSubnet);
     to.token = token;
@@ -356,36 +381,20 @@ TEST_F(NetnsTest, APeerWithoutTheClusterTokenIsRefused) {
       return absl::StatusOr<transport::ReadLease>(absl::NotFoundError("nothing here"));
     });
     if (!t.ok()) return t.status();
-    cistern::peer::v1::PeerRequest req;
-    req.mutable_open()->set_key("k");
-    req.mutable_open()->set_requester_host("intruder");
-    auto got = (*t)->Call(Advertise(1), req.SerializeAsString(), 5s);
-    if (!got.ok()) return got.status();
-    cistern::peer::v1::PeerReply reply;
-    if (!reply.ParseFromString(*got)) return absl::DataLossError("bad reply");
-    if (reply.has_open()) {
-      // What a wrong token must never get: bytes of the region.
-      std::string bytes(4096, '\0');
-      absl::Status read =
-          (*t)->Pull(Advertise(1), reply.open().region(), 0, bytes.size(), bytes.data(), 5s);
-      if (!read.ok()) return read;
-      if (bytes != value.substr(0, bytes.size())) return absl::DataLossError("other bytes");
-      cistern::peer::v1::PeerRequest close;
-      close.mutable_close()->set_region(reply.open().region());
-      (*t)->Call(Advertise(1), close.SerializeAsString(), 5s).IgnoreError();
-    }
-    return reply;
+    return (*t)->Pull(o.transport_address(), o.region(), 0, bytes->size(), bytes->data(), 5s);
   };
-  auto refused = open("not-the-token");
-  ASSERT_FALSE(refused.ok());
-  EXPECT_EQ(refused.status().code(), absl::StatusCode::kPermissionDenied) << refused.status();
+  std::string bytes(4096, '\0');
+  absl::Status stranger = read("not-the-token", &bytes);
+  EXPECT_EQ(stranger.code(), absl::StatusCode::kPermissionDenied) << stranger;
+  EXPECT_EQ(bytes, std::string(4096, '\0'));
   EXPECT_EQ(Cluster(1).peer_bytes_sent(), 0u);
-  EXPECT_EQ(Cluster(1).peer_leases(), 0u);
-  // The same exchange with the token is served (so the refusal is the token's).
-  auto served = open("sim-token");
-  ASSERT_TRUE(served.ok()) << served.status();
-  EXPECT_TRUE(served->has_open());
+  // The same read with the token is served (so the refusal is the token's).
+  ASSERT_TRUE(read(registry_.token(), &bytes).ok());
+  EXPECT_EQ(bytes, value.substr(0, bytes.size()));
   EXPECT_EQ(Cluster(1).peer_bytes_sent(), 4096u);
+  pv1::PeerRequest close;
+  close.mutable_close()->set_region(o.region());
+  EXPECT_TRUE(member->Call(Advertise(1), close, 5s).ok());
   ASSERT_TRUE(Eventually([&] { return Cluster(1).peer_leases() == 0; }));
 }
 

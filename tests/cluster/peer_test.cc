@@ -11,12 +11,14 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <set>
 #include <thread>
 
 #include "fmt/format.h"
 #include "tests/cluster/registry_harness.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/util/test_certs.h"
 
 namespace cistern::testing {
 namespace {
@@ -544,6 +546,61 @@ TEST(PrefetchTest, ADaemonOutsideAClusterRefusesPrefetch) {
   auto rep = (*c)->Replicate("anything", o);
   EXPECT_EQ(rep.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(rep.status().message(), HasSubstr("cluster"));
+}
+
+// With the daemons' certificates the control channel between them is mutual
+// TLS: daemons of the cluster's CA pull from each other; a daemon whose
+// certificate another CA signed (it has the token, and joined the registry)
+// neither opens anything on them nor serves them.
+TEST(PeerTlsTest, DaemonsPullOverMutualTlsAndAStrangerCannot) {
+  char tmpl[] = "/tmp/cistern-peer-certs-XXXXXX";
+  std::string dir = ::mkdtemp(tmpl);
+  testing_tls::TestCerts certs = testing_tls::MakeTestCerts(dir);
+  ASSERT_TRUE(certs.ok) << certs.error;
+  Registry registry("tls-cluster", "tls-token",
+                    {"tls.cert_file=" + certs.server_cert, "tls.key_file=" + certs.server_key});
+  registry.UseTls(certs.ca);
+  std::string err;
+  ASSERT_TRUE(registry.Start(&err)) << err;
+  auto daemon = [&](const std::string& host, const std::string& cert, const std::string& key) {
+    DaemonSpec spec;
+    spec.extra_yaml = registry.DaemonYaml(host, "127.0.0.1:" + std::to_string(FreeTcpPort())) +
+                      fmt::format("    cert_file: {}\n    key_file: {}\n", cert, key);
+    auto d = std::make_unique<Daemon>(spec);
+    EXPECT_TRUE(d->Start({}, &err)) << err;
+    return d;
+  };
+  auto a = daemon("host-a", certs.peer_cert, certs.peer_key);
+  auto b = daemon("host-b", certs.peer_cert, certs.peer_key);
+  auto c = daemon("stranger", certs.stranger_cert, certs.stranger_key);
+  EXPECT_THAT(a->Log(), HasSubstr("mutual TLS"));
+  std::string value(3 << 20, 'x');
+  value[12345] = 'y';
+  auto ca = a->Connect();
+  ASSERT_TRUE(ca.ok());
+  PutOptions po;
+  po.wait_published = 10s;
+  ASSERT_TRUE((*ca)->Put("secret", std::as_bytes(std::span(value.data(), value.size())), po).ok());
+  auto cb = b->Connect();
+  ASSERT_TRUE(cb.ok());
+  auto view = (*cb)->Get("secret");
+  ASSERT_TRUE(view.ok()) << view.status() << "\n" << b->Log();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(view->data()), view->size()), value);
+  auto cc = c->Connect();
+  ASSERT_TRUE(cc.ok());
+  GetOptions go;
+  go.deadline = 10s;
+  auto refused = (*cc)->Get("secret", go);
+  EXPECT_FALSE(refused.ok());
+  EXPECT_THAT(refused.status().code(),
+              AnyOf(absl::StatusCode::kUnavailable, absl::StatusCode::kDeadlineExceeded))
+      << refused.status();
+  auto stats = (*ca)->Status();
+  ASSERT_TRUE(stats.ok());
+  EXPECT_EQ(stats->cluster().peer_leases(), 0u);
+  EXPECT_EQ(stats->cluster().peer_bytes_sent(), value.size());  // b's pull only
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
 }
 
 }  // namespace

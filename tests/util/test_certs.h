@@ -1,7 +1,9 @@
 // Certificates for TLS tests, made with the openssl command line (Debian's
 // openssl package, installed by scripts/bootstrap): a CA, a server
 // certificate for localhost / 127.0.0.1 signed by it, a client certificate
-// signed by it, and a second CA that signed nothing of ours.
+// signed by it, a daemon's certificate (server and client, for the daemons'
+// mutual-TLS control channel) signed by it, a second CA, and a daemon's
+// certificate signed by that second CA (a stranger).
 #pragma once
 
 #include <cstdlib>
@@ -15,6 +17,8 @@ namespace cistern::testing_tls {
 struct TestCerts {
   std::string dir;
   std::string ca, server_cert, server_key, client_cert, client_key, other_ca;
+  std::string peer_cert, peer_key;          // ca's: serverAuth and clientAuth, 127.0.0.1
+  std::string stranger_cert, stranger_key;  // the same, signed by other_ca
   bool ok = false;
   std::string error;
 
@@ -38,9 +42,15 @@ inline TestCerts MakeTestCerts(const std::string& dir) {
   c.client_cert = dir + "/client.pem";
   c.client_key = dir + "/client.key";
   c.other_ca = dir + "/other-ca.pem";
+  c.peer_cert = dir + "/peer.pem";
+  c.peer_key = dir + "/peer.key";
+  c.stranger_cert = dir + "/stranger.pem";
+  c.stranger_key = dir + "/stranger.key";
   std::ofstream(dir + "/server.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
                                         "extendedKeyUsage=serverAuth\n";
   std::ofstream(dir + "/client.ext") << "extendedKeyUsage=clientAuth\n";
+  std::ofstream(dir + "/peer.ext") << "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+                                      "extendedKeyUsage=serverAuth,clientAuth\n";
   const std::string q = " >>" + dir + "/openssl.log 2>&1";
   const std::string steps[] = {
       "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=cistern-test-ca -keyout " + dir +
@@ -55,6 +65,15 @@ inline TestCerts MakeTestCerts(const std::string& dir) {
           " -out " + dir + "/client.csr",
       "openssl x509 -req -days 2 -in " + dir + "/client.csr -CA " + c.ca + " -CAkey " + dir +
           "/ca.key -CAcreateserial -extfile " + dir + "/client.ext -out " + c.client_cert,
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=cistern-test-daemon -keyout " + c.peer_key +
+          " -out " + dir + "/peer.csr",
+      "openssl x509 -req -days 2 -in " + dir + "/peer.csr -CA " + c.ca + " -CAkey " + dir +
+          "/ca.key -CAcreateserial -extfile " + dir + "/peer.ext -out " + c.peer_cert,
+      "openssl req -newkey rsa:2048 -nodes -subj /CN=cistern-test-stranger -keyout " +
+          c.stranger_key + " -out " + dir + "/stranger.csr",
+      "openssl x509 -req -days 2 -in " + dir + "/stranger.csr -CA " + c.other_ca + " -CAkey " +
+          dir + "/other-ca.key -CAcreateserial -extfile " + dir + "/peer.ext -out " +
+          c.stranger_cert,
   };
   for (const std::string& step : steps) {
     if (std::system((step + q).c_str()) != 0) {
