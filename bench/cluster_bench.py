@@ -2,7 +2,7 @@
 peer"): runs as a client of the simulated hosts' daemons, puts on h1 and
 gets (pulls) on h2, and prints one JSON object per measurement.
 
-  cluster_bench.py DIR pull SIZE REPS        REPS pulls of one SIZE object
+  cluster_bench.py DIR pull SIZE REPS [ROUND] a first pull, then REPS warm pulls of one SIZE object
   cluster_bench.py DIR latency SIZE REPS     get-to-view of remote SIZE objects vs local get
   cluster_bench.py DIR concurrent N SIZE     N concurrent pulls of N distinct SIZE objects
   cluster_bench.py DIR fanout SIZE HOSTS     replicate to every host vs one pull
@@ -52,6 +52,12 @@ def emit(**kw):
     print(json.dumps(kw), flush=True)
 
 
+def cpu_ticks():
+    """(busy, total) clock ticks of every core so far (/proc/stat)."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:9]]
+    return sum(v) - v[3] - v[4], sum(v)
+
+
 def timed_pull(c, key, value) -> float:
     """Seconds for a get on `c` of a key it lacks (a pull), bytes checked."""
     t0 = time.perf_counter()
@@ -61,20 +67,27 @@ def timed_pull(c, key, value) -> float:
     return took
 
 
-def pull(dir_, size, reps):
+def pull(dir_, size, reps, round_=0):
     a, b = client(dir_, 1), client(dir_, 2)
     value = pattern(size, 1)
     put(a, "bench/pull", value)
-    times = []
+    # The first pull may write pages of h2's arena never touched before (page
+    # faults); the warm ones reuse them. The CPU every core spent (daemons,
+    # kernel, this client) is counted over the warm pulls only.
+    first = timed_pull(b, "bench/pull", value)
+    b.remove("bench/pull")
+    warm = []
+    busy0, total0 = cpu_ticks()
     for _ in range(reps):
-        times.append(timed_pull(b, "bench/pull", value))
+        warm.append(timed_pull(b, "bench/pull", value))
         b.remove("bench/pull")
+    busy1, total1 = cpu_ticks()
     a.remove("bench/pull")
-    # The first pull writes pages of h2's arena never touched before (page
-    # faults); later ones reuse them.
-    warm = times[1:] or times
-    emit(what="pull", size=size, reps=reps, first_mib_s=size / times[0] / 2**20,
-         warm_best_mib_s=size / min(warm) / 2**20, warm_median_mib_s=size / pct(warm, 50) / 2**20)
+    hz = os.sysconf("SC_CLK_TCK")
+    emit(what="pull", round=round_, size=size, reps=reps, first_mib_s=size / first / 2**20,
+         warm_best_mib_s=size / min(warm) / 2**20, warm_median_mib_s=size / pct(warm, 50) / 2**20,
+         cpu_s_per_gib=(busy1 - busy0) / hz / (reps * size / 2**30),
+         cores_busy=(busy1 - busy0) / max(1, total1 - total0))
 
 
 def latency(dir_, size, reps):

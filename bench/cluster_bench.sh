@@ -45,37 +45,51 @@ wait_alive() {
   done
   echo "the hosts did not all join"; exit 1
 }
-secs=5; ((quick)) && secs=2
+secs=3 rounds=5; ((quick)) && rounds=2
 echo "== machine: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), busy=$busy"
-
-echo "== peers between h1 and h2 (${secs}s each)"
 CISTERN_BIN="$build" CISTERN_SIM_ARENA=3GiB "$sim" up 2 "$sim_dir" >/dev/null
 wait_alive 2
-ip netns exec csh1 iperf3 -s -1 -D -B 198.18.1.11 >/dev/null
-sleep 0.3
-for streams in 1 4; do
-  bps=$(ip netns exec csh2 iperf3 -c 198.18.1.11 -R -P "$streams" -t "$secs" -J |
-        /usr/bin/python3 -c 'import json,sys; print(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"])')
-  echo "{\"what\": \"iperf3\", \"streams\": $streams, \"mib_s\": $(/usr/bin/python3 -c "print($bps/8/2**20)")}" | tee -a "$out"
+
+# The CPU every core spent over the last command (busy ticks, /proc/stat).
+ticks() { awk '/^cpu / {print $2+$3+$4+$7+$8+$9, $2+$3+$4+$5+$6+$7+$8+$9}' /proc/stat; }
+iperf() {  # ROUND STREAMS
+  local b0 t0 b1 t1 out
   ip netns exec csh1 iperf3 -s -1 -D -B 198.18.1.11 >/dev/null
   sleep 0.3
-done
-pkill -f "iperf3 -s -1" 2>/dev/null || true
-for size in 67108864 1073741824; do
-  iters=$((size == 67108864 ? 60 : 6)); ((quick)) && iters=$((iters / 3))
-  UCX_TLS=tcp ip netns exec csh1 ucx_perftest -t tag_bw -s "$size" -n "$iters" -w 2 >/dev/null 2>&1 &
+  read -r b0 t0 < <(ticks)
+  out=$(ip netns exec csh2 iperf3 -c 198.18.1.11 -R -P "$2" -t "$secs" -J |
+        /usr/bin/python3 -c 'import json,sys; e=json.load(sys.stdin)["end"]["sum_received"]; print(e["bits_per_second"], e["bytes"])')
+  read -r b1 t1 < <(ticks)
+  /usr/bin/python3 -c "bps, n = $(echo "$out" | tr ' ' ,); hz = $(getconf CLK_TCK)
+import json; print(json.dumps({'what': 'iperf3', 'round': $1, 'streams': $2, 'mib_s': bps / 8 / 2**20,
+  'cpu_s_per_gib': ($b1 - $b0) / hz / (n / 2**30), 'cores_busy': ($b1 - $b0) / max(1, $t1 - $t0)}))" |
+    tee -a "$out_file"
+}
+perftest() {  # ROUND SIZE
+  local iters=$(($2 == 67108864 ? 30 : 4)) srv mbs
+  UCX_TLS=tcp ip netns exec csh1 ucx_perftest -t tag_bw -s "$2" -n "$iters" -w 1 >/dev/null 2>&1 &
   srv=$!
   sleep 1
-  mbs=$(UCX_TLS=tcp ip netns exec csh2 ucx_perftest 198.18.1.11 -t tag_bw -s "$size" -n "$iters" -w 2 2>/dev/null |
+  mbs=$(UCX_TLS=tcp ip netns exec csh2 ucx_perftest 198.18.1.11 -t tag_bw -s "$2" -n "$iters" -w 1 2>/dev/null |
         awk '/Final:/ {print $(NF-2)}')
   wait "$srv" 2>/dev/null || true
-  echo "{\"what\": \"ucx_perftest\", \"size\": $size, \"mib_s\": ${mbs:-0}}" | tee -a "$out"
+  echo "{\"what\": \"ucx_perftest\", \"round\": $1, \"size\": $2, \"mib_s\": ${mbs:-0}}" | tee -a "$out_file"
+}
+out_file=$out
+# Rounds: each runs every peer and Cistern's pulls back to back, so a ratio
+# compares runs minutes apart at most (the link's speed here drifts by 1.5x
+# over minutes; docs/benchmarks.md).
+for round in $(seq "$rounds"); do
+  echo "== round $round of $rounds: peers, then Cistern pulls h1 -> h2"
+  iperf "$round" 1
+  iperf "$round" 4
+  perftest "$round" 67108864
+  perftest "$round" 1073741824
+  py pull 67108864 5 "$round"
+  py pull 1073741824 3 "$round"
 done
+pkill -f "iperf3 -s -1" 2>/dev/null || true
 
-echo "== cistern pulls h1 -> h2"
-reps64=10 reps1g=4; ((quick)) && reps64=4 reps1g=2
-py pull 67108864 "$reps64"
-py pull 1073741824 "$reps1g"
 echo "== get-to-view of remote objects vs a local get"
 lat4k=200 lat1m=100 lat64m=10; ((quick)) && lat4k=50 lat1m=30 lat64m=4
 py latency 4096 "$lat4k"
@@ -93,21 +107,37 @@ py fanout 1073741824 7
 
 echo "== summary"
 /usr/bin/python3 - "$out" <<'PY'
-import json, sys
+import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-peer = [r["mib_s"] for r in rows if r["what"] in ("iperf3", "ucx_perftest")]
-best = max(peer) if peer else 0
+peers = [r for r in rows if r["what"] in ("iperf3", "ucx_perftest")]
+pulls = [r for r in rows if r["what"] == "pull"]
+def name(r):
+    return (f"iperf3 {r['streams']} stream(s)" if r["what"] == "iperf3"
+            else f"ucx_perftest {r['size'] >> 20} MiB")
+ratios = {}
+for rnd in sorted({r["round"] for r in peers}):
+    ps = [r for r in peers if r["round"] == rnd]
+    best = max(ps, key=lambda r: r["mib_s"])
+    line = ", ".join(f"{name(r)} {r['mib_s']:.0f}" for r in ps)
+    print(f"round {rnd}: {line}")
+    for r in (r for r in pulls if r["round"] == rnd):
+        q = r["warm_best_mib_s"] / best["mib_s"]
+        ratios.setdefault(r["size"], []).append(q)
+        print(f"  pull {r['size'] >> 20} MiB: first {r['first_mib_s']:.0f}, warm best "
+              f"{r['warm_best_mib_s']:.0f} (median {r['warm_median_mib_s']:.0f}) = {q:.2f}x this "
+              f"round's best peer ({name(best)}); {r['cpu_s_per_gib']:.2f} cpu-s/GiB, "
+              f"{100 * r['cores_busy']:.0f}% of the cores")
+    for r in (r for r in ps if r["what"] == "iperf3"):
+        print(f"  {name(r)}: {r['cpu_s_per_gib']:.2f} cpu-s/GiB, {100 * r['cores_busy']:.0f}% of the cores")
+best_peer = max(r["mib_s"] for r in peers)
+for size, qs in sorted(ratios.items()):
+    best_pull = max(r["warm_best_mib_s"] for r in pulls if r["size"] == size)
+    print(f"pull {size >> 20} MiB / the round's best peer: median {statistics.median(qs):.2f}x "
+          f"(rounds: {', '.join(f'{q:.2f}' for q in qs)}); best pull of the run / best peer of "
+          f"the run: {best_pull:.0f} / {best_peer:.0f} = {best_pull / best_peer:.2f}x")
 for r in rows:
     w = r["what"]
-    if w == "iperf3":
-        print(f"iperf3 {r['streams']} stream(s): {r['mib_s']:.0f} MiB/s")
-    elif w == "ucx_perftest":
-        print(f"ucx_perftest tag_bw {r['size'] >> 20} MiB: {r['mib_s']:.0f} MiB/s")
-    elif w == "pull":
-        print(f"pull {r['size'] >> 20} MiB: first {r['first_mib_s']:.0f} MiB/s, warm best "
-              f"{r['warm_best_mib_s']:.0f} (median {r['warm_median_mib_s']:.0f}) = "
-              f"{r['warm_best_mib_s'] / best:.2f}x the best peer ({best:.0f})")
-    elif w == "latency":
+    if w == "latency":
         print(f"get-to-view {r['size']} B: remote p50 {r['remote_p50_us']:.0f} us p99 "
               f"{r['remote_p99_us']:.0f} us; local p50 {r['local_p50_us']:.0f} us p99 {r['local_p99_us']:.0f} us")
     elif w == "concurrent":

@@ -550,29 +550,36 @@ absl::Status Fetcher::Fetch(const Request& r, uint64_t* claim_out) {
           fmt::format("{}: the pull's deadline passed{}", what,
                       last.ok() ? std::string() : fmt::format(" (last: {})", last.message())));
     }
-    v1::LocateRequest lreq;
-    lreq.set_key(r.key);
-    lreq.set_generation(r.generation);
-    lreq.set_requester_host(options_.host_id);
-    auto located = registry_->Locate(lreq);
-    // A source that just failed may be why none is live now: its error says more.
-    if (!located.ok() && absl::IsNotFound(located.status()) && !last.ok()) return last;
-    if (!located.ok()) return Annotate(located.status(), what);
-    std::vector<const v1::Location*> candidates;
-    for (const v1::Location& l : located->locations()) {
-      if (l.host_id() != options_.host_id && !tried.contains(l.host_id())) candidates.push_back(&l);
-    }
-    if (candidates.empty()) {
-      if (!last.ok()) return last;
-      return absl::NotFoundError(fmt::format("{}: no other host holds it", what));
-    }
-    std::string prefer = candidates.front()->host_id();
-    for (const v1::Location* l : candidates) {
-      if (l->host_id() == r.prefer_host) prefer = r.prefer_host;
+    // The claim picks the best replica itself (and the preferred host's when
+    // it has one); only once a source has failed does the pull locate the
+    // others first, to steer the claim away from the failed ones.
+    uint64_t generation = r.generation;
+    std::string prefer = r.prefer_host;
+    if (!tried.empty()) {
+      v1::LocateRequest lreq;
+      lreq.set_key(r.key);
+      lreq.set_generation(r.generation);
+      lreq.set_requester_host(options_.host_id);
+      auto located = registry_->Locate(lreq);
+      // A source that just failed may be why none is live now: its error says more.
+      if (!located.ok() && absl::IsNotFound(located.status())) return last;
+      if (!located.ok()) return Annotate(located.status(), what);
+      std::vector<const v1::Location*> candidates;
+      for (const v1::Location& l : located->locations()) {
+        if (l.host_id() != options_.host_id && !tried.contains(l.host_id())) {
+          candidates.push_back(&l);
+        }
+      }
+      if (candidates.empty()) return last;
+      generation = located->generation();
+      prefer = candidates.front()->host_id();
+      for (const v1::Location* l : candidates) {
+        if (l->host_id() == r.prefer_host) prefer = r.prefer_host;
+      }
     }
     v1::ClaimTransferRequest creq;
     creq.set_key(r.key);
-    creq.set_generation(located->generation());
+    creq.set_generation(generation);
     creq.set_target_host(options_.host_id);
     creq.set_prefer_host(prefer);
     auto claim = registry_->ClaimTransfer(creq);
