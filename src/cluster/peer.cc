@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <filesystem>
 #include <set>
 #include <utility>
@@ -259,6 +260,15 @@ absl::StatusOr<pv1::OpenReply> PeerServer::Open(const pv1::OpenRequest& req) {
   reply.set_tensor_count(h->tensor_count);
   reply.set_manifest(base + got->block_offset + store::ManifestOffset(h->key_bytes),
                      h->manifest_bytes);
+  if (got->size <= std::min(req.inline_max(), options_.max_inline)) {
+    // Small: the bytes go in the reply, copied under the store lease, which
+    // then ends; there is nothing to read or close.
+    reply.set_payload(base + got->payload_offset, got->size);
+    store_->Release(kPeerSession, got->lease_id).IgnoreError();
+    MutexLock lock(&mu_);
+    bytes_sent_ += got->size;
+    return reply;
+  }
   MutexLock lock(&mu_);
   reply.set_transport_address(transport_address_);
   if (got->tier < rkeys_.size() && !rkeys_[got->tier].empty()) {
@@ -504,8 +514,8 @@ void Fetcher::Work() {
       queue_.pop_front();
       request = jobs_[id].request;
     }
-    uint64_t claim = 0;
-    absl::Status s = Fetch(request, &claim);
+    Epilogue after;
+    absl::Status s = Fetch(request, &after);
     if (!s.ok()) SPDLOG_WARN("fetch: {}", s.message());
     {
       MutexLock lock(&mu_);
@@ -517,25 +527,32 @@ void Fetcher::Work() {
       if (!s.ok()) ++stats_.failed;
     }
     if (options_.on_done) options_.on_done();
-    if (claim != 0) {
+    if (!after.close_control.empty()) {
+      pv1::PeerRequest close;
+      close.mutable_close()->set_region(after.close_region);
+      auto c = control_->Call(after.close_control, close, options_.control_timeout);
+      if (!c.ok()) SPDLOG_DEBUG("fetch: {}: close: {}", RequestName(request), c.status().message());
+    }
+    if (after.claim != 0) {
       v1::CompleteTransferRequest done;
-      done.set_claim_id(claim);
+      done.set_claim_id(after.claim);
       done.set_succeeded(true);
       if (absl::Status c = registry_->CompleteTransfer(done); !c.ok()) {
-        SPDLOG_WARN("fetch: {}: completing claim {}: {}", RequestName(request), claim, c.message());
+        SPDLOG_WARN("fetch: {}: completing claim {}: {}", RequestName(request), after.claim,
+                    c.message());
       }
     }
   }
 }
 
-absl::Status Fetcher::Fetch(const Request& r, uint64_t* claim_out) {
-  *claim_out = 0;
+absl::Status Fetcher::Fetch(const Request& r, Epilogue* after) {
+  *after = Epilogue();
   const std::string what = RequestName(r);
   std::set<std::string> tried;  // sources that failed this fetch
   absl::Status last;
   if (r.upstream && r.upstream->host_id() != options_.host_id) {
     bool source_fault = false;
-    absl::Status s = PullFrom(r, r.generation, *r.upstream, &source_fault);
+    absl::Status s = PullFrom(r, r.generation, *r.upstream, &source_fault, after);
     if (s.ok() || absl::IsAlreadyExists(s)) return absl::OkStatus();
     if (!source_fault) return s;
     SPDLOG_WARN("fetch: {}; trying a complete replica", s.message());
@@ -599,9 +616,9 @@ absl::Status Fetcher::Fetch(const Request& r, uint64_t* claim_out) {
       continue;
     }
     bool source_fault = false;
-    absl::Status s = PullFrom(r, claim->generation(), claim->source(), &source_fault);
+    absl::Status s = PullFrom(r, claim->generation(), claim->source(), &source_fault, after);
     if (s.ok() || absl::IsAlreadyExists(s)) {
-      *claim_out = claim->claim_id();  // completed once the get is answered
+      after->claim = claim->claim_id();  // completed once the get is answered
       return absl::OkStatus();
     }
     v1::CompleteTransferRequest done;
@@ -625,7 +642,7 @@ std::string Fetcher::RequestName(const Request& r) {
 }
 
 absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::Location& source,
-                               bool* source_fault) {
+                               bool* source_fault, Epilogue* after) {
   const std::string address = source.advertise();
   const std::string what = fmt::format("pulling {} generation {} from host '{}' ({})",
                                        QuoteKey(r.key), generation, source.host_id(), address);
@@ -639,6 +656,7 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   open.mutable_open()->set_requester_host(options_.host_id);
   open.mutable_open()->set_lease_ms(options_.lease.count());
   open.mutable_open()->set_allow_arriving(relay);
+  open.mutable_open()->set_inline_max(options_.inline_max);
   absl::StatusOr<pv1::PeerReply> opened;
   for (;;) {
     opened = control_->Call(address, open, control_timeout());
@@ -653,15 +671,21 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   }
   const pv1::OpenReply& o = opened->open();
   auto close = [&](milliseconds timeout) {
+    if (o.has_payload()) return;  // inline: nothing was leased
     pv1::PeerRequest req;
     req.mutable_close()->set_region(o.region());
     auto c = control_->Call(address, req, timeout);
     if (!c.ok()) SPDLOG_DEBUG("fetch: {}: close: {}", what, c.status().message());
   };
-  if (o.transport_address().empty()) {
+  if (!o.has_payload() && o.transport_address().empty()) {
     close(options_.control_timeout);
     return absl::DataLossError(
         fmt::format("{}: the Open reply names no transport address to read from", what));
+  }
+  if (o.has_payload() && o.payload().size() != o.size()) {
+    return absl::DataLossError(
+        fmt::format("{}: the Open reply carries {} bytes of a {}-byte payload", what,
+                    o.payload().size(), o.size()));
   }
   if (o.generation() != generation) {
     close(options_.control_timeout);
@@ -739,15 +763,20 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     from.remote = o.remote_address();
   }
   uint64_t actual = 0;  // the checksum of what landed
-  absl::Status read = ReadPayload(
-      from, o.size(), dest, o.arriving(), r.deadline,
-      [&](uint64_t offset, uint64_t n) {
-        arriving->MarkArrived(offset, n);
-        MutexLock lock(&mu_);
-        auto it = jobs_.find(job_id);
-        if (it != jobs_.end()) it->second.sources[source.host_id()] += n;
-      },
-      &actual);
+  auto arrived = [&](uint64_t offset, uint64_t n) {
+    arriving->MarkArrived(offset, n);
+    MutexLock lock(&mu_);
+    auto it = jobs_.find(job_id);
+    if (it != jobs_.end()) it->second.sources[source.host_id()] += n;
+  };
+  absl::Status read;
+  if (o.has_payload()) {
+    std::memcpy(dest, o.payload().data(), o.size());
+    actual = store::Checksum(dest, o.size());
+    arrived(0, o.size());
+  } else {
+    read = ReadPayload(from, o.size(), dest, o.arriving(), r.deadline, arrived, &actual);
+  }
   if (!read.ok()) {
     abort(std::string(read.message()));
     // Briefly: a source that is down would hold up the failover by the
@@ -755,14 +784,18 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
     close(std::min(options_.control_timeout, milliseconds{500}));
     return Annotate(read, what);
   }
-  close(options_.control_timeout);
   if (expected && actual != *expected) {
+    close(options_.control_timeout);
     abort("checksum mismatch");
     return absl::DataLossError(fmt::format(
         "{}: checksum mismatch: the bytes hash to {:016x}, expected {:016x}; not sealed", what,
         actual, *expected));
   }
   *source_fault = false;
+  if (!o.has_payload()) {  // the source's lease ends after the get is answered
+    after->close_control = address;
+    after->close_region = o.region();
+  }
   auto sealed = store_->Seal(kFetchSession, w->write_id, actual);
   if (!sealed.ok()) {
     forget();
@@ -784,7 +817,9 @@ absl::Status Fetcher::PullFrom(const Request& r, uint64_t generation, const v1::
   }
   SPDLOG_INFO("fetch: {} bytes of {} generation {} from host '{}' ({})", o.size(), QuoteKey(r.key),
               generation, source.host_id(),
-              from.rkey.empty() ? "active messages" : "one-sided get");
+              o.has_payload()     ? "inline"
+              : from.rkey.empty() ? "active messages"
+                                  : "one-sided get");
   return absl::OkStatus();
 }
 

@@ -120,6 +120,7 @@ struct FetchHooks {
 
 struct PeerServerOptions {
   std::chrono::milliseconds max_lease{60000};  // the cap on OpenRequest.lease_ms
+  uint64_t max_inline = 1 << 20;               // the cap on OpenRequest.inline_max
 };
 
 class PeerServer {
@@ -199,6 +200,9 @@ struct FetcherOptions {
   uint64_t chunk_bytes = 16 << 20;
   size_t window = 4;
   std::chrono::milliseconds lease{60000};  // asked of the holder per Open
+  // Objects up to this size come inline in the Open reply (no lease, no
+  // transport read, no Close); 0: always read over the transport.
+  uint64_t inline_max = 16 << 10;
   std::chrono::milliseconds control_timeout{5000};
   // One chunk read that takes longer than this (a source whose link went
   // down sends nothing, and TCP may not say so for minutes) gives the source
@@ -268,12 +272,19 @@ class Fetcher {
   void Work();
   // On success, `*claim` is the registry claim still to complete (0: none):
   // the worker completes it after the waiters are told, off the get's path.
-  absl::Status Fetch(const Request& r, uint64_t* claim);
+  // What a successful fetch leaves to do once its waiters are told, off the
+  // get's path: close the source's lease and complete the registry claim.
+  struct Epilogue {
+    uint64_t claim = 0;         // 0: none
+    std::string close_control;  // the source's control channel; empty: nothing to close
+    uint64_t close_region = 0;
+  };
+  absl::Status Fetch(const Request& r, Epilogue* after);
   // One source: NotFound / Unavailable / DataLoss etc. name it.
   // `source_fault` says whether another source might do better (false when
   // this host's store refused, or the pull succeeded).
   absl::Status PullFrom(const Request& r, uint64_t generation, const registry::v1::Location& source,
-                        bool* source_fault);
+                        bool* source_fault, Epilogue* after);
   // Reads region [0, size) into dest, chunks in parallel. From an arriving
   // region only what the holder's Progress says has arrived is read.
   // `arrived` is told of each chunk read.

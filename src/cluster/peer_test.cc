@@ -100,6 +100,43 @@ TEST_F(PeerServerTest, TheOpenNamesWhereTheTransportListens) {
   EXPECT_NE(o->remote_address(), 0u);
 }
 
+TEST_F(PeerServerTest, ASmallObjectIsAnsweredInlineAndNothingIsLeased) {
+  std::string value(5000, 's');
+  value[4999] = 'e';
+  ASSERT_TRUE(h_.Put(1, "small", value).ok());
+  auto open = [&](uint64_t inline_max) {
+    pv1::PeerRequest req;
+    req.mutable_open()->set_key("small");
+    req.mutable_open()->set_inline_max(inline_max);
+    return server_.HandleCall(req);
+  };
+  auto r = open(value.size());
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->open().has_payload());
+  EXPECT_EQ(r->open().payload(), value);
+  EXPECT_EQ(r->open().region(), 0u);
+  EXPECT_EQ(PeerLeases(), 0u);
+  EXPECT_EQ(server_.open_leases(), 0u);
+  EXPECT_EQ(server_.bytes_sent(), value.size());
+  // One byte over what the puller takes inline: a region, read as usual.
+  r = open(value.size() - 1);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_FALSE(r->open().has_payload());
+  EXPECT_NE(r->open().region(), 0u);
+  EXPECT_EQ(PeerLeases(), 1u);
+  ASSERT_TRUE(Close(r->open().region()).ok());
+  // The holder caps what it sends inline (PeerServerOptions::max_inline).
+  PeerServerOptions capped;
+  capped.max_inline = 100;
+  PeerServer small_cap(&h_.store(), {h_.base()}, capped);
+  pv1::PeerRequest req;
+  req.mutable_open()->set_key("small");
+  req.mutable_open()->set_inline_max(1 << 20);
+  auto c = small_cap.HandleCall(req);
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->open().has_payload());
+}
+
 TEST_F(PeerServerTest, TheOpenCarriesTheManifestOfATensorDict) {
   std::vector<TensorInfo> tensors(2);
   tensors[0].name = "w";

@@ -207,42 +207,71 @@ TEST_F(PeerTest, ConcurrentGetsOfOneKeyOnOneHostCauseOnePull) {
   EXPECT_EQ(Cluster(a).peer_bytes_sent(), value.size());
 }
 
+// Both ways the bytes travel: a 1 MiB object over the transport, a 4 KiB one
+// inline in the Open reply.
 TEST_F(PeerTest, ACorruptSourceIsNeverSealedAndTheGetSaysDataLoss) {
   Daemon& a = AddDaemon("host-a");
   Daemon& b = AddDaemon("host-b");
-  std::string value = Pattern(1 << 20, 2);
-  ASSERT_NE(PutPublished(a, "weights", value), 0u);
-  // A stray write into A's arena after the seal (the checksum the registry
-  // holds is the one computed at the put).
-  int fd = ::open(a.arena_path().c_str(), O_RDWR);
-  ASSERT_GE(fd, 0) << a.arena_path();
-  struct stat st {};
-  ASSERT_EQ(::fstat(fd, &st), 0);
-  void* m = ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  ASSERT_NE(m, MAP_FAILED);
-  ::close(fd);
-  void* hit = ::memmem(m, st.st_size, value.data(), 4096);
-  ASSERT_NE(hit, nullptr);
-  static_cast<char*>(hit)[100] ^= 0x40;
-  ::munmap(m, st.st_size);
+  uint64_t failed = 0;
+  for (size_t size : {size_t{1} << 20, size_t{4096}}) {
+    SCOPED_TRACE(size);
+    const std::string key = "weights-" + std::to_string(size);
+    std::string value = Pattern(size, 2 + static_cast<uint32_t>(size));
+    ASSERT_NE(PutPublished(a, key, value), 0u);
+    // A stray write into A's arena after the seal (the checksum the registry
+    // holds is the one computed at the put).
+    int fd = ::open(a.arena_path().c_str(), O_RDWR);
+    ASSERT_GE(fd, 0) << a.arena_path();
+    struct stat st {};
+    ASSERT_EQ(::fstat(fd, &st), 0);
+    void* m = ::mmap(nullptr, st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ASSERT_NE(m, MAP_FAILED);
+    ::close(fd);
+    void* hit = ::memmem(m, st.st_size, value.data(), 4096);
+    ASSERT_NE(hit, nullptr);
+    static_cast<char*>(hit)[100] ^= 0x40;
+    ::munmap(m, st.st_size);
 
+    auto cb = b.Connect();
+    ASSERT_TRUE(cb.ok());
+    GetOptions o;
+    o.deadline = 10s;
+    auto view = (*cb)->Get(key, o);
+    ASSERT_FALSE(view.ok());
+    EXPECT_EQ(view.status().code(), absl::StatusCode::kDataLoss) << view.status();
+    EXPECT_THAT(view.status().message(), HasSubstr("checksum mismatch"));
+    EXPECT_THAT(view.status().message(), HasSubstr("host-a"));
+    // Nothing torn on B: no object, no pending write, no replica offered.
+    EXPECT_EQ((*cb)->Stat(key).status().code(), absl::StatusCode::kNotFound);
+    auto stats = (*cb)->Stats();
+    ASSERT_TRUE(stats.ok());
+    EXPECT_EQ(stats->objects(), 0u);
+    EXPECT_EQ(stats->pending_writes(), 0u);
+    EXPECT_EQ(Holders(key), std::set<std::string>{"host-a"});
+    EXPECT_EQ(Cluster(b).pulls_failed(), ++failed);
+  }
+  ASSERT_TRUE(Eventually([&] { return Cluster(a).peer_leases() == 0; }));
+}
+
+// A small object comes inline in the Open reply: the holder leases nothing
+// beyond the Open, and the bytes are still checked and counted.
+TEST_F(PeerTest, ASmallObjectComesInTheOpenReplyAndLeavesNothingLeased) {
+  Daemon& a = AddDaemon("host-a");
+  Daemon& b = AddDaemon("host-b");
+  std::string value = Pattern(4096, 21);
+  ASSERT_NE(PutPublished(a, "kv/block", value), 0u);
   auto cb = b.Connect();
   ASSERT_TRUE(cb.ok());
-  GetOptions o;
-  o.deadline = 10s;
-  auto view = (*cb)->Get("weights", o);
-  ASSERT_FALSE(view.ok());
-  EXPECT_EQ(view.status().code(), absl::StatusCode::kDataLoss) << view.status();
-  EXPECT_THAT(view.status().message(), HasSubstr("checksum mismatch"));
-  EXPECT_THAT(view.status().message(), HasSubstr("host-a"));
-  // Nothing torn on B: no object, no pending write, no replica offered.
-  EXPECT_EQ((*cb)->Stat("weights").status().code(), absl::StatusCode::kNotFound);
-  auto stats = (*cb)->Stats();
-  ASSERT_TRUE(stats.ok());
-  EXPECT_EQ(stats->objects(), 0u);
-  EXPECT_EQ(stats->pending_writes(), 0u);
-  EXPECT_EQ(Holders("weights"), std::set<std::string>{"host-a"});
-  EXPECT_EQ(Cluster(b).pulls_failed(), 1u);
+  auto view = (*cb)->Get("kv/block");
+  ASSERT_TRUE(view.ok()) << view.status() << "\n" << b.Log();
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(view->data()), view->size()), value);
+  EXPECT_EQ(Cluster(a).peer_leases(), 0u);  // at once: nothing to close
+  EXPECT_EQ(Cluster(a).peer_bytes_sent(), value.size());
+  EXPECT_EQ(Cluster(b).pulled_bytes(), value.size());
+  EXPECT_THAT(b.Log(), HasSubstr("(inline)"));
+  ASSERT_TRUE(Eventually([&] {
+    return Holders("kv/block") == std::set<std::string>{"host-a", "host-b"};
+  }));
 }
 
 TEST_F(PeerTest, AFrozenSourceFailsTheGetWithinItsDeadlineAndAThawedOneServesIt) {
