@@ -5,7 +5,6 @@
 #include <gtest/gtest.h>
 
 #include <atomic>
-#include <filesystem>
 #include <map>
 #include <set>
 #include <thread>
@@ -372,13 +371,10 @@ TEST_F(ClusterTest, ACleanStopLeavesTheClusterAtOnce) {
 // A daemon joins a registry that speaks TLS only, trusting its CA; one that
 // does not trust it stays out.
 TEST(ClusterTlsTest, DaemonsJoinOverTlsAndOthersCannot) {
-  char tmpl[] = "/tmp/cistern-certs-XXXXXX";
-  std::string dir = ::mkdtemp(tmpl);
-  testing_tls::TestCerts certs = testing_tls::MakeTestCerts(dir);
+  testing_tls::TempTestCerts certs;
   ASSERT_TRUE(certs.ok) << certs.error;
-  Registry registry("tls-cluster", "tls-token",
-                    {"tls.cert_file=" + certs.server_cert, "tls.key_file=" + certs.server_key});
-  registry.UseTls(certs.ca);
+  auto tls_registry = TlsRegistry(certs, "tls-cluster", "tls-token");
+  Registry& registry = *tls_registry;
   std::string err;
   ASSERT_TRUE(registry.Start(&err)) << err;
   DaemonSpec spec;
@@ -404,8 +400,6 @@ TEST(ClusterTlsTest, DaemonsJoinOverTlsAndOthersCannot) {
   ASSERT_TRUE(q.ok()) << q.status();
   ASSERT_EQ(q->hosts_size(), 1);
   EXPECT_EQ(q->hosts(0).host_id(), "tls-host");
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 
 }  // namespace

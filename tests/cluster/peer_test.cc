@@ -11,7 +11,6 @@
 #include <unistd.h>
 
 #include <cstring>
-#include <filesystem>
 #include <set>
 #include <thread>
 
@@ -582,13 +581,10 @@ TEST(PrefetchTest, ADaemonOutsideAClusterRefusesPrefetch) {
 // certificate another CA signed (it has the token, and joined the registry)
 // neither opens anything on them nor serves them.
 TEST(PeerTlsTest, DaemonsPullOverMutualTlsAndAStrangerCannot) {
-  char tmpl[] = "/tmp/cistern-peer-certs-XXXXXX";
-  std::string dir = ::mkdtemp(tmpl);
-  testing_tls::TestCerts certs = testing_tls::MakeTestCerts(dir);
+  testing_tls::TempTestCerts certs;
   ASSERT_TRUE(certs.ok) << certs.error;
-  Registry registry("tls-cluster", "tls-token",
-                    {"tls.cert_file=" + certs.server_cert, "tls.key_file=" + certs.server_key});
-  registry.UseTls(certs.ca);
+  auto tls_registry = TlsRegistry(certs, "tls-cluster", "tls-token");
+  Registry& registry = *tls_registry;
   std::string err;
   ASSERT_TRUE(registry.Start(&err)) << err;
   auto daemon = [&](const std::string& host, const std::string& cert, const std::string& key) {
@@ -628,8 +624,6 @@ TEST(PeerTlsTest, DaemonsPullOverMutualTlsAndAStrangerCannot) {
   ASSERT_TRUE(stats.ok());
   EXPECT_EQ(stats->cluster().peer_leases(), 0u);
   EXPECT_EQ(stats->cluster().peer_bytes_sent(), value.size());  // b's pull only
-  std::error_code ec;
-  std::filesystem::remove_all(dir, ec);
 }
 
 }  // namespace

@@ -130,4 +130,13 @@ std::string Registry::DaemonYaml(const std::string& host_id, const std::string& 
   return yaml;
 }
 
+std::unique_ptr<Registry> TlsRegistry(const testing_tls::TestCerts& certs, std::string cluster_id,
+                                      std::string token) {
+  auto r = std::make_unique<Registry>(std::move(cluster_id), std::move(token),
+                                      std::vector<std::string>{"tls.cert_file=" + certs.server_cert,
+                                                               "tls.key_file=" + certs.server_key});
+  r->UseTls(certs.ca);
+  return r;
+}
+
 }  // namespace cistern::testing

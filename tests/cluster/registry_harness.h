@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "src/cluster/registry_client.h"
+#include "tests/util/test_certs.h"
 
 namespace cistern::testing {
 
@@ -56,5 +57,10 @@ class Registry {
   uint16_t port_ = 0;
   pid_t pid_ = -1;
 };
+
+// A registry that speaks TLS only, with `certs`' server certificate; its
+// clients (Client(), DaemonYaml) trust certs.ca and dial localhost.
+std::unique_ptr<Registry> TlsRegistry(const testing_tls::TestCerts& certs, std::string cluster_id,
+                                      std::string token);
 
 }  // namespace cistern::testing

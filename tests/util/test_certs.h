@@ -6,6 +6,8 @@
 // certificate signed by that second CA (a stranger).
 #pragma once
 
+#include <stdlib.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -84,5 +86,24 @@ inline TestCerts MakeTestCerts(const std::string& dir) {
   c.ok = true;
   return c;
 }
+
+// MakeTestCerts in a fresh directory under /tmp, removed with it.
+struct TempTestCerts : TestCerts {
+  TempTestCerts() {
+    char tmpl[] = "/tmp/cistern-certs-XXXXXX";
+    const char* made = ::mkdtemp(tmpl);
+    if (made == nullptr) {
+      error = "mkdtemp failed";
+      return;
+    }
+    static_cast<TestCerts&>(*this) = MakeTestCerts(made);
+  }
+  ~TempTestCerts() {
+    std::error_code ec;
+    if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+  }
+  TempTestCerts(const TempTestCerts&) = delete;
+  TempTestCerts& operator=(const TempTestCerts&) = delete;
+};
 
 }  // namespace cistern::testing_tls
