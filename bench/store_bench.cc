@@ -55,15 +55,13 @@
 #include "fmt/format.h"
 #include "include/cistern/client.h"
 #include "include/cistern/stream.h"
+#include "src/common/units.h"
 #include "src/store/checksum.h"
 
 namespace cistern::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr uint64_t kKiB = 1ull << 10;
-constexpr uint64_t kMiB = 1ull << 20;
-constexpr uint64_t kGiB = 1ull << 30;
 
 double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).count(); }
 double Nanos(Clock::duration d) { return std::chrono::duration<double, std::nano>(d).count(); }

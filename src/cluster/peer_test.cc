@@ -10,6 +10,7 @@
 #include "cistern/peer.pb.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/common/units.h"
 #include "src/store/checksum.h"
 #include "src/store/manifest.h"
 #include "src/store/store_test_util.h"
@@ -18,7 +19,6 @@ namespace cistern::cluster {
 namespace {
 
 using ::testing::HasSubstr;
-constexpr uint64_t kMiB = 1 << 20;
 
 class PeerServerTest : public ::testing::Test {
  protected:

@@ -58,6 +58,7 @@
 #include "src/common/errno_status.h"
 #include "src/common/status_macros.h"
 #include "src/common/unique_fd.h"
+#include "src/common/units.h"
 #include "src/common/utf8.h"
 #include "yaml-cpp/eventhandler.h"
 #include "yaml-cpp/yaml.h"
@@ -181,7 +182,6 @@ struct Unit {
 };
 
 constexpr uint64_t kKB = 1000, kMB = kKB * 1000, kGB = kMB * 1000, kTB = kGB * 1000;
-constexpr uint64_t kKiB = 1024, kMiB = kKiB << 10, kGiB = kMiB << 10, kTiB = kGiB << 10;
 constexpr Unit kSizeUnits[] = {
     {"", 1},      {"B", 1},      {"K", kKB},   {"KB", kKB},   {"M", kMB},   {"MB", kMB},
     {"G", kGB},   {"GB", kGB},   {"T", kTB},   {"TB", kTB},   {"Ki", kKiB}, {"KiB", kKiB},

@@ -19,6 +19,7 @@
 #include "google/protobuf/util/message_differencer.h"
 #include "google/protobuf/wrappers.pb.h"
 #include "gtest/gtest.h"
+#include "src/common/units.h"
 
 namespace cistern {
 namespace {
@@ -29,7 +30,6 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-constexpr uint64_t kGiB = uint64_t{1} << 30;
 
 DaemonConfig MustLoad(std::string_view yaml) {
   DaemonConfig c;

@@ -13,6 +13,7 @@
 #include "src/common/fmt_absl.h"
 #include "src/common/paths.h"
 #include "src/common/status_macros.h"
+#include "src/common/units.h"
 #include "src/common/utf8.h"
 #include "src/config/config_checks.h"
 #include "src/config/config_yaml.h"
@@ -21,8 +22,6 @@
 namespace cistern::config {
 namespace {
 
-constexpr uint64_t kMiB = 1ull << 20;
-constexpr uint64_t kGiB = 1ull << 30;
 
 bool ValidTierName(const std::string& name) {
   if (name.empty() || name.size() > 32) return false;

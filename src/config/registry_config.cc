@@ -7,13 +7,13 @@
 #include "fmt/format.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/status_macros.h"
+#include "src/common/units.h"
 #include "src/common/utf8.h"
 #include "src/config/config_checks.h"
 #include "src/config/config_yaml.h"
 
 namespace cistern::config {
 namespace {
-constexpr uint64_t kMiB = 1ull << 20;
 }  // namespace
 
 void ApplyRegistryDefaults(RegistryServerConfig* cfg) {

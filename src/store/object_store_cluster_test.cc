@@ -5,6 +5,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/common/units.h"
 #include "src/store/object_store.h"
 #include "src/store/store_test_util.h"
 
@@ -12,7 +13,6 @@ namespace cistern::store {
 namespace {
 
 using ::testing::ElementsAre;
-constexpr uint64_t kMiB = 1 << 20;
 
 class Recorder : public StoreObserver {
  public:

@@ -4,13 +4,13 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/common/units.h"
 #include "src/store/store_test_util.h"
 
 namespace cistern::store {
 namespace {
 
 using ::testing::HasSubstr;
-constexpr uint64_t kMiB = 1 << 20;
 
 TEST(ObjectStoreTest, PutThenGetReturnsTheBytes) {
   StoreHarness h(kMiB);

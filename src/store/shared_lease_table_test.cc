@@ -7,6 +7,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/common/units.h"
 #include "src/store/checksum.h"
 #include "src/store/object_store.h"
 #include "src/store/test_arena.h"
@@ -16,7 +17,6 @@ namespace {
 
 using ::testing::HasSubstr;
 using Kind = SharedLeaseTable::Kind;
-constexpr uint64_t kMiB = 1 << 20;
 constexpr uint32_t kSlots = 8;
 constexpr uint64_t kEntries = 64;
 

@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/common/units.h"
 #include "src/store/store_test_util.h"
 #include "src/stream/ledger_keys.h"
 #include "src/stream/stream_manager.h"
@@ -21,7 +22,6 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::IsEmpty;
-constexpr uint64_t kMiB = 1 << 20;
 constexpr store::SessionId kProducer = 1;
 using Refs = std::vector<wire::SampleRef>;
 using Ms = std::chrono::milliseconds;
