@@ -30,7 +30,7 @@ producer="" trainer=""
 cleanup() {
   for p in $trainer $producer; do kill -9 "$p" 2>/dev/null || true; done
   "$cli" daemon stop --grace 5 >/dev/null 2>&1 || true
-  rm -rf "$CISTERN_HOME" "$arena" "${arena%.arena}.leases"
+  rm -rf "$CISTERN_HOME" "$arena" "${arena%.arena}".leases*
 }
 trap cleanup EXIT
 

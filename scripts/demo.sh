@@ -13,7 +13,7 @@ arena="/dev/shm/cistern-demo-$$.arena"
 pid=""
 cleanup() {
   [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null || true
-  rm -rf "$dir" "$arena" "${arena%.arena}.leases"
+  rm -rf "$dir" "$arena" "${arena%.arena}".leases*
 }
 trap cleanup EXIT
 

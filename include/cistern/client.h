@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,7 +38,8 @@ namespace cistern {
 
 namespace client_internal {
 class Connection;
-}
+class FastPath;
+}  // namespace client_internal
 
 struct ConnectOptions {
   // cisternd's socket. Empty: found by DiscoverSocket() below.
@@ -53,6 +55,11 @@ struct ConnectOptions {
   // lives), so views stay valid and a daemon restart costs one reconnect.
   // false: every call after the daemon left is Unavailable.
   bool reconnect = true;
+  // Take the local fast path when the daemon offers it: a get of a key this
+  // host holds reads the shared index and takes its lease in shared memory,
+  // with no round trip (docs/architecture.md). false, or CISTERN_FAST_PATH=0
+  // in the environment: every get asks the daemon.
+  bool fast_path = true;
 };
 
 struct PutOptions {
@@ -147,6 +154,10 @@ class ObjectView {
   friend class Client;
   void Reset();
   std::shared_ptr<client_internal::Connection> conn_;
+  // A lease taken on the fast path (lease_id_ is then 0): ended in shared memory.
+  std::shared_ptr<client_internal::FastPath> fast_;
+  uint32_t fast_slot_ = 0;
+  const void* fast_header_ = nullptr;
   std::string key_;
   uint64_t generation_ = 0;
   uint64_t lease_id_ = 0;
@@ -303,6 +314,8 @@ class Client {
                                       const PutOptions& options,
                                       const std::vector<TensorInfo>& tensors, bool own_mapping);
   absl::StatusOr<ObjectView> MakeView(std::string_view key, const void* get_reply);
+  // A view of `key` leased on the fast path, or nullopt (take the socket).
+  std::optional<ObjectView> FastGet(std::string_view key, uint64_t generation);
   std::shared_ptr<client_internal::Connection> conn_;
 };
 

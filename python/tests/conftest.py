@@ -73,7 +73,8 @@ class Daemon:
                 self.proc.kill()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        for path in (self.arena, self.arena[: -len(".arena")] + ".leases"):
+        table = self.arena[: -len(".arena")] + ".leases"
+        for path in (self.arena, table, table + ".index", table + ".fast"):
             if os.path.exists(path):
                 os.unlink(path)
 

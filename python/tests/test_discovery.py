@@ -34,7 +34,8 @@ def session(monkeypatch):
     subprocess.run([cli, "daemon", "stop", "--grace", "5"], env=env, capture_output=True,
                    timeout=60)
     shutil.rmtree(home, ignore_errors=True)
-    for path in (arena, arena[: -len(".arena")] + ".leases"):
+    table = arena[: -len(".arena")] + ".leases"
+    for path in (arena, table, table + ".index", table + ".fast"):
         if os.path.exists(path):
             os.unlink(path)
 

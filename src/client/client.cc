@@ -9,6 +9,7 @@
 
 #include "fmt/format.h"
 #include "src/client/connection.h"
+#include "src/client/fast_path.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/paths.h"
 #include "src/common/status_macros.h"
@@ -95,6 +96,9 @@ ObjectView& ObjectView::operator=(ObjectView&& o) noexcept {
     key_ = std::move(o.key_);
     generation_ = std::exchange(o.generation_, 0);
     lease_id_ = std::exchange(o.lease_id_, 0);
+    fast_ = std::move(o.fast_);
+    fast_slot_ = std::exchange(o.fast_slot_, 0);
+    fast_header_ = std::exchange(o.fast_header_, nullptr);
     data_ = std::exchange(o.data_, nullptr);
     size_ = std::exchange(o.size_, 0);
     tensors_ = std::move(o.tensors_);
@@ -108,6 +112,14 @@ void ObjectView::Reset() {
     req.mutable_release()->set_lease_id(lease_id_);
     conn_->SendOneway(req);
   }
+  if (fast_) {
+    store::FastHit hit;
+    hit.slot = fast_slot_;
+    hit.header = static_cast<const store::ObjectHeader*>(fast_header_);
+    if (fast_->Release(hit) && conn_) conn_->SendFastReleased();
+    fast_.reset();
+    fast_header_ = nullptr;
+  }
   conn_.reset();
   lease_id_ = 0;
   data_ = nullptr;
@@ -116,6 +128,10 @@ void ObjectView::Reset() {
 }
 
 absl::Status ObjectView::Release() {
+  if (fast_) {  // ends in shared memory; nothing to wait for
+    Reset();
+    return absl::OkStatus();
+  }
   if (!conn_ || !lease_id_) return absl::FailedPreconditionError("view holds no lease");
   wire::Request req;
   req.mutable_release()->set_lease_id(lease_id_);
@@ -353,7 +369,39 @@ absl::StatusOr<ObjectView> Client::Get(std::string_view key, uint64_t generation
   return Get(key, GetOptions{.generation = generation});
 }
 
+std::optional<ObjectView> Client::FastGet(std::string_view key, uint64_t generation) {
+  std::shared_ptr<client_internal::FastPath> fast = conn_->fast();
+  if (!fast) return std::nullopt;
+  store::FastHit hit;
+  if (!fast->Acquire(key, generation, &hit)) return std::nullopt;
+  ObjectView v;
+  v.conn_ = conn_;
+  v.fast_ = std::move(fast);
+  v.fast_slot_ = hit.slot;
+  v.fast_header_ = hit.header;
+  v.key_ = std::string(key);
+  v.generation_ = hit.generation;
+  // Acquire checked the header against the block's bounds; while the lease
+  // lives the object stays sealed, so its words no longer change.
+  const store::ObjectHeader* h = hit.header;
+  const char* block = reinterpret_cast<const char*>(h);
+  v.data_ = reinterpret_cast<const std::byte*>(block + h->payload_offset);
+  v.size_ = h->payload_size;
+  if (h->flags & store::kFlagTensorDict) {
+    uint64_t m = store::ManifestOffset(h->key_bytes);
+    if (m > h->payload_offset || h->manifest_bytes > h->payload_offset - m) {
+      return std::nullopt;  // v ends the lease; the socket path reports it
+    }
+    auto tensors =
+        store::DecodeManifest(std::string_view(block + m, h->manifest_bytes), h->tensor_count);
+    if (!tensors.ok()) return std::nullopt;
+    v.tensors_ = std::move(*tensors);
+  }
+  return v;
+}
+
 absl::StatusOr<ObjectView> Client::Get(std::string_view key, const GetOptions& options) {
+  if (auto v = FastGet(key, options.generation)) return std::move(*v);
   wire::Request req;
   wire::Get* g = req.mutable_get();
   g->set_key(std::string(key));
@@ -465,25 +513,32 @@ absl::Status Client::RemoveQuarantined(std::string_view tier, uint64_t block_off
 }
 
 std::vector<absl::StatusOr<ObjectView>> Client::GetMany(const std::vector<std::string>& keys) {
-  wire::Request req;
-  for (const std::string& k : keys) req.mutable_batch_get()->add_gets()->set_key(k);
-  auto resp = conn_->Call(req);
+  // What the fast path serves needs no message; the rest go in one batch.
   std::vector<absl::StatusOr<ObjectView>> out;
   out.reserve(keys.size());
-  if (!resp.ok() || resp->batch_get().results_size() != static_cast<int>(keys.size())) {
+  for (size_t i = 0; i < keys.size(); ++i) out.emplace_back(absl::UnknownError("not attempted"));
+  std::vector<size_t> asked;
+  wire::Request req;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (auto v = FastGet(keys[i], 0)) {
+      out[i] = std::move(*v);
+    } else {
+      req.mutable_batch_get()->add_gets()->set_key(keys[i]);
+      asked.push_back(i);
+    }
+  }
+  if (asked.empty()) return out;
+  auto resp = conn_->Call(req);
+  if (!resp.ok() || resp->batch_get().results_size() != static_cast<int>(asked.size())) {
     absl::Status s =
         resp.ok() ? absl::InternalError("batch answer has the wrong length") : resp.status();
-    for (size_t i = 0; i < keys.size(); ++i) out.push_back(s);
+    for (size_t i : asked) out[i] = s;
     return out;
   }
-  for (size_t i = 0; i < keys.size(); ++i) {
-    const wire::Response& r = resp->batch_get().results(i);
+  for (size_t j = 0; j < asked.size(); ++j) {
+    const wire::Response& r = resp->batch_get().results(j);
     absl::Status s = StatusOf(r);
-    if (!s.ok()) {
-      out.push_back(s);
-      continue;
-    }
-    out.push_back(MakeView(keys[i], &r.get()));
+    out[asked[j]] = s.ok() ? MakeView(keys[asked[j]], &r.get()) : s;
   }
   return out;
 }

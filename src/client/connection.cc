@@ -10,8 +10,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <string_view>
 
 #include "fmt/format.h"
+#include "src/client/fast_path.h"
 #include "src/common/errno_status.h"
 #include "src/common/fmt_absl.h"
 #include "src/common/status_macros.h"
@@ -28,6 +30,9 @@ Connection::Connection(const ConnectOptions& options) : options_(options), in_(1
     if (const char* t = std::getenv("CISTERN_TOKEN"); t) options_.token = t;
   }
   if (options_.client_name.empty()) options_.client_name = fmt::format("pid-{}", getpid());
+  if (const char* f = std::getenv("CISTERN_FAST_PATH"); f && std::string_view(f) == "0") {
+    options_.fast_path = false;
+  }
 }
 
 absl::StatusOr<wire::HelloReply> Connection::HelloLocked(std::vector<UniqueFd>* owned) {
@@ -53,6 +58,11 @@ absl::StatusOr<wire::HelloReply> Connection::HelloLocked(std::vector<UniqueFd>* 
   hello->set_protocol_version(kProtocolVersion);
   hello->set_token(options_.token);
   hello->set_client_name(options_.client_name);
+  hello->set_want_fast_path(options_.fast_path);
+  {
+    MutexLock fast_lock(&fast_mu_);
+    if (fast_) hello->set_fast_region_offset(fast_->region_offset());
+  }
   absl::Status sent = SendLocked(req);
   // Even if sending failed, a refusal (uid, session limit) may be waiting.
   broken_ = false;
@@ -71,9 +81,11 @@ absl::StatusOr<wire::HelloReply> Connection::HelloLocked(std::vector<UniqueFd>* 
   }
   if (!resp->has_hello()) return fail(absl::InternalError("cisternd did not answer hello"));
   const wire::HelloReply& h = resp->hello();
-  if (static_cast<size_t>(h.tiers_size()) != owned->size()) {
-    return fail(absl::InternalError(fmt::format(
-        "hello announced {} tiers but passed {} descriptors", h.tiers_size(), owned->size())));
+  const size_t want = h.tiers_size() + (h.has_fast_path() ? 2 : 0);
+  if (want != owned->size()) {
+    return fail(absl::InternalError(
+        fmt::format("hello announced {} tiers{} but passed {} descriptors", h.tiers_size(),
+                    h.has_fast_path() ? " and the fast path" : "", owned->size())));
   }
   return h;
 }
@@ -104,10 +116,60 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOption
     c->tiers_.push_back({static_cast<char*>(rw), static_cast<const char*>(ro), size,
                          std::move(owned[i]), st.st_dev, st.st_ino});
   }
+  c->SetFastPathLocked(*h, owned);
   return c;
 }
 
+void Connection::SetFastPathLocked(const wire::HelloReply& h, std::vector<UniqueFd>& owned) {
+  std::shared_ptr<FastPath> fast;
+  if (h.has_fast_path()) {
+    const size_t n = tiers_.size();
+    std::shared_ptr<FastPath> current = this->fast();
+    if (current && current->Same(owned[n].get(), h.fast_path().index_bytes(), owned[n + 1].get(),
+                                 h.fast_path().region_offset())) {
+      fast = std::move(current);  // a reconnect that got this process's region back
+    } else {
+      std::vector<store::ArenaMap> arenas;
+      for (const Mapping& m : tiers_) arenas.push_back({m.read_base, m.size});
+      auto f = FastPath::Map(owned[n].get(), h.fast_path().index_bytes(), owned[n + 1].get(),
+                             h.fast_path().region_offset(), h.fast_path().region_bytes(),
+                             std::move(arenas));
+      // Without it every get takes the socket: slower, never wrong.
+      if (f.ok()) fast = std::move(*f);
+    }
+  }
+  MutexLock lock(&fast_mu_);
+  fast_ = std::move(fast);
+}
+
+std::shared_ptr<FastPath> Connection::fast() const {
+  MutexLock lock(&fast_mu_);
+  return fast_;
+}
+
+void Connection::SendFastReleased() {
+  wire::Request req;
+  req.mutable_fast_released();
+  SendOneway(req);
+}
+
 Connection::~Connection() {
+  // No view is left (each holds this connection): tell the daemon this
+  // session's fast lease region can go to another process when it ends.
+  {
+    MutexLock lock(&mu_);
+    bool fast = false;
+    {
+      MutexLock fast_lock(&fast_mu_);
+      fast = fast_ != nullptr && fast_->Mine();
+    }
+    if (fast && !broken_) {
+      wire::Request req;
+      req.set_oneway(true);
+      req.mutable_fast_released()->set_done(true);
+      (void)SendLocked(req);
+    }
+  }
   for (const Mapping& m : tiers_) {
     ::munmap(m.base, m.size);
     ::munmap(const_cast<char*>(m.read_base), m.size);
@@ -147,6 +209,7 @@ absl::Status Connection::ReconnectLocked() {
     broken_ = true;
     return dead_;
   }
+  SetFastPathLocked(*h, owned);
   uint64_t old_session = session_id_, old_incarnation = incarnation_;
   session_id_ = h->session_id();
   incarnation_ = h->incarnation();

@@ -66,6 +66,11 @@ class Connection {
   const std::string& socket_path() const { return options_.socket_path; }
   // How many times this connection reconnected (for tests).
   uint64_t reconnects() const;
+  // The fast path of the current session; null when the daemon offers none
+  // (or ConnectOptions::fast_path is off).
+  std::shared_ptr<FastPath> fast() const;
+  // Tells the daemon a fast lease on a retired block ended (one way).
+  void SendFastReleased();
 
  private:
   struct Mapping {
@@ -90,6 +95,10 @@ class Connection {
   absl::StatusOr<wire::Response> ReceiveLocked(std::vector<int>* fds)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   absl::Status Broken() const;
+  // Maps the fast path the hello offered (its descriptors follow the arenas'
+  // in `owned`); without one, or if mapping fails, the session has none.
+  void SetFastPathLocked(const wire::HelloReply& h, std::vector<UniqueFd>& owned)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   ConnectOptions options_;      // socket_path filled in; constant
   std::vector<Mapping> tiers_;  // constant after Open
@@ -106,6 +115,9 @@ class Connection {
   uint64_t incarnation_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
   std::vector<uint64_t> unsent_releases_ ABSL_GUARDED_BY(mu_);
+  // Its own lock: a fast get must not wait behind a call on the socket.
+  mutable Mutex fast_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::shared_ptr<FastPath> fast_ ABSL_GUARDED_BY(fast_mu_);
 };
 
 }  // namespace cistern::client_internal

@@ -30,7 +30,6 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-
 DaemonConfig MustLoad(std::string_view yaml) {
   DaemonConfig c;
   absl::Status s = LoadYamlString(yaml, &c);

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdlib>
 #include <set>
 
@@ -21,7 +22,6 @@
 
 namespace cistern::config {
 namespace {
-
 
 bool ValidTierName(const std::string& name) {
   if (name.empty() || name.size() > 32) return false;
@@ -73,6 +73,15 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
     constexpr std::string_view kSuffix = ".arena";
     if (p.size() > kSuffix.size() && p.ends_with(kSuffix)) p.resize(p.size() - kSuffix.size());
     cfg->set_lease_table_path(p + ".leases");
+  }
+  if (!cfg->fast_path().has_enabled()) cfg->mutable_fast_path()->set_enabled(true);
+  if (cfg->fast_path().index_slots() == 0) {
+    // One slot per 16 KiB of arena, from 4096 to 4M slots (32 bytes each; the
+    // file is sparse, so a store of few keys takes few pages).
+    uint64_t total = 0;
+    for (const auto& t : cfg->tiers()) total += t.size();
+    uint64_t slots = std::bit_ceil(std::max<uint64_t>(total / (16 * kKiB), 1));
+    cfg->mutable_fast_path()->set_index_slots(std::clamp<uint64_t>(slots, 4096, uint64_t{1} << 22));
   }
   if (!cfg->has_busy_poll_us()) cfg->set_busy_poll_us(200);
   if (cfg->metrics_address().empty()) cfg->set_metrics_address("127.0.0.1");
@@ -292,6 +301,11 @@ absl::Status ValidateDaemonConfig(const config::DaemonConfig& cfg) {
   }
   if (cfg.busy_poll_us() > 10000) {
     return bad(fmt::format("busy_poll_us {} exceeds 10000", cfg.busy_poll_us()));
+  }
+  if (uint64_t n = cfg.fast_path().index_slots();
+      n < 1024 || n > (uint64_t{1} << 30) || (n & (n - 1)) != 0) {
+    return bad(fmt::format("fast_path.index_slots {} must be a power of two from 1024 to {}", n,
+                           uint64_t{1} << 30));
   }
   if (cfg.max_batch() > 65536) {
     return bad(fmt::format("max_batch {} exceeds 65536", cfg.max_batch()));

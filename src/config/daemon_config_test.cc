@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <bit>
 #include <fstream>
 #include <functional>
 #include <string>
@@ -30,6 +32,16 @@ TEST(DaemonConfigTest, DefaultsAreValid) {
   EXPECT_DOUBLE_EQ(cfg->tiers(0).high_watermark(), 0.95);
   EXPECT_THAT(cfg->socket_path(), HasSubstr("cisternd.sock"));
   EXPECT_EQ(cfg->allowed_uids(0), geteuid());
+  EXPECT_TRUE(cfg->fast_path().enabled());
+  // One slot per 16 KiB of arena by default.
+  EXPECT_EQ(cfg->fast_path().index_slots(),
+            std::clamp<uint64_t>(std::bit_ceil(cfg->tiers(0).size() / 16384), 4096, 1u << 22));
+  auto big = LoadDaemonConfig("", {"tiers.0.name=mem", "tiers.0.size=1GiB"});
+  ASSERT_TRUE(big.ok()) << big.status();
+  EXPECT_EQ(big->fast_path().index_slots(), 65536u);
+  auto off = LoadDaemonConfig("", {"fast_path.enabled=false"});
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_FALSE(off->fast_path().enabled());
 }
 
 TEST(DaemonConfigTest, FileAndOverridesCombine) {
@@ -66,6 +78,8 @@ TEST(DaemonConfigTest, SemanticErrorsNameTheKey) {
       {{"tiers.0.name=a", "tiers.0.size=1000TiB"}, "physical memory"},
       {{"socket_path=/tmp/" + std::string(200, 's')}, "socket_path"},
       {{"socket_path=relative.sock"}, "absolute"},
+      {{"fast_path.index_slots=1000"}, "fast_path.index_slots 1000"},
+      {{"fast_path.index_slots=512"}, "fast_path.index_slots 512"},
   };
   for (const Case& c : cases) {
     auto cfg = LoadDaemonConfig("", c.sets);

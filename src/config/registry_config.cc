@@ -13,8 +13,7 @@
 #include "src/config/config_yaml.h"
 
 namespace cistern::config {
-namespace {
-}  // namespace
+namespace {}  // namespace
 
 void ApplyRegistryDefaults(RegistryServerConfig* cfg) {
   if (cfg->listen_address().empty()) cfg->set_listen_address("127.0.0.1");

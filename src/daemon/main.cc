@@ -4,12 +4,14 @@
 // could not start or serve (arena in use, corrupt arena, socket taken), 2 for
 // a usage or configuration error or a metrics port that is taken (checked
 // before anything else is touched).
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -25,6 +27,7 @@
 #include "src/cluster/peer.h"
 #include "src/cluster/replicate.h"
 #include "src/common/fmt_absl.h"
+#include "src/common/unique_fd.h"
 #include "src/config/daemon_config.h"
 #include "src/daemon/arena_file.h"
 #include "src/daemon/metrics.h"
@@ -34,7 +37,9 @@
 #include "src/service/http_server.h"
 #include "src/service/logging.h"
 #include "src/service/stdio_rotation.h"
+#include "src/store/fast_lease.h"
 #include "src/store/object_store.h"
+#include "src/store/shared_index.h"
 #include "src/store/shared_lease_table.h"
 #include "src/stream/stream_manager.h"
 
@@ -177,6 +182,79 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
 
   store::StoreOptions store_opts;
   store_opts.shared_leases = &lease_table;
+
+  // The local fast path (docs/architecture.md): the index clients read, and
+  // the lease slots they write (one region per slot of the lease table, kept
+  // across a restart with it). The index is derived: rebuilt at every start.
+  std::unique_ptr<daemon::ArenaFile> index_file, fast_file;
+  std::optional<store::SharedIndex> shared_index;
+  std::optional<store::FastLeaseRegions> fast_regions;
+  UniqueFd index_ro;
+  if (cfg.fast_path().enabled()) {
+    const std::string index_path = cfg.lease_table_path() + ".index";
+    const std::string fast_path = cfg.lease_table_path() + ".fast";
+    const uint64_t index_bytes = store::SharedIndex::BytesFor(cfg.fast_path().index_slots());
+    bool fresh = false;
+    auto fi = daemon::ArenaFile::OpenLeaseTable(index_path, index_bytes, &fresh);
+    if (!fi.ok()) {
+      spdlog::error("fast path index: {}", fi.status().message());
+      return 1;
+    }
+    // The index is rebuilt: drop the earlier one's pages (tmpfs), so that only
+    // the slots this daemon writes take memory. A client still reading the old
+    // index sees zeros (a miss) or an old entry, which it checks in the arena.
+    bool zeroed = fresh;
+    if (!zeroed) {
+      zeroed = ::fallocate((*fi)->share_fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+                           store::kIndexHeaderBytes,
+                           static_cast<off_t>(index_bytes - store::kIndexHeaderBytes)) == 0;
+    }
+    auto idx = store::SharedIndex::Format((*fi)->base(), index_bytes, cfg.fast_path().index_slots(),
+                                          zeroed);
+    if (!idx.ok()) {
+      spdlog::error("fast path index '{}': {}", index_path, idx.status().message());
+      return 1;
+    }
+    index_ro.Reset(::open(index_path.c_str(), O_RDONLY | O_CLOEXEC));
+    if (!index_ro.valid()) {
+      spdlog::error("fast path index '{}': {}", index_path, std::strerror(errno));
+      return 1;
+    }
+    const uint64_t fast_bytes = store::FastLeaseRegions::BytesFor(lease_slots);
+    auto ff = daemon::ArenaFile::OpenLeaseTable(fast_path, fast_bytes, &fresh);
+    if (!ff.ok()) {
+      spdlog::error("fast lease file: {}", ff.status().message());
+      return 1;
+    }
+    absl::StatusOr<store::FastLeaseRegions> regions = absl::NotFoundError("a new file");
+    if (!fresh && !format) {
+      regions = store::FastLeaseRegions::Open((*ff)->base(), fast_bytes, lease_slots);
+      if (!regions.ok()) {
+        spdlog::warn(
+            "fast lease file '{}': {}; starting a new one (no fast lease held across "
+            "the restart is kept)",
+            fast_path, regions.status().message());
+      }
+    }
+    if (!regions.ok())
+      regions = store::FastLeaseRegions::Format((*ff)->base(), fast_bytes, lease_slots);
+    if (!regions.ok()) {
+      spdlog::error("fast lease file '{}': {}", fast_path, regions.status().message());
+      return 1;
+    }
+    shared_index.emplace(*idx);
+    fast_regions.emplace(*regions);
+    store_opts.index = &*shared_index;
+    store_opts.fast_leases = &*fast_regions;
+    store_opts.process_lives = [](int32_t pid, uint64_t start) {
+      return daemon::ProcessLives(pid, start);
+    };
+    sopts.index_fd = index_ro.get();
+    sopts.index_bytes = index_bytes;
+    sopts.fast_lease_fd = (*ff)->share_fd();
+    index_file = std::move(*fi);
+    fast_file = std::move(*ff);
+  }
   for (size_t i = 0; i < living.size(); ++i) {
     store_opts.recovered.push_back({holders[i].session, living[i]});
   }
@@ -384,9 +462,12 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
         cl.tls().cert_file().empty() ? "plaintext" : "mutual TLS", peers->transport_address());
   }
   // Housekeeping on the event loop, once a second: the eviction summary,
-  // the stderr.log rotation, and the end of peers' expired leases.
-  server.Every(std::chrono::seconds(1), [&metrics, &stdio, &peers] {
+  // the stderr.log rotation, the end of peers' expired leases, and the
+  // blocks that waited for fast leases to end.
+  server.Every(std::chrono::seconds(1), [&metrics, &stdio, &peers, &store] {
     metrics.LogEvictions();
+    (*store)->ReapFastRegions();
+    (*store)->ReclaimFastHeld();
     if (peers) peers->server().ExpireLeases();
     if (stdio && stdio->Check()) spdlog::info("rotated {}", stdio->path().string());
   });

@@ -46,6 +46,7 @@ constexpr std::string_view kVerbNames[kVerbCount] = {
     "stream_stat",
     "stream_list",
     "stream_reconcile",
+    "fast_released",
     "invalid",
 };
 
@@ -65,6 +66,8 @@ Verb VerbOf(const wire::Request& req) {
       return Verb::kGet;
     case wire::Request::kRelease:
       return Verb::kRelease;
+    case wire::Request::kFastReleased:
+      return Verb::kFastReleased;
     case wire::Request::kRemove:
       return Verb::kRemove;
     case wire::Request::kStat:

@@ -84,6 +84,7 @@ enum class Verb : uint8_t {
   kStreamStat,
   kStreamList,
   kStreamReconcile,
+  kFastReleased,
   kInvalid,
 };
 inline constexpr size_t kVerbCount = static_cast<size_t>(Verb::kInvalid) + 1;

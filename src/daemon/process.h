@@ -17,6 +17,10 @@ namespace cistern::daemon {
 // process for the host's uptime: a reused pid has another start time.
 std::optional<uint64_t> ProcessStartTime(pid_t pid);
 
+// Whether `pid` is still the process that started at `start_time` and has
+// not exited (a zombie has).
+bool ProcessLives(pid_t pid, uint64_t start_time);
+
 // A pidfd for `pid` (pidfd_open), readable once the process exits, if it is
 // still the process that started at `start_time`. NotFound otherwise.
 absl::StatusOr<UniqueFd> OpenLivingProcess(pid_t pid, uint64_t start_time);

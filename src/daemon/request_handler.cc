@@ -122,6 +122,10 @@ void RequestHandler::Handle(store::SessionId s, const wire::Request& req, wire::
       return HandleGet(s, req.get(), resp);
     case wire::Request::kRelease:
       return SetStatus(store_->Release(s, req.release().lease_id()), resp);
+    case wire::Request::kFastReleased:
+      if (req.fast_released().done()) store_->FastPathDone(s);
+      store_->ReclaimFastHeld();
+      return;
     case wire::Request::kRemove: {
       auto g = store_->Remove(req.remove().key(), req.remove().generation());
       if (!g.ok()) return SetStatus(g.status(), resp);

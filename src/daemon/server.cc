@@ -626,6 +626,27 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   for (const auto& t : options_.tiers) *r->add_tiers() = t;
   r->set_max_frame_bytes(options_.max_frame_bytes);
   r->set_max_batch(options_.max_batch);
+  std::vector<int> fds = options_.arena_fds;
+  if (h.want_fast_path() && options_.fast_lease_fd >= 0) {
+    std::optional<uint32_t> hint;
+    if (uint64_t off = h.fast_region_offset(); off >= store::kFastRegionBytes &&
+                                               off % store::kFastRegionBytes == 0 &&
+                                               off / store::kFastRegionBytes - 1 <= UINT32_MAX) {
+      hint = static_cast<uint32_t>(off / store::kFastRegionBytes - 1);
+    }
+    if (auto region = store_->OpenFastPath(
+            s->id, {s->pid, s->uid, ProcessStartTime(s->pid).value_or(0)}, hint);
+        region.ok()) {
+      auto* f = r->mutable_fast_path();
+      f->set_index_bytes(options_.index_bytes);
+      f->set_region_offset(store::FastLeaseRegions::RegionOffset(*region));
+      f->set_region_bytes(store::kFastRegionBytes);
+      fds.push_back(options_.index_fd);
+      fds.push_back(options_.fast_lease_fd);
+    } else {
+      spdlog::warn("session {}: no fast path: {}", s->id, region.status().message());
+    }
+  }
   std::string frame;
   AppendFrameHeader(&frame, resp.ByteSizeLong());
   resp.AppendToString(&frame);
@@ -636,7 +657,7 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   s->out.clear();
   data += frame;
   iovec iov{data.data(), data.size()};
-  std::vector<char> control(CMSG_SPACE(sizeof(int) * options_.arena_fds.size()));
+  std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
@@ -645,8 +666,8 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   cmsghdr* c = CMSG_FIRSTHDR(&msg);
   c->cmsg_level = SOL_SOCKET;
   c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * options_.arena_fds.size());
-  std::memcpy(CMSG_DATA(c), options_.arena_fds.data(), sizeof(int) * options_.arena_fds.size());
+  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   ssize_t n = ::sendmsg(s->fd.get(), &msg, MSG_NOSIGNAL);
   if (n <= 0) {
     absl::Status st = ErrnoStatus(errno, "send hello");

@@ -95,6 +95,11 @@ struct ServerOptions {
   // Tier arenas handed to clients in hello.
   std::vector<wire::TierInfo> tiers;
   std::vector<int> arena_fds;
+  // The local fast path, handed to clients that ask in hello (after the
+  // arenas): the index (read-only) and the fast lease file. -1: no fast path.
+  int index_fd = -1;
+  uint64_t index_bytes = 0;
+  int fast_lease_fd = -1;
   // Where answered requests are counted and timed; null: nowhere.
   RequestMetrics* metrics = nullptr;
 };

@@ -45,10 +45,15 @@
 
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <optional>
 #include <span>
 #include <string_view>
+#include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/container/flat_hash_set.h"
+#include "absl/status/statusor.h"
 #include "src/store/layout.h"
 #include "src/store/shared_index.h"
 
@@ -97,5 +102,111 @@ inline void Release(FastLease& lease) {
 // after a seq_cst fence (step 2 above). Call after the retiring stores.
 using FastLeaseSet = absl::flat_hash_set<uint64_t>;
 void CollectFastLeases(std::span<const std::span<const FastLease>> regions, FastLeaseSet* out);
+
+// ---- The regions file ----
+//
+// The daemon keeps every session's lease slots in one file beside the shared
+// lease table (`<lease_table_path>.fast`): a 4 KiB header, then 4 KiB
+// regions. A region belongs to a process (its header names it), handed to
+// one of its sessions at a time, and it lives across a daemon restart while
+// that process does. A client maps only its own region's page (read-write);
+// a stray write of its own can only spoil its own leases.
+//
+// A region: a 64-byte FastRegionHeader, then kFastRegionSlots slots. `high`
+// is one past the highest slot the client has used: the client raises it
+// (relaxed) before it publishes a slot at or above it, so the daemon, after
+// its fence, reads no slot the client could be using above the `high` it
+// sees (the same fence argument as for the slot itself).
+inline constexpr char kFastLeaseMagic[8] = {'C', 'I', 'S', 'T', 'F', 'L', 'S', '1'};
+inline constexpr uint32_t kFastLeaseVersion = 1;
+inline constexpr uint64_t kFastRegionBytes = 4096;
+
+struct FastRegionHeader {
+  uint64_t high;
+  // The process the daemon gave the region to (0: free). A region is given to
+  // another process only after this one has exited: until then it may still
+  // write there, and the daemon keeps reading it.
+  int32_t owner_pid;
+  uint32_t pad;
+  uint64_t owner_start;  // its start time (/proc/<pid>/stat), against pid reuse
+  uint64_t reserved[5];
+};
+static_assert(sizeof(FastRegionHeader) == 64);
+inline constexpr uint32_t kFastRegionSlots =
+    (kFastRegionBytes - sizeof(FastRegionHeader)) / sizeof(FastLease);
+
+struct FastLeaseFileHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t region_count;
+  uint64_t region_bytes;
+  uint64_t static_checksum;  // XXH3-64 of the fields above
+};
+
+// One region as its client maps it.
+struct FastRegion {
+  FastRegionHeader* header = nullptr;
+  std::span<FastLease> slots;
+};
+// The region whose page starts at `page` (kFastRegionBytes, writable).
+FastRegion RegionAt(char* page);
+
+// The client's side of its region: hands out its slots. Thread-safe.
+class FastSlots {
+ public:
+  explicit FastSlots(FastRegion region) : region_(region) {}
+  // A free slot (the region's high raised to cover it); nullopt when every
+  // slot is taken (the caller takes the socket path).
+  std::optional<uint32_t> Take();
+  // Gives back a slot that is free in the region (after Release, or after a
+  // TryAcquire that failed).
+  void Give(uint32_t slot);
+  std::span<FastLease> slots() const { return region_.slots; }
+
+ private:
+  FastRegion region_;
+  std::mutex mu_;
+  std::vector<uint32_t> free_;  // below high_
+  uint32_t high_ = 0;
+};
+
+// The daemon's side of the file. Not thread-safe: the ObjectStore serialises
+// calls (under its mutex).
+class FastLeaseRegions {
+ public:
+  static uint64_t BytesFor(uint32_t regions) { return kFastRegionBytes * (uint64_t{regions} + 1); }
+  // Where region r starts in the file (a page boundary).
+  static uint64_t RegionOffset(uint32_t r) { return kFastRegionBytes * (uint64_t{r} + 1); }
+
+  // Writes a file of `regions` empty regions. InvalidArgument if too small.
+  static absl::StatusOr<FastLeaseRegions> Format(char* base, uint64_t size, uint32_t regions);
+  // Serves a file an earlier daemon wrote, keeping every region's slots (the
+  // caller clears those of sessions that did not survive). FailedPrecondition
+  // (saying why) if it holds no file of this version and region count.
+  static absl::StatusOr<FastLeaseRegions> Open(char* base, uint64_t size, uint32_t regions);
+
+  uint32_t region_count() const { return regions_; }
+  FastRegion region(uint32_t r) const { return RegionAt(base_ + RegionOffset(r)); }
+  // Frees every slot of region r and its owner (the owner is gone or let go
+  // of everything).
+  void Clear(uint32_t r);
+  void SetOwner(uint32_t r, int32_t pid, uint64_t start);
+  std::pair<int32_t, uint64_t> Owner(uint32_t r) const;
+  // Whether any slot below region r's high names a block.
+  bool InUse(uint32_t r) const { return CountInUse(r) > 0; }
+  // How many do (a snapshot: clients change them as it reads).
+  uint64_t CountInUse(uint32_t r) const;
+  // CollectFastLeases over the given regions, each read up to its high.
+  void Collect(std::span<const uint32_t> regions, FastLeaseSet* out) const;
+  // How many slots of the given regions name each location (a snapshot, for
+  // reports: clients change them as it reads).
+  using Counts = absl::flat_hash_map<uint64_t, uint32_t>;
+  void Count(std::span<const uint32_t> regions, Counts* out) const;
+
+ private:
+  FastLeaseRegions(char* base, uint32_t regions) : base_(base), regions_(regions) {}
+  char* base_;
+  uint32_t regions_;
+};
 
 }  // namespace cistern::store

@@ -67,6 +67,14 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
     store->tier_names_.push_back(spec.name);
   }
   store->shared_ = options.shared_leases;
+  if (options.index != nullptr || options.fast_leases != nullptr) {
+    if (options.index == nullptr || options.fast_leases == nullptr) {
+      return absl::InvalidArgumentError("the fast path needs the index and the fast lease regions");
+    }
+    store->index_ = options.index;
+    store->fast_ = options.fast_leases;
+    store->process_lives_ = options.process_lives;
+  }
   {
     std::random_device rd;  // write ids, like lease ids, differ across restarts
     store->next_write_id_ = ((uint64_t{rd()} << 32 | rd()) >> 1) + 1;
@@ -76,6 +84,26 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
   for (const RecoveredSession& rs : options.recovered) {
     for (const auto& e : rs.shared.entries) {
       if (e.tier < keep.size()) keep[e.tier].insert(e.block_offset);
+    }
+  }
+  // And the blocks named in the fast lease regions of processes still alive;
+  // the other regions are cleared (their clients are gone).
+  if (store->fast_ != nullptr) {
+    for (uint32_t r = store->fast_->region_count(); r-- > 0;) {
+      auto [pid, start] = store->fast_->Owner(r);
+      if (pid > 0 && (!store->process_lives_ || store->process_lives_(pid, start))) {
+        store->regions_[r] = {pid, start, 0, false};
+      } else {
+        store->fast_->Clear(r);
+        store->free_regions_.push_back(r);
+      }
+    }
+    FastLeaseSet held;
+    store->fast_->Collect(store->FastRegions(), &held);
+    for (uint64_t location : held) {
+      if (LocationTier(location) < keep.size()) {
+        keep[LocationTier(location)].insert(LocationOffset(location));
+      }
     }
   }
   // What the arenas hold, by (tier, block offset), until leases are restored.
@@ -191,6 +219,9 @@ absl::StatusOr<std::unique_ptr<ObjectStore>> ObjectStore::Open(std::vector<TierS
   for (Object* obj : store->table_.List("", SIZE_MAX, "")) {
     ++report->objects;
     report->bytes += obj->payload_size;
+    if (store->index_ != nullptr) {
+      store->index_->Publish(obj->key->key, obj->tier, obj->block_offset, obj->generation);
+    }
   }
   return store;
 }
@@ -201,6 +232,7 @@ ObjectStore::~ObjectStore() {
   for (auto& [id, w] : writes_) all.insert(w.obj);
   for (const LeaseTable::Lease& l : leases_.RemoveAll()) all.insert(l.obj);
   for (Object* obj : table_.List("", SIZE_MAX, "")) all.insert(obj);
+  for (Object* obj : fast_held_) all.insert(obj);
   for (Object* obj : all) {
     tiers_[obj->tier].lru.Remove(obj);
     table_.DeleteObject(obj);
@@ -293,19 +325,54 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
 }
 
 std::optional<Allocator::Allocation> ObjectStore::AllocateEvicting(Tier& tier, uint64_t n) {
+  std::optional<FastLeaseSet> held;
+  bool reclaimed = false;
   for (;;) {
     if (auto a = tier.alloc.Allocate(n)) return a;
-    if (tier.lru.empty()) return std::nullopt;
-    Evict(tier.lru.Front());
+    if (!reclaimed && !fast_held_.empty()) {
+      reclaimed = true;
+      ReclaimFastHeldLocked();
+      continue;
+    }
+    Object* victim = EvictionVictim(tier, &held);
+    if (victim == nullptr) return std::nullopt;
+    Evict(victim);
   }
 }
 
 void ObjectStore::EvictToWatermark(Tier& tier) {
   uint64_t cap = tier.alloc.capacity();
   if (tier.alloc.used_bytes() <= tier.high_watermark * cap) return;
-  while (tier.alloc.used_bytes() > tier.low_watermark * cap && !tier.lru.empty()) {
-    Evict(tier.lru.Front());
+  std::optional<FastLeaseSet> held;
+  while (tier.alloc.used_bytes() > tier.low_watermark * cap) {
+    Object* victim = EvictionVictim(tier, &held);
+    if (victim == nullptr) break;
+    Evict(victim);
   }
+}
+
+Object* ObjectStore::EvictionVictim(Tier& tier, std::optional<FastLeaseSet>* held) {
+  if (fast_ == nullptr || regions_.empty() || tier.lru.empty()) return tier.lru.Front();
+  if (!held->has_value()) {
+    held->emplace();
+    fast_->Collect(FastRegions(), &**held);
+  }
+  // Objects clients are reading through fast leases are passed over (their
+  // blocks could not be freed anyway) and count as just used.
+  std::vector<Object*> in_use;
+  Object* victim = nullptr;
+  for (Object* o = tier.lru.Front(); o != nullptr; o = o->lru_next) {
+    if (!(*held)->contains(PackLocation(o->tier, o->block_offset))) {
+      victim = o;
+      break;
+    }
+    in_use.push_back(o);
+  }
+  for (Object* o : in_use) {
+    tier.lru.Remove(o);
+    tier.lru.PushBack(o);
+  }
+  return victim;
 }
 
 void ObjectStore::Evict(Object* obj) {
@@ -319,9 +386,10 @@ void ObjectStore::Retire(Object* obj) {
   if (observer_ != nullptr) observer_->OnGone(StatOf(obj));
   tier.lru.Remove(obj);
   table_.ClearVisible(obj);
+  if (index_ != nullptr) index_->Unpublish(obj->key->key);
   tier.arena.SetState(obj->block_offset, ObjectState::kRemoved);
   if (obj->leases == 0) {
-    FreeObject(obj);
+    FreeUnlessFastHeld(obj);
   } else {
     ++deferred_frees_;
   }
@@ -331,10 +399,108 @@ void ObjectStore::RetireRecovered(Object* obj) {
   obj->visibility = Visibility::kRemoved;
   tiers_[obj->tier].arena.SetState(obj->block_offset, ObjectState::kRemoved);
   if (obj->leases == 0) {
-    FreeObject(obj);
+    FreeUnlessFastHeld(obj);
   } else {
     ++deferred_frees_;
   }
+}
+
+void ObjectStore::FreeUnlessFastHeld(Object* obj) {
+  // The block's state is removed (stored by the caller); Collect's fence
+  // orders that store before the slots are read (fast_lease.h).
+  if (fast_ != nullptr && !regions_.empty()) {
+    FastLeaseSet held;
+    fast_->Collect(FastRegions(), &held);
+    if (held.contains(PackLocation(obj->tier, obj->block_offset))) {
+      fast_held_.push_back(obj);
+      ++deferred_frees_;
+      return;
+    }
+  }
+  FreeObject(obj);
+}
+
+void ObjectStore::ReclaimFastHeld() {
+  MutexLock lock(&mu_);
+  ReclaimFastHeldLocked();
+}
+
+void ObjectStore::ReclaimFastHeldLocked() {
+  if (fast_held_.empty()) return;
+  FastLeaseSet held;
+  fast_->Collect(FastRegions(), &held);
+  std::vector<Object*> still;
+  for (Object* obj : fast_held_) {
+    if (held.contains(PackLocation(obj->tier, obj->block_offset))) {
+      still.push_back(obj);
+    } else {
+      --deferred_frees_;
+      FreeObject(obj);
+    }
+  }
+  fast_held_ = std::move(still);
+}
+
+std::vector<uint32_t> ObjectStore::FastRegions() const {
+  std::vector<uint32_t> out;
+  out.reserve(regions_.size());
+  for (const auto& [r, state] : regions_) out.push_back(r);
+  return out;
+}
+
+std::vector<uint32_t> ObjectStore::CountedFastRegions() const {
+  std::vector<uint32_t> out;
+  for (const auto& [r, st] : regions_) {
+    if (st.session != 0 || !process_lives_ || process_lives_(st.pid, st.start)) out.push_back(r);
+  }
+  return out;
+}
+
+void ObjectStore::FreeFastRegion(uint32_t r) {
+  fast_->Clear(r);
+  regions_.erase(r);
+  free_regions_.push_back(r);
+}
+
+absl::StatusOr<uint32_t> ObjectStore::OpenFastPath(SessionId session, const SessionOwner& owner,
+                                                   std::optional<uint32_t> hint) {
+  MutexLock lock(&mu_);
+  if (fast_ == nullptr) return absl::FailedPreconditionError("this cisternd has no fast path");
+  if (auto it = session_region_.find(session); it != session_region_.end()) return it->second;
+  uint32_t r;
+  if (auto h = hint ? regions_.find(*hint) : regions_.end();
+      h != regions_.end() && h->second.session == 0 && h->second.pid == owner.pid &&
+      h->second.start == owner.pid_start) {
+    r = *hint;  // the same process takes its region back (it may hold leases there)
+  } else if (free_regions_.empty()) {
+    return absl::ResourceExhaustedError(fmt::format(
+        "all {} fast lease regions belong to running processes", fast_->region_count()));
+  } else {
+    r = free_regions_.back();
+    free_regions_.pop_back();
+    fast_->SetOwner(r, owner.pid, owner.pid_start);
+  }
+  regions_[r] = {owner.pid, owner.pid_start, session, false};
+  session_region_[session] = r;
+  return r;
+}
+
+void ObjectStore::FastPathDone(SessionId session) {
+  MutexLock lock(&mu_);
+  if (auto it = session_region_.find(session); it != session_region_.end()) {
+    regions_[it->second].done = true;
+  }
+}
+
+void ObjectStore::ReapFastRegions() {
+  MutexLock lock(&mu_);
+  if (!process_lives_) return;
+  std::vector<uint32_t> gone;
+  for (const auto& [r, st] : regions_) {
+    if (st.session == 0 && !process_lives_(st.pid, st.start)) gone.push_back(r);
+  }
+  for (uint32_t r : gone) FreeFastRegion(r);
+  if (!gone.empty()) ReclaimFastHeldLocked();
 }
 
 void ObjectStore::FreeObject(Object* obj) {
@@ -412,6 +578,9 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
   tier.arena.Seal(obj->block_offset, obj->generation, checksum ? &*checksum : nullptr);
   if (Object* old = obj->key->visible) Retire(old);
   table_.SetVisible(obj);
+  if (index_ != nullptr) {
+    index_->Publish(obj->key->key, obj->tier, obj->block_offset, obj->generation);
+  }
   if (obj->evictable) tier.lru.PushBack(obj);
   if (observer_ != nullptr) observer_->OnVisible(StatOf(obj));
   return obj->generation;
@@ -507,7 +676,7 @@ void ObjectStore::DropLease(const LeaseTable::Lease& lease) {
   if (--obj->leases > 0) return;
   if (obj->visibility == Visibility::kRemoved) {
     --deferred_frees_;
-    FreeObject(obj);
+    FreeUnlessFastHeld(obj);
   } else if (obj->evictable) {
     tiers_[obj->tier].lru.PushBack(obj);
   }
@@ -550,7 +719,15 @@ absl::StatusOr<ObjectInfo> ObjectStore::Stat(std::string_view key) const {
   MutexLock lock(&mu_);
   Object* obj = table_.FindVisible(key);
   if (obj == nullptr) return absl::NotFoundError(fmt::format("{} not found", QuoteKey(key)));
-  return StatOf(obj);
+  ObjectInfo info = StatOf(obj);
+  if (fast_ != nullptr && !regions_.empty()) {
+    FastLeaseRegions::Counts counts;
+    fast_->Count(CountedFastRegions(), &counts);
+    if (auto it = counts.find(PackLocation(obj->tier, obj->block_offset)); it != counts.end()) {
+      info.leases += it->second;
+    }
+  }
+  return info;
 }
 
 ObjectStore::ListPage ObjectStore::List(std::string_view prefix, size_t limit,
@@ -562,7 +739,14 @@ ObjectStore::ListPage ObjectStore::List(std::string_view prefix, size_t limit,
   std::vector<Object*> objs = table_.List(prefix, limit == SIZE_MAX ? limit : limit + 1, cursor);
   bool more = objs.size() > limit;
   if (more) objs.resize(limit);
-  for (Object* obj : objs) page.objects.push_back(StatOf(obj));
+  FastLeaseRegions::Counts counts;
+  if (fast_ != nullptr && !regions_.empty()) fast_->Count(CountedFastRegions(), &counts);
+  for (Object* obj : objs) {
+    page.objects.push_back(StatOf(obj));
+    if (auto it = counts.find(PackLocation(obj->tier, obj->block_offset)); it != counts.end()) {
+      page.objects.back().leases += it->second;
+    }
+  }
   if (more && !page.objects.empty()) page.next_cursor = page.objects.back().key;
   return page;
 }
@@ -629,6 +813,18 @@ void ObjectStore::CloseSession(SessionId session) {
     shared_->CloseSlot(slot->second);
     slots_.erase(slot);
   }
+  if (auto it = session_region_.find(session); it != session_region_.end()) {
+    const uint32_t r = it->second;
+    session_region_.erase(it);
+    FastRegionState& st = regions_[r];
+    if (st.done && fast_->CountInUse(r) == 0) {
+      FreeFastRegion(r);
+    } else {
+      st.session = 0;  // kept, and read, until its process exits
+      st.done = false;
+    }
+  }
+  ReclaimFastHeldLocked();
 }
 
 ObjectStore::Adopted ObjectStore::AdoptSession(SessionId from, SessionId to) {
@@ -685,8 +881,14 @@ StoreStats ObjectStore::Stats() const {
   }
   s.objects = table_.visible_count();
   s.leases = leases_.size();
+  if (fast_ != nullptr) {
+    for (uint32_t r : CountedFastRegions()) s.fast_leases += fast_->CountInUse(r);
+    s.leases += s.fast_leases;
+  }
   s.pending_writes = writes_.size();
   s.deferred_frees = deferred_frees_;
+  s.fast_held = fast_held_.size();
+  s.indexed = index_ != nullptr ? index_->size() : 0;
   s.quarantined_objects = quarantined_.size();
   for (const auto& [at, q] : quarantined_) s.quarantined_bytes += q.block_size;
   return s;
@@ -721,6 +923,9 @@ ObjectStore::SessionStats ObjectStore::SessionInfo(SessionId session) const {
   MutexLock lock(&mu_);
   SessionStats s;
   s.leases = leases_.CountForSession(session);
+  if (auto it = session_region_.find(session); it != session_region_.end()) {
+    s.leases += fast_->CountInUse(it->second);
+  }
   auto sw = session_writes_.find(session);
   s.pending_writes = sw == session_writes_.end() ? 0 : sw->second.size();
   return s;

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -42,9 +43,11 @@
 #include "src/store/allocator.h"
 #include "src/store/arena.h"
 #include "src/store/evictor.h"
+#include "src/store/fast_lease.h"
 #include "src/store/key.h"
 #include "src/store/lease_table.h"
 #include "src/store/object_table.h"
+#include "src/store/shared_index.h"
 #include "src/store/shared_lease_table.h"
 
 namespace cistern::store {
@@ -58,7 +61,7 @@ struct ObjectInfo {
   std::string tier;
   bool evictable = false;
   bool local_only = false;
-  uint32_t leases = 0;
+  uint32_t leases = 0;  // socket and fast leases
   bool has_checksum = false;
   uint64_t checksum = 0;
   uint32_t tensors = 0;
@@ -90,6 +93,16 @@ struct StoreOptions {
   // `recovered`'s slots and entries kept. Must outlive the store.
   SharedLeaseTable* shared_leases = nullptr;
   std::vector<RecoveredSession> recovered;
+  // The local fast path (docs/architecture.md): the index clients read and
+  // the regions of lease slots they write. Null: no fast path. Formatted or
+  // opened by the caller; the store fills the index from the arenas, keeps
+  // the regions whose owner process lives (`process_lives`) and clears the
+  // others. Must outlive the store.
+  SharedIndex* index = nullptr;
+  FastLeaseRegions* fast_leases = nullptr;
+  // Whether the process that started at `start` (clock ticks after boot) is
+  // still running. Null: every recorded owner counts as alive.
+  std::function<bool(int32_t pid, uint64_t start)> process_lives;
 };
 
 // Who a session is, for the shared lease table (and so for a restarted
@@ -136,10 +149,13 @@ struct TierStats {
 
 struct StoreStats {
   std::vector<TierStats> tiers;
-  uint64_t objects = 0;  // visible objects
-  uint64_t leases = 0;
+  uint64_t objects = 0;      // visible objects
+  uint64_t leases = 0;       // fast leases included
+  uint64_t fast_leases = 0;  // taken by clients in shared memory (a snapshot)
   uint64_t pending_writes = 0;
   uint64_t deferred_frees = 0;  // removed objects waiting for their last lease
+  uint64_t fast_held = 0;       // of those, waiting for a fast lease (no socket lease)
+  uint64_t indexed = 0;         // keys in the shared index
   uint64_t quarantined_objects = 0;
   uint64_t quarantined_bytes = 0;  // their blocks
 };
@@ -232,8 +248,25 @@ class ObjectStore {
   // table has no free slot; OK (and nothing recorded) without a table.
   absl::Status OpenSession(SessionId session, const SessionOwner& owner);
   // Releases every lease and aborts every pending write of `session`, and
-  // frees its slot in the shared lease table.
+  // frees its slot in the shared lease table (and clears its fast region).
   void CloseSession(SessionId session);
+  // Lets `session` of process `owner` take fast leases: returns its region of
+  // the fast lease file (the caller hands the client that page). `hint`: the
+  // region the client used before (a reconnect); it gets it back if its
+  // process owns it and no session uses it. FailedPrecondition without a
+  // fast path; ResourceExhausted when every region is owned.
+  absl::StatusOr<uint32_t> OpenFastPath(SessionId session, const SessionOwner& owner,
+                                        std::optional<uint32_t> hint = std::nullopt);
+  // The client of `session` holds no fast lease and will take none: at the
+  // session's end its region is freed at once rather than kept until its
+  // process exits.
+  void FastPathDone(SessionId session);
+  // Frees the regions of ended sessions whose process exited (and the blocks
+  // only they held). The daemon calls it on its tick.
+  void ReapFastRegions();
+  // Frees every retired block that no fast lease names any more. The daemon
+  // calls it on its tick; a create that finds no room calls it too.
+  void ReclaimFastHeld();
   // Gives every lease and pending write of `from` (a recovered session) to
   // `to`, keeping their ids, and ends `from`. The caller checks that `to`'s
   // process is `from`'s holder. Adopted writes can only be aborted: Seal of
@@ -311,6 +344,21 @@ class ObjectStore {
   // The next generation under the scheme (SetGenerationScheme).
   uint64_t NextGeneration() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FreeObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees a retired (state removed), unleased object unless a fast lease
+  // names its block; then it waits in fast_held_ (fast_lease.h's protocol).
+  void FreeUnlessFastHeld(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReclaimFastHeldLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The regions to scan (every owned one); empty without a fast path.
+  std::vector<uint32_t> FastRegions() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The regions whose leases reports count: all but those of ended sessions
+  // whose process has exited (their leases end when the tick reaps them).
+  std::vector<uint32_t> CountedFastRegions() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeFastRegion(uint32_t r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The next object to evict from `tier`: the least recently used one that no
+  // fast lease names (`held`, computed once per eviction run), else the least
+  // recently used; null when nothing is evictable.
+  Object* EvictionVictim(Tier& tier, std::optional<FastLeaseSet>* held)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Retires an invisible object found at recovery: freed now if unleased,
   // else when its last (surviving) lease ends.
   void RetireRecovered(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -346,6 +394,22 @@ class ObjectStore {
   uint32_t generation_stride_ ABSL_GUARDED_BY(mu_) = 1;
   uint32_t generation_residue_ ABSL_GUARDED_BY(mu_) = 0;
   StoreObserver* observer_ ABSL_GUARDED_BY(mu_) = nullptr;
+  SharedIndex* index_ ABSL_GUARDED_BY(mu_) = nullptr;
+  FastLeaseRegions* fast_ ABSL_GUARDED_BY(mu_) = nullptr;
+  // Every owned region: a client may write there. A region whose session
+  // ended stays owned (session 0) until its process exits, since the process
+  // may still hold and end leases in it.
+  struct FastRegionState {
+    int32_t pid = 0;
+    uint64_t start = 0;
+    SessionId session = 0;  // 0: none now
+    bool done = false;      // FastPathDone
+  };
+  absl::flat_hash_map<uint32_t, FastRegionState> regions_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<SessionId, uint32_t> session_region_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_regions_ ABSL_GUARDED_BY(mu_);  // lowest last
+  std::function<bool(int32_t, uint64_t)> process_lives_ ABSL_GUARDED_BY(mu_);
+  std::vector<Object*> fast_held_ ABSL_GUARDED_BY(mu_);
   uint64_t deferred_frees_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t free_epoch_ ABSL_GUARDED_BY(mu_) = 0;
   // (tier, block offset) -> the corrupt object kept there.

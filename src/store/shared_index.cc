@@ -35,7 +35,8 @@ uint64_t SharedIndex::BytesFor(uint64_t slots) {
   return kIndexHeaderBytes + slots * sizeof(IndexSlot);
 }
 
-absl::StatusOr<SharedIndex> SharedIndex::Format(char* base, uint64_t size, uint64_t slots) {
+absl::StatusOr<SharedIndex> SharedIndex::Format(char* base, uint64_t size, uint64_t slots,
+                                                bool zeroed) {
   if (!PowerOfTwo(slots) || slots > (uint64_t{1} << 40)) {
     return absl::InvalidArgumentError(
         absl::StrCat("index slots ", slots, " is not a power of two"));
@@ -47,7 +48,7 @@ absl::StatusOr<SharedIndex> SharedIndex::Format(char* base, uint64_t size, uint6
   SharedIndex index(base, slots);
   // Through the seqlock, so that a reader still mapping an earlier index of
   // this size sees each slot either as it was or empty.
-  for (uint64_t i = 0; i < slots; ++i) {
+  for (uint64_t i = 0; i < (zeroed ? 0 : slots); ++i) {
     if (Load(&index.slot(i)->key_hash, std::memory_order_relaxed) != kIndexEmpty) {
       index.Write(i, kIndexEmpty, 0, 0);
     }

@@ -86,7 +86,10 @@ class SharedIndex {
   // Writes an empty index over [base, base + size). InvalidArgument if slots
   // is not a power of two or the region is too small. Readers that had the
   // region mapped see every slot empty or tombstoned, never a torn one.
-  static absl::StatusOr<SharedIndex> Format(char* base, uint64_t size, uint64_t slots);
+  // `zeroed`: the slots are known to be zero (a new file, or one whose pages
+  // were just dropped), so none is read: a sparse file stays sparse.
+  static absl::StatusOr<SharedIndex> Format(char* base, uint64_t size, uint64_t slots,
+                                            bool zeroed = false);
 
   // Makes `key` -> (tier, offset, generation) visible to readers, replacing the
   // key's earlier entry. False (and the key unindexed) if no slot was free in

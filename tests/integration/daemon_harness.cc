@@ -191,7 +191,9 @@ void RemoveArena(const std::string& arena_path) {
   std::filesystem::remove(arena_path, ec);
   std::string table = arena_path;
   if (table.ends_with(".arena")) table.resize(table.size() - 6);
-  std::filesystem::remove(table + ".leases", ec);
+  for (const char* suffix : {".leases", ".leases.index", ".leases.fast"}) {
+    std::filesystem::remove(table + suffix, ec);
+  }
 }
 
 pid_t Daemon::Spawn(const std::vector<std::string>& args) {
@@ -262,10 +264,12 @@ int Daemon::Wait() {
   return 128 + WTERMSIG(status);
 }
 
-absl::StatusOr<std::unique_ptr<Client>> Daemon::Connect(const std::string& token) const {
+absl::StatusOr<std::unique_ptr<Client>> Daemon::Connect(const std::string& token,
+                                                        bool fast_path) const {
   ConnectOptions o;
   o.socket_path = socket_path_;
   o.token = token;
+  o.fast_path = fast_path;
   return Client::Connect(o);
 }
 

@@ -44,7 +44,9 @@ class Daemon {
   // kill -9, then start again over the same directory, arena and state.
   bool Restart(std::string* error = nullptr);
 
-  absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& token = "") const;
+  // fast_path false: every get is a request (ConnectOptions::fast_path).
+  absl::StatusOr<std::unique_ptr<Client>> Connect(const std::string& token = "",
+                                                  bool fast_path = true) const;
   const std::string& socket_path() const { return socket_path_; }
   const std::string& config_path() const { return config_path_; }
   const std::string& arena_path() const { return arena_path_; }
