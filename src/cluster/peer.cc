@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -986,6 +987,7 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
     options.transfer = Transfer::kActiveMessage;
   }
   to.one_sided = options.transfer != Transfer::kActiveMessage;
+  to.net_devices = transport::NetDevicesFor(to.listen_address);
   PeerServer* server = node->server_.get();
   auto transport =
       transport::Transport::Start(to, [server](uint64_t region, uint64_t offset, uint64_t length) {
@@ -996,6 +998,14 @@ absl::StatusOr<std::unique_ptr<PeerNode>> PeerNode::Start(PeerNodeOptions option
                     fmt::format("peer transport at {}:{}", to.listen_address, to.port));
   }
   node->transport_ = std::move(*transport);
+  if (const char* env = std::getenv("UCX_NET_DEVICES"); env != nullptr) {
+    spdlog::info("peer transport: UCX network devices '{}' (UCX_NET_DEVICES)", env);
+  } else if (to.net_devices.empty()) {
+    spdlog::info("peer transport: every UCX network device ({} is on no one interface)",
+                 to.listen_address);
+  } else {
+    spdlog::info("peer transport: UCX network devices '{}'", to.net_devices);
+  }
   node->transport_address_ = fmt::format("{}:{}", to.listen_address, node->transport_->port());
   server->SetTransportAddress(node->transport_address_);
   if (options.transfer != Transfer::kActiveMessage) {

@@ -1,6 +1,8 @@
 #include "src/transport/ucx_transport.h"
 
 #include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <sys/epoll.h>
@@ -9,12 +11,14 @@
 #include <ucp/api/ucp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
+#include <filesystem>
 #include <future>
 #include <map>
 #include <set>
@@ -167,6 +171,14 @@ class Transport::Impl {
     ucp_config_t* config = nullptr;
     if (ucs_status_t s = ucp_config_read(nullptr, nullptr, &config); s != UCS_OK) {
       return UcsError(s, "reading UCX's configuration");
+    }
+    if (!options_.net_devices.empty() && std::getenv("UCX_NET_DEVICES") == nullptr) {
+      if (ucs_status_t s = ucp_config_modify(config, "NET_DEVICES", options_.net_devices.c_str());
+          s != UCS_OK) {
+        ucp_config_release(config);
+        return absl::InvalidArgumentError(fmt::format("UCX refused the network devices '{}': {}",
+                                                      options_.net_devices, ucs_status_string(s)));
+      }
     }
     ucs_status_t s = ucp_init(&params, config, &context_);
     ucp_config_release(config);
@@ -851,6 +863,39 @@ absl::StatusOr<std::string> Transport::RegisterMemory(void* base, size_t length)
 
 absl::StatusOr<std::string> Transport::PeerTransports(const std::string& address) {
   return impl_->PeerTransports(address);
+}
+
+std::string NetDevicesFor(const std::string& listen_address, const std::string& infiniband_sysfs) {
+  in_addr want{};
+  if (::inet_pton(AF_INET, listen_address.c_str(), &want) != 1 || want.s_addr == INADDR_ANY) {
+    return "";
+  }
+  const bool loopback = (ntohl(want.s_addr) >> 24) == 127;
+  std::string device;
+  ifaddrs* all = nullptr;
+  if (::getifaddrs(&all) != 0) return "";
+  for (ifaddrs* i = all; i != nullptr && device.empty(); i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    const in_addr have = reinterpret_cast<const sockaddr_in*>(i->ifa_addr)->sin_addr;
+    if (have.s_addr == want.s_addr || (loopback && (i->ifa_flags & IFF_LOOPBACK))) {
+      device = i->ifa_name;
+    }
+  }
+  ::freeifaddrs(all);
+  if (device.empty()) return "";
+  // RDMA ports, named as UCX names them: device:port.
+  std::error_code ec;
+  std::vector<std::string> ports;
+  for (const auto& dev : std::filesystem::directory_iterator(infiniband_sysfs, ec)) {
+    std::error_code pec;
+    for (const auto& port : std::filesystem::directory_iterator(dev.path() / "ports", pec)) {
+      ports.push_back(
+          fmt::format("{}:{}", dev.path().filename().string(), port.path().filename().string()));
+    }
+  }
+  std::sort(ports.begin(), ports.end());
+  for (const std::string& p : ports) device += "," + p;
+  return device;
 }
 
 bool Transport::LooksRdma(std::string_view description) {

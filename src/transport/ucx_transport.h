@@ -55,7 +55,23 @@ struct TransportOptions {
   // extra lanes, and a peer that dies before they are connected tripped
   // UCX's own assertion in wireup_ep.c (the daemon aborted), seen twice on TCP.
   bool one_sided = false;
+  // The network devices UCX may use (UCX_NET_DEVICES syntax: "eth0",
+  // "lo,mlx5_0:1"); empty: every device UCX finds. An UCX_NET_DEVICES in the
+  // environment wins over it. UCX 1.13 opens a TCP interface on every device
+  // at start and may spread a connection's lanes over them; when such a
+  // device goes away (a container's veth, a bridge) while a connection is
+  // being wired up, UCX aborts the process in its own assertion
+  // (wireup_ep.c). A daemon therefore keeps to the devices it needs
+  // (NetDevicesFor).
+  std::string net_devices;
 };
+
+// The devices a transport listening on `listen_address` (numeric IPv4)
+// needs: the interface that holds that address (the loopback interface for
+// 127.0.0.0/8) and every RDMA port under `infiniband_sysfs` ("mlx5_0:1").
+// Empty, meaning every device, for 0.0.0.0 or an address no interface holds.
+std::string NetDevicesFor(const std::string& listen_address,
+                          const std::string& infiniband_sysfs = "/sys/class/infiniband");
 
 class Transport {
  public:

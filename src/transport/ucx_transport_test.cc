@@ -1,9 +1,17 @@
 #include "src/transport/ucx_transport.h"
 
+#include <arpa/inet.h>
+#include <ifaddrs.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -21,11 +29,14 @@ using namespace std::chrono_literals;
 // A holder with one region (id 7): `size` bytes of a pattern.
 class Holder {
  public:
-  explicit Holder(size_t size, std::string token = "t0ken", bool one_sided = true) : bytes_(size) {
+  explicit Holder(size_t size, std::string token = "t0ken", bool one_sided = true,
+                  std::string net_devices = "")
+      : bytes_(size) {
     for (size_t i = 0; i < size; ++i) bytes_[i] = static_cast<char>((i * 131 + i / 4096) & 0xff);
     TransportOptions o;
     o.token = std::move(token);
     o.one_sided = one_sided;
+    o.net_devices = std::move(net_devices);
     auto t = Transport::Start(
         o, [this](uint64_t region, uint64_t offset, uint64_t length) -> absl::StatusOr<ReadLease> {
           {
@@ -70,15 +81,100 @@ class Holder {
   bool stalled_ = false;
 };
 
-std::unique_ptr<Transport> Puller(std::string token = "t0ken", bool one_sided = true) {
+std::unique_ptr<Transport> Puller(std::string token = "t0ken", bool one_sided = true,
+                                  std::string net_devices = "") {
   TransportOptions o;
   o.token = std::move(token);
   o.one_sided = one_sided;
+  o.net_devices = std::move(net_devices);
   auto t = Transport::Start(o, [](uint64_t, uint64_t, uint64_t) -> absl::StatusOr<ReadLease> {
     return absl::NotFoundError("this side holds nothing");
   });
   EXPECT_TRUE(t.ok()) << t.status();
   return t.ok() ? *std::move(t) : nullptr;
+}
+
+TEST(TransportTest, NetDevicesAreTheAddressesInterfaceAndEveryRdmaPort) {
+  // The loopback interface's name and, if there is one, another interface
+  // with an IPv4 address, as the kernel reports them.
+  std::string lo, other, other_address;
+  ifaddrs* all = nullptr;
+  ASSERT_EQ(::getifaddrs(&all), 0);
+  for (ifaddrs* i = all; i != nullptr; i = i->ifa_next) {
+    if (i->ifa_addr == nullptr || i->ifa_addr->sa_family != AF_INET) continue;
+    if (i->ifa_flags & IFF_LOOPBACK) {
+      lo = i->ifa_name;
+    } else if (other.empty()) {
+      other = i->ifa_name;
+      char buf[INET_ADDRSTRLEN];
+      ::inet_ntop(AF_INET, &reinterpret_cast<sockaddr_in*>(i->ifa_addr)->sin_addr, buf, sizeof buf);
+      other_address = buf;
+    }
+  }
+  ::freeifaddrs(all);
+  ASSERT_FALSE(lo.empty());
+  const std::string none = "/nonexistent/infiniband";
+  EXPECT_EQ(NetDevicesFor("127.0.0.1", none), lo);
+  EXPECT_EQ(NetDevicesFor("127.3.4.5", none), lo);      // all of 127/8 is loopback
+  EXPECT_EQ(NetDevicesFor("0.0.0.0", none), "");        // every interface
+  EXPECT_EQ(NetDevicesFor("198.51.100.77", none), "");  // held by no interface
+  EXPECT_EQ(NetDevicesFor("not-an-address", none), "");
+  if (!other.empty()) EXPECT_EQ(NetDevicesFor(other_address, none), other);
+
+  // RDMA ports as UCX names them, device:port, sorted.
+  auto sysfs =
+      std::filesystem::temp_directory_path() / ("cistern-ib-" + std::to_string(::getpid()));
+  for (const char* port : {"mlx5_1/ports/1", "mlx5_0/ports/2", "mlx5_0/ports/1"}) {
+    std::filesystem::create_directories(sysfs / port);
+  }
+  std::filesystem::create_directories(sysfs / "noports");
+  EXPECT_EQ(NetDevicesFor("127.0.0.1", sysfs.string()), lo + ",mlx5_0:1,mlx5_0:2,mlx5_1:1");
+  EXPECT_EQ(NetDevicesFor("0.0.0.0", sysfs.string()), "");
+  std::filesystem::remove_all(sysfs);
+}
+
+// Regression: a network device that comes and goes in this namespace (a
+// container's veth, a test's bridge) while connections are being wired up
+// made UCX 1.13 abort the whole process (wireup_ep.c:494, "signal.tid ==
+// ucs_get_tid()"), when UCX opened an interface on every device. Seen in
+// CI as a daemon dying mid-pull while a netns test built and removed its
+// bridge. Kept to the loopback device, pulls never notice the other one.
+TEST(TransportTest, ADeviceComingAndGoingBesideDoesNotDisturbPulls) {
+  ASSERT_EQ(::geteuid(), 0u) << "adding a network device needs root (CAP_NET_ADMIN)";
+  ASSERT_EQ(std::system("command -v ip >/dev/null"), 0) << "iproute2's ip is needed";
+  const std::string dev = "cstflap" + std::to_string(::getpid() % 10000);
+  std::atomic<bool> stop{false};
+  // 198.18.0.0/15 is the benchmark range; nothing is ever sent to it.
+  std::thread flapper([&] {
+    const std::string add = "ip link add " + dev + " type bridge 2>/dev/null && ip addr add " +
+                            "198.19.251.1/24 dev " + dev + " && ip link set " + dev + " up";
+    const std::string del = "ip link del " + dev + " 2>/dev/null";
+    while (!stop.load()) {
+      (void)std::system(add.c_str());
+      std::this_thread::sleep_for(30ms);
+      (void)std::system(del.c_str());
+      std::this_thread::sleep_for(20ms);
+    }
+    (void)std::system(del.c_str());
+  });
+  const std::string devices = NetDevicesFor("127.0.0.1");
+  ASSERT_FALSE(devices.empty());
+  int pulled = 0;
+  const auto until = std::chrono::steady_clock::now() + 4s;
+  while (std::chrono::steady_clock::now() < until || pulled < 10) {
+    // Fresh transports each round: every pull wires up a new connection.
+    Holder holder(4 << 20, "t0ken", /*one_sided=*/false, devices);
+    auto puller = Puller("t0ken", /*one_sided=*/false, devices);
+    ASSERT_NE(puller, nullptr);
+    std::vector<char> got(holder.bytes().size(), 0);
+    absl::Status s = puller->Pull(holder.address(), 7, 0, got.size(), got.data(), 20s);
+    ASSERT_TRUE(s.ok()) << s;
+    ASSERT_EQ(std::memcmp(got.data(), holder.bytes().data(), got.size()), 0);
+    ++pulled;
+  }
+  stop = true;
+  flapper.join();
+  EXPECT_GE(pulled, 10);
 }
 
 TEST(TransportTest, PullsLargeAndSmallRangesExactly) {
