@@ -104,6 +104,7 @@ void RequestHandler::FillStats(wire::StatsReply* r) {
   }
   r->set_objects(st.objects);
   r->set_leases(st.leases);
+  r->set_fast_leases(st.fast_leases);
   r->set_pending_writes(st.pending_writes);
   r->set_deferred_frees(st.deferred_frees);
   r->set_sessions(sessions_);

@@ -5,11 +5,15 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <map>
+#include <random>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -69,6 +73,71 @@ TEST(DaemonTest, KilledClientsReleaseLeasesAndAbortWrites) {
     auto s = (*c)->Stats();
     return s.ok() && s->tiers(0).used_bytes() == baseline && s->leases() == 0 &&
            s->pending_writes() == 0 && s->sessions() == 1;
+  })) << "memory did not return to baseline";
+}
+
+// The local fast path under stress (issue 13), with the real daemon: reader
+// processes take leases in shared memory while this process overwrites and
+// removes their keys, and readers are killed at random and replaced. Each
+// value carries its version; no reader ever sees bytes other than those of
+// the version it took (a reader that does exits 1), and once the readers are
+// gone the arena is back to its baseline.
+TEST(DaemonTest, FastPathReadersKilledAtRandomNeverSeeAnotherVersionsBytes) {
+  Daemon d(DaemonSpec{64 << 20});
+  std::string err;
+  ASSERT_TRUE(d.Start({}, &err)) << err;
+  auto c = d.Connect();
+  ASSERT_TRUE(c.ok());
+  const uint64_t baseline = (*c)->Stats()->tiers(0).used_bytes();
+  constexpr int kKeys = 16, kReaders = 6;
+  std::mt19937_64 rng(3);
+  std::vector<std::byte> buf;
+  uint64_t version = 0;
+  auto put = [&](int k) {
+    std::string key = "f" + std::to_string(k);
+    buf.resize(4096 + rng() % 60000);
+    ++version;
+    std::memcpy(buf.data(), &version, 8);
+    FillForKey(key + "#" + std::to_string(version), buf.data() + 8, buf.size() - 8);
+    return (*c)->Put(key, buf).status();
+  };
+  for (int k = 0; k < kKeys; ++k) ASSERT_TRUE(put(k).ok());
+  auto spawn = [&] {
+    ChildProcess p = TestClient({"fastread", d.socket_path(), std::to_string(kKeys)});
+    EXPECT_EQ(p.ReadLine(), "ready");
+    return p;
+  };
+  std::vector<ChildProcess> readers;
+  for (int i = 0; i < kReaders; ++i) readers.push_back(spawn());
+  int kills = 0;
+  uint64_t ops = 0, most_fast = 0;
+  auto end = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+  while (std::chrono::steady_clock::now() < end || kills < 8) {
+    int k = rng() % kKeys;
+    if (rng() % 8 == 0) {
+      (void)(*c)->Remove("f" + std::to_string(k));
+    } else {
+      ASSERT_TRUE(put(k).ok());
+    }
+    if (++ops % 150 == 0) {
+      ChildProcess& r = readers[rng() % kReaders];
+      ::kill(r.pid(), SIGKILL);
+      ASSERT_EQ(r.Wait(), 128 + SIGKILL) << "a reader saw bytes of another version";
+      r = spawn();
+      ++kills;
+      auto s = (*c)->Stats();
+      if (s.ok()) most_fast = std::max<uint64_t>(most_fast, s->fast_leases());
+    }
+  }
+  for (auto& r : readers) {
+    ::kill(r.pid(), SIGKILL);
+    EXPECT_EQ(r.Wait(), 128 + SIGKILL) << "a reader saw bytes of another version";
+  }
+  EXPECT_GT(most_fast, 0u) << "the readers did not take the fast path";
+  for (int k = 0; k < kKeys; ++k) (void)(*c)->Remove("f" + std::to_string(k));
+  EXPECT_TRUE(Eventually([&] {
+    auto s = (*c)->Stats();
+    return s.ok() && s->tiers(0).used_bytes() == baseline && s->leases() == 0;
   })) << "memory did not return to baseline";
 }
 

@@ -6,10 +6,17 @@
 //                            "ready", then sleep until killed
 //   writer SOCKET ID         put keys "w<ID>-<i>" forever, printing "<key> <gen>"
 //                            after each put returns; exit 0 when the daemon goes
+//   fastread SOCKET KEYS     get keys "f0".."f<KEYS-1>" at random forever (the
+//                            fast path), holding up to 4 views at once and
+//                            checking each one's bytes (FastValue) when taken
+//                            and again before it is released; prints "ready"
+//                            after the first hit
 // Exit 0 on success, 1 on a verification failure, 2 on a client error.
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -77,6 +84,54 @@ int Hold(const char* socket, const char* key, int writes) {
   for (;;) pause();
 }
 
+// A value written by FastReadStress (daemon_test.cc): 8 bytes of version,
+// then FillForKey("<key>#<version>").
+bool FastValueOk(const std::string& key, const cistern::ObjectView& v, uint64_t* version) {
+  if (v.size() < 16) return false;
+  uint64_t got;
+  std::memcpy(&got, v.data(), 8);
+  if (*version != 0 && got != *version) return false;
+  *version = got;
+  return MatchesKey(key + "#" + std::to_string(got), v.data() + 8, v.size() - 8);
+}
+
+int FastRead(const char* socket, int keys) {
+  auto c = Connect(socket);
+  std::mt19937_64 rng(getpid());
+  struct Held {
+    std::string key;
+    uint64_t version;
+    cistern::ObjectView view;
+  };
+  std::vector<Held> held;
+  bool ready = false;
+  for (;;) {
+    std::string key = "f" + std::to_string(rng() % keys);
+    auto v = c->Get(key);
+    if (v.ok()) {
+      uint64_t version = 0;
+      if (!FastValueOk(key, *v, &version)) {
+        std::fprintf(stderr, "%s: wrong bytes when taken\n", key.c_str());
+        return 1;
+      }
+      held.push_back({key, version, std::move(*v)});
+      if (!ready) {
+        std::printf("ready\n");
+        std::fflush(stdout);
+        ready = true;
+      }
+    }
+    if (!held.empty() && (held.size() >= 4 || rng() % 2 == 0)) {
+      size_t i = rng() % held.size();
+      if (!FastValueOk(held[i].key, held[i].view, &held[i].version)) {
+        std::fprintf(stderr, "%s: bytes changed under the lease\n", held[i].key.c_str());
+        return 1;
+      }
+      held.erase(held.begin() + i);
+    }
+  }
+}
+
 int Writer(const char* socket, int id) {
   auto c = Connect(socket);
   std::vector<std::byte> buf;
@@ -103,6 +158,7 @@ int main(int argc, char** argv) {
   if (mode == "putget" && argc == 5) return PutGet(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   if (mode == "hold" && argc == 5) return Hold(argv[2], argv[3], std::atoi(argv[4]));
   if (mode == "writer" && argc == 4) return Writer(argv[2], std::atoi(argv[3]));
+  if (mode == "fastread" && argc == 4) return FastRead(argv[2], std::atoi(argv[3]));
   std::fprintf(stderr, "usage: see the comment at the top of test_client.cc\n");
   return 2;
 }
