@@ -11,6 +11,13 @@
 //      against redis-benchmark GET and SET with C connections, for C = 1 and 4;
 //      GetMany(64)+ReleaseMany against redis-benchmark GET -P 64. Targets: get
 //      >= 2x GET, put >= 1x SET, batch get >= pipelined GET.
+//   6. Cold puts (issue 13): Client::Put of 1 GiB into the arena of a daemon
+//      just started, with the arena pre-faulted (the default; timed once the
+//      daemon logs that the walk is done) and without (prefault: false),
+//      against memcpy of 1 GiB into pre-faulted memory (warm) and into a fresh
+//      file in the arena directory (cold). Target: a put into a pre-faulted
+//      arena >= 0.8x warm memcpy. Not in the default set; --arena-dir puts
+//      its arenas on another tmpfs (one mounted with huge=, say).
 //   4. Daemon memory per object: RssAnon of cisternd before and after putting
 //      1,000,000 objects with 16-byte keys and 64-byte values. Target: <= 256
 //      bytes per object beyond the key.
@@ -29,6 +36,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sqlite3.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
 #include <sys/wait.h>
@@ -199,13 +207,14 @@ std::string MakeTempDir() {
 
 class Daemon {
  public:
-  Daemon(std::string binary, std::string name, uint64_t tier_bytes)
+  Daemon(std::string binary, std::string name, uint64_t tier_bytes,
+         const std::string& arena_dir = "/dev/shm", const std::string& tier_yaml = "")
       : binary_(std::move(binary)), tier_bytes_(tier_bytes) {
     dir_ = MakeTempDir();
     socket_path_ = dir_ + "/cisternd.sock";
     config_path_ = dir_ + "/cisternd.yaml";
     log_path_ = dir_ + "/cisternd.log";
-    arena_path_ = fmt::format("/dev/shm/cistern-bench-{}{}.arena", getpid(), name);
+    arena_path_ = fmt::format("{}/cistern-bench-{}{}.arena", arena_dir, getpid(), name);
     lease_table_path_ = fmt::format("/dev/shm/cistern-bench-{}{}.leases", getpid(), name);
     for (const auto& p :
          {arena_path_, lease_table_path_, lease_table_path_ + ".index", lease_table_path_ + ".fast",
@@ -215,8 +224,8 @@ class Daemon {
     std::filesystem::remove(arena_path_);
     std::ofstream(config_path_) << fmt::format(
         "runtime_dir: {}\nsocket_path: {}\nlog_level: info\ntiers:\n  - name: mem\n"
-        "    path: {}\n    size: {}\nmetrics_port: 0\n{}",
-        dir_, socket_path_, arena_path_, tier_bytes_,
+        "    path: {}\n    size: {}\n{}metrics_port: 0\n{}",
+        dir_, socket_path_, arena_path_, tier_bytes_, tier_yaml,
         getenv("CISTERN_BENCH_DAEMON_YAML") ? getenv("CISTERN_BENCH_DAEMON_YAML") : "");
   }
   ~Daemon() {
@@ -244,6 +253,21 @@ class Daemon {
     }
     Die("cisternd did not become ready within 30 s:\n" + ReadFile(log_path_));
   }
+
+  // Waits until the daemon logs that its arena is pre-faulted (or says why
+  // it stopped); the seconds the walk took by its own account, or -1.
+  double WaitPrefaulted() const {
+    auto deadline = Clock::now() + std::chrono::seconds(120);
+    while (Clock::now() < deadline) {
+      std::string log = ReadFile(log_path_);
+      size_t at = log.find("pre-faulted in ");
+      if (at != std::string::npos) return std::strtod(log.c_str() + at + 15, nullptr);
+      if (log.find("pre-faulting tier") != std::string::npos) return -1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    Die("cisternd did not finish pre-faulting its arena within 120 s");
+  }
+  const std::string& log_path() const { return log_path_; }
 
   // fast_path false: every get is a round trip (ConnectOptions::fast_path).
   absl::StatusOr<std::unique_ptr<Client>> Connect(bool fast_path = true) const {
@@ -489,7 +513,8 @@ struct Options {
   double scale = 1.0;  // multiplies every iteration count
   uint64_t tier_bytes = 4 * kGiB;
   uint64_t objects = 1'000'000;
-  std::string phases = "12345";  // which of the five measurements to run
+  std::string phases = "12345";        // which of the measurements to run (6: cold puts)
+  std::string arena_dir = "/dev/shm";  // phase 6's arenas
 };
 
 uint64_t Scaled(const Options& o, uint64_t n, uint64_t at_least = 1) {
@@ -519,6 +544,8 @@ Options ParseArgs(int argc, char** argv) {
       o.objects = std::strtoull(need(i).c_str(), nullptr, 10);
     } else if (a == "--phases") {
       o.phases = need(i);
+    } else if (a == "--arena-dir") {
+      o.arena_dir = need(i);
     } else if (a == "--help" || a == "-h") {
       std::printf(
           "usage: cistern_store_bench [--json FILE] [--scale F] [--objects N] [--phases S]\n"
@@ -526,7 +553,9 @@ Options ParseArgs(int argc, char** argv) {
           "                           [--redis-benchmark PATH]\n"
           "  --scale F    multiply every iteration count by F (default 1)\n"
           "  --objects N  objects for the memory-per-object measurement (default 1000000)\n"
-          "  --phases S   run only the measurements whose numbers are in S (default 12345)\n"
+          "  --phases S   run only the measurements whose numbers are in S (default 12345;\n"
+          "               6, cold puts, runs only when named)\n"
+          "  --arena-dir D  where phase 6 puts its arenas (default /dev/shm)\n"
           "environment: CISTERN_BENCH_DAEMON_YAML is appended to cisternd's config\n"
           "  (e.g. 'busy_poll_us: 0' to measure without busy polling)\n");
       std::exit(0);
@@ -1216,6 +1245,96 @@ std::string LoadAvg() {
   return a + " " + b + " " + c;
 }
 
+// ------------------------------------------------------------ 6. cold puts ----
+
+void BenchColdPuts(const Options& opt, std::vector<Target>* targets, JsonObject* json) {
+  const uint64_t n = kGiB;
+  Buffer src(n), warm(n);
+  Fill(src.data, n, 11);
+  Fill(warm.data, n, 12);  // pre-faults the warm memcpy destination
+  const int rounds = 2;
+  fmt::print(
+      "\n== 6. Cold puts: 1 GiB into a daemon just started (GB/s = 1e9 bytes/s) ==\n"
+      "   arenas in {}; put: Client::Put(key, 1 GiB, checksum=false), one per fresh daemon;\n"
+      "   pre-faulted: timed after the daemon logged its background walk done (walk s = its\n"
+      "   own account); memcpy warm: into a pre-faulted heap buffer, the better of two;\n"
+      "   memcpy cold: into a fresh file's mapping there; {} rounds\n",
+      opt.arena_dir, rounds);
+  fmt::print("   {:>5} {:>12} {:>12} {:>14} {:>8} {:>14}\n", "round", "memcpy warm", "memcpy cold",
+             "put cold arena", "walk s", "put prefaulted");
+  auto gbps = [&](Clock::duration d) { return n / Seconds(d) / 1e9; };
+  std::vector<double> r_warm, r_cold, r_put_cold, r_put_pre;
+  std::vector<Json> jrows;
+  PutOptions po;
+  po.checksum = false;
+  for (int round = 0; round < rounds; ++round) {
+    double mw = 0;  // the better of two copies: the peer at its best
+    for (int i = 0; i < 2; ++i) {
+      auto t = Clock::now();
+      std::memcpy(warm.data, src.data, n);
+      mw = std::max(mw, gbps(Clock::now() - t));
+    }
+    auto t0 = Clock::now();
+    double mc = 0;
+    {
+      std::string path = fmt::format("{}/cistern-bench-{}-cold", opt.arena_dir, getpid());
+      AddCleanupPath(path);
+      int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+      if (fd < 0 || ::ftruncate(fd, static_cast<off_t>(n)) != 0) Die("cannot make " + path);
+      void* p = ::mmap(nullptr, n, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+      if (p == MAP_FAILED) Die("cannot map " + path);
+      t0 = Clock::now();
+      std::memcpy(p, src.data, n);
+      mc = gbps(Clock::now() - t0);
+      ::munmap(p, n);
+      ::close(fd);
+      ::unlink(path.c_str());
+    }
+    double pc = 0, pp = 0, walk = 0;
+    for (bool prefault : {false, true}) {
+      Daemon d(opt.cisternd, prefault ? "-pre" : "-lazy", n + 64 * kMiB, opt.arena_dir,
+               prefault ? "" : "    prefault: false\n");
+      d.Start();
+      if (prefault) walk = d.WaitPrefaulted();
+      auto c = d.MustConnect();
+      t0 = Clock::now();
+      Must(c->Put("cold", src.span(n), po).status(), "put of 1 GiB");
+      (prefault ? pp : pc) = gbps(Clock::now() - t0);
+    }
+    fmt::print("   {:>5} {:>12.2f} {:>12.2f} {:>14.2f} {:>8.2f} {:>14.2f}\n", round + 1, mw, mc, pc,
+               walk, pp);
+    r_warm.push_back(mw);
+    r_cold.push_back(mc);
+    r_put_cold.push_back(pc);
+    r_put_pre.push_back(pp);
+    jrows.push_back(JsonObject()
+                        .Int("round", round + 1)
+                        .Num("memcpy_warm_gbps", mw)
+                        .Num("memcpy_cold_gbps", mc)
+                        .Num("put_cold_arena_gbps", pc)
+                        .Num("prefault_walk_seconds", walk)
+                        .Num("put_prefaulted_gbps", pp)
+                        .Build());
+  }
+  auto median = [](std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.size() % 2 ? v[v.size() / 2] : (v[v.size() / 2 - 1] + v[v.size() / 2]) / 2;
+  };
+  double ratio = median(r_put_pre) / median(r_warm);
+  fmt::print(
+      "   median: put into a pre-faulted arena {:.2f} GB/s = {:.2f}x warm memcpy; into a cold "
+      "arena {:.2f} GB/s = {:.2f}x; cold memcpy {:.2f}x\n",
+      median(r_put_pre), ratio, median(r_put_cold), median(r_put_cold) / median(r_warm),
+      median(r_cold) / median(r_warm));
+  targets->push_back(
+      {"6. 1 GiB put into a pre-faulted arena / warm memcpy", "ratio of GB/s", ratio, 0.8, false});
+  json->Raw("cold_puts", JsonObject()
+                             .Str("arena_dir", opt.arena_dir)
+                             .Raw("rounds", Json(jrows))
+                             .Num("put_prefaulted_over_warm_memcpy", ratio)
+                             .Build());
+}
+
 int Main(int argc, char** argv) {
   Options opt = ParseArgs(argc, argv);
   struct sigaction sa {};
@@ -1237,11 +1356,13 @@ int Main(int argc, char** argv) {
   std::vector<Target> targets;
   JsonObject json;
   json.Str("benchmark", "cistern_store_bench");
-  {
+  if (opt.phases.find_first_of("1235") != std::string::npos) {
     Daemon d(opt.cisternd, "", opt.tier_bytes);
     d.Start();
-    fmt::print("cisternd pid {}, tier of {} at {}\n", d.pid(), SizeName(opt.tier_bytes),
-               d.arena_path());
+    // Measure nothing while the daemon's background walk takes a core.
+    double walk = d.WaitPrefaulted();
+    fmt::print("cisternd pid {}, tier of {} at {} (pre-faulted in {:.2f} s)\n", d.pid(),
+               SizeName(opt.tier_bytes), d.arena_path(), walk);
     Buffer src(kGiB);
     auto want = [&](char p) { return opt.phases.find(p) != std::string::npos; };
     if (want('1')) BenchGetLatency(opt, d, src, &targets, &json);
@@ -1250,6 +1371,7 @@ int Main(int argc, char** argv) {
     if (want('5')) BenchStreamAcks(opt, d, &targets, &json);
   }
   if (opt.phases.find('4') != std::string::npos) BenchMemory(opt, &targets, &json);
+  if (opt.phases.find('6') != std::string::npos) BenchColdPuts(opt, &targets, &json);
 
   double total = Seconds(Clock::now() - start);
   std::string load1 = LoadAvg();

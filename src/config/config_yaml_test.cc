@@ -272,7 +272,7 @@ TEST(LoadYamlTest, UnknownNestedKeyIsNamedWithItsPath) {
 )"),
               IsInvalid("unknown key 'tiers[1].sise' at line 5",
                         "valid keys of TierConfig: name, path, size, high_watermark, "
-                        "low_watermark"));
+                        "low_watermark, prefault"));
   EXPECT_THAT(LoadError("recovery:\n  on_corupt_object: drop\n"),
               IsInvalid("unknown key 'recovery.on_corupt_object'", "on_corrupt_object"));
 }

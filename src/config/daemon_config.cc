@@ -56,6 +56,7 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
     }
     if (!t.has_high_watermark()) t.set_high_watermark(0.95);
     if (!t.has_low_watermark()) t.set_low_watermark(std::min(0.85, t.high_watermark()));
+    if (!t.has_prefault()) t.set_prefault(true);
   }
   if (cfg->allowed_uids_size() == 0) cfg->add_allowed_uids(geteuid());
   if (cfg->log_level() == config::LOG_LEVEL_UNSPECIFIED) cfg->set_log_level(config::LOG_LEVEL_INFO);

@@ -42,6 +42,16 @@ TEST(DaemonConfigTest, DefaultsAreValid) {
   auto off = LoadDaemonConfig("", {"fast_path.enabled=false"});
   ASSERT_TRUE(off.ok()) << off.status();
   EXPECT_FALSE(off->fast_path().enabled());
+  // Arenas are pre-faulted unless a tier says otherwise.
+  EXPECT_TRUE(cfg->tiers(0).prefault());
+  auto lazy =
+      LoadDaemonConfig("", {"tiers.0.name=mem", "tiers.0.size=1GiB", "tiers.0.prefault=false"});
+  ASSERT_TRUE(lazy.ok()) << lazy.status();
+  EXPECT_FALSE(lazy->tiers(0).prefault());
+  auto bad =
+      LoadDaemonConfig("", {"tiers.0.name=mem", "tiers.0.size=1GiB", "tiers.0.prefault=sometimes"});
+  ASSERT_FALSE(bad.ok());
+  EXPECT_THAT(bad.status().message(), HasSubstr("prefault"));
 }
 
 TEST(DaemonConfigTest, FileAndOverridesCombine) {

@@ -31,6 +31,7 @@
 #include "src/config/daemon_config.h"
 #include "src/daemon/arena_file.h"
 #include "src/daemon/metrics.h"
+#include "src/daemon/prefault.h"
 #include "src/daemon/process.h"
 #include "src/daemon/server.h"
 #include "src/registry/sqlite_backend.h"
@@ -132,6 +133,18 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     sopts.tiers.push_back(info);
     sopts.arena_fds.push_back((*f)->share_fd());
     files.push_back(std::move(*f));
+  }
+  // Declared after `files`: stops before the arenas are unmapped.
+  std::vector<daemon::PrefaultRegion> to_prefault;
+  for (int i = 0; i < cfg.tiers_size(); ++i) {
+    if (cfg.tiers(i).prefault()) {
+      to_prefault.push_back(
+          {cfg.tiers(i).name(), files[i]->base(), files[i]->size(), files[i]->share_fd()});
+    }
+  }
+  std::unique_ptr<daemon::Prefaulter> prefaulter;
+  if (!to_prefault.empty()) {
+    prefaulter = std::make_unique<daemon::Prefaulter>(std::move(to_prefault));
   }
 
   // The shared lease table: the leases and writes of client processes that

@@ -2,6 +2,7 @@
 // with SIGKILL, clean shutdown, restart recovery, corrupt and busy arenas.
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -139,6 +140,43 @@ TEST(DaemonTest, FastPathReadersKilledAtRandomNeverSeeAnotherVersionsBytes) {
     auto s = (*c)->Stats();
     return s.ok() && s->tiers(0).used_bytes() == baseline && s->leases() == 0;
   })) << "memory did not return to baseline";
+}
+
+// Cold puts (issue 13): the daemon allocates each arena on a background
+// thread at start unless its tier says prefault: false, and puts go on
+// meanwhile with their bytes intact.
+TEST(DaemonTest, TheArenaIsPrefaultedAtStartUnlessItsTierSaysNot) {
+  auto allocated = [](const std::string& path) {
+    struct stat st {};
+    return ::stat(path.c_str(), &st) == 0 ? static_cast<uint64_t>(st.st_blocks) * 512 : 0;
+  };
+  std::vector<std::byte> value(8 << 20);
+  FillForKey("cold", value.data(), value.size());
+  for (bool prefault : {true, false}) {
+    SCOPED_TRACE(prefault ? "prefault: true (the default)" : "prefault: false");
+    Daemon d(DaemonSpec{64 << 20});
+    std::string err;
+    std::vector<std::string> args;
+    if (!prefault) args = {"--set", "tiers.0.prefault=false"};
+    ASSERT_TRUE(d.Start(args, &err)) << err;
+    auto c = d.Connect();
+    ASSERT_TRUE(c.ok());
+    ASSERT_TRUE((*c)->Put("cold", value).ok());  // whether or not the walk is done
+    if (prefault) {
+      EXPECT_TRUE(Eventually([&] {
+        return d.Log().find("64 MiB pre-faulted") != std::string::npos;
+      })) << d.Log();
+      EXPECT_GE(allocated(d.arena_path()), uint64_t{64} << 20);
+    } else {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      EXPECT_THAT(d.Log(), ::testing::Not(::testing::HasSubstr("pre-faulted")));
+      EXPECT_LT(allocated(d.arena_path()), uint64_t{32} << 20);
+    }
+    auto got = (*c)->Get("cold");
+    ASSERT_TRUE(got.ok()) << got.status();
+    ASSERT_EQ(got->size(), value.size());
+    EXPECT_EQ(std::memcmp(got->data(), value.data(), value.size()), 0);
+  }
 }
 
 TEST(DaemonTest, Kill9UnderLoadLosesNothingSealedAndShowsNothingHalfWritten) {

@@ -32,11 +32,14 @@ using namespace std::chrono_literals;
 int Code(const wire::Response& r) { return r.has_status() ? r.status().code() : 0; }
 
 // Resident memory of `pid`, in bytes.
+// The daemon's own resident memory: RssAnon. VmRSS would also count the
+// arena's shared pages, which the daemon pre-faults in the background at
+// start (tiers[].prefault), so it grows by the arena's size on its own.
 uint64_t RssBytes(pid_t pid) {
   std::ifstream in(fmt::format("/proc/{}/status", pid));
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    if (line.rfind("RssAnon:", 0) == 0) return std::stoull(line.substr(8)) * 1024;
   }
   return 0;
 }
