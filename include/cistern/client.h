@@ -140,7 +140,7 @@ class ObjectView {
   std::span<const std::byte> bytes() const { return {data_, size_}; }
   ObjectRef ref() const { return {key_, generation_, size_}; }
   // Empty for a raw-bytes object.
-  const std::vector<TensorInfo>& tensors() const { return tensors_; }
+  const std::vector<TensorInfo>& tensors() const;
   // The bytes of one tensor; NotFound if the object has no such tensor.
   absl::StatusOr<std::span<const std::byte>> tensor(std::string_view name) const;
   bool valid() const { return data_ != nullptr; }
@@ -163,7 +163,9 @@ class ObjectView {
   uint64_t lease_id_ = 0;
   const std::byte* data_ = nullptr;
   size_t size_ = 0;
-  std::vector<TensorInfo> tensors_;
+  // Shared with the client's cache of decoded manifests (fast path); null
+  // for raw bytes.
+  std::shared_ptr<const std::vector<TensorInfo>> tensors_;
 };
 
 // A reserved, invisible object being filled in place. Seal makes it visible;

@@ -144,7 +144,12 @@ void ObjectView::Reset() {
   lease_id_ = 0;
   data_ = nullptr;
   size_ = 0;
-  tensors_.clear();
+  tensors_.reset();
+}
+
+const std::vector<TensorInfo>& ObjectView::tensors() const {
+  static const std::vector<TensorInfo> kNone;
+  return tensors_ ? *tensors_ : kNone;
 }
 
 absl::Status ObjectView::Release() {
@@ -162,7 +167,7 @@ absl::Status ObjectView::Release() {
 }
 
 absl::StatusOr<std::span<const std::byte>> ObjectView::tensor(std::string_view name) const {
-  for (const TensorInfo& t : tensors_) {
+  for (const TensorInfo& t : tensors()) {
     if (t.name == name) return std::span<const std::byte>(data_ + t.offset, t.nbytes);
   }
   return absl::NotFoundError(fmt::format("object '{}' has no tensor '{}'", key_, name));
@@ -381,7 +386,7 @@ absl::StatusOr<ObjectView> Client::MakeView(std::string_view key, const void* ge
     auto tensors =
         store::DecodeManifest(std::string_view(base + m, h->manifest_bytes), h->tensor_count);
     if (!tensors.ok()) return tensors.status();
-    v.tensors_ = std::move(*tensors);
+    v.tensors_ = std::make_shared<const std::vector<TensorInfo>>(std::move(*tensors));
   }
   return v;
 }
@@ -409,14 +414,8 @@ std::optional<ObjectView> Client::FastGet(std::string_view key, uint64_t generat
   v.data_ = reinterpret_cast<const std::byte*>(block + h->payload_offset);
   v.size_ = h->payload_size;
   if (h->flags & store::kFlagTensorDict) {
-    uint64_t m = store::ManifestOffset(h->key_bytes);
-    if (m > h->payload_offset || h->manifest_bytes > h->payload_offset - m) {
-      return std::nullopt;  // v ends the lease; the socket path reports it
-    }
-    auto tensors =
-        store::DecodeManifest(std::string_view(block + m, h->manifest_bytes), h->tensor_count);
-    if (!tensors.ok()) return std::nullopt;
-    v.tensors_ = std::move(*tensors);
+    v.tensors_ = v.fast_->Manifest(hit);
+    if (!v.tensors_) return std::nullopt;  // v ends the lease; the socket path reports it
   }
   return v;
 }

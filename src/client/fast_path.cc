@@ -9,6 +9,8 @@
 
 #include "fmt/format.h"
 #include "src/common/errno_status.h"
+#include "src/store/layout.h"
+#include "src/store/manifest.h"
 
 namespace cistern::client_internal {
 namespace {
@@ -99,6 +101,41 @@ bool FastPath::Acquire(std::string_view key, uint64_t generation, store::FastHit
   }
   slots_.Give(*slot);
   return false;
+}
+
+std::shared_ptr<const std::vector<TensorInfo>> FastPath::Manifest(const store::FastHit& hit) {
+  // Acquire checked the header against its block; the manifest lies between
+  // the key and the payload.
+  const store::ObjectHeader* h = hit.header;
+  const char* block = reinterpret_cast<const char*>(h);
+  const uint64_t m = store::ManifestOffset(h->key_bytes);
+  if (m > h->payload_offset || h->manifest_bytes > h->payload_offset - m) return nullptr;
+  const std::string_view raw(block + m, h->manifest_bytes);
+  const BlockGeneration k{hit.header, hit.generation};
+  {
+    // A hit must also match the manifest's bytes: generations start again at
+    // 1 in an arena formatted anew, which this process may still have mapped
+    // at the same address (a reconnect keeps the mappings).
+    MutexLock l(&manifest_mu_);
+    if (auto it = manifests_.find(k);
+        it != manifests_.end() && it->second.count == h->tensor_count && it->second.raw == raw) {
+      return it->second.tensors;
+    }
+  }
+  auto tensors = store::DecodeManifest(raw, h->tensor_count);
+  if (!tensors.ok()) return nullptr;
+  auto shared = std::make_shared<const std::vector<TensorInfo>>(std::move(*tensors));
+  MutexLock l(&manifest_mu_);
+  if (cached_tensors_ + shared->size() > kMaxCachedTensors) {
+    manifests_.clear();
+    cached_tensors_ = 0;
+  }
+  if (shared->size() <= kMaxCachedTensors) {
+    CachedManifest& e = manifests_[k];
+    cached_tensors_ = cached_tensors_ - (e.tensors ? e.tensors->size() : 0) + shared->size();
+    e = CachedManifest{std::string(raw), h->tensor_count, shared};
+  }
+  return shared;
 }
 
 bool FastPath::Release(const store::FastHit& hit) {

@@ -19,10 +19,15 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <string_view>
+#include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "include/cistern/object.h"
+#include "src/common/mutex.h"
 #include "src/store/fast_lease.h"
 #include "src/store/shared_index.h"
 
@@ -47,6 +52,16 @@ class FastPath {
   // caller then tells cisternd (FastReleased), which frees it at once.
   bool Release(const store::FastHit& hit);
 
+  // The tensors of the sealed tensor dict whose header `hit` leased, decoded
+  // once per (block, generation) and shared by every view of it: a sealed
+  // generation's manifest never changes, and decoding one (a string and a
+  // vector per tensor) cost a fast-path get more than the rest of it. A hit
+  // is used only if the manifest's bytes are still the cached ones. Null
+  // when the manifest is malformed. The cache holds at most
+  // kMaxCachedTensors tensors' worth and starts over when full.
+  std::shared_ptr<const std::vector<TensorInfo>> Manifest(const store::FastHit& hit);
+  static constexpr size_t kMaxCachedTensors = 1 << 16;
+
   uint64_t region_offset() const { return region_offset_; }
   // False in a process forked after this was made.
   bool Mine() const;
@@ -69,6 +84,26 @@ class FastPath {
   dev_t index_dev_ = 0, lease_dev_ = 0;
   ino_t index_ino_ = 0, lease_ino_ = 0;
   uint64_t fork_epoch_ = 0;
+
+  struct BlockGeneration {
+    const void* header;
+    uint64_t generation;
+    bool operator==(const BlockGeneration&) const = default;
+  };
+  struct BlockGenerationHash {
+    size_t operator()(const BlockGeneration& k) const {
+      return std::hash<const void*>()(k.header) ^ (k.generation * 0x9e3779b97f4a7c15ull);
+    }
+  };
+  struct CachedManifest {
+    std::string raw;  // the manifest's bytes, compared on every hit
+    uint32_t count = 0;
+    std::shared_ptr<const std::vector<TensorInfo>> tensors;
+  };
+  Mutex manifest_mu_;
+  std::unordered_map<BlockGeneration, CachedManifest, BlockGenerationHash> manifests_
+      ABSL_GUARDED_BY(manifest_mu_);
+  size_t cached_tensors_ ABSL_GUARDED_BY(manifest_mu_) = 0;
 };
 
 }  // namespace cistern::client_internal
