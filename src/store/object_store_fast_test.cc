@@ -25,16 +25,6 @@ constexpr uint32_t kSlots = 8;
 constexpr uint64_t kEntries = 64;
 constexpr uint64_t kIndexSlots = 256;
 
-struct Heap {
-  explicit Heap(uint64_t n) : size(n) {
-    base = static_cast<char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096));
-    std::memset(base, 0, n);
-  }
-  ~Heap() { std::free(base); }
-  char* base;
-  uint64_t size;
-};
-
 // A store with the fast path over heap memory. Restart() drops the store as
 // a kill -9 of the daemon would and opens it again, as cisternd does: the
 // lease table and the fast lease regions are read back, the index rebuilt.
@@ -145,7 +135,7 @@ class FastHarness {
 
  private:
   TestRegion arena_;
-  Heap table_, index_mem_, fast_mem_;
+  HeapBuffer table_, index_mem_, fast_mem_;
   absl::flat_hash_set<int32_t> dead_;
   double high_, low_;
   std::unique_ptr<SharedLeaseTable> shared_;
@@ -365,7 +355,7 @@ TEST(FastPathStoreTest, OpenFastPathNeedsAFastPath) {
   EXPECT_EQ((*plain)->OpenFastPath(1, {1, 1, 1}).status().code(),
             absl::StatusCode::kFailedPrecondition);
   StoreOptions half;
-  Heap index_mem(SharedIndex::BytesFor(16));
+  HeapBuffer index_mem(SharedIndex::BytesFor(16));
   auto index = SharedIndex::Format(index_mem.base, index_mem.size, 16);
   ASSERT_TRUE(index.ok());
   half.index = &*index;  // without the regions

@@ -7,21 +7,12 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/store/test_arena.h"
 
 namespace cistern::store {
 namespace {
 
 using ::testing::HasSubstr;
-
-struct Region {
-  explicit Region(uint64_t bytes) : size(bytes) {
-    base = static_cast<char*>(std::aligned_alloc(4096, (size + 4095) / 4096 * 4096));
-    std::memset(base, 0, size);
-  }
-  ~Region() { std::free(base); }
-  char* base;
-  uint64_t size;
-};
 
 // Every entry Find reports for `key` (a real reader checks the arena).
 std::vector<SharedIndexReader::Entry> Lookup(const SharedIndexReader& r, const std::string& key) {
@@ -34,7 +25,7 @@ std::vector<SharedIndexReader::Entry> Lookup(const SharedIndexReader& r, const s
 }
 
 TEST(SharedIndexTest, PublishedKeysAreFoundAndUnpublishedOnesAreNot) {
-  Region m(SharedIndex::BytesFor(64));
+  HeapBuffer m(SharedIndex::BytesFor(64));
   auto w = SharedIndex::Format(m.base, m.size, 64);
   ASSERT_TRUE(w.ok()) << w.status();
   auto r = SharedIndexReader::Open(m.base, m.size);
@@ -66,7 +57,7 @@ TEST(SharedIndexTest, PublishedKeysAreFoundAndUnpublishedOnesAreNot) {
 
 TEST(SharedIndexTest, KeysPastATombstoneStayReachableAndAFullWindowOverflows) {
   // 32 slots, all in one probe window: every key collides with every other.
-  Region m(SharedIndex::BytesFor(kIndexProbe));
+  HeapBuffer m(SharedIndex::BytesFor(kIndexProbe));
   auto w = SharedIndex::Format(m.base, m.size, kIndexProbe);
   ASSERT_TRUE(w.ok());
   auto r = SharedIndexReader::Open(m.base, m.size);
@@ -90,7 +81,7 @@ TEST(SharedIndexTest, KeysPastATombstoneStayReachableAndAFullWindowOverflows) {
 }
 
 TEST(SharedIndexTest, FormatRefusesBadSizesAndOpenRefusesWhatIsNotAnIndex) {
-  Region m(SharedIndex::BytesFor(64));
+  HeapBuffer m(SharedIndex::BytesFor(64));
   auto bad = SharedIndex::Format(m.base, m.size, 48);
   EXPECT_THAT(bad.status().message(), HasSubstr("power of two"));
   bad = SharedIndex::Format(m.base, m.size, 128);
@@ -108,7 +99,7 @@ TEST(SharedIndexTest, FormatRefusesBadSizesAndOpenRefusesWhatIsNotAnIndex) {
 }
 
 TEST(SharedIndexTest, FormattingAgainClearsEveryEntry) {
-  Region m(SharedIndex::BytesFor(64));
+  HeapBuffer m(SharedIndex::BytesFor(64));
   auto w = SharedIndex::Format(m.base, m.size, 64);
   ASSERT_TRUE(w.ok());
   ASSERT_TRUE(w->Publish("a", 0, 4096, 1));

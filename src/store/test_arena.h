@@ -10,6 +10,20 @@
 
 namespace cistern::store {
 
+// Zeroed, page-aligned heap memory standing in for a mapped file (a lease
+// table, an index, fast lease regions).
+struct HeapBuffer {
+  explicit HeapBuffer(uint64_t n)
+      : base(static_cast<char*>(std::aligned_alloc(4096, (n + 4095) / 4096 * 4096))), size(n) {
+    std::memset(base, 0, n);
+  }
+  ~HeapBuffer() { std::free(base); }
+  HeapBuffer(const HeapBuffer&) = delete;
+  HeapBuffer& operator=(const HeapBuffer&) = delete;
+  char* base;
+  uint64_t size;
+};
+
 class TestRegion {
  public:
   explicit TestRegion(uint64_t size, std::string tier = "mem", uint32_t index = 0)
