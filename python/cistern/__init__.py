@@ -3,17 +3,21 @@
     import cistern
     c = cistern.connect()                        # address=, token=
     ref = c.put("llama/layer0", state_dict)      # bytes, numpy array, torch tensor, or dict of them
-    sd = c.get("llama/layer0", as_="torch")      # dict of read-only tensors viewing shared memory
+    sd = c.get("llama/layer0", as_="torch")      # dict of copy-on-write tensors over shared memory
     arr = c.get("blob", as_="numpy")
     c.remove("llama/layer0"); c.stat(key); c.list(prefix)
 
 Values returned by ``get`` view the daemon's shared memory directly: no copy is
 made, and the object's bytes stay in place (a lease) for as long as any array or
 tensor built over them is alive, even if the key is removed or overwritten.
-The bytes lie in a read-only mapping: numpy arrays are read-only (writing raises
-ValueError); torch has no read-only tensors, so an in-place write to a returned
-tensor faults (SIGSEGV) rather than change data other processes share. Copy
-(``t.clone()``) before modifying.
+The shared bytes never change: numpy arrays are read-only (writing raises
+ValueError). torch has no read-only tensors, so torch tensors are
+copy-on-write: they view this process's private mapping of the shared pages
+(objects of 64 KiB or more; still no copy until a write) or a private copy
+(smaller ones, where a copy costs less than a mapping). An in-place write
+(``t.add_(1)``, ``t[0] = 5``) changes that tensor in this process only: other
+processes, later gets, and the stored object keep the sealed bytes. Each page
+written costs one page of this process's memory.
 
 Streams (durable queues of sample refs between producers and trainers) are
 ``cistern.Stream`` and ``cistern.StreamLoader``; see cistern/stream.py.
@@ -211,17 +215,21 @@ def _nest(flat: dict) -> dict:
     return out
 
 
-def _tensors(view, as_: str, tensors=None) -> dict:
+def _tensors(view, as_: str, tensors=None, private: bool = True) -> dict:
     """The tensors of a tensor-dict view by stored (flat, '/'-joined) name, as
-    numpy arrays or torch tensors over the view's buffer (no copy).
+    numpy arrays (read-only, over the view's buffer) or torch tensors (over
+    the view's private copy-on-write version; over the read-only view itself
+    when ``private`` is False, for callers that only read them).
     ``tensors``: ``view.tensors`` if the caller has it already."""
     out = {}
     torch = _torch() if as_ == "torch" else None
     dtypes = _torch_dtypes() if torch is not None else _NUMPY_DTYPES
     np = _numpy()
+    tensors = view.tensors if tensors is None else tensors
+    buf = view.make_private() if torch is not None and private and tensors else view
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch: "the given buffer is not writable"
-        for t in view.tensors if tensors is None else tensors:
+        warnings.simplefilter("ignore")  # torch over the view: "the given buffer is not writable"
+        for t in tensors:
             count = 1
             for d in t["shape"]:
                 count *= d
@@ -235,7 +243,7 @@ def _tensors(view, as_: str, tensors=None) -> dict:
                 if count == 0:
                     arr = torch.empty(t["shape"], dtype=dt)
                 else:
-                    arr = torch.frombuffer(view, dtype=dt, count=count,
+                    arr = torch.frombuffer(buf, dtype=dt, count=count,
                                            offset=t["offset"]).reshape(t["shape"])
             else:
                 arr = np.frombuffer(view, dtype=dt, count=count,
@@ -244,18 +252,20 @@ def _tensors(view, as_: str, tensors=None) -> dict:
     return out
 
 
-def _from_view(view, as_: str):
+def _from_view(view, as_: str, private: bool = True):
     if as_ == "memoryview":
         return memoryview(view)
     tensors = view.tensors
     if not tensors:
         if as_ == "torch":
             torch = _torch()
+            if private:
+                return torch.frombuffer(view.make_private(), dtype=torch.uint8)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return torch.frombuffer(view, dtype=torch.uint8)
         return _numpy().frombuffer(view, dtype=_numpy().uint8)
-    out = _tensors(view, as_, tensors)
+    out = _tensors(view, as_, tensors, private)
     if list(out) == [BARE]:
         return out[BARE]
     return _nest(out)
@@ -448,7 +458,9 @@ class Client:
         """Copies ``key`` into caller-owned ``out``: an array/tensor, or a dict
         of them with the same names, dtypes and shapes as the stored object."""
         torch_out = _is_torch(next(iter(out.values())) if isinstance(out, dict) else out)
-        got = self.get(key, generation=generation, as_="torch" if torch_out else "numpy")
+        # Only read here: torch tensors over the read-only view, no private copy.
+        got = _from_view(self._c.get(key, generation), "torch" if torch_out else "numpy",
+                         private=False)
         pairs = [(k, out[k], got.get(k)) for k in out] if isinstance(out, dict) else [(key, out, got)]
         if isinstance(out, dict) and isinstance(got, dict) and set(out) != set(got):
             raise ValueError(f"get_into '{key}': names differ: stored {sorted(got)}, "

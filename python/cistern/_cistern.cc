@@ -61,6 +61,13 @@ struct View {
   }
 };
 
+// This process's writable version of a view's bytes (ObjectView::MakePrivate);
+// torch tensors are built over it. It keeps the view, and so the lease, alive.
+struct Private {
+  std::shared_ptr<View> view;
+  cistern::PrivateBytes bytes;
+};
+
 // A pending write; its buffer is writable until Seal or Abort.
 struct PendingWrite {
   cistern::Writer writer;
@@ -272,6 +279,13 @@ PYBIND11_MODULE(_cistern, m) {
              }
              if (!s.ok()) Raise(s);
            })
+      .def("make_private",
+           [](const std::shared_ptr<View>& v) {
+             auto p = std::make_shared<Private>();
+             p->view = v;
+             p->bytes = Check(v->view.MakePrivate());
+             return p;
+           })
       .def_buffer([](View& v) -> py::buffer_info {
         if (!v.view.valid()) {
           throw py::value_error("the view of '" + v.view.key() + "' was released");
@@ -279,6 +293,14 @@ PYBIND11_MODULE(_cistern, m) {
         return py::buffer_info(const_cast<std::byte*>(v.view.data()), 1,
                                py::format_descriptor<uint8_t>::format(), 1,
                                {static_cast<py::ssize_t>(v.view.size())}, {1}, /*readonly=*/true);
+      });
+
+  py::class_<Private, std::shared_ptr<Private>>(m, "Private", py::buffer_protocol())
+      .def_property_readonly("mapped", [](const Private& p) { return p.bytes.mapped(); })
+      .def_buffer([](Private& p) -> py::buffer_info {
+        return py::buffer_info(p.bytes.data(), 1, py::format_descriptor<uint8_t>::format(), 1,
+                               {static_cast<py::ssize_t>(p.bytes.size())}, {1},
+                               /*readonly=*/false);
       });
 
   py::class_<PendingWrite, std::shared_ptr<PendingWrite>>(m, "PendingWrite", py::buffer_protocol())

@@ -405,7 +405,9 @@ class Batch:
 class StreamLoader:
     """Iterates over a stream in batches: leases ``batch_size`` refs (waiting
     up to ``timeout`` seconds for a full batch), fetches every sample's
-    tensors zero-copy, yields a Batch, and acks it when the next batch is
+    tensors (numpy: read-only views of the shared bytes; torch:
+    copy-on-write, see the ``cistern`` module's docstring), yields a Batch,
+    and acks it when the next batch is
     requested, or when the ``for`` loop, ``with`` block or ``close()`` ends
     it. A short batch (fewer than ``batch_size`` refs at the timeout) is
     failed as retryable and the iteration stops; iterating again goes on

@@ -90,10 +90,8 @@ def test_get_is_zero_copy_into_the_arena(client):
     client.put("a", np.arange(1000, dtype=np.int64))
     view = client._c.get("a", 0)
     first = client.get("a")
-    second = client.get("a", as_="torch")
     start = view.address
     assert first.__array_interface__["data"][0] == start  # no copy: it is the arena
-    assert second.data_ptr() == start
     # Another process sees the same physical pages: it reads what we stored.
     code = ("import cistern,sys; c=cistern.connect(sys.argv[1]); "
             "a=c.get('a'); sys.exit(0 if int(a.sum())==499500 else 1)")
@@ -101,18 +99,60 @@ def test_get_is_zero_copy_into_the_arena(client):
     assert subprocess.run([sys.executable, "-c", code, client.address], env=env).returncode == 0
 
 
-def test_views_are_read_only(client):
-    client.put("a", {"x": np.ones(4, dtype=np.float32)})
+def rss_anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+@pytest.mark.parametrize("n", [4, 1 << 20])  # 16 B: a private copy; 4 MiB: a private mapping
+def test_numpy_views_are_read_only_and_torch_writes_stay_in_this_process(client, n):
+    client.put("a", {"x": np.ones(n, dtype=np.float32), "y": np.arange(n, dtype=np.int64)})
     arr = client.get("a")["x"]
     with pytest.raises(ValueError):
         arr[0] = 5
-    # torch has no read-only tensors: an in-place write must fault, not land.
-    code = ("import cistern,sys; c=cistern.connect(sys.argv[1]); "
-            "t=c.get('a', as_='torch')['x']; t.add_(1)")
+    # torch has no read-only tensors: in-place writes land in this process's
+    # private version, never in the shared bytes.
+    sd = client.get("a", as_="torch")
+    sd["x"].add_(1)
+    sd["y"][0] = -7
+    assert float(sd["x"].sum()) == 2.0 * n and int(sd["y"][0]) == -7
+    assert float(arr.sum()) == n  # the numpy view of the shared bytes
+    again = client.get("a", as_="torch")
+    assert float(again["x"].sum()) == n and int(again["y"][0]) == 0
+    with client.lease("a", as_="torch") as leased:
+        leased["x"].mul_(3)
+        assert float(leased["x"].sum()) == 3.0 * n
+    code = ("import cistern,sys; c=cistern.connect(sys.argv[1]); t=c.get('a', as_='torch'); "
+            "t['x'].sub_(1); sys.exit(0 if float(c.get('a')['x'].sum())==float(sys.argv[2]) else 1)")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    r = subprocess.run([sys.executable, "-c", code, client.address], env=env)
-    assert r.returncode == -11  # SIGSEGV
-    assert float(client.get("a")["x"].sum()) == 4.0
+    assert subprocess.run([sys.executable, "-c", code, client.address, str(n)],
+                          env=env).returncode == 0
+    assert float(client.get("a")["x"].sum()) == n
+    # A raw-bytes object: the same.
+    client.put("raw", b"\x01" * (3 * n + 5))
+    t = client.get("raw", as_="torch")
+    t.zero_()
+    assert int(client.get("raw", as_="torch").sum()) == 3 * n + 5
+
+
+def test_a_large_torch_tensor_is_copied_only_where_it_is_written(client):
+    n = 8 << 20  # 32 MiB of float32
+    client.put("big", {"w": torch.ones(n)})
+    before = rss_anon()
+    w = client.get("big", as_="torch")["w"]
+    assert float(w.sum()) == n  # reads every page
+    read = rss_anon() - before
+    w[:1024].fill_(2)  # one 4 KiB page
+    one_page = rss_anon() - before - read
+    w.fill_(3)
+    all_pages = rss_anon() - before - read - one_page
+    assert read < 4 << 20, f"reading grew anonymous memory by {read} bytes: a copy?"
+    assert one_page < 1 << 20, f"a one-page write grew anonymous memory by {one_page} bytes"
+    assert all_pages >= (n * 4) * 9 // 10, f"writing every page grew it by only {all_pages}"
+    assert float(client.get("big")["w"].sum()) == n
 
 
 def test_a_view_keeps_bytes_alive_after_remove_until_it_dies(client):

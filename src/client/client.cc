@@ -173,6 +173,75 @@ absl::StatusOr<std::span<const std::byte>> ObjectView::tensor(std::string_view n
   return absl::NotFoundError(fmt::format("object '{}' has no tensor '{}'", key_, name));
 }
 
+absl::StatusOr<PrivateBytes> ObjectView::MakePrivate() const {
+  if (!valid()) return absl::FailedPreconditionError("the view holds no lease");
+  PrivateBytes out;
+  out.size_ = size_;
+  if (size_ < PrivateBytes::kPrivateMapAtLeast) {
+    // Aligned like a block, so that each tensor keeps its alignment.
+    out.copy_ = std::aligned_alloc(store::kAlign,
+                                   store::AlignUp(std::max<size_t>(size_, 1), store::kAlign));
+    if (out.copy_ == nullptr) {
+      return absl::ResourceExhaustedError(
+          fmt::format("no memory for a private copy of the {} bytes of '{}'", size_, key_));
+    }
+    out.data_ = static_cast<std::byte*>(out.copy_);
+    std::memcpy(out.data_, data_, size_);
+    return out;
+  }
+  const char* at = reinterpret_cast<const char*>(data_);
+  for (size_t i = 0; i < conn_->tier_count(); ++i) {
+    const char* base = conn_->tier_read_base(static_cast<uint32_t>(i));
+    if (at < base || at >= base + conn_->tier_size(static_cast<uint32_t>(i))) continue;
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t offset = static_cast<uint64_t>(at - base);
+    const uint64_t map_offset = offset / page * page;
+    const uint64_t map_bytes = store::AlignUp(offset + size_, page) - map_offset;
+    // MAP_NORESERVE: the pages are the shared ones until written, so reserve
+    // no swap for all of them up front (a 100 GiB model would be refused
+    // under the default overcommit heuristic otherwise).
+    void* p = ::mmap(nullptr, map_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_NORESERVE,
+                     conn_->tier_fd(static_cast<uint32_t>(i)), static_cast<off_t>(map_offset));
+    if (p == MAP_FAILED) {
+      return absl::ResourceExhaustedError(
+          fmt::format("cannot map a private copy-on-write view of the {} bytes of '{}': {}", size_,
+                      key_, std::strerror(errno)));
+    }
+    out.map_ = p;
+    out.map_bytes_ = map_bytes;
+    out.data_ = static_cast<std::byte*>(p) + (offset - map_offset);
+    return out;
+  }
+  return absl::InternalError(
+      fmt::format("the view of '{}' lies outside every arena this client maps", key_));
+}
+
+// ---- PrivateBytes ----
+
+PrivateBytes::~PrivateBytes() { Reset(); }
+PrivateBytes::PrivateBytes(PrivateBytes&& o) noexcept { *this = std::move(o); }
+PrivateBytes& PrivateBytes::operator=(PrivateBytes&& o) noexcept {
+  if (this != &o) {
+    Reset();
+    map_ = std::exchange(o.map_, nullptr);
+    map_bytes_ = std::exchange(o.map_bytes_, 0);
+    copy_ = std::exchange(o.copy_, nullptr);
+    data_ = std::exchange(o.data_, nullptr);
+    size_ = std::exchange(o.size_, 0);
+  }
+  return *this;
+}
+
+void PrivateBytes::Reset() {
+  if (map_) ::munmap(map_, map_bytes_);
+  map_ = nullptr;
+  map_bytes_ = 0;
+  std::free(copy_);
+  copy_ = nullptr;
+  data_ = nullptr;
+  size_ = 0;
+}
+
 // ---- Writer ----
 
 Writer::~Writer() {

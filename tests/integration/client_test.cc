@@ -120,6 +120,46 @@ TEST_F(ClientTest, WriterFillsInPlaceAndAbortsWhenDropped) {
   EXPECT_EQ(w->Seal().status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// A private version takes writes that no one else sees: not the view it came
+// from, not a later get, not another connection. Small objects are copied,
+// larger ones mapped copy-on-write (the size below ends mid-page and the
+// object need not start on a page boundary).
+TEST_F(ClientTest, PrivateBytesTakeWritesThatNoOtherReaderSees) {
+  auto other = daemon_.Connect();
+  ASSERT_TRUE(other.ok()) << other.status();
+  for (size_t size : {size_t{4096}, size_t{3 << 20} + 17}) {
+    SCOPED_TRACE(size);
+    std::string value(size, '\0');
+    for (size_t i = 0; i < size; ++i) value[i] = static_cast<char>(i * 7 + 1);
+    ASSERT_TRUE(client_->Put("p", value).ok());
+    auto v = client_->Get("p");
+    ASSERT_TRUE(v.ok()) << v.status();
+    auto mine = v->MakePrivate();
+    ASSERT_TRUE(mine.ok()) << mine.status();
+    EXPECT_EQ(mine->mapped(), size >= PrivateBytes::kPrivateMapAtLeast);
+    ASSERT_EQ(mine->size(), size);
+    // Tensors keep their alignment (blocks start on 64 bytes).
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(mine->data()) % 64,
+              reinterpret_cast<uintptr_t>(v->data()) % 64);
+    ASSERT_EQ(std::memcmp(mine->data(), value.data(), size), 0);
+    std::memset(mine->data(), 'x', size);
+    EXPECT_EQ(std::memcmp(v->data(), value.data(), size), 0);
+    auto again = client_->Get("p");
+    ASSERT_TRUE(again.ok());
+    EXPECT_EQ(std::memcmp(again->data(), value.data(), size), 0);
+    auto theirs = (*other)->Get("p");
+    ASSERT_TRUE(theirs.ok());
+    EXPECT_EQ(std::memcmp(theirs->data(), value.data(), size), 0);
+    EXPECT_EQ(mine->data()[size - 1], std::byte{'x'});
+    // Moving it keeps the bytes; the moved-from one is empty.
+    PrivateBytes moved = std::move(*mine);
+    EXPECT_EQ(moved.data()[0], std::byte{'x'});
+    EXPECT_EQ(mine->data(), nullptr);
+  }
+  ObjectView empty;
+  EXPECT_EQ(empty.MakePrivate().status().code(), absl::StatusCode::kFailedPrecondition);
+}
+
 TEST_F(ClientTest, ViewKeepsBytesAliveAfterRemoveUntilReleased) {
   uint64_t baseline = Used();
   std::string value(100000, 'v');
