@@ -226,6 +226,9 @@ class Writer {
   std::span<std::byte> buffer() const { return {data_, size_}; }
   std::byte* data() const { return data_; }
   size_t size() const { return size_; }
+  // The manifest (CreateTensors): each tensor's offset in buffer(). Empty
+  // for a raw-bytes writer.
+  const std::vector<TensorInfo>& tensors() const { return tensors_; }
   const std::string& key() const { return key_; }
   uint64_t write_id() const { return write_id_; }
 
@@ -244,12 +247,20 @@ class Writer {
   std::byte* data_ = nullptr;
   size_t size_ = 0;
   bool checksum_ = true;
+  std::vector<TensorInfo> tensors_;
   // The writer's own mapping of the pages under the buffer (null when it
   // writes through the connection's mapping, as Put does internally).
   void* map_ = nullptr;
   size_t map_bytes_ = 0;
   uint64_t map_offset_ = 0;  // in the arena file
   int map_fd_ = -1;          // the connection's descriptor of that file
+};
+
+// One tensor of a tensor-dict object to fill in place (Client::CreateTensors).
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kUInt8;
+  std::vector<uint64_t> shape;
 };
 
 // One tensor to put: its bytes are copied into the object.
@@ -302,6 +313,15 @@ class Client {
   // `tensors` (optional) is the manifest, as LayoutTensors makes it.
   absl::StatusOr<Writer> Create(std::string_view key, uint64_t size, const PutOptions& options = {},
                                 const std::vector<TensorInfo>& tensors = {});
+
+  // Reserves a tensor-dict object laid out as PutTensors lays it out, to
+  // fill in place through the Writer (writer.tensors() gives each tensor's
+  // offset). The padding between tensors is zeroed; the tensors' own bytes
+  // are whatever the block held before, like an uninitialised array: write
+  // every one before Seal. InvalidArgument, naming the tensor, for an
+  // unknown dtype or a shape whose size overflows.
+  absl::StatusOr<Writer> CreateTensors(std::string_view key, const std::vector<TensorSpec>& tensors,
+                                       const PutOptions& options = {});
 
   // Leases the current generation of `key` (or exactly `generation`).
   absl::StatusOr<ObjectView> Get(std::string_view key, uint64_t generation = 0);

@@ -39,6 +39,7 @@ from typing import Any, Dict, NamedTuple, Optional
 from . import _cistern
 
 __all__ = ["connect", "discover_socket", "Client", "ObjectRef", "Error", "FailedPreconditionError",
+           "Writer", "TensorWriter",
            "FeatureStore", "FeatureSpec", "SampleRef", "Lease", "Stream", "StreamLoader", "Batch", "partition_of"]
 
 BARE = "."  # the manifest name of a bare (non-dict) array or tensor
@@ -221,34 +222,40 @@ def _tensors(view, as_: str, tensors=None, private: bool = True) -> dict:
     the view's private copy-on-write version; over the read-only view itself
     when ``private`` is False, for callers that only read them).
     ``tensors``: ``view.tensors`` if the caller has it already."""
+    tensors = view.tensors if tensors is None else tensors
+    buf = view.make_private() if as_ == "torch" and private and tensors else view
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch over the view: "the given buffer is not writable"
+        return _arrays(buf, tensors, as_)
+
+
+def _arrays(buf, tensors, as_: str) -> dict:
+    """numpy arrays or torch tensors over ``buf`` (no copy), by flat name, as
+    the manifest ``tensors`` lays them out; writable if ``buf`` is."""
     out = {}
     torch = _torch() if as_ == "torch" else None
     dtypes = _torch_dtypes() if torch is not None else _NUMPY_DTYPES
     np = _numpy()
-    tensors = view.tensors if tensors is None else tensors
-    buf = view.make_private() if torch is not None and private and tensors else view
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch over the view: "the given buffer is not writable"
-        for t in tensors:
-            count = 1
-            for d in t["shape"]:
-                count *= d
-            dt = dtypes.get(t["dtype"])
-            if dt is None:
-                lib = "torch" if torch is not None else "numpy"
-                hint = "" if torch is not None else "; use as_='torch'"
-                raise ValueError(f"tensor '{t['name']}' has dtype {t['dtype']}, which {lib} "
-                                 f"lacks{hint}")
-            if torch is not None:
-                if count == 0:
-                    arr = torch.empty(t["shape"], dtype=dt)
-                else:
-                    arr = torch.frombuffer(buf, dtype=dt, count=count,
-                                           offset=t["offset"]).reshape(t["shape"])
+    for t in tensors:
+        count = 1
+        for d in t["shape"]:
+            count *= d
+        dt = dtypes.get(t["dtype"])
+        if dt is None:
+            lib = "torch" if torch is not None else "numpy"
+            hint = "" if torch is not None else "; use as_='torch'"
+            raise ValueError(f"tensor '{t['name']}' has dtype {t['dtype']}, which {lib} "
+                             f"lacks{hint}")
+        if torch is not None:
+            if count == 0:
+                arr = torch.empty(t["shape"], dtype=dt)
             else:
-                arr = np.frombuffer(view, dtype=dt, count=count,
-                                    offset=t["offset"]).reshape(t["shape"])
-            out[t["name"]] = arr
+                arr = torch.frombuffer(buf, dtype=dt, count=count,
+                                       offset=t["offset"]).reshape(t["shape"])
+        else:
+            arr = np.frombuffer(buf, dtype=dt, count=count,
+                                offset=t["offset"]).reshape(t["shape"])
+        out[t["name"]] = arr
     return out
 
 
@@ -296,6 +303,72 @@ class Writer:
             return False
         self.ref = ObjectRef(*self._w.seal())
         return False
+
+
+class TensorWriter(Writer):
+    """A reserved, invisible tensor-dict object filled in place (from
+    ``Client.tensor_writer``): ``tensors`` holds a torch tensor or numpy
+    array over the shared memory for each name of the spec, nested as given.
+    Compute or copy into them (``torch.matmul(a, b, out=w.tensors["h"])``,
+    ``w.tensors["h"].copy_(x)``); they start uninitialised, like
+    ``torch.empty``, so write every element. Sealed when the ``with`` block
+    ends, aborted if it raises; ``ref`` is the sealed ObjectRef. A write
+    after the seal lands in this process's private copy only."""
+
+    def __init__(self, pending, as_: str):
+        super().__init__(pending)
+        self.tensors = _nest(_arrays(pending, pending.tensors, as_))
+
+    def __enter__(self) -> "TensorWriter":
+        return self
+
+
+def _dtype_name_of(name: str, dtype) -> str:
+    """The stored dtype name of a spec's dtype: a name ("float32"), a numpy
+    dtype or a torch dtype."""
+    if isinstance(dtype, str):
+        out = dtype
+    elif type(dtype).__module__ == "torch":
+        out = str(dtype).replace("torch.", "")
+    else:
+        try:
+            out = _numpy().dtype(dtype).name
+        except TypeError:
+            out = None
+    if out not in _NUMPY_DTYPES and out != "bfloat16":
+        raise ValueError(f"tensor '{name}': unsupported dtype {dtype!r}")
+    return out
+
+
+def _spec_entries(key: str, spec, as_: str) -> list:
+    """(name, dtype name, shape) per leaf of a writer's spec: a dict (maybe
+    nested) of name to (dtype, shape), or to an array/tensor whose dtype and
+    shape are taken (not its bytes)."""
+    if not isinstance(spec, dict):
+        raise TypeError(f"spec of '{key}' must be a dict of name to (dtype, shape), "
+                        f"not {type(spec).__name__}")
+    out = []
+    for name, v in _flatten(key, spec, ""):
+        if isinstance(v, tuple) and len(v) == 2:
+            dtype, shape = v
+        elif hasattr(v, "dtype") and hasattr(v, "shape"):
+            dtype, shape = v.dtype, v.shape
+        else:
+            raise TypeError(f"spec of '{key}': '{name}' must be (dtype, shape) or an array, "
+                            f"not {v!r}")
+        dtype = _dtype_name_of(name, dtype)
+        if as_ == "numpy" and dtype not in _NUMPY_DTYPES:
+            raise ValueError(f"tensor '{name}' has dtype {dtype}, which numpy lacks; use as_='torch'")
+        try:
+            shape = tuple(shape)
+        except TypeError:
+            raise TypeError(f"spec of '{key}': the shape of '{name}' must be a sequence of ints, "
+                            f"not {shape!r}") from None
+        if any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape):
+            raise ValueError(f"spec of '{key}': the shape of '{name}' must hold non-negative "
+                             f"ints, not {shape!r}")
+        out.append((name, dtype, list(shape)))
+    return out
 
 
 class Leased:
@@ -414,6 +487,23 @@ class Client:
         generation of ``key`` in place: no copy through this process."""
         return Writer(self._c.create(key, nbytes, evictable=evictable, if_absent=if_absent,
                                      timeout=_seconds(timeout, "timeout"), checksum=checksum))
+
+    @_translate
+    def tensor_writer(self, key: str, spec: Dict[str, Any], *, as_: str = "torch",
+                      evictable: bool = False, if_absent: bool = False,
+                      timeout: Optional[float] = None, checksum: bool = True) -> TensorWriter:
+        """``with c.tensor_writer(key, {"h": ("float32", (192, 1024))}) as w:
+        w.tensors["h"].copy_(x)`` fills a new tensor-dict generation of
+        ``key`` in place, laid out as ``put`` of the same dict would be (a
+        reader cannot tell the two apart). ``spec``: a dict (maybe nested) of
+        name to (dtype, shape), or to an array/tensor to take both from;
+        ``as_``: "torch" or "numpy" for ``w.tensors``. See TensorWriter."""
+        if as_ not in ("numpy", "torch"):
+            raise ValueError(f"as_ must be 'numpy' or 'torch', not {as_!r}")
+        entries = _spec_entries(key, spec, as_)
+        pending = self._c.create_tensors(key, entries, evictable=evictable, if_absent=if_absent,
+                                         timeout=_seconds(timeout, "timeout"), checksum=checksum)
+        return TensorWriter(pending, as_)
 
     @_translate
     def put_many(self, items: Dict[str, Any], *, evictable: bool = False,

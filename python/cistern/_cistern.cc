@@ -44,21 +44,24 @@ T Check(absl::StatusOr<T> v) {
 
 // A leased view; exposes its bytes through the buffer protocol (read-only).
 // Python objects built over the buffer keep it, and so the lease, alive.
+// A manifest as Python dicts: name, dtype (its name), shape, offset, nbytes.
+std::vector<py::dict> TensorDicts(const std::vector<cistern::TensorInfo>& tensors) {
+  std::vector<py::dict> out;
+  for (const auto& t : tensors) {
+    py::dict d;
+    d["name"] = t.name;
+    d["dtype"] = std::string(cistern::DTypeName(t.dtype));
+    d["shape"] = t.shape;
+    d["offset"] = t.offset;
+    d["nbytes"] = t.nbytes;
+    out.push_back(d);
+  }
+  return out;
+}
+
 struct View {
   ObjectView view;
-  std::vector<py::dict> tensors() const {
-    std::vector<py::dict> out;
-    for (const auto& t : view.tensors()) {
-      py::dict d;
-      d["name"] = t.name;
-      d["dtype"] = std::string(cistern::DTypeName(t.dtype));
-      d["shape"] = t.shape;
-      d["offset"] = t.offset;
-      d["nbytes"] = t.nbytes;
-      out.push_back(d);
-    }
-    return out;
-  }
+  std::vector<py::dict> tensors() const { return TensorDicts(view.tensors()); }
 };
 
 // This process's writable version of a view's bytes (ObjectView::MakePrivate);
@@ -306,6 +309,8 @@ PYBIND11_MODULE(_cistern, m) {
   py::class_<PendingWrite, std::shared_ptr<PendingWrite>>(m, "PendingWrite", py::buffer_protocol())
       .def_property_readonly("key", [](const PendingWrite& w) { return w.writer.key(); })
       .def_property_readonly("nbytes", [](const PendingWrite& w) { return w.writer.size(); })
+      .def_property_readonly("tensors",
+                             [](const PendingWrite& w) { return TensorDicts(w.writer.tensors()); })
       .def("seal",
            [](PendingWrite& w) {
              absl::StatusOr<cistern::ObjectRef> r;
@@ -473,6 +478,37 @@ PYBIND11_MODULE(_cistern, m) {
             return pw;
           },
           py::arg("key"), py::arg("nbytes"), py::arg("evictable") = false,
+          py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
+      .def(
+          "create_tensors",
+          // specs: list of (name, dtype name, shape)
+          [](Client& c, const std::string& key, const py::list& specs, bool evictable,
+             bool if_absent, double timeout, bool checksum) {
+            std::vector<cistern::TensorSpec> in;
+            for (const py::handle& item : specs) {
+              auto t = item.cast<py::tuple>();
+              cistern::TensorSpec ts;
+              ts.name = t[0].cast<std::string>();
+              std::string dtype = t[1].cast<std::string>();
+              auto d = cistern::DTypeFromName(dtype);
+              if (!d) {
+                Raise(absl::InvalidArgumentError("tensor '" + ts.name + "' has unsupported dtype " +
+                                                 dtype));
+              }
+              ts.dtype = *d;
+              ts.shape = t[2].cast<std::vector<uint64_t>>();
+              in.push_back(std::move(ts));
+            }
+            absl::StatusOr<cistern::Writer> w;
+            {
+              py::gil_scoped_release unlocked;
+              w = c.CreateTensors(key, in, Options(evictable, if_absent, timeout, checksum));
+            }
+            auto pw = std::make_shared<PendingWrite>();
+            pw->writer = Check(std::move(w));
+            return pw;
+          },
+          py::arg("key"), py::arg("specs"), py::arg("evictable") = false,
           py::arg("if_absent") = false, py::arg("timeout") = 0.0, py::arg("checksum") = true)
       .def("get_many",
            // One round trip; a list of View or (code, message) per key.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
-from . import Client, NotFoundError, connect
+from . import Client, NotFoundError, TensorWriter, _spec_entries, connect
 
 
 class FeatureSpec(NamedTuple):
@@ -56,6 +56,44 @@ class Lease(NamedTuple):
     sample_id: str
     generation: int
     lease_id: int
+
+
+class SampleWriter:
+    """One sample filled in place (``FeatureStore.writer``, ``Stream.writer``):
+    ``tensors`` are the sample's tensors over shared memory, nested as the
+    spec, uninitialised until written; ``ref`` is its SampleRef once the
+    ``with`` block ended without an exception (which aborts the write)."""
+
+    def __init__(self, writer: TensorWriter, sample_id: str, metadata: Dict[str, str]):
+        self._writer = writer
+        self._sample_id = sample_id
+        self._metadata = metadata
+        self.tensors = writer.tensors
+        self.ref: Optional[SampleRef] = None
+
+    def __enter__(self) -> "SampleWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._writer.__exit__(exc_type, exc, tb)
+        if exc_type is None:
+            r = self._writer.ref
+            features = tuple(FeatureSpec(t["name"], t["dtype"], tuple(t["shape"]))
+                             for t in self._writer._w.tensors)
+            self.ref = SampleRef(self._sample_id, r.key, r.generation, r.nbytes, features,
+                                 self._metadata)
+        return False
+
+
+def _spec_nbytes(entries) -> int:
+    import numpy as np
+    total = 0
+    for _, dtype, shape in entries:
+        n = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+        for d in shape:
+            n *= d
+        total += n
+    return total
 
 
 class FeatureStore:
@@ -88,26 +126,51 @@ class FeatureStore:
     def _resident(self):
         return self._c.list(self._prefix)
 
-    def put(self, sample_id: str, tensors: Dict[str, Any],
-            metadata: Optional[Dict[str, str]] = None) -> SampleRef:
-        key = self._key(sample_id)
-        if not isinstance(tensors, dict) or not tensors:
-            raise ValueError(f"put of sample {sample_id!r}: tensors must be a non-empty dict")
+    def _metadata(self, sample_id: str, metadata) -> Dict[str, str]:
         metadata = dict(metadata or {})
         for k, v in metadata.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"put of sample {sample_id!r}: metadata must map str to str "
                                 f"(tensors belong in `tensors`), got {k!r}: {type(v).__name__}")
+        return metadata
+
+    def _check_room(self, sample_id: str, key: str, nbytes: int) -> None:
         if self._max_resident is not None:
-            nbytes = sum(_nbytes(t) for t in tensors.values())
             resident = sum(o["size"] for o in self._resident() if o["key"] != key)
             if resident + nbytes > self._max_resident:
                 raise MemoryError(
                     f"put of sample {sample_id!r} ({nbytes} bytes) would exceed "
                     f"max_resident_bytes={self._max_resident} ({resident} bytes resident)")
+
+    def put(self, sample_id: str, tensors: Dict[str, Any],
+            metadata: Optional[Dict[str, str]] = None) -> SampleRef:
+        key = self._key(sample_id)
+        if not isinstance(tensors, dict) or not tensors:
+            raise ValueError(f"put of sample {sample_id!r}: tensors must be a non-empty dict")
+        metadata = self._metadata(sample_id, metadata)
+        if self._max_resident is not None:
+            self._check_room(sample_id, key, sum(_nbytes(t) for t in tensors.values()))
         ref = self._c.put(key, tensors)
         features = tuple(FeatureSpec(name, _dtype(t), tuple(t.shape)) for name, t in tensors.items())
         return SampleRef(sample_id, key, ref.generation, ref.nbytes, features, metadata)
+
+    def writer(self, sample_id: str, spec: Dict[str, Any],
+               metadata: Optional[Dict[str, str]] = None) -> SampleWriter:
+        """Like ``put``, but the producer writes the features in place, with
+        no copy through this process::
+
+            with fs.writer("s17", {"hidden": ("float32", (192, 1024))}) as w:
+                torch.matmul(x, proj, out=w.tensors["hidden"])
+            ref = w.ref
+
+        ``spec``: name to (dtype, shape), or to an array/tensor to take both
+        from. Tensors are torch unless the store was made with as_="numpy"."""
+        key = self._key(sample_id)
+        metadata = self._metadata(sample_id, metadata)
+        as_ = "numpy" if self._as == "numpy" else "torch"
+        if self._max_resident is not None:
+            self._check_room(sample_id, key, _spec_nbytes(_spec_entries(key, spec, as_)))
+        return SampleWriter(self._c.tensor_writer(key, spec, as_=as_), sample_id, metadata)
 
     def get(self, ref: SampleRef):
         """(tensors, lease) for exactly ref's generation; KeyError if it is gone."""

@@ -43,7 +43,7 @@ from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from . import (Client, FailedPreconditionError, _cistern, _flatten, _seconds, _tensor_entry,
                _tensors, _translate)
-from .feature_store import FeatureSpec, SampleRef
+from .feature_store import FeatureSpec, SampleRef, SampleWriter
 
 _INT_OPTIONS = ("lease_timeout_ms", "high_watermark_bytes", "low_watermark_bytes",
                 "max_in_flight_per_producer", "max_lease_refs")
@@ -322,6 +322,34 @@ class Stream:
         key = f"{self.name}/{sample_id}"
         entries = [_tensor_entry(name, v) for name, v in _flatten(key, tensors, "")]
         return _from_native(self._s.put(sample_id, entries, metadata, seconds, producer))
+
+    def writer(self, sample_id: str, spec: Dict[str, Any],
+               metadata: Optional[Dict[str, str]] = None, timeout: Optional[float] = None,
+               as_: str = "torch") -> SampleWriter:
+        """Writes sample ``sample_id`` in place, as the object ``put`` would
+        write (``<stream>/<sample_id>``, evictable), but does not commit it:
+        commit the writers' refs in batches, one transaction (one fsync) per
+        batch::
+
+            refs = []
+            for sid, x in batch:
+                with stream.writer(sid, {"x": ("float32", (1024,))}) as w:
+                    w.tensors["x"].copy_(x)
+                refs.append(w.ref)
+            stream.commit(refs)
+
+        Commit soon: until committed the object may be evicted under memory
+        pressure, and its commit then raises KeyError. FileExistsError if
+        the sample's key already has an object (``put`` commits that one).
+        ``timeout`` (seconds) waits for space; ``spec`` as in
+        ``Client.tensor_writer``."""
+        if not isinstance(sample_id, str) or not sample_id:
+            raise ValueError(f"sample_id must be a non-empty str, not {sample_id!r}")
+        metadata = _check_metadata(sample_id, metadata)
+        key = f"{self.name}/{sample_id}"
+        w = self.client.tensor_writer(key, spec, as_=as_, evictable=True, if_absent=True,
+                                      timeout=timeout)
+        return SampleWriter(w, sample_id, metadata)
 
 
 _UNSET = object()

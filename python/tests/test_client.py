@@ -267,6 +267,51 @@ def test_writer_aborts_on_exception_and_leaves_nothing(client):
     assert client.stats()["pending_writes"] == 0
 
 
+@pytest.mark.parametrize("as_", ["torch", "numpy"])
+def test_tensor_writer_fills_a_dict_in_place_that_reads_like_a_put(client, as_):
+    src = {"enc": {"w": torch.randn(5, 7)}, "idx": torch.arange(9, dtype=torch.int64)}
+    spec = {"enc": {"w": ("float32", (5, 7))}, "idx": (np.int64, [9])}
+    with client.tensor_writer("tw", spec, as_=as_) as w:
+        assert set(w.tensors) == {"enc", "idx"}
+        if as_ == "torch":
+            w.tensors["enc"]["w"].copy_(src["enc"]["w"])
+            torch.add(src["idx"], 0, out=w.tensors["idx"])
+        else:
+            w.tensors["enc"]["w"][...] = src["enc"]["w"].numpy()
+            w.tensors["idx"][...] = src["idx"].numpy()
+    kept = w.tensors["idx"]
+    kept[0] = 99  # after the seal: this process's copy only
+    client.put("p", src)
+    got, put = client._c.get("tw", 0), client._c.get("p", 0)
+    assert bytes(memoryview(got)) == bytes(memoryview(put))
+    assert got.tensors == put.tensors
+    assert client.stat("tw")["checksum"] is not None
+    again = client.get("tw", as_="torch")
+    assert torch.equal(again["enc"]["w"], src["enc"]["w"]) and int(again["idx"][0]) == 0
+
+
+def test_tensor_writer_rejects_bad_specs_before_reserving_anything(client):
+    for spec, err in [({"x": ("complex64", (2,))}, ValueError), ({"x": ("float32", (-1,))}, ValueError),
+                      ({"x": ("float32", 3)}, TypeError), ({"x": 5}, TypeError), ({}, ValueError),
+                      ([("x", "float32", (2,))], TypeError), ({"x": ("float32", (True,))}, ValueError),
+                      ({"a/b": ("float32", (2,))}, ValueError)]:
+        with pytest.raises(err):
+            client.tensor_writer("bad", spec)
+    with pytest.raises(ValueError, match="numpy lacks"):
+        client.tensor_writer("bad", {"x": ("bfloat16", (2,))}, as_="numpy")
+    with pytest.raises(ValueError, match="too large"):
+        client.tensor_writer("bad", {"x": ("float64", (1 << 40, 1 << 30))})
+    assert client.stats()["pending_writes"] == 0
+    with pytest.raises(KeyError):
+        client.get("bad")
+    with pytest.raises(RuntimeError, match="boom"):
+        with client.tensor_writer("bad", {"x": ("float32", (4,))}):
+            raise RuntimeError("boom")
+    with pytest.raises(KeyError):
+        client.get("bad")
+    assert client.stats()["pending_writes"] == 0
+
+
 def test_put_many_and_get_many(client):
     items = {f"k{i}": bytes([i]) * 4096 for i in range(64)}
     items["arr"] = np.arange(10)

@@ -138,3 +138,28 @@ def test_dead_process_lease_cannot_free_a_newer_generation(client):
     tensors, _ = fs.get(new)
     assert float(tensors["hidden"][0]) == 2.0
     assert client.stats()["leases"] == 1  # ours; the dead process's lease is gone
+
+
+def test_writer_fills_a_sample_in_place_and_reads_back_through_get(client):
+    fs = FeatureStore(client)
+    want = sample(3)
+    with fs.writer("w1", {"hidden": want["hidden"], "logits": ("float16", (8,))},
+                   metadata={"step": "2"}) as w:
+        w.tensors["hidden"].fill_(3.0)
+        w.tensors["logits"].copy_(want["logits"])
+    ref = w.ref
+    assert ref.sample_id == "w1" and ref.metadata == {"step": "2"}
+    assert [(f.name, f.dtype, f.shape) for f in ref.features] == [
+        ("hidden", "float32", (1024,)), ("logits", "float16", (8,))]
+    tensors, lease = fs.get(ref)
+    assert torch.equal(tensors["hidden"], want["hidden"])
+    assert torch.equal(tensors["logits"], want["logits"])
+    fs.release(lease)
+    with pytest.raises(KeyError):
+        fs.get(ref)
+    capped = FeatureStore(client, namespace="capped", max_resident_bytes=1000)
+    with pytest.raises(MemoryError):
+        capped.writer("big", {"x": ("float32", (1000,))})
+    assert client.stats()["pending_writes"] == 0
+    with pytest.raises(KeyError):
+        client.get("capped/big")

@@ -451,3 +451,26 @@ def test_a_reput_of_a_held_sample_keeps_the_committed_object(client, stream):
     # Uncommitted (the sample was dropped): a re-put writes but commits nothing.
     stream.put("s", sample(3))
     assert stream.stat()["committed"] == 1 and client.list("t/") == []
+
+
+def test_writers_fill_samples_in_place_and_commit_in_one_batch(client, stream):
+    refs = []
+    for i in range(4):
+        with stream.writer(f"w{i}", {"x": ("float32", (16,)), "idx": ("int64", (1,))},
+                           metadata={"i": str(i)}) as w:
+            w.tensors["x"].fill_(float(i))
+            w.tensors["idx"][0] = i
+        refs.append(w.ref)
+    assert stream.depth() == 0  # written, not committed
+    assert stream.commit(refs).committed == 4
+    got = stream.lease(4)
+    assert [r.sample_id for r in got] == ["w0", "w1", "w2", "w3"]
+    assert [r.metadata for r in got] == [{"i": str(i)} for i in range(4)]
+    for r in got:
+        t = client.get(r.key, generation=r.generation, as_="torch")
+        i = int(r.sample_id[1:])
+        assert torch.equal(t["x"], torch.full((16,), float(i))) and int(t["idx"][0]) == i
+    stream.ack(got)
+    with pytest.raises(FileExistsError):
+        stream.writer("w0", {"x": ("float32", (16,))})
+    assert client.stats()["pending_writes"] == 0

@@ -259,6 +259,7 @@ Writer& Writer::operator=(Writer&& o) noexcept {
     data_ = std::exchange(o.data_, nullptr);
     size_ = std::exchange(o.size_, 0);
     checksum_ = o.checksum_;
+    tensors_ = std::move(o.tensors_);
     map_ = std::exchange(o.map_, nullptr);
     map_bytes_ = std::exchange(o.map_bytes_, 0);
     map_offset_ = o.map_offset_;
@@ -367,6 +368,46 @@ absl::StatusOr<Writer> Client::CreateWriter(std::string_view key, uint64_t size,
     w.map_ = p;
     w.data_ = static_cast<std::byte*>(p) + (at - w.map_offset_);
   }
+  return w;
+}
+
+absl::StatusOr<Writer> Client::CreateTensors(std::string_view key,
+                                             const std::vector<TensorSpec>& tensors,
+                                             const PutOptions& options) {
+  std::vector<TensorInfo> manifest;
+  manifest.reserve(tensors.size());
+  uint64_t offset = 0;
+  for (const TensorSpec& t : tensors) {
+    const uint64_t item = DTypeSize(t.dtype);
+    if (item == 0) {
+      return absl::InvalidArgumentError(fmt::format("tensor '{}' of '{}' has no valid dtype ({})",
+                                                    t.name, key, static_cast<int>(t.dtype)));
+    }
+    uint64_t nbytes = item;
+    bool overflow = false;
+    for (uint64_t d : t.shape) overflow |= __builtin_mul_overflow(nbytes, d, &nbytes);
+    if (std::find(t.shape.begin(), t.shape.end(), 0) != t.shape.end()) {
+      nbytes = 0;  // an empty tensor, whatever its other dimensions
+      overflow = false;
+    }
+    offset = store::AlignUp(offset, store::kAlign);
+    constexpr uint64_t kTooLarge = uint64_t{1} << 62;  // no arena is near it
+    if (overflow || nbytes >= kTooLarge || offset + nbytes >= kTooLarge) {
+      return absl::InvalidArgumentError(
+          fmt::format("tensor '{}' of '{}' is too large: its shape makes {} bytes", t.name, key,
+                      overflow ? std::string("more than 2^64") : std::to_string(nbytes)));
+    }
+    offset += nbytes;
+    manifest.push_back({t.name, t.dtype, t.shape, offset - nbytes, nbytes});
+  }
+  auto w = Create(key, offset, options, manifest);
+  if (!w.ok()) return w.status();
+  uint64_t at = 0;
+  for (const TensorInfo& t : manifest) {
+    std::memset(w->data_ + at, 0, t.offset - at);  // alignment padding: no stale bytes
+    at = t.offset + t.nbytes;
+  }
+  w->tensors_ = std::move(manifest);
   return w;
 }
 

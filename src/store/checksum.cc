@@ -138,6 +138,7 @@ uint64_t ChecksumBuilder::Finish() const {
 }
 
 void Copy(void* dst, const void* src, size_t n) {
+  if (n == 0) return;  // an empty span may carry a null pointer: memcpy's is UB
   auto* d = static_cast<char*>(dst);
   const auto* s = static_cast<const char*>(src);
   if (n < kParallelBytes) {

@@ -160,6 +160,52 @@ TEST_F(ClientTest, PrivateBytesTakeWritesThatNoOtherReaderSees) {
   EXPECT_EQ(empty.MakePrivate().status().code(), absl::StatusCode::kFailedPrecondition);
 }
 
+// A tensor dict filled in place reads back exactly like PutTensors would
+// have stored it: same manifest, same bytes, padding zeroed even where the
+// block held other bytes before.
+TEST_F(ClientTest, CreateTensorsFillsATensorDictInPlace) {
+  std::string junk(1 << 16, '\xee');
+  ASSERT_TRUE(client_->Put("junk", junk).ok());
+  ASSERT_TRUE(client_->Remove("junk").ok());  // its block is free again, bytes and all
+  std::vector<TensorSpec> specs = {{"w", DType::kFloat32, {3, 5}},
+                                   {"idx", DType::kInt64, {7}},
+                                   {"empty", DType::kFloat16, {0, 9}}};
+  auto w = client_->CreateTensors("td", specs);
+  ASSERT_TRUE(w.ok()) << w.status();
+  ASSERT_EQ(w->tensors().size(), 3u);
+  std::vector<float> wv(15);
+  std::vector<int64_t> iv(7);
+  for (size_t i = 0; i < wv.size(); ++i) wv[i] = 0.25f * i;
+  for (size_t i = 0; i < iv.size(); ++i) iv[i] = -int64_t(i);
+  std::memcpy(w->data() + w->tensors()[0].offset, wv.data(), 60);
+  std::memcpy(w->data() + w->tensors()[1].offset, iv.data(), 56);
+  ASSERT_TRUE(w->Seal().ok());
+  std::vector<TensorInput> same = {{"w", DType::kFloat32, {3, 5}, std::as_bytes(std::span(wv))},
+                                   {"idx", DType::kInt64, {7}, std::as_bytes(std::span(iv))},
+                                   {"empty", DType::kFloat16, {0, 9}, {}}};
+  ASSERT_TRUE(client_->PutTensors("put", same).ok());
+  auto a = client_->Get("td");
+  auto b = client_->Get("put");
+  ASSERT_TRUE(a.ok() && b.ok());
+  ASSERT_EQ(a->size(), b->size());
+  EXPECT_EQ(std::memcmp(a->data(), b->data(), a->size()), 0);
+  ASSERT_EQ(a->tensors().size(), 3u);
+  for (size_t i = 0; i < 3; ++i) {
+    EXPECT_EQ(a->tensors()[i].name, b->tensors()[i].name);
+    EXPECT_EQ(a->tensors()[i].offset, b->tensors()[i].offset);
+    EXPECT_EQ(a->tensors()[i].shape, b->tensors()[i].shape);
+  }
+
+  auto huge = client_->CreateTensors(
+      "bad", {{"ok", DType::kUInt8, {4}}, {"big", DType::kFloat64, {1ull << 40, 1ull << 30}}});
+  EXPECT_EQ(huge.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(huge.status().message(), HasSubstr("'big'"));
+  auto bad = client_->CreateTensors("bad", {{"t", static_cast<DType>(99), {4}}});
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client_->Get("bad").status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(client_->Stats()->pending_writes(), 0u);
+}
+
 TEST_F(ClientTest, ViewKeepsBytesAliveAfterRemoveUntilReleased) {
   uint64_t baseline = Used();
   std::string value(100000, 'v');
