@@ -27,6 +27,11 @@
                  as_="torch", durable acks (each frees its 8 samples), reads
      stream_b8   the same object puts, the refs committed 8 per Stream.commit;
                  the same consumer
+     cistern_w   as cistern, but the producer writes each sample in place:
+                 FeatureStore.writer, then copy_ of its two tensors into the
+                 writer's (the same bytes read and written once, as put does)
+     stream_w8   as stream_b8, but each sample written in place with
+                 Stream.writer (copy_ as in cistern_w); 8 refs per commit
    samples {"hidden": float32 [3/4 of the bytes], "logits": float16 [1/4]}.
    Each stream job uses a fresh stream and must end with it empty (depth,
    in_flight, awaiting_durable, resident_bytes 0) and the daemon's object
@@ -233,7 +238,8 @@ class Daemon:
                 self.proc.wait()
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
-        for path in (self.arena, self.arena[: -len(".arena")] + ".leases"):
+        table = self.arena[: -len(".arena")] + ".leases"
+        for path in (self.arena, table, table + ".index", table + ".fast"):
             if os.path.exists(path):
                 os.unlink(path)
 
@@ -441,7 +447,8 @@ def _producer(ctl, out, socket, shm_dir):
         hs, ls = _sample_shapes(nbytes)
         hidden = torch.randn(hs)
         logits = torch.randn(ls).half()
-        if variant in ("stream", "stream_b8"):
+        spec = {"hidden": ("float32", tuple(hs)), "logits": ("float16", tuple(ls))}
+        if variant in ("stream", "stream_b8", "stream_w8"):
             stream = cistern.Stream(client, _stream_name(tag))
             features = (FeatureSpec("hidden", "float32", tuple(hs)),
                         FeatureSpec("logits", "float16", tuple(ls)))
@@ -454,6 +461,19 @@ def _producer(ctl, out, socket, shm_dir):
             if variant == "cistern":
                 ref = fs.put(f"{tag}-{i}", sample)
                 out.send(tuple(ref))
+            elif variant == "cistern_w":
+                with fs.writer(f"{tag}-{i}", spec) as w:
+                    w.tensors["hidden"].copy_(hidden)
+                    w.tensors["logits"].copy_(logits)
+                out.send(tuple(w.ref))
+            elif variant == "stream_w8":
+                with stream.writer(f"{i:08d}", spec, timeout=STREAM_WAIT_S) as w:
+                    w.tensors["hidden"].copy_(hidden)
+                    w.tensors["logits"].copy_(logits)
+                pending.append(w.ref)
+                if len(pending) == STREAM_BATCH or i == count - 1:
+                    stream.commit(pending, timeout=STREAM_WAIT_S)
+                    pending = []
             elif variant == "stream":
                 # Stream.put: one object <stream>/<id> (put_tensors, evictable) + commit of
                 # its ref (one SQLite transaction): two round trips, one fsync per sample.
@@ -518,17 +538,17 @@ def _consumer(ctl, inp, socket, shm_dir, poll_s):
         if job is None:
             return
         variant, nbytes, count, tag = job
-        if variant in ("stream", "stream_b8"):
+        if variant in ("stream", "stream_b8", "stream_w8"):
             stream = cistern.Stream(client, _stream_name(tag))  # create-or-open
         ctl.send("ready")
         ctl.recv()  # go
         bad = empty_polls = 0
         acc = 0.0
-        if variant in ("stream", "stream_b8"):
+        if variant in ("stream", "stream_b8", "stream_w8"):
             bad, acc = _consume_stream(client, stream, count, "torch")
             count = 0  # done
         for i in range(count):
-            if variant == "cistern":
+            if variant in ("cistern", "cistern_w"):
                 ref = SampleRef(*inp.recv())
                 while True:
                     try:
@@ -691,7 +711,7 @@ def handoff_phase(socket, shm_dir, sizes, rounds, warmup, poll_s, variants):
                 raise RuntimeError(f"{variant}: consumer read {res['bad']} wrong samples")
             out = {"elapsed_s": res["end"] - t0, "producer_s": prod_end - t0,
                    "empty_polls": res["empty_polls"]}
-            if variant in ("stream", "stream_b8"):
+            if variant in ("stream", "stream_b8", "stream_w8"):
                 info = _check_stream_job(client, variant, tag, count, objects_before)
                 out["stream"] = {k: info[k] for k in (
                     "committed", "acked", "producer_waits", "producer_rejections",
@@ -745,9 +765,11 @@ def main():
     ap.add_argument("--samples-1m", type=int, default=1000, help="1 MiB samples per round")
     ap.add_argument("--samples-16m", type=int, default=120, help="16 MiB samples per round")
     ap.add_argument("--poll-us", type=float, default=100, help="consumer poll sleep (100 us)")
-    ap.add_argument("--handoff-variants", default="cistern,shared_dir,stream,stream_b8",
+    ap.add_argument("--handoff-variants",
+                    default="cistern,shared_dir,stream,stream_b8,cistern_w,stream_w8",
                     help="hand-off variants, interleaved (default cistern,shared_dir,stream,"
-                         "stream_b8; shared_dir is the baseline of the ratios)")
+                         "stream_b8,cistern_w,stream_w8; shared_dir is the baseline of the "
+                         "ratios)")
     ap.add_argument("--pertensor-iters", type=int, default=2000)
     ap.add_argument("--variants", default="cistern,memmap,torch_load",
                     help="weight-sharing variants to run (default all three)")
@@ -1072,11 +1094,12 @@ def report(opts, sizes, ns, summ, pt, hruns, hsizes, serial, out):
                 add(f"1. torch.load / attach at {big} ({what}), N={n}", tl[field] / c[field], 50.0,
                     True)
     for label, _, _ in hsizes:
-        if (label, "cistern") in hsum and (label, "shared_dir") in hsum:
-            add(f"2. hand-off {label}: cistern / shared dir (samples/s)",
-                hsum[(label, "cistern")]["samples_per_s"]
-                / hsum[(label, "shared_dir")]["samples_per_s"], 5.0, True)
-    for v in ("stream", "stream_b8"):
+        for v in ("cistern", "cistern_w"):
+            if (label, v) in hsum and (label, "shared_dir") in hsum:
+                add(f"2. hand-off {label}: {v} / shared dir (samples/s)",
+                    hsum[(label, v)]["samples_per_s"]
+                    / hsum[(label, "shared_dir")]["samples_per_s"], 5.0, True)
+    for v in ("stream", "stream_b8", "stream_w8"):
         for label, _, _ in hsizes:
             if (label, v) in hsum and (label, "shared_dir") in hsum:
                 add(f"2. hand-off via {v} {label}: {v} / shared dir (samples/s)",
