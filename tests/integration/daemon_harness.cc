@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -92,6 +93,19 @@ uint16_t FreeTcpPort() {
   return 0;
 }
 
+namespace {
+
+// In a forked child before exec: dies with the test process. A test that
+// aborts (an assertion, a sanitizer report) otherwise leaves its daemons and
+// helper processes running, and CI's next steps share the machine with them.
+// Called from the thread that forks; gtest forks from its main thread.
+void DieWithParent(pid_t parent) {
+  ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+  if (::getppid() != parent) std::_Exit(125);  // it died before the prctl
+}
+
+}  // namespace
+
 std::string BinaryPath(const std::string& name) {
   return std::string(CISTERN_BUILD_DIR) + "/" + name;
 }
@@ -103,8 +117,10 @@ ChildProcess ChildProcess::Spawn(std::vector<std::string> argv, const std::strin
     std::abort();
   }
   ChildProcess c;
+  const pid_t parent = ::getpid();
   c.pid_ = ::fork();
   if (c.pid_ == 0) {
+    DieWithParent(parent);
     ::dup2(fds[1], 1);
     if (!stderr_path.empty()) {
       int err = ::open(stderr_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
@@ -199,8 +215,10 @@ void RemoveArena(const std::string& arena_path) {
 pid_t Daemon::Spawn(const std::vector<std::string>& args) {
   std::vector<std::string> argv = {BinaryPath("src/daemon/cisternd"), "--config", config_path_};
   argv.insert(argv.end(), args.begin(), args.end());
+  const pid_t parent = ::getpid();
   pid_t pid = ::fork();
   if (pid == 0) {
+    DieWithParent(parent);
     int fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
     ::dup2(fd, 1);
     ::dup2(fd, 2);

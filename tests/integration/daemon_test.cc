@@ -10,12 +10,14 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <random>
 #include <sstream>
 #include <thread>
 #include <vector>
 
+#include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
@@ -145,6 +147,50 @@ TEST(DaemonTest, FastPathReadersKilledAtRandomNeverSeeAnotherVersionsBytes) {
 // Cold puts (issue 13): the daemon allocates each arena on a background
 // thread at start unless its tier says prefault: false, and puts go on
 // meanwhile with their bytes intact.
+// A test process that aborts takes its daemons with it: before, each one
+// stayed running (holding its arena) after the test binary died.
+TEST(DaemonTest, ADaemonDiesWithTheTestProcessThatStartedIt) {
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  pid_t test = ::fork();
+  ASSERT_GE(test, 0);
+  if (test == 0) {  // the "test process": starts a daemon, reports it, dies
+    ::close(fds[0]);
+    Daemon d;
+    if (!d.Start()) std::_Exit(1);
+    std::string line = fmt::format("{} {} {}\n", d.pid(), d.dir(), d.arena_path());
+    (void)!::write(fds[1], line.data(), line.size());
+    std::abort();  // no destructor runs
+  }
+  ::close(fds[1]);
+  std::string line(4096, '\0');
+  ssize_t n = ::read(fds[0], line.data(), line.size());
+  ::close(fds[0]);
+  int status = 0;
+  ASSERT_EQ(::waitpid(test, &status, 0), test);
+  ASSERT_GT(n, 0) << "the child could not start a daemon";
+  line.resize(n);
+  pid_t daemon = 0;
+  char dir[1024] = {}, arena[1024] = {};
+  ASSERT_EQ(std::sscanf(line.c_str(), "%d %1023s %1023s", &daemon, dir, arena), 3);
+  auto dead = [&] {  // gone, or a zombie waiting for init to reap it
+    std::string stat = ReadFile(fmt::format("/proc/{}/stat", daemon));
+    if (stat.empty()) return true;
+    size_t paren = stat.rfind(')');
+    return paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z';
+  };
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!dead() && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  bool was_dead = dead();
+  if (!was_dead) ::kill(daemon, SIGKILL);
+  std::error_code ec;
+  std::filesystem::remove_all(dir, ec);
+  RemoveArena(arena);
+  EXPECT_TRUE(was_dead) << "cisternd " << daemon << " outlived the process that started it";
+}
+
 TEST(DaemonTest, TheArenaIsPrefaultedAtStartUnlessItsTierSaysNot) {
   auto allocated = [](const std::string& path) {
     struct stat st {};
