@@ -374,6 +374,10 @@ class Client {
   absl::StatusOr<Writer> CreateWriter(std::string_view key, uint64_t size,
                                       const PutOptions& options,
                                       const std::vector<TensorInfo>& tensors, bool own_mapping);
+  // Create, fill and seal in one request (small puts; wire::Put).
+  absl::StatusOr<ObjectRef> PutInOneRequest(std::string_view key, std::string data,
+                                            const std::vector<TensorInfo>& tensors,
+                                            const PutOptions& options);
   absl::StatusOr<ObjectView> MakeView(std::string_view key, const void* get_reply);
   // A view of `key` leased on the fast path, or nullopt (take the socket).
   std::optional<ObjectView> FastGet(std::string_view key, uint64_t generation);

@@ -98,6 +98,7 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOption
   if (!h.ok()) return h.status();
   c->session_id_ = h->session_id();
   c->incarnation_ = h->incarnation();
+  c->put_in_one_request_ = h->put_in_one_request();
   for (int i = 0; i < h->tiers_size(); ++i) {
     uint64_t size = h->tiers(i).arena_bytes();
     struct stat st {};
@@ -213,6 +214,7 @@ absl::Status Connection::ReconnectLocked() {
   uint64_t old_session = session_id_, old_incarnation = incarnation_;
   session_id_ = h->session_id();
   incarnation_ = h->incarnation();
+  put_in_one_request_ = h->put_in_one_request();
   ++reconnects_;
   // Take back what the earlier session held. NotFound: nothing survived (the
   // daemon's shared memory was lost); the old lease ids then name nothing.

@@ -19,6 +19,7 @@
 
 #include <sys/types.h>
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -71,6 +72,8 @@ class Connection {
   std::shared_ptr<FastPath> fast() const;
   // Tells the daemon a fast lease on a retired block ended (one way).
   void SendFastReleased();
+  // The daemon takes wire::Put (its hello said so).
+  bool put_in_one_request() const { return put_in_one_request_.load(std::memory_order_relaxed); }
 
  private:
   struct Mapping {
@@ -114,6 +117,7 @@ class Connection {
   uint64_t session_id_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t incarnation_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
+  std::atomic<bool> put_in_one_request_{false};  // from the latest hello
   std::vector<uint64_t> unsent_releases_ ABSL_GUARDED_BY(mu_);
   // Its own lock: a fast get must not wait behind a call on the socket.
   mutable Mutex fast_mu_ ABSL_ACQUIRED_AFTER(mu_);

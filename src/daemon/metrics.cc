@@ -47,6 +47,7 @@ constexpr std::string_view kVerbNames[kVerbCount] = {
     "stream_list",
     "stream_reconcile",
     "fast_released",
+    "put",
     "invalid",
 };
 
@@ -68,6 +69,8 @@ Verb VerbOf(const wire::Request& req) {
       return Verb::kRelease;
     case wire::Request::kFastReleased:
       return Verb::kFastReleased;
+    case wire::Request::kPut:
+      return Verb::kPut;
     case wire::Request::kRemove:
       return Verb::kRemove;
     case wire::Request::kStat:

@@ -85,6 +85,7 @@ enum class Verb : uint8_t {
   kStreamList,
   kStreamReconcile,
   kFastReleased,
+  kPut,
   kInvalid,
 };
 inline constexpr size_t kVerbCount = static_cast<size_t>(Verb::kInvalid) + 1;

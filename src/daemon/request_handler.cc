@@ -1,6 +1,8 @@
 #include "src/daemon/request_handler.h"
 
 #include "fmt/format.h"
+#include "src/common/quote.h"
+#include "src/store/checksum.h"
 
 namespace cistern::daemon {
 namespace {
@@ -77,6 +79,39 @@ void RequestHandler::HandleSeal(store::SessionId s, const wire::Seal& c, wire::R
   resp->mutable_seal()->set_generation(*g);
 }
 
+void RequestHandler::HandlePut(store::SessionId s, const wire::Put& p, wire::Response* resp) {
+  if (p.data().size() != p.create().size()) {
+    return SetStatus(absl::InvalidArgumentError(fmt::format(
+                         "put of {}: {} bytes sent for a size of {}", QuoteKey(p.create().key()),
+                         p.data().size(), p.create().size())),
+                     resp);
+  }
+  // The bytes are at hand: a checksum that does not match them is refused
+  // here rather than sealed (and quarantined at the next start).
+  if (p.has_checksum() && store::Checksum(p.data().data(), p.data().size()) != p.checksum()) {
+    return SetStatus(absl::DataLossError(fmt::format(
+                         "put of {}: the checksum sent does not match the {} bytes sent",
+                         QuoteKey(p.create().key()), p.data().size())),
+                     resp);
+  }
+  wire::Response created;
+  HandleCreate(s, p.create(), &created);
+  if (created.has_status()) {
+    *resp->mutable_status() = created.status();
+    return;
+  }
+  const uint64_t write_id = created.create().write_id();
+  if (absl::Status f = store_->FillWrite(s, write_id, p.data()); !f.ok()) {
+    (void)store_->Abort(s, write_id);
+    return SetStatus(f, resp);
+  }
+  wire::Seal seal;
+  seal.set_write_id(write_id);
+  seal.set_checksum(p.checksum());
+  seal.set_has_checksum(p.has_checksum());
+  HandleSeal(s, seal, resp);  // a failed seal aborts the write itself
+}
+
 void RequestHandler::HandleGet(store::SessionId s, const wire::Get& g, wire::Response* resp) {
   auto l = store_->Get(s, g.key(), g.generation());
   if (!l.ok()) return SetStatus(l.status(), resp);
@@ -117,6 +152,8 @@ void RequestHandler::Handle(store::SessionId s, const wire::Request& req, wire::
       return HandleCreate(s, req.create(), resp);
     case wire::Request::kSeal:
       return HandleSeal(s, req.seal(), resp);
+    case wire::Request::kPut:
+      return HandlePut(s, req.put(), resp);
     case wire::Request::kAbort:
       return SetStatus(store_->Abort(s, req.abort().write_id()), resp);
     case wire::Request::kGet:

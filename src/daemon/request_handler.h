@@ -40,6 +40,7 @@ class RequestHandler {
  private:
   void HandleCreate(store::SessionId s, const wire::Create& c, wire::Response* resp);
   void HandleSeal(store::SessionId s, const wire::Seal& c, wire::Response* resp);
+  void HandlePut(store::SessionId s, const wire::Put& p, wire::Response* resp);
   void HandleGet(store::SessionId s, const wire::Get& g, wire::Response* resp);
 
   store::ObjectStore* store_;

@@ -398,6 +398,7 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
     s->parked = std::make_unique<wire::Request>(std::move(req));
     s->parked_since = start;
     uint64_t wait_ms = s->parked->has_create()           ? s->parked->create().wait_ms()
+                       : s->parked->has_put()            ? s->parked->put().create().wait_ms()
                        : s->parked->has_wait_published() ? s->parked->wait_published().wait_ms()
                        : s->parked->has_get()            ? RemoteGetWaitMs(s->parked->get())
                        : s->parked->has_replicate()      ? ReplicateWaitMs(s->parked->replicate())
@@ -472,8 +473,10 @@ bool Server::Dispatch(Session* s, const wire::Request& req, StreamHandler::Attem
       !req.get().local_only()) {
     return RemoteGetAttempt(req.get(), attempt, resp);
   }
-  return attempt != StreamHandler::Attempt::kFinal && req.has_create() &&
-         req.create().wait_ms() > 0 && resp->has_status() &&
+  const uint64_t create_wait_ms = req.has_create() ? req.create().wait_ms()
+                                  : req.has_put()  ? req.put().create().wait_ms()
+                                                   : 0;
+  return attempt != StreamHandler::Attempt::kFinal && create_wait_ms > 0 && resp->has_status() &&
          resp->status().code() == static_cast<int>(absl::StatusCode::kResourceExhausted);
 }
 
@@ -626,6 +629,7 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   for (const auto& t : options_.tiers) *r->add_tiers() = t;
   r->set_max_frame_bytes(options_.max_frame_bytes);
   r->set_max_batch(options_.max_batch);
+  r->set_put_in_one_request(true);
   std::vector<int> fds = options_.arena_fds;
   if (h.want_fast_path() && options_.fast_lease_fd >= 0) {
     std::optional<uint32_t> hint;

@@ -25,6 +25,7 @@
 #include "fmt/format.h"
 #include "src/common/check.h"
 #include "src/common/fmt_absl.h"
+#include "src/store/checksum.h"
 #include "src/store/manifest.h"
 
 namespace cistern::store {
@@ -530,6 +531,25 @@ absl::StatusOr<ObjectStore::Write> ObjectStore::TakeWrite(SessionId session, uin
   sw->second.erase(write_id);
   if (sw->second.empty()) session_writes_.erase(sw);
   return w;
+}
+
+absl::Status ObjectStore::FillWrite(SessionId session, uint64_t write_id, std::string_view bytes) {
+  MutexLock lock(&mu_);
+  auto it = writes_.find(write_id);
+  if (it == writes_.end() || it->second.session != session) {
+    return absl::NotFoundError(fmt::format("write {} is not pending in this session", write_id));
+  }
+  Object* obj = it->second.obj;
+  if (bytes.size() != obj->payload_size) {
+    return absl::InvalidArgumentError(fmt::format("{} bytes sent for the {} bytes of {}",
+                                                  bytes.size(), obj->payload_size,
+                                                  QuoteKey(obj->key->key)));
+  }
+  Arena& arena = tiers_[obj->tier].arena;
+  char* payload =
+      arena.base() + obj->block_offset + arena.header(obj->block_offset)->payload_offset;
+  Copy(payload, bytes.data(), bytes.size());
+  return absl::OkStatus();
 }
 
 void ObjectStore::AbortObject(Object* obj) {

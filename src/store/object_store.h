@@ -213,6 +213,11 @@ class ObjectStore {
   absl::StatusOr<uint64_t> Seal(SessionId session, uint64_t write_id,
                                 std::optional<uint64_t> checksum);
   absl::Status Abort(SessionId session, uint64_t write_id);
+  // Copies `bytes` into the payload of the session's pending write: the
+  // daemon fills it itself when the client sent the bytes with its request
+  // (an inline put). InvalidArgument unless they are exactly the payload's
+  // size; NotFound/PermissionDenied as for Seal. The write stays pending.
+  absl::Status FillWrite(SessionId session, uint64_t write_id, std::string_view bytes);
 
   struct LeaseInfo {
     uint64_t lease_id = 0;

@@ -73,6 +73,29 @@ TEST(ObjectStoreTest, SealOfAnotherSessionsWriteIsDeniedAndChangesNothing) {
   EXPECT_TRUE(h.store().Seal(1, w->write_id, std::nullopt).ok());
 }
 
+// An inline put: the store copies the request's bytes into the pending
+// write. Only exactly the payload's size, only by the write's session;
+// a refused fill leaves the write pending and its bytes untouched.
+TEST(ObjectStoreTest, FillWriteCopiesExactlyThePayloadForItsOwnSession) {
+  StoreHarness h(kMiB);
+  ObjectStore::CreateArgs args;
+  args.key = "k";
+  args.size = 5;
+  auto w = h.store().Create(1, args);
+  ASSERT_TRUE(w.ok());
+  EXPECT_EQ(h.store().FillWrite(1, w->write_id, "1234").code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(h.store().FillWrite(1, w->write_id, "123456").code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(h.store().FillWrite(2, w->write_id, "12345").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(h.store().FillWrite(1, 999, "12345").code(), absl::StatusCode::kNotFound);
+  ASSERT_TRUE(h.store().FillWrite(1, w->write_id, "hello").ok());
+  EXPECT_EQ(h.store().Stats().pending_writes, 1u);
+  ASSERT_TRUE(h.store().Seal(1, w->write_id, std::nullopt).ok());
+  EXPECT_EQ(*h.GetValue(2, "k"), "hello");
+  EXPECT_EQ(h.store().FillWrite(1, w->write_id, "later").code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(*h.GetValue(2, "k"), "hello");
+}
+
 TEST(ObjectStoreTest, DoubleSealIsNotFound) {
   StoreHarness h(kMiB);
   ObjectStore::CreateArgs args;

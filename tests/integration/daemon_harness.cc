@@ -16,6 +16,7 @@
 #include <filesystem>
 #include <fstream>
 #include <random>
+#include <regex>
 #include <sstream>
 #include <thread>
 #include <utility>
@@ -200,6 +201,15 @@ Daemon::~Daemon() {
   std::error_code ec;
   std::filesystem::remove_all(dir_, ec);
   RemoveArena(arena_path_);
+}
+
+uint16_t Daemon::metrics_port() const {
+  std::smatch m;
+  static const std::regex re("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics");
+  std::string log = Log();
+  if (size_t last = log.rfind("metrics on http://"); last != std::string::npos) log.erase(0, last);
+  if (!std::regex_search(log, m, re)) return 0;
+  return static_cast<uint16_t>(std::stoi(m[1]));
 }
 
 void RemoveArena(const std::string& arena_path) {

@@ -54,6 +54,8 @@ class Daemon {
   // The registry database: state_dir defaults to <runtime_dir>/state.
   std::string registry_path() const { return dir_ + "/state/registry.db"; }
   std::string Log() const;
+  // The port it logged last for metrics_port: 0 (the default here); 0 if none.
+  uint16_t metrics_port() const;
 
  private:
   pid_t Spawn(const std::vector<std::string>& args);

@@ -32,20 +32,12 @@ double Sample(const std::string& text, const std::string& series) {
   return -1;
 }
 
-// The port cisternd logged for metrics_port: 0.
-uint16_t LoggedPort(const std::string& log) {
-  std::smatch m;
-  static const std::regex re("metrics on http://127\\.0\\.0\\.1:(\\d+)/metrics");
-  if (!std::regex_search(log, m, re)) return 0;
-  return static_cast<uint16_t>(std::stoi(m[1]));
-}
-
 class MetricsEndpointTest : public ::testing::Test {
  protected:
   void SetUp() override {
     std::string err;
     ASSERT_TRUE(daemon_.Start({}, &err)) << err;
-    port_ = LoggedPort(daemon_.Log());
+    port_ = daemon_.metrics_port();
     ASSERT_NE(port_, 0) << daemon_.Log();
   }
 
@@ -108,9 +100,8 @@ TEST_F(MetricsEndpointTest, RecoveredObjectsAreCountedAfterARestart) {
   daemon_.Wait();
   std::string err;
   ASSERT_TRUE(daemon_.Start({}, &err)) << err;
-  // The log now holds both starts; the last port logged is this daemon's.
-  std::string log = daemon_.Log();
-  port_ = LoggedPort(log.substr(log.rfind("metrics on http://")));
+  // The log now holds both starts; metrics_port() reads the last one.
+  port_ = daemon_.metrics_port();
   HttpResult r = HttpGet(port_, "/metrics");
   ASSERT_EQ(r.status, 200);
   EXPECT_EQ(Sample(r.body, "cistern_recovered_objects"), 1) << r.body;

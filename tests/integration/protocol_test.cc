@@ -233,6 +233,32 @@ TEST_F(ProtocolTest, BadVerbsGetClearErrorsAndChangeNothing) {
     c->set_size(64);
     c->set_tier("nvme");
   }
+  {
+    auto* p = add(C::kInvalidArgument, "5 bytes sent for a size of 6")->mutable_put();
+    p->mutable_create()->set_key("short");
+    p->mutable_create()->set_size(6);
+    p->set_data("12345");
+  }
+  {
+    auto* p = add(C::kDataLoss, "checksum sent does not match")->mutable_put();
+    p->mutable_create()->set_key("sum");
+    p->mutable_create()->set_size(5);
+    p->set_data("12345");
+    p->set_checksum(42);
+    p->set_has_checksum(true);
+  }
+  {
+    auto* p = add(C::kInvalidArgument, "key is empty")->mutable_put();
+    p->mutable_create()->set_size(5);
+    p->set_data("12345");
+  }
+  {
+    auto* p = add(C::kAlreadyExists, "exists (generation")->mutable_put();
+    p->mutable_create()->set_key("canary");
+    p->mutable_create()->set_size(3);
+    p->mutable_create()->set_if_absent(true);
+    p->set_data("new");
+  }
   add(C::kPermissionDenied, "another session")->mutable_seal()->set_write_id(w->write_id());
   add(C::kNotFound, "not pending")->mutable_seal()->set_write_id(999);
   add(C::kNotFound, "not held")->mutable_release()->set_lease_id(12345);
