@@ -330,6 +330,37 @@ TEST_F(ClientTest, WaitingPutSucceedsWhenSpaceIsFreed) {
   EXPECT_TRUE(ref.ok()) << ref.status();
 }
 
+// The same for a small put, which travels in one request: the request
+// parks until the space is freed.
+TEST_F(ClientTest, WaitingSmallPutParksAndSucceedsWhenSpaceIsFreed) {
+  auto fill = client_->Create("big", client_->Stats()->tiers(0).capacity_bytes() - (1 << 20));
+  ASSERT_TRUE(fill.ok()) << fill.status();
+  ASSERT_TRUE(fill->Seal().ok());
+  std::string v(16 << 10, 's');
+  absl::Status full;
+  for (int i = 0; i < 1000 && full.ok(); ++i) {
+    full = client_->Put(fmt::format("s{}", i), v).status();
+  }
+  ASSERT_EQ(full.code(), absl::StatusCode::kResourceExhausted) << full;
+  auto other = daemon_.Connect();
+  ASSERT_TRUE(other.ok());
+  std::thread remover([&] {
+    EXPECT_TRUE(Eventually([&] {
+      auto st = client_->Status();
+      return st.ok() && st->parked_requests() == 1;
+    })) << "the waiting put was never parked";
+    EXPECT_TRUE(client_->Remove("big").ok());
+  });
+  PutOptions o;
+  o.wait = std::chrono::seconds(30);
+  auto ref = (*other)->Put("waiter", v, o);
+  remover.join();
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  auto got = client_->Get("waiter");
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(got->data()), got->size()), v);
+}
+
 TEST_F(ClientTest, WaitingPutGivesUpAtItsDeadline) {
   auto fill = client_->Create("big", 40 << 20);
   ASSERT_TRUE(fill.ok() && fill->Seal().ok());
