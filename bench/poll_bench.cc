@@ -1,7 +1,7 @@
 // cistern_poll_bench: what cisternd's busy polling (busy_poll_us) costs in CPU
 // and buys in latency (issue 13; docs/benchmarks.md, "Busy polling: CPU cost").
 //
-// For each busy_poll_us value (--polls, default 200,50,0) a fresh cisternd
+// For each busy_poll_us value (--polls, default 200,50,20,0) a fresh cisternd
 // with one 256 MiB tier is measured; rounds repeat the values in alternating
 // order. Per daemon:
 //   idle: its CPU time over --idle-seconds with no client, then with one
@@ -40,7 +40,7 @@ namespace {
 struct Options {
   std::string cisternd = std::string(CISTERN_BUILD_DIR) + "/src/daemon/cisternd";
   std::string json_path;
-  std::vector<uint32_t> polls = {200, 50, 0};
+  std::vector<uint32_t> polls = {200, 50, 20, 0};
   int rounds = 2;
   double idle_seconds = 10;
   double op_seconds = 3;
@@ -80,9 +80,9 @@ Options ParseArgs(int argc, char** argv) {
       o.hogs = std::atoi(need(i).c_str());
     } else if (a == "--help" || a == "-h") {
       std::printf(
-          "usage: cistern_poll_bench [--cisternd PATH] [--json FILE] [--polls 200,50,0]\n"
+          "usage: cistern_poll_bench [--cisternd PATH] [--json FILE] [--polls 200,50,20,0]\n"
           "                          [--rounds N] [--idle-seconds S] [--op-seconds S] [--hogs N]\n"
-          "  --polls L        busy_poll_us values to compare (default 200,50,0)\n"
+          "  --polls L        busy_poll_us values to compare (default 200,50,20,0)\n"
           "  --rounds N       times each value is measured, order alternating (default 2)\n"
           "  --idle-seconds S each idle window (default 10)\n"
           "  --op-seconds S   each timed workload (default 3)\n"
@@ -201,13 +201,13 @@ IdleResult MeasureIdle(const Daemon& d, const std::string& name, double seconds)
   std::this_thread::sleep_for(std::chrono::seconds(1));  // past any polling and closing
   IdleResult r;
   r.name = name;
-  double c0 = ClientCpuSeconds();
   DaemonCpu a = SampleDaemon(d.pid());
+  double c0 = ClientCpuSeconds();  // not counting the samples' own reads of /proc
   auto t0 = Clock::now();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
+  r.client_cpu_s = ClientCpuSeconds() - c0;
   DaemonCpu b = SampleDaemon(d.pid());
   r.window_s = Seconds(Clock::now() - t0);
-  r.client_cpu_s = ClientCpuSeconds() - c0;
   r.daemon = Diff(a, b);
   return r;
 }
@@ -275,8 +275,8 @@ OpResult Measure(const Daemon& d, const std::string& name, int threads, bool fas
   phase.store(1);
   phase.notify_all();
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds / 10));
-  double c0 = ClientCpuSeconds();
   DaemonCpu a = SampleDaemon(d.pid());
+  double c0 = ClientCpuSeconds();
   auto t0 = Clock::now();
   phase.store(2);
   std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
@@ -284,8 +284,8 @@ OpResult Measure(const Daemon& d, const std::string& name, int threads, bool fas
   for (auto& th : ts) th.join();
   OpResult r;
   r.wall_s = Seconds(Clock::now() - t0);
-  r.daemon = Diff(a, SampleDaemon(d.pid()));
   r.client_cpu_s = ClientCpuSeconds() - c0;
+  r.daemon = Diff(a, SampleDaemon(d.pid()));
   r.name = name;
   r.threads = threads;
   std::vector<double> all;

@@ -3,7 +3,7 @@
 # (build/bench) and runs the busy-polling measurement; see docs/benchmarks.md,
 # "Busy polling: CPU cost".
 #
-#   bash bench/run_poll.sh                  # idle host, ~5 minutes
+#   bash bench/run_poll.sh                   # idle host, about 6 minutes
 #   bash bench/run_poll.sh --hogs "$(nproc)" # busy host: one spinning process per CPU
 #
 # Arguments go to cistern_poll_bench (--help lists them). Unless --json is
