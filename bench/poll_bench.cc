@@ -20,7 +20,10 @@
 // (nanoseconds on a CPU; the third field counts the times the thread was
 // scheduled in), with utime+stime of /proc/<pid>/stat (clock ticks) beside it.
 // Client CPU: getrusage(RUSAGE_SELF) of this process, whose only busy threads
-// are the clients. --hogs N starts N processes that spin (nice 0) for the
+// are the clients. Each daemon's header also says how many CPUs other
+// processes took meanwhile (/proc/stat's busy time less this process's, the
+// daemon's and the hogs'): the load average counts this benchmark's own
+// runnable threads. --hogs N starts N processes that spin (nice 0) for the
 // whole run: a busy host. Not a pass/fail test: tables, and JSON with --json.
 #include <sys/prctl.h>
 #include <sys/resource.h>
@@ -111,8 +114,8 @@ struct DaemonCpu {
   std::map<int, ThreadCpu> threads;
 };
 
-DaemonCpu SampleDaemon(pid_t pid) {
-  DaemonCpu out;
+// utime + stime of a process, all its threads (clock ticks, so 10 ms steps).
+double ProcessCpuSeconds(pid_t pid) {
   std::string stat = ReadFile(fmt::format("/proc/{}/stat", pid));
   size_t paren = stat.rfind(')');
   if (paren == std::string::npos) Die(fmt::format("cannot read /proc/{}/stat", pid));
@@ -120,7 +123,25 @@ DaemonCpu SampleDaemon(pid_t pid) {
   std::vector<std::string> f(std::istream_iterator<std::string>(in), {});
   if (f.size() < 13) Die(fmt::format("short /proc/{}/stat", pid));
   // f[0] is field 3 (state); utime and stime are fields 14 and 15.
-  out.stat_seconds = (std::stod(f[11]) + std::stod(f[12])) / ::sysconf(_SC_CLK_TCK);
+  return (std::stod(f[11]) + std::stod(f[12])) / ::sysconf(_SC_CLK_TCK);
+}
+
+// CPU seconds the whole machine spent busy (every CPU, /proc/stat: all but
+// idle and iowait).
+double MachineBusySeconds() {
+  std::istringstream in(ReadFile("/proc/stat"));
+  std::string cpu;
+  in >> cpu;
+  double busy = 0, v;
+  for (int i = 0; i < 8 && in >> v; ++i) {
+    if (i != 3 && i != 4) busy += v;  // 3 idle, 4 iowait
+  }
+  return busy / ::sysconf(_SC_CLK_TCK);
+}
+
+DaemonCpu SampleDaemon(pid_t pid) {
+  DaemonCpu out;
+  out.stat_seconds = ProcessCpuSeconds(pid);
   std::error_code ec;
   for (const auto& e : std::filesystem::directory_iterator(fmt::format("/proc/{}/task", pid), ec)) {
     int tid = std::atoi(e.path().filename().c_str());
@@ -303,11 +324,15 @@ struct ConfigResult {
   uint32_t poll_us = 0;
   int round = 0;
   std::string load_start;
+  // What other processes (not this one, its daemon or its hogs) took of the
+  // machine while this daemon was measured: CPU seconds per second.
+  double others_cpus = 0;
   std::vector<IdleResult> idle;
   std::vector<OpResult> ops;
 };
 
-ConfigResult MeasureConfig(const Options& opt, uint32_t poll_us, int round) {
+ConfigResult MeasureConfig(const Options& opt, uint32_t poll_us, int round,
+                           const std::vector<pid_t>& hogs) {
   ConfigResult cr;
   cr.poll_us = poll_us;
   cr.round = round;
@@ -316,6 +341,13 @@ ConfigResult MeasureConfig(const Options& opt, uint32_t poll_us, int round) {
            fmt::format("busy_poll_us: {}\n", poll_us));
   d.Start();
   d.WaitPrefaulted();
+  auto ours = [&] {
+    double s = ClientCpuSeconds() + ProcessCpuSeconds(d.pid());
+    for (pid_t h : hogs) s += ProcessCpuSeconds(h);
+    return s;
+  };
+  const double busy0 = MachineBusySeconds(), ours0 = ours();
+  const auto t0 = Clock::now();
   cr.idle.push_back(MeasureIdle(d, "no client", opt.idle_seconds));
   constexpr uint64_t kValue = 4 * kKiB;
   std::vector<std::byte> value(kValue);
@@ -350,12 +382,15 @@ ConfigResult MeasureConfig(const Options& opt, uint32_t poll_us, int round) {
   cr.ops.push_back(Measure(d, "fast get, C=1", 1, true, s, microseconds(0), 16, get));
   cr.ops.push_back(Measure(d, "put, C=1", 1, true, s, microseconds(0), 1, put));
   cr.ops.push_back(Measure(d, "put, C=4", 4, true, s, microseconds(0), 1, put));
+  cr.others_cpus =
+      std::max(0.0, (MachineBusySeconds() - busy0) - (ours() - ours0)) / Seconds(Clock::now() - t0);
   return cr;
 }
 
 void Print(const ConfigResult& cr) {
-  fmt::print("\n== busy_poll_us {} (round {}), load average {} ==\n", cr.poll_us, cr.round,
-             cr.load_start);
+  fmt::print(
+      "\n== busy_poll_us {} (round {}), load average {}; other processes took {:.2f} CPUs ==\n",
+      cr.poll_us, cr.round, cr.load_start, cr.others_cpus);
   for (const IdleResult& r : cr.idle) {
     std::string threads;
     for (const auto& [name, t] : r.daemon.per_thread) {
@@ -423,6 +458,7 @@ Json ToJson(const ConfigResult& cr) {
       .Int("busy_poll_us", cr.poll_us)
       .Int("round", cr.round)
       .Str("load_average_start", cr.load_start)
+      .Num("other_processes_cpus", cr.others_cpus)
       .Raw("idle", Json(idle))
       .Raw("ops", Json(ops))
       .Build();
@@ -494,7 +530,7 @@ int Main(int argc, char** argv) {
     std::vector<uint32_t> order = opt.polls;
     if (round % 2 == 0) std::reverse(order.begin(), order.end());
     for (uint32_t poll : order) {
-      all.push_back(MeasureConfig(opt, poll, round));
+      all.push_back(MeasureConfig(opt, poll, round, hogs));
       Print(all.back());
     }
   }
