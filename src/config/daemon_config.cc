@@ -84,7 +84,7 @@ void ApplyDefaults(config::DaemonConfig* cfg) {
     uint64_t slots = std::bit_ceil(std::max<uint64_t>(total / (16 * kKiB), 1));
     cfg->mutable_fast_path()->set_index_slots(std::clamp<uint64_t>(slots, 4096, uint64_t{1} << 22));
   }
-  if (!cfg->has_busy_poll_us()) cfg->set_busy_poll_us(200);
+  if (!cfg->has_busy_poll_us()) cfg->set_busy_poll_us(0);
   if (cfg->metrics_address().empty()) cfg->set_metrics_address("127.0.0.1");
   if (!cfg->has_metrics_port()) cfg->set_metrics_port(9464);
   if (cfg->log_max_bytes() == 0) cfg->set_log_max_bytes(64 * kMiB);

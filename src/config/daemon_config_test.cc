@@ -33,6 +33,11 @@ TEST(DaemonConfigTest, DefaultsAreValid) {
   EXPECT_THAT(cfg->socket_path(), HasSubstr("cisternd.sock"));
   EXPECT_EQ(cfg->allowed_uids(0), geteuid());
   EXPECT_TRUE(cfg->fast_path().enabled());
+  // Busy polling is off unless asked for, and a value asked for is kept.
+  EXPECT_EQ(cfg->busy_poll_us(), 0u);
+  auto poll = LoadDaemonConfig("", {"busy_poll_us=200"});
+  ASSERT_TRUE(poll.ok()) << poll.status();
+  EXPECT_EQ(poll->busy_poll_us(), 200u);
   // One slot per 16 KiB of arena by default.
   EXPECT_EQ(cfg->fast_path().index_slots(),
             std::clamp<uint64_t>(std::bit_ceil(cfg->tiers(0).size() / 16384), 4096, 1u << 22));

@@ -7,9 +7,11 @@
 // for refs — is parked (its session reads nothing more) and retried whenever
 // the store frees bytes, a stream changes or a stream lease expires, and one
 // last time at its deadline. Stream verbs that change a ledger write the
-// registry on this thread (one transaction, one fsync). After serving a request the loop keeps
-// polling for `busy_poll` before it sleeps: on virtual machines waking a sleeping thread on another
-// CPU costs tens of microseconds, far more than the request.
+// registry on this thread (one transaction, one fsync). With `busy_poll` set, after serving a
+// request the loop keeps polling for that long before it sleeps: on virtual machines waking a
+// sleeping thread on another CPU costs tens of microseconds, far more than the request. It is off
+// by default: polling yields between polls, and on a host whose CPUs are busy a yield costs a
+// scheduler slice (about 4 ms) per round trip (docs/benchmarks.md, "Busy polling: CPU cost").
 //
 // What a client can make the daemon hold is bounded (issue 9): a session whose
 // unsent replies pass max_unsent_reply_bytes is not served, and a session that
@@ -88,7 +90,7 @@ struct ServerOptions {
   uint64_t max_read_ahead_bytes = 1 << 20;
   uint32_t max_batch = 4096;
   // Poll without sleeping for this long after the last request (see config.proto).
-  Clock::Duration busy_poll = std::chrono::microseconds(200);
+  Clock::Duration busy_poll = std::chrono::microseconds(0);
   std::string daemon_version;
   std::string metrics_endpoint;  // reported in daemon_status
   uint64_t incarnation = 0;      // reported in hello (see RecoveredHolder)
