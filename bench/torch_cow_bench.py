@@ -26,7 +26,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from python_bench import Daemon, machine  # noqa: E402
 
-SIZES = [("4 KiB", 4 << 10), ("64 KiB", 64 << 10), ("1 MiB", 1 << 20), ("64 MiB", 64 << 20)]
+SIZES = [("4 KiB", 4 << 10), ("64 KiB", 64 << 10), ("512 KiB", 512 << 10), ("1 MiB", 1 << 20),
+         ("64 MiB", 64 << 20)]
 
 
 def pct(xs, q):

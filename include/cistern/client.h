@@ -127,12 +127,14 @@ struct ReplicateResult {
 // a restart verifies, never changes, and neither does a later get. From at
 // least kPrivateMapAtLeast bytes it is a private copy-on-write mapping of the
 // view's pages: reading costs no copy, and a write copies just the pages it
-// touches. Below that it is a plain copy, cheaper than a mapping (a mapping
-// costs about 8 us on a VM). A mapping shows the view's bytes only while the
+// touches, but each get maps afresh and its first read of a page faults (on
+// a 2-vCPU VM about 15 us per mapping and 0.15-0.2 ms per MiB read). Below
+// it is a plain copy, which costs less up to about 1 MiB
+// (bench/torch_cow_bench.py, docs/benchmarks.md). A mapping shows the view's bytes only while the
 // view's lease lives: keep the view until the PrivateBytes is gone. Move-only.
 class PrivateBytes {
  public:
-  static constexpr size_t kPrivateMapAtLeast = 64 << 10;
+  static constexpr size_t kPrivateMapAtLeast = 1 << 20;
 
   PrivateBytes() = default;
   ~PrivateBytes();

@@ -13,8 +13,9 @@ tensor built over them is alive, even if the key is removed or overwritten.
 The shared bytes never change: numpy arrays are read-only (writing raises
 ValueError). torch has no read-only tensors, so torch tensors are
 copy-on-write: they view this process's private mapping of the shared pages
-(objects of 64 KiB or more; still no copy until a write) or a private copy
-(smaller ones, where a copy costs less than a mapping). An in-place write
+(objects of 1 MiB or more; still no copy until a write, but each get's first
+read of a page faults it in) or a private copy (smaller ones, where a copy
+costs less than a mapping). An in-place write
 (``t.add_(1)``, ``t[0] = 5``) changes that tensor in this process only: other
 processes, later gets, and the stored object keep the sealed bytes. Each page
 written costs one page of this process's memory.
