@@ -80,6 +80,16 @@ void RequestHandler::HandleSeal(store::SessionId s, const wire::Seal& c, wire::R
 }
 
 void RequestHandler::HandlePut(store::SessionId s, const wire::Put& p, wire::Response* resp) {
+  // The copy and the checksum run on the event loop: keep them short. Clients
+  // send Put up to 64 KiB; larger values belong in create + seal.
+  constexpr size_t kPutAtMost = 1 << 20;
+  if (p.data().size() > kPutAtMost) {
+    return SetStatus(absl::InvalidArgumentError(fmt::format(
+                         "put of {} in one request carries {} bytes, over the {} allowed; "
+                         "use create and seal",
+                         QuoteKey(p.create().key()), p.data().size(), kPutAtMost)),
+                     resp);
+  }
   if (p.data().size() != p.create().size()) {
     return SetStatus(absl::InvalidArgumentError(fmt::format(
                          "put of {}: {} bytes sent for a size of {}", QuoteKey(p.create().key()),

@@ -8,6 +8,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/integration/daemon_harness.h"
+#include "tests/integration/raw_connection.h"
 
 namespace cistern::testing {
 namespace {
@@ -255,6 +256,24 @@ TEST_F(ClientTest, SmallPutsTakeOneRequestAndReadBackTheSame) {
   ASSERT_EQ(x->size(), y->size());
   EXPECT_EQ(std::memcmp(x->data(), y->data(), x->size()), 0);
   EXPECT_EQ(client_->Stat("td")->checksum(), client_->Stat("td2")->checksum());
+  // The daemon takes at most 1 MiB in one request (the copy and the
+  // checksum run on its event loop); a raw client sending more is refused.
+  {
+    RawConnection raw(daemon_.socket_path());
+    raw.Hello();
+    ASSERT_TRUE(raw.Receive());
+    wire::Request req;
+    req.set_id(7);
+    req.mutable_put()->mutable_create()->set_key("too-big");
+    req.mutable_put()->mutable_create()->set_size((1 << 20) + 1);
+    req.mutable_put()->set_data(std::string((1 << 20) + 1, 'b'));
+    raw.Send(req);
+    auto r = raw.Receive();
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status().code(), static_cast<int>(absl::StatusCode::kInvalidArgument));
+    EXPECT_THAT(r->status().message(), HasSubstr("use create and seal"));
+    EXPECT_EQ(client_->Get("too-big").status().code(), absl::StatusCode::kNotFound);
+  }
   // if_absent and a held key refuse it as a create would, storing nothing.
   PutOptions once;
   once.if_absent = true;
