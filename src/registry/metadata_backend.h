@@ -18,6 +18,8 @@
 //   DataLoss           the stored data is corrupt.
 #pragma once
 
+#include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -50,14 +52,39 @@ class WriteBatch {
   std::vector<Op> ops_;
 };
 
+// How far a backend that syncs in the background (SqliteOptions::
+// background_sync) has got. Applies are numbered from 1 in the order they
+// returned OK (an empty batch does not count).
+struct SyncProgress {
+  uint64_t written = 0;  // Applies that returned OK so far
+  uint64_t durable = 0;  // the first `durable` of them are on disk
+  uint64_t syncs = 0;    // fdatasyncs that made writes durable (one per group)
+  uint64_t checkpoints = 0;  // checkpoints that copied the whole WAL into the database
+  // Not OK once a sync failed: nothing after `durable` will ever be made
+  // durable, and every later Apply is refused (restart to recover).
+  absl::Status failed;
+};
+
 class MetadataBackend {
  public:
   virtual ~MetadataBackend() = default;
 
-  // Applies every op of `batch` or none. On OK the batch is durable (it
-  // survives a crash of this process and, for durable backends, of the host).
-  // On error nothing was applied. An empty batch is OK and writes nothing.
+  // Applies every op of `batch` or none. On error nothing was applied. An
+  // empty batch is OK and writes nothing. On OK the batch survives a crash of
+  // this process; it also survives a crash of the host once it is durable:
+  // at once for most backends, after a background sync for a SQLite backend
+  // opened with background_sync (see sync_progress).
   virtual absl::Status Apply(const WriteBatch& batch) = 0;
+
+  // Background durability. A backend whose Apply is durable when it returns
+  // answers written == durable (both 0) and calls no listener.
+  virtual SyncProgress sync_progress() const { return {}; }
+  // `fn` is called, on the backend's sync thread, each time durable moves or
+  // a sync fails. Set it before the first Apply; it must not call Apply.
+  virtual void SetSyncListener(std::function<void()> fn) { (void)fn; }
+  // Blocks until everything written so far is durable; the sync's error, if
+  // it failed.
+  virtual absl::Status WaitDurable() { return absl::OkStatus(); }
 
   // The value of `key`, or nullopt when absent.
   virtual absl::StatusOr<std::optional<std::string>> Get(std::string_view key) = 0;

@@ -1,7 +1,13 @@
 #include "src/registry/metadata_backend.h"
 
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <atomic>
+#include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -16,6 +22,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "src/registry/sqlite_backend.h"
+#include "src/common/mutex.h"
 #include "src/registry/sqlite_backend_testing.h"
 
 namespace cistern::registry {
@@ -85,7 +92,7 @@ absl::Status PutAll(MetadataBackend& backend, const KeyValues& kvs) {
 }
 
 // The behaviours every backend shares, run against each of them.
-enum class Kind { kMemory, kSqlite };
+enum class Kind { kMemory, kSqlite, kSqliteBackground };
 
 class MetadataBackendTest : public ::testing::TestWithParam<Kind> {
  protected:
@@ -94,7 +101,8 @@ class MetadataBackendTest : public ::testing::TestWithParam<Kind> {
       backend_ = std::make_unique<MemoryBackend>();
       return;
     }
-    auto opened = OpenSqliteBackend({.path = dir_.File("registry.db")});
+    auto opened = OpenSqliteBackend({.path = dir_.File("registry.db"),
+                                     .background_sync = GetParam() == Kind::kSqliteBackground});
     ASSERT_TRUE(opened.ok()) << opened.status();
     backend_ = *std::move(opened);
   }
@@ -104,9 +112,11 @@ class MetadataBackendTest : public ::testing::TestWithParam<Kind> {
 };
 
 INSTANTIATE_TEST_SUITE_P(Backends, MetadataBackendTest,
-                         ::testing::Values(Kind::kMemory, Kind::kSqlite),
+                         ::testing::Values(Kind::kMemory, Kind::kSqlite, Kind::kSqliteBackground),
                          [](const ::testing::TestParamInfo<Kind>& info) {
-                           return info.param == Kind::kMemory ? "Memory" : "Sqlite";
+                           return info.param == Kind::kMemory   ? "Memory"
+                                  : info.param == Kind::kSqlite ? "Sqlite"
+                                                                : "SqliteBackgroundSync";
                          });
 
 TEST_P(MetadataBackendTest, PutThenGetReturnsTheLatestValue) {
@@ -482,6 +492,178 @@ TEST_F(SqliteBackendTest, ExecForTestRefusesOtherBackends) {
   MemoryBackend memory;
   EXPECT_EQ(ExecForTest(&memory, "PRAGMA page_count").status().code(),
             absl::StatusCode::kInvalidArgument);
+}
+
+// Background sync (group commit): Apply returns before the fsync; the sync
+// thread makes every Apply that returned during one fdatasync durable with
+// the next one.
+class SyncGate {
+ public:
+  // The hook: records the call, waits while the gate is shut, then syncs (or
+  // fails with EIO when `fail`).
+  int Sync(int fd) {
+    MutexLock l(&mu_);
+    ++entered_;
+    changed_.SignalAll();
+    while (shut_) changed_.Wait(&mu_);
+    if (fail_) {
+      errno = EIO;
+      return -1;
+    }
+    return ::fdatasync(fd);
+  }
+  void Shut() {
+    MutexLock l(&mu_);
+    shut_ = true;
+  }
+  void Open() {
+    MutexLock l(&mu_);
+    shut_ = false;
+    changed_.SignalAll();
+  }
+  void FailFromNowOn() {
+    MutexLock l(&mu_);
+    fail_ = true;
+  }
+  // Waits until the hook was entered `n` times in all.
+  void AwaitEntered(int n) {
+    MutexLock l(&mu_);
+    while (entered_ < n) changed_.Wait(&mu_);
+  }
+  int entered() {
+    MutexLock l(&mu_);
+    return entered_;
+  }
+
+ private:
+  Mutex mu_;
+  CondVar changed_;
+  int entered_ = 0;
+  bool shut_ = false;
+  bool fail_ = false;
+};
+
+TEST_F(SqliteBackendTest, BackgroundSyncGroupsTheAppliesThatArriveDuringOneFdatasync) {
+  SyncGate gate;
+  std::atomic<int> heard{0};
+  auto opened = OpenSqliteBackend({.path = path_,
+                                   .background_sync = true,
+                                   .fdatasync_for_test = [&](int fd) { return gate.Sync(fd); }});
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  MetadataBackend& b = **opened;
+  b.SetSyncListener([&] { heard.fetch_add(1); });
+  EXPECT_EQ(b.sync_progress().written, 0u);
+
+  gate.Shut();
+  ASSERT_TRUE(PutAll(b, {{"first", "1"}}).ok());
+  gate.AwaitEntered(1);  // the sync of "first" is under way, and held
+  for (int i = 0; i < 10; ++i) {
+    ASSERT_TRUE(PutAll(b, {{"k" + std::to_string(i), "v"}}).ok());
+  }
+  // Written, readable, not yet durable.
+  SyncProgress p = b.sync_progress();
+  EXPECT_EQ(p.written, 11u);
+  EXPECT_EQ(p.durable, 0u);
+  EXPECT_EQ(p.syncs, 0u);
+  EXPECT_EQ(GetValue(b, "k9"), "v");
+
+  gate.Open();
+  ASSERT_TRUE(b.WaitDurable().ok());
+  p = b.sync_progress();
+  EXPECT_EQ(p.durable, 11u);
+  // One fdatasync for "first", one for the ten that came while it ran.
+  EXPECT_EQ(p.syncs, 2u);
+  EXPECT_EQ(gate.entered(), 2);
+  // The listener hears each sync, just after WaitDurable may have returned.
+  for (int i = 0; i < 5000 && heard.load() < 2; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  EXPECT_EQ(heard.load(), 2);
+  EXPECT_TRUE(p.failed.ok());
+}
+
+TEST_F(SqliteBackendTest, AFailedBackgroundSyncIsFinalAndLaterWritesAreRefused) {
+  SyncGate gate;
+  gate.FailFromNowOn();
+  auto opened = OpenSqliteBackend({.path = path_,
+                                   .background_sync = true,
+                                   .fdatasync_for_test = [&](int fd) { return gate.Sync(fd); }});
+  ASSERT_TRUE(opened.ok()) << opened.status();
+  MetadataBackend& b = **opened;
+  ASSERT_TRUE(PutAll(b, {{"a", "1"}}).ok());
+  absl::Status s = b.WaitDurable();
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(s.message(), HasSubstr("fdatasync of '" + path_ + "-wal' failed"));
+  SyncProgress p = b.sync_progress();
+  EXPECT_EQ(p.written, 1u);
+  EXPECT_EQ(p.durable, 0u);
+  EXPECT_FALSE(p.failed.ok());
+
+  s = PutAll(b, {{"b", "2"}});
+  EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable) << s;
+  EXPECT_THAT(s.message(), HasSubstr("refuses writes since a sync failed"));
+  EXPECT_EQ(GetValue(b, "b"), std::nullopt);  // the refused write left nothing
+  EXPECT_EQ(b.sync_progress().written, 1u);
+}
+
+TEST_F(SqliteBackendTest, BackgroundSyncCheckpointsTheWalOffTheWritersPath) {
+  {
+    auto opened = OpenSqliteBackend(
+        {.path = path_, .background_sync = true, .checkpoint_wal_bytes = 64 * 1024});
+    ASSERT_TRUE(opened.ok()) << opened.status();
+    MetadataBackend& b = **opened;
+    // As ten sessions that each wait for their write to be durable before
+    // the next: groups of ten Applies, writing while the sync thread
+    // checkpoints. Each row (2 KB, an overflow page) adds about three 4 KiB
+    // frames: 4.8 MB of WAL in all without checkpoints.
+    for (uint64_t i = 0; i < 400; ++i) {
+      WriteBatch batch;
+      batch.Put("k/" + BigEndian(i), std::string(2000, 'v'));
+      ASSERT_TRUE(b.Apply(batch).ok());
+      if (i % 10 == 9) ASSERT_TRUE(b.WaitDurable().ok());
+    }
+    EXPECT_GE(b.sync_progress().checkpoints, 1u);
+    // The WAL file keeps its largest size; checkpoints (and the RESTART one
+    // at four times the threshold) keep it to a few groups.
+    EXPECT_LT(std::filesystem::file_size(path_ + "-wal"), 1u << 20);
+    // Another opener is refused, as without background sync.
+    auto second = OpenSqliteBackend({.path = path_, .background_sync = true});
+    ASSERT_FALSE(second.ok());
+    EXPECT_EQ(second.status().code(), absl::StatusCode::kUnavailable) << second.status();
+    EXPECT_THAT(second.status().message(), HasSubstr("in use by another process"));
+  }
+  auto reopened = MustOpen();
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_EQ(ScanAll(*reopened, "k/").size(), 400u);
+}
+
+TEST_F(SqliteBackendTest, AWriteNotYetSyncedSurvivesAKillOfTheProcess) {
+  // The child writes with its sync held back forever, then dies by SIGKILL:
+  // the WAL frames are in the page cache, which a process crash keeps.
+  pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    auto opened = OpenSqliteBackend({.path = path_,
+                                     .background_sync = true,
+                                     .fdatasync_for_test = [](int) {
+                                       ::pause();
+                                       return 0;
+                                     }});
+    if (!opened.ok()) ::_exit(3);
+    WriteBatch batch;
+    batch.Put("written", "before the kill");
+    if (!(*opened)->Apply(batch).ok()) ::_exit(4);
+    if ((*opened)->sync_progress().durable != 0) ::_exit(5);
+    ::kill(::getpid(), SIGKILL);
+    ::_exit(6);
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFSIGNALED(status)) << "child exited with " << WEXITSTATUS(status);
+  ASSERT_EQ(WTERMSIG(status), SIGKILL);
+  auto reopened = MustOpen();
+  ASSERT_NE(reopened, nullptr);
+  EXPECT_EQ(GetValue(*reopened, "written"), "before the kill");
 }
 
 }  // namespace
