@@ -27,6 +27,7 @@ namespace {
 constexpr uint64_t kListenTag = UINT64_MAX;
 constexpr uint64_t kWakeTag = UINT64_MAX - 1;
 constexpr uint64_t kNotifyTag = UINT64_MAX - 2;
+constexpr uint64_t kDurableTag = UINT64_MAX - 3;
 constexpr size_t kReadChunk = 64 * 1024;
 
 bool ConstantTimeEquals(const std::string& a, const std::string& b) {
@@ -66,6 +67,17 @@ Server::Server(ServerOptions options, store::ObjectStore* store, stream::StreamM
   notify_fd_.Reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
   ev.data.u64 = kNotifyTag;
   ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, notify_fd_.get(), &ev);
+  if (streams != nullptr) {
+    ledger_ = streams->backend();
+    durable_fd_.Reset(::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC));
+    ev.data.u64 = kDurableTag;
+    ::epoll_ctl(epoll_fd_.get(), EPOLL_CTL_ADD, durable_fd_.get(), &ev);
+    ledger_->SetSyncListener([fd = durable_fd_.get()] {
+      uint64_t one = 1;
+      ssize_t n = ::write(fd, &one, sizeof one);
+      (void)n;
+    });
+  }
 }
 
 void Server::NotifyPublished() {
@@ -74,7 +86,9 @@ void Server::NotifyPublished() {
   (void)n;
 }
 
-Server::~Server() = default;
+Server::~Server() {
+  if (ledger_ != nullptr) ledger_->SetSyncListener(nullptr);
+}
 
 template <typename... Args>
 void Server::LogRejection(spdlog::level::level_enum level, fmt::format_string<Args...> format,
@@ -219,6 +233,12 @@ void Server::Run() {
         stopping_ = true;
         continue;
       }
+      if (tag == kDurableTag) {
+        uint64_t count;
+        while (::read(durable_fd_.get(), &count, sizeof count) > 0) {
+        }
+        continue;  // ReleaseHeld below
+      }
       if (tag == kNotifyTag) {
         uint64_t count;
         while (::read(notify_fd_.get(), &count, sizeof count) > 0) {
@@ -238,6 +258,7 @@ void Server::Run() {
         OnReadable(s, (events[i].events & (EPOLLHUP | EPOLLERR)) != 0);
       }
     }
+    ReleaseHeld();
     RetryParked();
     ExpireDeadlines();
     RunTick();
@@ -426,7 +447,7 @@ void Server::HandleFrame(Session* s, std::string_view frame) {
                  "session {} (pid {}): request {} rejected: {}", s->id, s->pid, req.id(),
                  resp.status().message());
   }
-  Reply(s, resp);
+  Reply(s, resp, StreamHandler::Handles(req));
   RecordRequest(VerbOf(req), code, start);
 }
 
@@ -580,9 +601,10 @@ void Server::Unpark(Session* s, wire::Response& resp) {
   uint64_t id = s->id;
   RecordRequest(VerbOf(*s->parked), static_cast<absl::StatusCode>(resp.status().code()),
                 s->parked_since);
+  bool ledger_reply = StreamHandler::Handles(*s->parked);
   s->parked.reset();
   parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
-  Reply(s, resp);
+  Reply(s, resp, ledger_reply);
   ProcessFrames(s);
   if (sessions_.count(id)) Flush(s);
 }
@@ -665,13 +687,15 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   msghdr msg{};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
-  msg.msg_control = control.data();
-  msg.msg_controllen = control.size();
-  cmsghdr* c = CMSG_FIRSTHDR(&msg);
-  c->cmsg_level = SOL_SOCKET;
-  c->cmsg_type = SCM_RIGHTS;
-  c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
-  std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  if (!fds.empty()) {  // a server with no arenas (tests) sends none
+    msg.msg_control = control.data();
+    msg.msg_controllen = control.size();
+    cmsghdr* c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
+  }
   ssize_t n = ::sendmsg(s->fd.get(), &msg, MSG_NOSIGNAL);
   if (n <= 0) {
     absl::Status st = ErrnoStatus(errno, "send hello");
@@ -714,12 +738,68 @@ void Server::FillDaemonStatus(wire::DaemonStatusReply* r) {
   }
 }
 
-void Server::Reply(Session* s, const wire::Response& resp) {
+void Server::Reply(Session* s, const wire::Response& resp, bool ledger_reply) {
+  if (ledger_ != nullptr && (ledger_reply || !s->held.empty())) {
+    registry::SyncProgress p = ledger_->sync_progress();
+    uint64_t at = ledger_reply && p.written > p.durable ? p.written : 0;
+    if (at > 0 || !s->held.empty()) {
+      s->held_bytes += resp.ByteSizeLong();
+      s->held.push_back({at, resp});
+      holding_.insert(s->id);
+      return;
+    }
+  }
+  AppendReply(s, resp);
+}
+
+void Server::AppendReply(Session* s, const wire::Response& resp) {
   size_t size = resp.ByteSizeLong();
   AppendFrameHeader(&s->out, static_cast<uint32_t>(size));
   size_t at = s->out.size();
   s->out.resize(at + size);
   resp.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(s->out.data() + at));
+}
+
+void Server::ReleaseHeld() {
+  if (holding_.empty()) return;
+  registry::SyncProgress p = ledger_->sync_progress();
+  std::vector<uint64_t> ids(holding_.begin(), holding_.end());
+  for (uint64_t id : ids) {
+    auto it = sessions_.find(id);
+    if (it == sessions_.end()) {
+      holding_.erase(id);
+      continue;
+    }
+    Session* s = it->second.get();
+    bool moved = false;
+    while (!s->held.empty()) {
+      Session::Held& h = s->held.front();
+      if (h.durable_at > p.durable) {
+        if (p.failed.ok()) break;
+        // Applied here, but never made durable: say so rather than OK.
+        if (!h.resp.has_status() || h.resp.status().code() == 0) {
+          LogRejection(spdlog::level::err, "session {}: a stream change is not durable: {}", id,
+                       p.failed.message());
+          SetStatus(absl::UnavailableError(fmt::format(
+                        "the stream ledger could not be made durable ({}); the change is "
+                        "applied in this daemon but may not survive a host crash, and cisternd "
+                        "refuses ledger writes until it is restarted",
+                        p.failed.message())),
+                    &h.resp);
+        }
+      }
+      wire::Response resp = std::move(h.resp);
+      s->held_bytes -= std::min<uint64_t>(s->held_bytes, resp.ByteSizeLong());
+      s->held.pop_front();
+      AppendReply(s, resp);
+      moved = true;
+    }
+    if (s->held.empty()) {
+      s->held_bytes = 0;
+      holding_.erase(id);
+    }
+    if (moved) Flush(s);
+  }
 }
 
 void Server::ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close) {
@@ -795,6 +875,7 @@ void Server::CloseSession(Session* s, const char* why, bool end_leases) {
     remote_get_.replicate_forget(s->replicate_job);
   }
   parked_.erase(std::remove(parked_.begin(), parked_.end(), id), parked_.end());
+  holding_.erase(id);
   if (s->hello_done) {
     --said_hello_;
   } else {
@@ -936,6 +1017,12 @@ void Server::Drain() {
     OnReadable(s, /*hangup=*/false);
   }
   parked_.clear();
+  // Held replies go out once what they wait for is durable (one sync).
+  if (!holding_.empty()) {
+    absl::Status durable = ledger_->WaitDurable();
+    if (!durable.ok()) spdlog::error("stream ledger: {}", durable.message());
+    ReleaseHeld();
+  }
   // Give clients up to two seconds to take their responses.
   auto deadline = clock_->Now() + std::chrono::seconds(2);
   for (auto& [id, s] : sessions_) {

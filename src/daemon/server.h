@@ -7,7 +7,13 @@
 // for refs — is parked (its session reads nothing more) and retried whenever
 // the store frees bytes, a stream changes or a stream lease expires, and one
 // last time at its deadline. Stream verbs that change a ledger write the
-// registry on this thread (one transaction, one fsync). With `busy_poll` set, after serving a
+// registry on this thread, one SQLite transaction without an fsync; the
+// registry's sync thread fdatasyncs behind it, once for every write that
+// arrived during the previous sync (group commit), and wakes the loop. A
+// stream verb's reply is held until everything the ledger had written when
+// it was answered is durable, and so is every later reply of that session
+// (replies leave in order); other sessions are served meanwhile, so no
+// request waits behind an fsync unless it asked for durability. With `busy_poll` set, after serving a
 // request the loop keeps polling for that long before it sleeps: on virtual machines waking a
 // sleeping thread on another CPU costs tens of microseconds, far more than the request. It is off
 // by default: polling yields between polls, and on a host whose CPUs are busy a yield costs a
@@ -51,6 +57,7 @@
 #include "src/daemon/metrics.h"
 #include "src/daemon/request_handler.h"
 #include "src/daemon/stream_handler.h"
+#include "src/registry/metadata_backend.h"
 #include "src/store/object_store.h"
 
 namespace cistern::daemon {
@@ -187,6 +194,14 @@ class Server {
     Clock::TimePoint hello_deadline;
     Clock::TimePoint last_request;    // for the idle timeout
     Clock::TimePoint close_deadline;  // while closing: when to stop waiting for the client
+    // Replies waiting for the ledger to be durable, in order (see the top
+    // of this file); held_bytes is their serialised size.
+    struct Held {
+      uint64_t durable_at = 0;  // the ledger write it waits for; 0: only order
+      wire::Response resp;
+    };
+    std::deque<Held> held;
+    uint64_t held_bytes = 0;
     // A request waiting (see the top of this file).
     std::unique_ptr<wire::Request> parked;
     uint64_t replicate_job = 0;  // the fan-out a parked Replicate waits for
@@ -205,7 +220,8 @@ class Server {
   // Whether the session is not being served: its request is parked or its
   // replies backed up. Such a session reads only max_read_ahead_bytes ahead.
   bool Blocked(const Session* s) const {
-    return s->parked != nullptr || s->out.size() >= options_.max_unsent_reply_bytes;
+    return s->parked != nullptr ||
+           s->out.size() + s->held_bytes >= options_.max_unsent_reply_bytes;
   }
   bool MayRead(const Session* s) const {
     return !s->closing && (!Blocked(s) || s->in.buffered() < options_.max_read_ahead_bytes);
@@ -239,7 +255,14 @@ class Server {
   void HolderExited(store::SessionId session);
   void RecordRequest(Verb verb, absl::StatusCode code, Clock::TimePoint start);
   void FillDaemonStatus(wire::DaemonStatusReply* r);
-  void Reply(Session* s, const wire::Response& resp);
+  // Queues `resp` for the client. `ledger_reply`: the answer to a stream
+  // verb, held until the ledger is durable up to what it has written now.
+  void Reply(Session* s, const wire::Response& resp, bool ledger_reply = false);
+  // Serialises `resp` onto the session's output.
+  void AppendReply(Session* s, const wire::Response& resp);
+  // Sends the held replies whose ledger writes are now durable (all of them,
+  // with errors for the ones that needed durability, once a sync failed).
+  void ReleaseHeld();
   void ReplyError(Session* s, uint64_t id, const absl::Status& status, bool close);
   void Flush(Session* s);
   void UpdateInterest(Session* s);
@@ -282,6 +305,11 @@ class Server {
   std::function<std::string()> why_late_;
   RemoteGet remote_get_;
   UniqueFd notify_fd_;  // an eventfd: NotifyPublished
+  // The stream ledger (null without streams), whose sync thread writes
+  // durable_fd_; and the sessions that hold replies for it.
+  registry::MetadataBackend* ledger_ = nullptr;
+  UniqueFd durable_fd_;
+  std::set<uint64_t> holding_;
   bool publish_changed_ = false;
   Clock::TimePoint next_tick_{};
   Clock::TimePoint start_time_;

@@ -80,7 +80,10 @@ class MetadataBackend {
   // answers written == durable (both 0) and calls no listener.
   virtual SyncProgress sync_progress() const { return {}; }
   // `fn` is called, on the backend's sync thread, each time durable moves or
-  // a sync fails. Set it before the first Apply; it must not call Apply.
+  // a sync fails. It runs under the backend's sync lock: it must be quick
+  // (write an eventfd) and must not call the backend. Once this returns, the
+  // previous listener is not called again (set nullptr before destroying
+  // what it points at).
   virtual void SetSyncListener(std::function<void()> fn) { (void)fn; }
   // Blocks until everything written so far is durable; the sync's error, if
   // it failed.

@@ -414,7 +414,6 @@ class SqliteBackend : public MetadataBackend {
       int rc = options_.fdatasync_for_test ? options_.fdatasync_for_test(wal_fd_.get())
                                            : ::fdatasync(wal_fd_.get());
       int err = errno;
-      std::function<void()> listener;
       {
         MutexLock l(&sync_mu_);
         if (rc == 0) {
@@ -425,9 +424,10 @@ class SqliteBackend : public MetadataBackend {
               "fdatasync of '{}-wal' failed: {}", path_, std::strerror(err)));
         }
         durable_changed_.SignalAll();
-        listener = listener_;
+        // Under the lock, so that once SetSyncListener returns the old
+        // listener is never called again.
+        if (listener_) listener_();
       }
-      if (listener) listener();
       if (rc != 0) return;
       MaybeCheckpoint();
     }
