@@ -7,6 +7,7 @@
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -151,6 +152,31 @@ inline void Stop(pid_t pid) {
 }
 
 // A /proc/<pid>/status field in bytes (the kernel reports kB).
+// Processes that spin (nice 0) until StopHogs: one per CPU makes a busy host.
+inline std::vector<pid_t> StartHogs(int n) {
+  std::vector<pid_t> pids;
+  for (int i = 0; i < n; ++i) {
+    pid_t pid = ::fork();
+    if (pid < 0) Die(fmt::format("fork: {}", std::strerror(errno)));
+    if (pid == 0) {
+      ::prctl(PR_SET_NAME, "bench-hog");
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+      volatile uint64_t x = 0;
+      for (;;) x = x + 1;
+    }
+    AddCleanupPid(pid);
+    pids.push_back(pid);
+  }
+  return pids;
+}
+inline void StopHogs(const std::vector<pid_t>& pids) {
+  for (pid_t h : pids) {
+    ::kill(h, SIGKILL);
+    ::waitpid(h, nullptr, 0);
+    DropCleanupPid(h);
+  }
+}
+
 inline uint64_t ProcStatusBytes(pid_t pid, const std::string& field) {
   std::ifstream in(fmt::format("/proc/{}/status", pid));
   std::string line;

@@ -189,26 +189,6 @@ double ClientCpuSeconds() {
   return s(r.ru_utime) + s(r.ru_stime);
 }
 
-// ------------------------------------------------------------------- hogs ----
-
-// Processes that spin until killed: one per CPU makes a busy host.
-std::vector<pid_t> StartHogs(int n) {
-  std::vector<pid_t> pids;
-  for (int i = 0; i < n; ++i) {
-    pid_t pid = ::fork();
-    if (pid < 0) Die(fmt::format("fork: {}", std::strerror(errno)));
-    if (pid == 0) {
-      ::prctl(PR_SET_NAME, "poll-bench-hog");
-      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-      volatile uint64_t x = 0;
-      for (;;) x = x + 1;
-    }
-    AddCleanupPid(pid);
-    pids.push_back(pid);
-  }
-  return pids;
-}
-
 // --------------------------------------------------------------- measure ----
 
 struct IdleResult {
@@ -534,11 +514,7 @@ int Main(int argc, char** argv) {
       Print(all.back());
     }
   }
-  for (pid_t h : hogs) {
-    ::kill(h, SIGKILL);
-    ::waitpid(h, nullptr, 0);
-    DropCleanupPid(h);
-  }
+  StopHogs(hogs);
   PrintSummary(opt, all);
   double total = Seconds(Clock::now() - start);
   std::string load1 = LoadAvg();

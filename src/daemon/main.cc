@@ -314,8 +314,8 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
   // The embedded registry and the streams in it, reconciled against the store.
   std::filesystem::create_directories(std::filesystem::path(cfg.registry().path()).parent_path(),
                                       ec);
-  auto registry =
-      registry::OpenSqliteBackend({.path = cfg.registry().path(), .background_sync = true});
+  auto registry = registry::OpenSqliteBackend(
+      {.path = cfg.registry().path(), .background_sync = !cfg.registry().sync_on_loop()});
   if (!registry.ok()) {
     spdlog::error("registry: {}", registry.status().message());
     return 1;

@@ -13,8 +13,8 @@
 // stream verb's reply is held until everything the ledger had written when
 // it was answered is durable, and so is every later reply of that session
 // (replies leave in order); other sessions are served meanwhile, so no
-// request waits behind an fsync unless it asked for durability. With `busy_poll` set, after serving a
-// request the loop keeps polling for that long before it sleeps: on virtual machines waking a
+// request waits behind an fsync unless it asked for durability. With `busy_poll` set, after serving
+// a request the loop keeps polling for that long before it sleeps: on virtual machines waking a
 // sleeping thread on another CPU costs tens of microseconds, far more than the request. It is off
 // by default: polling yields between polls, and on a host whose CPUs are busy a yield costs a
 // scheduler slice (about 4 ms) per round trip (docs/benchmarks.md, "Busy polling: CPU cost").
@@ -220,8 +220,7 @@ class Server {
   // Whether the session is not being served: its request is parked or its
   // replies backed up. Such a session reads only max_read_ahead_bytes ahead.
   bool Blocked(const Session* s) const {
-    return s->parked != nullptr ||
-           s->out.size() + s->held_bytes >= options_.max_unsent_reply_bytes;
+    return s->parked != nullptr || s->out.size() + s->held_bytes >= options_.max_unsent_reply_bytes;
   }
   bool MayRead(const Session* s) const {
     return !s->closing && (!Blocked(s) || s->in.buffered() < options_.max_read_ahead_bytes);

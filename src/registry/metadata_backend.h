@@ -56,9 +56,9 @@ class WriteBatch {
 // background_sync) has got. Applies are numbered from 1 in the order they
 // returned OK (an empty batch does not count).
 struct SyncProgress {
-  uint64_t written = 0;  // Applies that returned OK so far
-  uint64_t durable = 0;  // the first `durable` of them are on disk
-  uint64_t syncs = 0;    // fdatasyncs that made writes durable (one per group)
+  uint64_t written = 0;      // Applies that returned OK so far
+  uint64_t durable = 0;      // the first `durable` of them are on disk
+  uint64_t syncs = 0;        // fdatasyncs that made writes durable (one per group)
   uint64_t checkpoints = 0;  // checkpoints that copied the whole WAL into the database
   // Not OK once a sync failed: nothing after `durable` will ever be made
   // durable, and every later Apply is refused (restart to recover).

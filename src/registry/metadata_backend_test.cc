@@ -21,8 +21,8 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "src/registry/sqlite_backend.h"
 #include "src/common/mutex.h"
+#include "src/registry/sqlite_backend.h"
 #include "src/registry/sqlite_backend_testing.h"
 
 namespace cistern::registry {
@@ -546,9 +546,10 @@ class SyncGate {
 TEST_F(SqliteBackendTest, BackgroundSyncGroupsTheAppliesThatArriveDuringOneFdatasync) {
   SyncGate gate;
   std::atomic<int> heard{0};
-  auto opened = OpenSqliteBackend({.path = path_,
-                                   .background_sync = true,
-                                   .fdatasync_for_test = [&](int fd) { return gate.Sync(fd); }});
+  auto opened =
+      OpenSqliteBackend({.path = path_, .background_sync = true, .fdatasync_for_test = [&](int fd) {
+                           return gate.Sync(fd);
+                         }});
   ASSERT_TRUE(opened.ok()) << opened.status();
   MetadataBackend& b = **opened;
   b.SetSyncListener([&] { heard.fetch_add(1); });
@@ -585,9 +586,10 @@ TEST_F(SqliteBackendTest, BackgroundSyncGroupsTheAppliesThatArriveDuringOneFdata
 TEST_F(SqliteBackendTest, AFailedBackgroundSyncIsFinalAndLaterWritesAreRefused) {
   SyncGate gate;
   gate.FailFromNowOn();
-  auto opened = OpenSqliteBackend({.path = path_,
-                                   .background_sync = true,
-                                   .fdatasync_for_test = [&](int fd) { return gate.Sync(fd); }});
+  auto opened =
+      OpenSqliteBackend({.path = path_, .background_sync = true, .fdatasync_for_test = [&](int fd) {
+                           return gate.Sync(fd);
+                         }});
   ASSERT_TRUE(opened.ok()) << opened.status();
   MetadataBackend& b = **opened;
   ASSERT_TRUE(PutAll(b, {{"a", "1"}}).ok());
@@ -643,12 +645,11 @@ TEST_F(SqliteBackendTest, AWriteNotYetSyncedSurvivesAKillOfTheProcess) {
   pid_t child = ::fork();
   ASSERT_GE(child, 0);
   if (child == 0) {
-    auto opened = OpenSqliteBackend({.path = path_,
-                                     .background_sync = true,
-                                     .fdatasync_for_test = [](int) {
-                                       ::pause();
-                                       return 0;
-                                     }});
+    auto opened =
+        OpenSqliteBackend({.path = path_, .background_sync = true, .fdatasync_for_test = [](int) {
+                             ::pause();
+                             return 0;
+                           }});
     if (!opened.ok()) ::_exit(3);
     WriteBatch batch;
     batch.Put("written", "before the kill");

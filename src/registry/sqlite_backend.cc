@@ -228,8 +228,8 @@ class SqliteBackend : public MetadataBackend {
 
   SyncProgress sync_progress() const override {
     MutexLock l(&sync_mu_);
-    return SyncProgress{written_, durable_, syncs_,
-                        checkpoints_.load(std::memory_order_relaxed), failed_};
+    return SyncProgress{written_, durable_, syncs_, checkpoints_.load(std::memory_order_relaxed),
+                        failed_};
   }
 
   void SetSyncListener(std::function<void()> fn) override {
@@ -359,9 +359,9 @@ class SqliteBackend : public MetadataBackend {
                         "is locked)",
                         path_, lock_path));
       }
-      return absl::UnavailableError(fmt::format(
-          "registry database '{}' cannot be locked ('{}': {})", path_, lock_path,
-          std::strerror(err)));
+      return absl::UnavailableError(
+          fmt::format("registry database '{}' cannot be locked ('{}': {})", path_, lock_path,
+                      std::strerror(err)));
     }
     return absl::OkStatus();
   }
@@ -420,8 +420,8 @@ class SqliteBackend : public MetadataBackend {
           durable_ = target;
           ++syncs_;
         } else {
-          failed_ = absl::UnavailableError(fmt::format(
-              "fdatasync of '{}-wal' failed: {}", path_, std::strerror(err)));
+          failed_ = absl::UnavailableError(
+              fmt::format("fdatasync of '{}-wal' failed: {}", path_, std::strerror(err)));
         }
         durable_changed_.SignalAll();
         // Under the lock, so that once SetSyncListener returns the old
@@ -600,9 +600,9 @@ class SqliteBackend : public MetadataBackend {
   std::atomic<int> wal_frames_{0};  // frames in the WAL after the last commit
   std::atomic<uint64_t> checkpoints_{0};
   std::atomic<uint64_t> restarts_{0};  // RESTART checkpoints (a writer that never paused)
-  mutable Mutex sync_mu_;  // after mu_ when both are held
-  CondVar sync_wake_;        // written_ moved, or stopping_
-  CondVar durable_changed_;  // durable_ moved, or failed_
+  mutable Mutex sync_mu_;              // after mu_ when both are held
+  CondVar sync_wake_;                  // written_ moved, or stopping_
+  CondVar durable_changed_;            // durable_ moved, or failed_
   uint64_t written_ ABSL_GUARDED_BY(sync_mu_) = 0;
   uint64_t durable_ ABSL_GUARDED_BY(sync_mu_) = 0;
   uint64_t syncs_ ABSL_GUARDED_BY(sync_mu_) = 0;
