@@ -623,7 +623,8 @@ double SqliteAcksPerSecond(const std::string& path, int batch, int samples) {
 // with a step, so each ack also releases its samples), against bare SQLite.
 void BenchStreamAcks(const Options& opt, Daemon& d, std::vector<Target>* targets,
                      JsonObject* json) {
-  fmt::print("\n== 5. Stream acks, durable (WAL, synchronous=FULL): acked samples/s ==\n");
+  fmt::print(
+      "\n== 5. Stream acks, durable (WAL, fdatasync before the reply): acked samples/s ==\n");
   fmt::print("   {:>6} {:>8} {:>14} {:>16} {:>10} {:>14}\n", "batch", "samples", "cistern acks/s",
              "bare sqlite/s", "ratio", "lease+ack /s");
   auto c = d.MustConnect();

@@ -486,6 +486,7 @@ int Serve(const cistern::config::DaemonConfig& cfg, bool format) {
     if (stdio && stdio->Check()) spdlog::info("rotated {}", stdio->path().string());
   });
   metrics.Attach(store->get(), [&server] { return server.session_count(); });
+  metrics.AttachLedger(registry->get());
   absl::Cleanup detach = [&metrics] { metrics.Detach(); };
   g_metrics = &metrics;
   g_server = &server;

@@ -12,6 +12,7 @@
 namespace cistern::daemon {
 
 using service::Family;
+using service::SingleCounter;
 using service::SingleGauge;
 using service::StatusCodeLabel;
 namespace {
@@ -210,10 +211,16 @@ void Metrics::Attach(const store::ObjectStore* store, std::function<uint64_t()> 
   sessions_ = std::move(sessions);
 }
 
+void Metrics::AttachLedger(const registry::MetadataBackend* ledger) {
+  MutexLock l(&mu_);
+  ledger_ = ledger;
+}
+
 void Metrics::Detach() {
   MutexLock l(&mu_);
   store_ = nullptr;
   sessions_ = nullptr;
+  ledger_ = nullptr;
 }
 
 std::vector<prometheus::MetricFamily> Metrics::CollectLive() const {
@@ -261,6 +268,26 @@ std::vector<prometheus::MetricFamily> Metrics::CollectLive() const {
   if (sessions_) {
     out.push_back(
         SingleGauge("cistern_sessions", "Open client sessions.", static_cast<double>(sessions_())));
+  }
+  if (ledger_ != nullptr) {
+    registry::SyncProgress p = ledger_->sync_progress();
+    out.push_back(SingleCounter("cistern_ledger_writes_total",
+                                "Stream ledger transactions written (to the WAL).",
+                                static_cast<double>(p.written)));
+    out.push_back(SingleCounter("cistern_ledger_durable_writes_total",
+                                "Stream ledger transactions fdatasynced; the replies waiting "
+                                "for them have gone out.",
+                                static_cast<double>(p.durable)));
+    out.push_back(SingleCounter("cistern_ledger_syncs_total",
+                                "fdatasyncs of the stream ledger's WAL (one per group of writes).",
+                                static_cast<double>(p.syncs)));
+    out.push_back(SingleCounter("cistern_ledger_checkpoints_total",
+                                "Checkpoints of the stream ledger's WAL into its database.",
+                                static_cast<double>(p.checkpoints)));
+    out.push_back(SingleGauge("cistern_ledger_sync_failed",
+                              "1 once an fdatasync of the stream ledger failed: ledger writes are "
+                              "refused until cisternd restarts.",
+                              p.failed.ok() ? 0.0 : 1.0));
   }
   return out;
 }

@@ -19,6 +19,10 @@
 //   cistern_quarantined_objects, cistern_quarantined_bytes                     gauges
 //   cistern_recovered_objects, cistern_recovered_bytes,
 //   cistern_recovery_dropped_objects                gauges: what the last start recovered
+//   cistern_ledger_writes_total, cistern_ledger_durable_writes_total,
+//   cistern_ledger_syncs_total, cistern_ledger_checkpoints_total   counters:
+//                                                   the stream ledger's group commit
+//   cistern_ledger_sync_failed                      gauge, 1 once an fdatasync failed
 //   cistern_start_time_seconds                      gauge, Unix time
 //   cistern_build_info{version}                     gauge, always 1
 //
@@ -44,6 +48,7 @@
 #include "prometheus/registry.h"
 #include "src/common/clock.h"
 #include "src/common/mutex.h"
+#include "src/registry/metadata_backend.h"
 #include "src/service/http_server.h"
 #include "src/service/prom_util.h"
 #include "src/store/object_store.h"
@@ -134,6 +139,9 @@ class Metrics {
   // must stay alive until Detach(). Until Attach and after Detach the store
   // and session families are left out of the text.
   void Attach(const store::ObjectStore* store, std::function<uint64_t()> sessions);
+  // The stream ledger, whose sync progress a scrape reads (it must stay alive
+  // until Detach). Until then the ledger families are left out.
+  void AttachLedger(const registry::MetadataBackend* ledger);
   void Detach();
 
   // The exposition, Prometheus text format 0.0.4.
@@ -166,6 +174,7 @@ class Metrics {
   mutable Mutex mu_;
   const store::ObjectStore* store_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::function<uint64_t()> sessions_ ABSL_GUARDED_BY(mu_);
+  const registry::MetadataBackend* ledger_ ABSL_GUARDED_BY(mu_) = nullptr;
   std::vector<uint64_t> logged_evictions_ ABSL_GUARDED_BY(mu_);
 };
 

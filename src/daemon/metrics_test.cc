@@ -139,6 +139,8 @@ TEST(MetricsTest, FamilyNamesAndTypesAreTheDocumentedOnes) {
   store::StoreHarness h(8 << 20);
   Metrics m("0");
   m.Attach(&h.store(), [] { return uint64_t{0}; });
+  registry::MemoryBackend ledger;
+  m.AttachLedger(&ledger);
   m.requests()->Record(Verb::kGet, absl::StatusCode::kNotFound, std::chrono::microseconds(1));
   std::map<std::string, std::string> types;
   std::istringstream in(m.Scrape());
@@ -159,6 +161,11 @@ TEST(MetricsTest, FamilyNamesAndTypesAreTheDocumentedOnes) {
       {"cistern_quarantined_objects", "gauge"},
       {"cistern_quarantined_bytes", "gauge"},
       {"cistern_sessions", "gauge"},
+      {"cistern_ledger_writes_total", "counter"},
+      {"cistern_ledger_durable_writes_total", "counter"},
+      {"cistern_ledger_syncs_total", "counter"},
+      {"cistern_ledger_checkpoints_total", "counter"},
+      {"cistern_ledger_sync_failed", "gauge"},
       {"cistern_recovered_objects", "gauge"},
       {"cistern_recovered_bytes", "gauge"},
       {"cistern_recovery_dropped_objects", "gauge"},

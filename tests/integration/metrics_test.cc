@@ -16,6 +16,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "include/cistern/client.h"
+#include "include/cistern/stream.h"
 #include "tests/integration/daemon_harness.h"
 #include "tests/util/promtool.h"
 
@@ -88,6 +89,34 @@ TEST_F(MetricsEndpointTest, ScrapeReflectsTrafficAndPassesPromtool) {
     PromtoolResult lint = PromtoolCheck(t);
     EXPECT_EQ(lint.exit_code, 0) << "promtool check metrics:\n" << lint.output;
   }
+}
+
+TEST_F(MetricsEndpointTest, LedgerWritesAreCountedAndEachAnsweredCommitIsDurable) {
+  auto c = daemon_.Connect();
+  ASSERT_TRUE(c.ok()) << c.status();
+  auto s = Stream::Open(c->get(), "metered");
+  ASSERT_TRUE(s.ok()) << s.status();
+  HttpResult before = HttpGet(port_, "/metrics");
+  ASSERT_EQ(before.status, 200);
+  double writes_before = Sample(before.body, "cistern_ledger_writes_total");
+  ASSERT_GE(writes_before, 1) << before.body;  // the stream's meta record
+  for (int i = 0; i < 5; ++i) {
+    std::string key = "m" + std::to_string(i);
+    auto ref = (*c)->Put(key, std::string(100, 'm'));
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    ASSERT_TRUE(
+        s->Commit({SampleRef{.sample_id = key, .key = key, .generation = ref->generation}}).ok());
+  }
+  HttpResult after = HttpGet(port_, "/metrics");
+  ASSERT_EQ(after.status, 200);
+  const std::string& t = after.body;
+  double writes = Sample(t, "cistern_ledger_writes_total");
+  EXPECT_EQ(writes, writes_before + 5) << t;
+  // Every commit was answered, so every write it made is durable.
+  EXPECT_EQ(Sample(t, "cistern_ledger_durable_writes_total"), writes) << t;
+  EXPECT_GE(Sample(t, "cistern_ledger_syncs_total"), 5) << t;  // one session: one sync each
+  EXPECT_EQ(Sample(t, "cistern_ledger_sync_failed"), 0) << t;
+  EXPECT_GE(Sample(t, "cistern_ledger_checkpoints_total"), 0) << t;
 }
 
 TEST_F(MetricsEndpointTest, RecoveredObjectsAreCountedAfterARestart) {
