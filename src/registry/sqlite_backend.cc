@@ -67,6 +67,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -384,6 +385,16 @@ class SqliteBackend : public MetadataBackend {
     if (!wal_fd_.valid()) {
       return absl::UnavailableError(fmt::format("registry database '{}': opening its WAL '{}': {}",
                                                 path_, wal, std::strerror(errno)));
+    }
+    // fdatasync of the WAL makes its bytes durable, not its name: sync the
+    // directory once, now that the WAL exists (SQLite does the same on its
+    // first sync of a new file). The WAL is removed only when the last
+    // connection closes, so it keeps its name while this backend is open.
+    const std::string dir = std::filesystem::path(path_).parent_path().string();
+    UniqueFd dir_fd(::open(dir.empty() ? "." : dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!dir_fd.valid() || ::fsync(dir_fd.get()) != 0) {
+      return absl::UnavailableError(fmt::format("registry database '{}': syncing its directory: {}",
+                                                path_, std::strerror(errno)));
     }
     int rc = sqlite3_open_v2(path_.c_str(), &ckpt_db_, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX,
                              nullptr);
