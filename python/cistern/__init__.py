@@ -237,6 +237,10 @@ def _arrays(buf, tensors, as_: str) -> dict:
     torch = _torch() if as_ == "torch" else None
     dtypes = _torch_dtypes() if torch is not None else _NUMPY_DTYPES
     np = _numpy()
+    # One buffer export for all the tensors: a memoryview exports in C, where
+    # asking the native view for its buffer once per tensor costs microseconds.
+    # The memoryview keeps ``buf`` alive, and read-only if it is.
+    buf = memoryview(buf)
     for t in tensors:
         count = 1
         for d in t["shape"]:
