@@ -8,6 +8,7 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -373,6 +374,42 @@ inline std::string LoadAvg() {
   std::string a, b, c;
   in >> a >> b >> c;
   return a + " " + b + " " + c;
+}
+
+// SIGINT and SIGTERM clean up (CleanupNow) and exit; SIGPIPE is ignored.
+inline void InstallCleanupHandlers() {
+  struct sigaction sa {};
+  sa.sa_handler = OnSignal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+// "kernel <sysname> <release>", as the JSON reports record it.
+inline std::string KernelName() {
+  utsname u{};
+  ::uname(&u);
+  return fmt::format("{} {}", u.sysname, u.release);
+}
+
+// The "machine" object of a JSON report.
+inline Json MachineJson(const std::string& load_start, const std::string& load_end) {
+  return JsonObject()
+      .Int("cpus_online", ::sysconf(_SC_NPROCESSORS_ONLN))
+      .Str("cpu_model", CpuModel())
+      .Str("kernel", KernelName())
+      .Str("load_average_start", load_start)
+      .Str("load_average_end", load_end)
+      .Build();
+}
+
+// Writes `j` to `path` (Die on failure) and says so.
+inline void WriteJson(const std::string& path, const Json& j) {
+  std::ofstream f(path);
+  f << j.dump(2) << "\n";
+  if (!f) Die("cannot write " + path);
+  fmt::print("wrote {}\n", path);
 }
 
 }  // namespace cistern::bench

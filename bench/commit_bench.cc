@@ -18,7 +18,6 @@
 // Modes alternate in order over --rounds. --hogs N adds N spinning
 // processes for the whole run: a busy host. Not a pass/fail test: tables,
 // and JSON with --json.
-#include <sys/utsname.h>
 
 #include "bench/bench_common.h"
 #include "include/cistern/stream.h"
@@ -235,22 +234,14 @@ Json ToJson(const ModeResult& m) {
 
 int Main(int argc, char** argv) {
   Options opt = ParseArgs(argc, argv);
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  InstallCleanupHandlers();
   if (::access(opt.cisternd.c_str(), X_OK) != 0) Die("no cisternd at " + opt.cisternd);
-  utsname u{};
-  ::uname(&u);
   std::string load0 = LoadAvg();
   long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   fmt::print(
-      "cistern_commit_bench: {} CPUs ({}), kernel {} {}, load average {}; {} rounds, {} s per "
+      "cistern_commit_bench: {} CPUs ({}), kernel {}, load average {}; {} rounds, {} s per "
       "window, {} committers, {} hogs\n",
-      cpus, CpuModel(), u.sysname, u.release, load0, opt.rounds, opt.seconds, opt.committers,
-      opt.hogs);
+      cpus, CpuModel(), KernelName(), load0, opt.rounds, opt.seconds, opt.committers, opt.hogs);
   auto start = Clock::now();
   std::vector<pid_t> hogs = StartHogs(opt.hogs);
   std::vector<ModeResult> all;
@@ -270,23 +261,14 @@ int Main(int argc, char** argv) {
     for (const ModeResult& m : all) rows.push_back(ToJson(m));
     Json j = JsonObject()
                  .Str("benchmark", "cistern_commit_bench")
-                 .Raw("machine", JsonObject()
-                                     .Int("cpus_online", cpus)
-                                     .Str("cpu_model", CpuModel())
-                                     .Str("kernel", fmt::format("{} {}", u.sysname, u.release))
-                                     .Str("load_average_start", load0)
-                                     .Str("load_average_end", load1)
-                                     .Build())
+                 .Raw("machine", MachineJson(load0, load1))
                  .Int("committers", opt.committers)
                  .Int("hogs", opt.hogs)
                  .Num("seconds", opt.seconds)
                  .Num("total_seconds", total)
                  .Raw("results", Json(rows))
                  .Build();
-    std::ofstream f(opt.json_path);
-    f << j.dump(2) << "\n";
-    if (!f) Die("cannot write " + opt.json_path);
-    fmt::print("wrote {}\n", opt.json_path);
+    WriteJson(opt.json_path, j);
   }
   return 0;
 }

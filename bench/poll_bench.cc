@@ -27,7 +27,6 @@
 // whole run: a busy host. Not a pass/fail test: tables, and JSON with --json.
 #include <sys/prctl.h>
 #include <sys/resource.h>
-#include <sys/utsname.h>
 
 #include <functional>
 #include <iterator>
@@ -485,24 +484,17 @@ void PrintSummary(const Options& opt, const std::vector<ConfigResult>& all) {
 
 int Main(int argc, char** argv) {
   Options opt = ParseArgs(argc, argv);
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  InstallCleanupHandlers();
   if (::access(opt.cisternd.c_str(), X_OK) != 0) Die("no cisternd at " + opt.cisternd);
-  utsname u{};
-  ::uname(&u);
   std::string load0 = LoadAvg();
   long cpus = ::sysconf(_SC_NPROCESSORS_ONLN);
   std::string polls;
   for (uint32_t p : opt.polls) polls += fmt::format("{}{}", polls.empty() ? "" : ",", p);
   fmt::print(
-      "cistern_poll_bench: {} CPUs ({}), kernel {} {}, load average {}; busy_poll_us {}, "
+      "cistern_poll_bench: {} CPUs ({}), kernel {}, load average {}; busy_poll_us {}, "
       "{} rounds, idle {} s, ops {} s each, {} hogs\n",
-      cpus, CpuModel(), u.sysname, u.release, load0, polls, opt.rounds, opt.idle_seconds,
-      opt.op_seconds, opt.hogs);
+      cpus, CpuModel(), KernelName(), load0, polls, opt.rounds, opt.idle_seconds, opt.op_seconds,
+      opt.hogs);
   auto start = Clock::now();
   std::vector<pid_t> hogs = StartHogs(opt.hogs);
   std::vector<ConfigResult> all;
@@ -524,23 +516,14 @@ int Main(int argc, char** argv) {
     for (const ConfigResult& cr : all) rows.push_back(ToJson(cr));
     Json j = JsonObject()
                  .Str("benchmark", "cistern_poll_bench")
-                 .Raw("machine", JsonObject()
-                                     .Int("cpus_online", cpus)
-                                     .Str("cpu_model", CpuModel())
-                                     .Str("kernel", fmt::format("{} {}", u.sysname, u.release))
-                                     .Str("load_average_start", load0)
-                                     .Str("load_average_end", load1)
-                                     .Build())
+                 .Raw("machine", MachineJson(load0, load1))
                  .Int("hogs", opt.hogs)
                  .Num("idle_seconds", opt.idle_seconds)
                  .Num("op_seconds", opt.op_seconds)
                  .Num("total_seconds", total)
                  .Raw("results", Json(rows))
                  .Build();
-    std::ofstream f(opt.json_path);
-    f << j.dump(2) << "\n";
-    if (!f) Die("cannot write " + opt.json_path);
-    fmt::print("wrote {}\n", opt.json_path);
+    WriteJson(opt.json_path, j);
   }
   return 0;
 }

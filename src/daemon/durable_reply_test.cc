@@ -21,6 +21,7 @@
 #include "src/common/mutex.h"
 #include "src/daemon/server.h"
 #include "src/registry/sqlite_backend.h"
+#include "src/registry/sync_gate_testing.h"
 #include "src/store/store_test_util.h"
 #include "src/stream/stream_manager.h"
 #include "tests/integration/raw_connection.h"
@@ -28,52 +29,9 @@
 namespace cistern::daemon {
 namespace {
 
+using registry::SyncGate;
 using ::testing::HasSubstr;
 using testing::RawConnection;
-
-// The sync thread's fdatasync, held shut or failing on demand.
-class SyncGate {
- public:
-  int Sync(int fd) {
-    MutexLock l(&mu_);
-    ++entered_;
-    changed_.SignalAll();
-    while (shut_) changed_.Wait(&mu_);
-    if (fail_) {
-      errno = EIO;
-      return -1;
-    }
-    return ::fdatasync(fd);
-  }
-  void Shut() {
-    MutexLock l(&mu_);
-    shut_ = true;
-  }
-  void Open() {
-    MutexLock l(&mu_);
-    shut_ = false;
-    changed_.SignalAll();
-  }
-  void FailFromNowOn() {
-    MutexLock l(&mu_);
-    fail_ = true;
-  }
-  int entered() {
-    MutexLock l(&mu_);
-    return entered_;
-  }
-  void AwaitEntered(int n) {
-    MutexLock l(&mu_);
-    while (entered_ < n) changed_.Wait(&mu_);
-  }
-
- private:
-  Mutex mu_;
-  CondVar changed_;
-  int entered_ = 0;
-  bool shut_ = false;
-  bool fail_ = false;
-};
 
 // Whether a reply is waiting on `c` within `ms`.
 bool Readable(const RawConnection& c, int ms) {

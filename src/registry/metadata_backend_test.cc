@@ -24,6 +24,7 @@
 #include "src/common/mutex.h"
 #include "src/registry/sqlite_backend.h"
 #include "src/registry/sqlite_backend_testing.h"
+#include "src/registry/sync_gate_testing.h"
 
 namespace cistern::registry {
 namespace {
@@ -497,52 +498,6 @@ TEST_F(SqliteBackendTest, ExecForTestRefusesOtherBackends) {
 // Background sync (group commit): Apply returns before the fsync; the sync
 // thread makes every Apply that returned during one fdatasync durable with
 // the next one.
-class SyncGate {
- public:
-  // The hook: records the call, waits while the gate is shut, then syncs (or
-  // fails with EIO when `fail`).
-  int Sync(int fd) {
-    MutexLock l(&mu_);
-    ++entered_;
-    changed_.SignalAll();
-    while (shut_) changed_.Wait(&mu_);
-    if (fail_) {
-      errno = EIO;
-      return -1;
-    }
-    return ::fdatasync(fd);
-  }
-  void Shut() {
-    MutexLock l(&mu_);
-    shut_ = true;
-  }
-  void Open() {
-    MutexLock l(&mu_);
-    shut_ = false;
-    changed_.SignalAll();
-  }
-  void FailFromNowOn() {
-    MutexLock l(&mu_);
-    fail_ = true;
-  }
-  // Waits until the hook was entered `n` times in all.
-  void AwaitEntered(int n) {
-    MutexLock l(&mu_);
-    while (entered_ < n) changed_.Wait(&mu_);
-  }
-  int entered() {
-    MutexLock l(&mu_);
-    return entered_;
-  }
-
- private:
-  Mutex mu_;
-  CondVar changed_;
-  int entered_ = 0;
-  bool shut_ = false;
-  bool fail_ = false;
-};
-
 TEST_F(SqliteBackendTest, BackgroundSyncGroupsTheAppliesThatArriveDuringOneFdatasync) {
   SyncGate gate;
   std::atomic<int> heard{0};
