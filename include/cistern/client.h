@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -380,6 +381,23 @@ class Client {
   absl::StatusOr<ObjectRef> PutInOneRequest(std::string_view key, std::string data,
                                             const std::vector<TensorInfo>& tensors,
                                             const PutOptions& options);
+  // Objects put through the session's reserved write space (an extent): the
+  // payloads written into it, then one request. nullopt when no extent holds
+  // them all (or the daemon dropped it in a restart): nothing was stored, and
+  // the caller goes through create + seal instead.
+  struct ExtentPutItem {
+    std::string_view key;
+    const std::vector<TensorInfo>* tensors;
+    uint64_t size;
+    // Writes the `size` payload bytes at `dst`; returns their checksum when
+    // PutOptions::checksum asks for one.
+    std::function<std::optional<uint64_t>(std::byte* dst)> fill;
+  };
+  std::optional<std::vector<absl::StatusOr<ObjectRef>>> PutIntoExtent(
+      const std::vector<ExtentPutItem>& items, const PutOptions& options);
+  // The write space a seal should ask for, for puts that need `need` bytes of
+  // blocks (0: ask for none).
+  uint64_t ExtentToAsk(uint64_t need) const;
   absl::StatusOr<ObjectView> MakeView(std::string_view key, const void* get_reply);
   // A view of `key` leased on the fast path, or nullopt (take the socket).
   std::optional<ObjectView> FastGet(std::string_view key, uint64_t generation);

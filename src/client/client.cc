@@ -61,6 +61,12 @@ constexpr uint64_t kPopulateAtLeast = 1 << 20;
 // trip it saves.
 constexpr uint64_t kPutInOneRequestAtMost = 64 << 10;
 
+// The write space a seal asks for: the blocks of the put just made, with room
+// for a longer key or manifest, in 64 KiB steps (at most kMaxExtentBytes).
+// A put that finds it big enough then takes one round trip (PutIntoExtent).
+constexpr uint64_t kExtentSlack = 4096;
+constexpr uint64_t kExtentStep = 64 << 10;
+
 // Maps the pages under [p, p + n) of this process's arena mapping writable in
 // one madvise call, where the copy that follows would otherwise take a page
 // fault per 4 KiB (the cost of a cold put once the daemon has pre-faulted the
@@ -443,24 +449,110 @@ absl::StatusOr<ObjectRef> Client::Put(std::string_view key, std::span<const std:
     return PutInOneRequest(
         key, std::string(reinterpret_cast<const char*>(value.data()), value.size()), {}, options);
   }
+  static const std::vector<TensorInfo> kRaw;
+  auto fill = [&](std::byte* dst) -> std::optional<uint64_t> {
+    if (options.checksum) return store::CopyAndChecksum(dst, value.data(), value.size());
+    store::Copy(dst, value.data(), value.size());
+    return std::nullopt;
+  };
+  if (auto in_extent = PutIntoExtent({{key, &kRaw, value.size(), fill}}, options)) {
+    absl::StatusOr<ObjectRef>& r = (*in_extent)[0];
+    if (r.ok() && options.wait_published.count() > 0) {
+      RETURN_IF_ERROR(WaitPublished(key, r->generation, options.wait_published));
+    }
+    return std::move(r);
+  }
   auto w = CreateWriter(key, value.size(), options, {}, /*own_mapping=*/false);
   if (!w.ok()) return w.status();
   wire::Request req;
   auto* seal = req.mutable_seal();
   seal->set_write_id(w->write_id_);
-  if (options.checksum) {
-    seal->set_checksum(store::CopyAndChecksum(w->data_, value.data(), value.size()));
+  if (std::optional<uint64_t> sum = fill(w->data_)) {
+    seal->set_checksum(*sum);
     seal->set_has_checksum(true);
-  } else {
-    store::Copy(w->data_, value.data(), value.size());
   }
+  seal->set_reserve_extent(ExtentToAsk(store::BlockBytes(key.size(), 0, value.size())));
   w->write_id_ = 0;  // the seal below settles it either way
   auto r = conn_->Call(req, &wire::Response::mutable_seal);
   if (!r.ok()) return r.status();
+  conn_->KeepExtent(r->extent());
   if (options.wait_published.count() > 0) {
     RETURN_IF_ERROR(WaitPublished(key, r->generation(), options.wait_published));
   }
   return ObjectRef{std::string(key), r->generation(), value.size()};
+}
+
+uint64_t Client::ExtentToAsk(uint64_t need) const {
+  if (!conn_->reserve_extents() || conn_->extent_idle()) return 0;
+  if (need > store::kMaxExtentBytes) return 0;  // two round trips are little next to the copy
+  return std::min(store::kMaxExtentBytes, store::AlignUp(need + kExtentSlack, kExtentStep));
+}
+
+std::optional<std::vector<absl::StatusOr<ObjectRef>>> Client::PutIntoExtent(
+    const std::vector<ExtentPutItem>& items, const PutOptions& options) {
+  if (!conn_->reserve_extents() || items.empty()) return std::nullopt;
+  // Where each payload goes: blocks packed from the extent's start (wire::PutExtent).
+  std::vector<uint64_t> at(items.size());
+  uint64_t need = 0;
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ExtentPutItem& item = items[i];
+    if (item.size == 0 || item.key.empty() || item.key.size() > store::kMaxKeyBytes) {
+      return std::nullopt;  // the daemon's create explains it
+    }
+    const uint64_t manifest =
+        item.tensors->empty() ? 0 : store::EncodedManifestBytes(*item.tensors);
+    at[i] = need + store::PayloadOffset(item.key.size(), manifest);
+    need += store::BlockBytes(item.key.size(), manifest, item.size);
+    if (need > store::kMaxExtentBytes) return std::nullopt;
+  }
+  std::optional<client_internal::Connection::Extent> e = conn_->TakeExtent(need);
+  if (!e) return std::nullopt;
+  std::byte* base = reinterpret_cast<std::byte*>(conn_->tier_base(e->tier)) + e->block_offset;
+  wire::Request req;
+  auto* put = req.mutable_put_extent();
+  put->set_extent_id(e->id);
+  for (size_t i = 0; i < items.size(); ++i) {
+    const ExtentPutItem& item = items[i];
+    if (item.size >= kPopulateAtLeast) PopulateForWrite(base + at[i], item.size);
+    std::optional<uint64_t> sum = item.fill(base + at[i]);
+    auto* one = put->add_items();
+    *one->mutable_create() = MakeCreate(item.key, item.size, options, *item.tensors);
+    if (sum) {
+      one->set_checksum(*sum);
+      one->set_has_checksum(true);
+    }
+  }
+  // Ask for the next extent now: the session holds none once this one is used.
+  put->set_reserve_extent(
+      std::min(store::kMaxExtentBytes, store::AlignUp(std::max(need, e->bytes), kExtentStep)));
+  auto resp = conn_->Call(req);
+  if (!resp.ok()) {
+    // Aborted: the daemon restarted and dropped the extent; nothing was
+    // stored. Any other error for the whole request leaves the extent with
+    // the daemon; this client will not write there again, so let it go.
+    if (resp.status().code() == absl::StatusCode::kAborted) return std::nullopt;
+    wire::Request abort;
+    abort.mutable_abort()->set_write_id(e->id);
+    conn_->SendOneway(abort);
+    return std::vector<absl::StatusOr<ObjectRef>>(items.size(), resp.status());
+  }
+  const wire::BatchSealReply& sealed = resp->batch_seal();
+  conn_->KeepExtent(sealed.extent());
+  std::vector<absl::StatusOr<ObjectRef>> out;
+  out.reserve(items.size());
+  for (size_t i = 0; i < items.size(); ++i) {
+    if (i >= static_cast<size_t>(sealed.results_size())) {
+      out.push_back(absl::InternalError("batch answer has the wrong length"));
+      continue;
+    }
+    const wire::Response& r = sealed.results(i);
+    if (absl::Status s = StatusOf(r); !s.ok()) {
+      out.push_back(s);
+    } else {
+      out.push_back(ObjectRef{std::string(items[i].key), r.seal().generation(), items[i].size});
+    }
+  }
+  return out;
 }
 
 absl::Status Client::WaitPublished(std::string_view key, uint64_t generation,
@@ -485,24 +577,40 @@ absl::StatusOr<ObjectRef> Client::PutTensors(std::string_view key,
     }
     return PutInOneRequest(key, std::move(data), manifest, options);
   }
+  auto fill = [&](std::byte* dst) -> std::optional<uint64_t> {
+    uint64_t at = 0;
+    for (size_t i = 0; i < tensors.size(); ++i) {
+      std::memset(dst + at, 0, manifest[i].offset - at);  // alignment padding
+      store::Copy(dst + manifest[i].offset, tensors[i].data.data(), manifest[i].nbytes);
+      at = manifest[i].offset + manifest[i].nbytes;
+    }
+    if (options.checksum) return store::Checksum(dst, total);
+    return std::nullopt;
+  };
+  if (total > 0) {
+    if (auto in_extent = PutIntoExtent({{key, &manifest, total, fill}}, options)) {
+      absl::StatusOr<ObjectRef>& r = (*in_extent)[0];
+      if (r.ok() && options.wait_published.count() > 0) {
+        RETURN_IF_ERROR(WaitPublished(key, r->generation, options.wait_published));
+      }
+      return std::move(r);
+    }
+  }
   auto w = CreateWriter(key, total, options, manifest, /*own_mapping=*/false);
   if (!w.ok()) return w.status();
-  uint64_t at = 0;
-  for (size_t i = 0; i < tensors.size(); ++i) {
-    std::memset(w->data_ + at, 0, manifest[i].offset - at);  // alignment padding
-    store::Copy(w->data_ + manifest[i].offset, tensors[i].data.data(), manifest[i].nbytes);
-    at = manifest[i].offset + manifest[i].nbytes;
-  }
   wire::Request req;
   auto* seal = req.mutable_seal();
   seal->set_write_id(w->write_id_);
-  if (options.checksum) {
-    seal->set_checksum(store::Checksum(w->data_, total));
+  if (std::optional<uint64_t> sum = fill(w->data_)) {
+    seal->set_checksum(*sum);
     seal->set_has_checksum(true);
   }
+  seal->set_reserve_extent(
+      ExtentToAsk(store::BlockBytes(key.size(), store::EncodedManifestBytes(manifest), total)));
   w->write_id_ = 0;
   auto r = conn_->Call(req, &wire::Response::mutable_seal);
   if (!r.ok()) return r.status();
+  conn_->KeepExtent(r->extent());
   if (options.wait_published.count() > 0) {
     RETURN_IF_ERROR(WaitPublished(key, r->generation(), options.wait_published));
   }
@@ -726,6 +834,24 @@ absl::Status Client::ReleaseMany(std::vector<ObjectView>& views) {
 std::vector<absl::StatusOr<ObjectRef>> Client::PutMany(
     const std::vector<std::pair<std::string, std::span<const std::byte>>>& items,
     const PutOptions& options) {
+  static const std::vector<TensorInfo> kRaw;
+  std::vector<ExtentPutItem> packed;
+  packed.reserve(items.size());
+  uint64_t need = 0;
+  for (const auto& item : items) {
+    std::span<const std::byte> value = item.second;
+    packed.push_back({item.first, &kRaw, value.size(), [&options, value](std::byte* dst) {
+                        std::optional<uint64_t> sum;
+                        if (options.checksum) {
+                          sum = store::CopyAndChecksum(dst, value.data(), value.size());
+                        } else {
+                          store::Copy(dst, value.data(), value.size());
+                        }
+                        return sum;
+                      }});
+    need += store::BlockBytes(item.first.size(), 0, value.size());
+  }
+  if (auto in_extent = PutIntoExtent(packed, options)) return std::move(*in_extent);
   std::vector<absl::StatusOr<ObjectRef>> out(items.size(), absl::UnknownError("not attempted"));
   wire::Request creq;
   for (const auto& [key, value] : items) {
@@ -763,7 +889,9 @@ std::vector<absl::StatusOr<ObjectRef>> Client::PutMany(
     sealed_index.push_back(i);
   }
   if (sealed_index.empty()) return out;
+  sreq.mutable_batch_seal()->set_reserve_extent(ExtentToAsk(need));
   auto sealed = conn_->Call(sreq);
+  if (sealed.ok()) conn_->KeepExtent(sealed->batch_seal().extent());
   for (size_t j = 0; j < sealed_index.size(); ++j) {
     size_t i = sealed_index[j];
     if (!sealed.ok()) {

@@ -99,6 +99,7 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOption
   c->session_id_ = h->session_id();
   c->incarnation_ = h->incarnation();
   c->put_in_one_request_ = h->put_in_one_request();
+  c->reserve_extents_ = h->reserve_extents();
   for (int i = 0; i < h->tiers_size(); ++i) {
     uint64_t size = h->tiers(i).arena_bytes();
     struct stat st {};
@@ -141,6 +142,44 @@ void Connection::SetFastPathLocked(const wire::HelloReply& h, std::vector<Unique
   }
   MutexLock lock(&fast_mu_);
   fast_ = std::move(fast);
+}
+
+std::optional<Connection::Extent> Connection::TakeExtent(uint64_t bytes) {
+  std::optional<Extent> e;
+  {
+    MutexLock lock(&extent_mu_);
+    e = std::exchange(extent_, std::nullopt);
+  }
+  if (!e) return std::nullopt;
+  if (e->bytes >= bytes && e->reconnects == reconnects()) return e;
+  wire::Request abort;
+  abort.mutable_abort()->set_write_id(e->id);
+  SendOneway(abort);
+  return std::nullopt;
+}
+
+void Connection::KeepExtent(const wire::ExtentGrant& g) {
+  if (g.id() == 0) return;
+  const bool inside = g.tier() < tiers_.size() && g.block_offset() <= tiers_[g.tier()].size &&
+                      g.bytes() <= tiers_[g.tier()].size - g.block_offset();
+  // A reconnect between the grant and here makes the extent an earlier
+  // session's: the put into it then fails with Aborted and goes the long way.
+  const uint64_t n = reconnects();
+  if (inside) {
+    MutexLock lock(&extent_mu_);
+    if (!extent_) {
+      extent_ = Extent{g.id(), g.tier(), g.block_offset(), g.bytes(), n};
+      return;
+    }
+  }
+  wire::Request abort;
+  abort.mutable_abort()->set_write_id(g.id());
+  SendOneway(abort);
+}
+
+bool Connection::extent_idle() const {
+  MutexLock lock(&extent_mu_);
+  return extent_.has_value();
 }
 
 std::shared_ptr<FastPath> Connection::fast() const {
@@ -215,6 +254,7 @@ absl::Status Connection::ReconnectLocked() {
   session_id_ = h->session_id();
   incarnation_ = h->incarnation();
   put_in_one_request_ = h->put_in_one_request();
+  reserve_extents_ = h->reserve_extents();
   ++reconnects_;
   // Take back what the earlier session held. NotFound: nothing survived (the
   // daemon's shared memory was lost); the old lease ids then name nothing.

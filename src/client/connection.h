@@ -75,6 +75,28 @@ class Connection {
   // The daemon takes wire::Put (its hello said so).
   bool put_in_one_request() const { return put_in_one_request_.load(std::memory_order_relaxed); }
 
+  // Write space the daemon reserved for this session ahead of a put
+  // (wire::ExtentGrant): a put packs its objects there and names them in one
+  // request (wire::PutExtent). One put at a time owns it.
+  struct Extent {
+    uint64_t id = 0;
+    uint32_t tier = 0;
+    uint64_t block_offset = 0;
+    uint64_t bytes = 0;
+    uint64_t reconnects = 0;  // reconnects() when granted
+  };
+  // The daemon reserves write space (its hello said so).
+  bool reserve_extents() const { return reserve_extents_.load(std::memory_order_relaxed); }
+  // Hands the caller the session's idle extent if it holds `bytes`. One that
+  // does not, or that an earlier daemon granted (a reconnect since), is
+  // aborted (one way) so that the next seal can ask for another.
+  std::optional<Extent> TakeExtent(uint64_t bytes);
+  // Keeps what a reply granted (nothing when g.id() is 0) as the idle
+  // extent; one outside the arenas is aborted instead.
+  void KeepExtent(const wire::ExtentGrant& g);
+  // Whether a seal should ask for write space: none is idle now.
+  bool extent_idle() const;
+
  private:
   struct Mapping {
     char* base = nullptr;
@@ -118,6 +140,9 @@ class Connection {
   uint64_t incarnation_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t reconnects_ ABSL_GUARDED_BY(mu_) = 0;
   std::atomic<bool> put_in_one_request_{false};  // from the latest hello
+  std::atomic<bool> reserve_extents_{false};     // from the latest hello
+  mutable Mutex extent_mu_ ABSL_ACQUIRED_AFTER(mu_);
+  std::optional<Extent> extent_ ABSL_GUARDED_BY(extent_mu_);  // idle
   std::vector<uint64_t> unsent_releases_ ABSL_GUARDED_BY(mu_);
   // Its own lock: a fast get must not wait behind a call on the socket.
   mutable Mutex fast_mu_ ABSL_ACQUIRED_AFTER(mu_);

@@ -49,6 +49,7 @@ constexpr std::string_view kVerbNames[kVerbCount] = {
     "stream_reconcile",
     "fast_released",
     "put",
+    "put_extent",
     "invalid",
 };
 
@@ -72,6 +73,8 @@ Verb VerbOf(const wire::Request& req) {
       return Verb::kFastReleased;
     case wire::Request::kPut:
       return Verb::kPut;
+    case wire::Request::kPutExtent:
+      return Verb::kPutExtent;
     case wire::Request::kRemove:
       return Verb::kRemove;
     case wire::Request::kStat:
@@ -257,6 +260,10 @@ std::vector<prometheus::MetricFamily> Metrics::CollectLive() const {
         SingleGauge("cistern_leases", "Leases held by clients.", static_cast<double>(st.leases)));
     out.push_back(SingleGauge("cistern_pending_writes", "Objects created and not yet sealed.",
                               static_cast<double>(st.pending_writes)));
+    out.push_back(SingleGauge(
+        "cistern_reserved_bytes",
+        "Write space sessions hold reserved ahead of their puts (part of the used bytes).",
+        static_cast<double>(st.reserved_bytes)));
     out.push_back(
         SingleGauge("cistern_quarantined_objects",
                     "Corrupt objects set aside at recovery: not served, bytes kept until removed.",

@@ -15,7 +15,8 @@
 //   cistern_request_duration_seconds{verb}          histogram, 1 µs .. 100 ms buckets
 //   cistern_tier_bytes{tier,kind}                   gauge, kind = capacity|used|evictable
 //   cistern_evictions_total{tier}                   counter (objects evicted)
-//   cistern_objects, cistern_leases, cistern_pending_writes, cistern_sessions   gauges
+//   cistern_objects, cistern_leases, cistern_pending_writes, cistern_reserved_bytes,
+//   cistern_sessions   gauges
 //   cistern_quarantined_objects, cistern_quarantined_bytes                     gauges
 //   cistern_recovered_objects, cistern_recovered_bytes,
 //   cistern_recovery_dropped_objects                gauges: what the last start recovered
@@ -91,6 +92,7 @@ enum class Verb : uint8_t {
   kStreamReconcile,
   kFastReleased,
   kPut,
+  kPutExtent,
   kInvalid,
 };
 inline constexpr size_t kVerbCount = static_cast<size_t>(Verb::kInvalid) + 1;

@@ -158,6 +158,7 @@ TEST(MetricsTest, FamilyNamesAndTypesAreTheDocumentedOnes) {
       {"cistern_objects", "gauge"},
       {"cistern_leases", "gauge"},
       {"cistern_pending_writes", "gauge"},
+      {"cistern_reserved_bytes", "gauge"},
       {"cistern_quarantined_objects", "gauge"},
       {"cistern_quarantined_bytes", "gauge"},
       {"cistern_sessions", "gauge"},

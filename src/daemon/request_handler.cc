@@ -37,8 +37,9 @@ void SetStatus(const absl::Status& s, wire::Response* resp) {
   resp->mutable_status()->set_message(std::string(s.message()));
 }
 
-void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c, wire::Response* resp) {
-  store::ObjectStore::CreateArgs args;
+absl::Status RequestHandler::CreateArgsOf(const wire::Create& c,
+                                          store::ObjectStore::CreateArgs* out) {
+  store::ObjectStore::CreateArgs& args = *out;
   args.key = c.key();
   args.size = c.size();
   args.evictable = c.evictable();
@@ -51,10 +52,8 @@ void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c, wir
     info.name = t.name();
     int d = static_cast<int>(t.dtype());
     if (d < 1 || d > kMaxDType) {
-      SetStatus(
-          absl::InvalidArgumentError(fmt::format("tensor '{}' has unknown dtype {}", t.name(), d)),
-          resp);
-      return;
+      return absl::InvalidArgumentError(
+          fmt::format("tensor '{}' has unknown dtype {}", t.name(), d));
     }
     info.dtype = static_cast<DType>(d);
     info.shape.assign(t.shape().begin(), t.shape().end());
@@ -62,6 +61,12 @@ void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c, wir
     info.nbytes = t.nbytes();
     args.tensors.push_back(std::move(info));
   }
+  return absl::OkStatus();
+}
+
+void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c, wire::Response* resp) {
+  store::ObjectStore::CreateArgs args;
+  if (absl::Status st = CreateArgsOf(c, &args); !st.ok()) return SetStatus(st, resp);
   auto w = store_->Create(s, args);
   if (!w.ok()) return SetStatus(w.status(), resp);
   auto* r = resp->mutable_create();
@@ -74,9 +79,55 @@ void RequestHandler::HandleCreate(store::SessionId s, const wire::Create& c, wir
 void RequestHandler::HandleSeal(store::SessionId s, const wire::Seal& c, wire::Response* resp) {
   std::optional<uint64_t> sum;
   if (c.has_checksum()) sum = c.checksum();
+  // The tier for reserve_extent: the write's, known only before the seal.
+  std::optional<uint32_t> tier;
+  if (c.reserve_extent() != 0) tier = store_->WriteTier(s, c.write_id());
   auto g = store_->Seal(s, c.write_id(), sum);
   if (!g.ok()) return SetStatus(g.status(), resp);
   resp->mutable_seal()->set_generation(*g);
+  if (tier) GrantExtent(s, *tier, c.reserve_extent(), resp->mutable_seal()->mutable_extent());
+}
+
+void RequestHandler::GrantExtent(store::SessionId s, uint32_t tier, uint64_t bytes,
+                                 wire::ExtentGrant* out) {
+  // Speculative: a refusal (no room to spare, one held already) is no error;
+  // the client goes on with create + seal.
+  auto e = store_->ReserveExtent(s, tier, bytes);
+  if (!e.ok()) return;
+  out->set_id(e->id);
+  out->set_tier(e->tier);
+  out->set_block_offset(e->block_offset);
+  out->set_bytes(e->bytes);
+}
+
+void RequestHandler::HandlePutExtent(store::SessionId s, const wire::PutExtent& p,
+                                     wire::Response* resp) {
+  if (static_cast<uint32_t>(p.items_size()) > options_.max_batch) {
+    return SetStatus(BatchTooLarge(p.items_size(), options_.max_batch), resp);
+  }
+  std::vector<store::ObjectStore::ExtentPut> puts(p.items_size());
+  for (int i = 0; i < p.items_size(); ++i) {
+    const wire::ExtentItem& item = p.items(i);
+    if (absl::Status st = CreateArgsOf(item.create(), &puts[i].args); !st.ok()) {
+      return SetStatus(st, resp);
+    }
+    if (item.has_checksum()) puts[i].checksum = item.checksum();
+  }
+  std::optional<uint32_t> tier = store_->WriteTier(s, p.extent_id());
+  auto results = store_->PutExtent(s, p.extent_id(), puts);
+  if (!results.ok()) return SetStatus(results.status(), resp);
+  auto* r = resp->mutable_batch_seal();
+  for (const absl::StatusOr<uint64_t>& g : *results) {
+    wire::Response* one = r->add_results();
+    if (g.ok()) {
+      one->mutable_seal()->set_generation(*g);
+    } else {
+      SetStatus(g.status(), one);
+    }
+  }
+  if (p.reserve_extent() != 0 && tier) {
+    GrantExtent(s, *tier, p.reserve_extent(), r->mutable_extent());
+  }
 }
 
 void RequestHandler::HandlePut(store::SessionId s, const wire::Put& p, wire::Response* resp) {
@@ -151,6 +202,7 @@ void RequestHandler::FillStats(wire::StatsReply* r) {
   r->set_leases(st.leases);
   r->set_fast_leases(st.fast_leases);
   r->set_pending_writes(st.pending_writes);
+  r->set_reserved_bytes(st.reserved_bytes);
   r->set_deferred_frees(st.deferred_frees);
   r->set_sessions(sessions_);
 }
@@ -254,10 +306,21 @@ void RequestHandler::Handle(store::SessionId s, const wire::Request& req, wire::
       if (static_cast<uint32_t>(seals.size()) > options_.max_batch) {
         return SetStatus(BatchTooLarge(seals.size(), options_.max_batch), resp);
       }
+      std::optional<uint32_t> tier;
+      if (req.batch_seal().reserve_extent() != 0 && !seals.empty()) {
+        tier = store_->WriteTier(s, seals[0].write_id());
+      }
       auto* r = resp->mutable_batch_seal();
-      for (const wire::Seal& c : seals) HandleSeal(s, c, r->add_results());
+      for (const wire::Seal& c : seals) {
+        wire::Seal one = c;
+        one.clear_reserve_extent();  // one extent per session: the batch asks once
+        HandleSeal(s, one, r->add_results());
+      }
+      if (tier) GrantExtent(s, *tier, req.batch_seal().reserve_extent(), r->mutable_extent());
       return;
     }
+    case wire::Request::kPutExtent:
+      return HandlePutExtent(s, req.put_extent(), resp);
     case wire::Request::kHello:
       return SetStatus(absl::FailedPreconditionError("hello was already said on this session"),
                        resp);

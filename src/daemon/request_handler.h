@@ -40,6 +40,10 @@ class RequestHandler {
  private:
   void HandleCreate(store::SessionId s, const wire::Create& c, wire::Response* resp);
   void HandleSeal(store::SessionId s, const wire::Seal& c, wire::Response* resp);
+  void HandlePutExtent(store::SessionId s, const wire::PutExtent& p, wire::Response* resp);
+  // Reserves write space for the session if the store can spare it (no error otherwise).
+  void GrantExtent(store::SessionId s, uint32_t tier, uint64_t bytes, wire::ExtentGrant* out);
+  static absl::Status CreateArgsOf(const wire::Create& c, store::ObjectStore::CreateArgs* out);
   void HandlePut(store::SessionId s, const wire::Put& p, wire::Response* resp);
   void HandleGet(store::SessionId s, const wire::Get& g, wire::Response* resp);
 

@@ -652,6 +652,7 @@ absl::Status Server::HandleHello(Session* s, const wire::Request& req) {
   r->set_max_frame_bytes(options_.max_frame_bytes);
   r->set_max_batch(options_.max_batch);
   r->set_put_in_one_request(true);
+  r->set_reserve_extents(true);
   std::vector<int> fds = options_.arena_fds;
   if (h.want_fast_path() && options_.fast_lease_fd >= 0) {
     std::optional<uint32_t> hint;
@@ -944,7 +945,8 @@ void Server::ExpireDeadlines() {
     // would fail that request).
     int unread = 0;
     ::ioctl(s->fd.get(), FIONREAD, &unread);
-    if (info.leases == 0 && info.pending_writes == 0 && unread == 0) {
+    // Nor is reserved write space: its client may be writing there now.
+    if (info.leases == 0 && info.pending_writes == 0 && info.reserved_bytes == 0 && unread == 0) {
       CloseSession(s, "idle for session_idle_timeout_ms");
     } else {
       s->last_request = now;

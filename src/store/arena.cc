@@ -227,6 +227,30 @@ void Arena::InitObject(const Allocator::Allocation& a, uint64_t block_size, std:
   StoreRelease(&h->tag, MakeTag(block_size, kObjectBlock));
 }
 
+void Arena::RebindWriting(uint64_t block_offset, uint64_t block_size, std::string_view key,
+                          const std::vector<TensorInfo>& tensors, uint64_t manifest_bytes,
+                          uint64_t payload_size, uint32_t flags, uint64_t now_unix_ns) {
+  ObjectHeader* h = header(block_offset);
+  CHECK(LoadAcquire(&h->state) == static_cast<uint32_t>(ObjectState::kWriting));
+  CHECK(block_size <= TagSize(LoadAcquire(&h->tag)));
+  char* p = reinterpret_cast<char*>(h);
+  uint64_t payload_offset = PayloadOffset(key.size(), manifest_bytes);
+  // Everything after the tag, state and magic words (the header checksum
+  // covers the padding too).
+  constexpr size_t kFrom = offsetof(ObjectHeader, shared_leases);
+  std::memset(p + kFrom, 0, payload_offset - kFrom);
+  h->payload_offset = payload_offset;
+  h->payload_size = payload_size;
+  h->create_unix_ns = now_unix_ns;
+  h->key_bytes = static_cast<uint32_t>(key.size());
+  h->manifest_bytes = static_cast<uint32_t>(manifest_bytes);
+  h->tensor_count = static_cast<uint32_t>(tensors.size());
+  h->flags = flags;
+  std::memcpy(p + sizeof(ObjectHeader), key.data(), key.size());
+  if (!tensors.empty()) EncodeManifest(tensors, p + ManifestOffset(key.size()));
+  StoreRelease(&h->tag, MakeTag(block_size, kObjectBlock));
+}
+
 void Arena::Seal(uint64_t block_offset, uint64_t generation, const uint64_t* checksum) {
   ObjectHeader* h = header(block_offset);
   CHECK(LoadAcquire(&h->state) == static_cast<uint32_t>(ObjectState::kWriting));

@@ -103,6 +103,17 @@ class Arena {
                   const std::vector<TensorInfo>& tensors, uint64_t manifest_bytes,
                   uint64_t payload_size, uint32_t flags, uint64_t now_unix_ns);
 
+  // Gives the writing object at `block_offset` (an extent, object_store.h) a
+  // new key, manifest and payload size, and shrinks its block to
+  // `block_size`. The tag and state words are never cleared: the header is
+  // rewritten behind them and the smaller tag stored last, so a daemon killed
+  // in between leaves either the old block or the new one, in state kWriting.
+  // Whatever follows `block_size` must already carry its own tags. The bytes
+  // from the new payload offset on are not touched (the client wrote them).
+  void RebindWriting(uint64_t block_offset, uint64_t block_size, std::string_view key,
+                     const std::vector<TensorInfo>& tensors, uint64_t manifest_bytes,
+                     uint64_t payload_size, uint32_t flags, uint64_t now_unix_ns);
+
   // Records generation and checksum, then makes the object sealed.
   void Seal(uint64_t block_offset, uint64_t generation, const uint64_t* checksum);
   void SetState(uint64_t block_offset, ObjectState state);

@@ -35,6 +35,8 @@ inline constexpr uint64_t kFreeBlock = 1;
 inline constexpr uint64_t kObjectBlock = 2;
 inline constexpr size_t kMaxKeyBytes = 1024;
 inline constexpr size_t kMaxTierNameBytes = 32;
+// The most write space a session may hold reserved ahead (ObjectStore::ReserveExtent).
+inline constexpr uint64_t kMaxExtentBytes = uint64_t{16} << 20;
 
 constexpr uint64_t AlignUp(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 

@@ -526,6 +526,9 @@ absl::StatusOr<ObjectStore::Write> ObjectStore::TakeWrite(SessionId session, uin
   }
   Write w = it->second;
   writes_.erase(it);
+  if (auto e = extents_.find(session); e != extents_.end() && e->second == write_id) {
+    extents_.erase(e);
+  }
   if (w.entry != LeaseTable::kNoEntry) shared_->RemoveEntry(w.entry);
   auto sw = session_writes_.find(session);
   sw->second.erase(write_id);
@@ -560,16 +563,28 @@ void ObjectStore::AbortObject(Object* obj) {
 absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
                                            std::optional<uint64_t> checksum) {
   MutexLock lock(&mu_);
+  if (auto it = writes_.find(write_id);
+      it != writes_.end() && it->second.session == session && IsExtent(it->second.obj)) {
+    return absl::FailedPreconditionError(fmt::format(
+        "write {} is reserved write space, not an object: put into it (PutExtent) or abort it",
+        write_id));
+  }
   auto w = TakeWrite(session, write_id);
   if (!w.ok()) return w.status();
-  Object* obj = w->obj;
   if (w->orphaned) {
     absl::Status aborted = absl::AbortedError(fmt::format(
         "write {} of {} was open when cisternd restarted; nothing was stored, put it again",
-        write_id, QuoteKey(obj->key->key)));
-    AbortObject(obj);
+        write_id, QuoteKey(w->obj->key->key)));
+    AbortObject(w->obj);
     return aborted;
   }
+  return SealLocked(*w, checksum);
+}
+
+absl::StatusOr<uint64_t> ObjectStore::SealLocked(const Write& write,
+                                                 std::optional<uint64_t> checksum) {
+  const Write* w = &write;
+  Object* obj = w->obj;
   if (w->if_absent) {
     if (Object* v = obj->key->visible) {
       std::string msg = fmt::format("{} was created by another writer first (generation {})",
@@ -604,6 +619,212 @@ absl::StatusOr<uint64_t> ObjectStore::Seal(SessionId session, uint64_t write_id,
   if (obj->evictable) tier.lru.PushBack(obj);
   if (observer_ != nullptr) observer_->OnVisible(StatOf(obj));
   return obj->generation;
+}
+
+absl::StatusOr<ObjectStore::ExtentInfo> ObjectStore::ReserveExtent(SessionId session,
+                                                                   uint32_t tier_index,
+                                                                   uint64_t bytes) {
+  const uint64_t min_bytes = BlockBytes(kExtentKey.size(), 0, 1);
+  if (bytes < min_bytes || bytes > kExtentMaxBytes) {
+    return absl::InvalidArgumentError(
+        fmt::format("write space of {} bytes asked; between {} and {} bytes can be reserved", bytes,
+                    min_bytes, kExtentMaxBytes));
+  }
+  bytes = AlignUp(bytes, kAlign);
+  MutexLock lock(&mu_);
+  if (tier_index >= tiers_.size()) {
+    return absl::InvalidArgumentError(
+        fmt::format("write space asked in tier {}; there are {} tiers", tier_index, tiers_.size()));
+  }
+  if (auto e = extents_.find(session); e != extents_.end()) {
+    return absl::FailedPreconditionError(
+        fmt::format("the session already holds reserved write space (write {})", e->second));
+  }
+  Tier& tier = tiers_[tier_index];
+  const double cap = static_cast<double>(tier.alloc.capacity());
+  uint64_t reserved = 0;
+  for (const auto& [s, id] : extents_) {
+    const Object* obj = writes_.at(id).obj;
+    if (obj->tier == tier_index) reserved += obj->block_size;
+  }
+  if (static_cast<double>(tier.alloc.used_bytes() + bytes) > tier.high_watermark * cap ||
+      static_cast<double>(reserved + bytes) > cap / 8) {
+    return absl::ResourceExhaustedError(fmt::format(
+        "no write space reserved in tier '{}': {} of {} bytes used, {} already reserved", tier.name,
+        tier.alloc.used_bytes(), tier.alloc.capacity(), reserved));
+  }
+  auto a = tier.alloc.Allocate(bytes);
+  if (!a) {
+    return absl::ResourceExhaustedError(
+        fmt::format("no write space reserved in tier '{}': no free range of {} bytes (largest {})",
+                    tier.name, bytes, tier.alloc.largest_free()));
+  }
+  Object* obj = table_.NewObject(kExtentKey);
+  obj->block_offset = a->offset;
+  obj->block_size = bytes;
+  obj->payload_size = bytes - PayloadOffset(kExtentKey.size(), 0);
+  obj->tier = tier_index;
+  tier.arena.InitObject(*a, bytes, kExtentKey, {}, 0, obj->payload_size, 0, UnixNowNs());
+  ++tier.objects;
+  uint64_t id;
+  do {
+    id = next_write_id_++;
+  } while (id == 0 || writes_.contains(id));
+  uint64_t entry = LeaseTable::kNoEntry;
+  if (auto slot = slots_.find(session); slot != slots_.end()) {
+    auto e = shared_->AddEntry(slot->second, SharedLeaseTable::Kind::kWrite, tier_index, id,
+                               a->offset, 0);
+    if (!e.ok()) {
+      AbortObject(obj);
+      return e.status();
+    }
+    entry = *e;
+  }
+  writes_.emplace(id, Write{obj, session, false, entry, false, 0});
+  session_writes_[session].insert(id);
+  extents_[session] = id;
+  return ExtentInfo{id, tier_index, a->offset, bytes};
+}
+
+std::optional<uint32_t> ObjectStore::WriteTier(SessionId session, uint64_t write_id) const {
+  MutexLock lock(&mu_);
+  auto it = writes_.find(write_id);
+  if (it == writes_.end() || it->second.session != session) return std::nullopt;
+  return it->second.obj->tier;
+}
+
+absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> ObjectStore::PutExtent(
+    SessionId session, uint64_t extent_id, const std::vector<ExtentPut>& puts) {
+  if (puts.empty()) {
+    return absl::InvalidArgumentError("a put into reserved write space names no object");
+  }
+  // Where each object goes is fixed by the sizes the client packed, whatever
+  // else is wrong with it; an object that cannot be stored (`bad`) keeps its
+  // place and is freed after the split.
+  std::vector<uint64_t> manifest_bytes(puts.size(), 0);
+  std::vector<uint64_t> blocks(puts.size(), 0);
+  std::vector<absl::Status> bad(puts.size());
+  uint64_t end = 0;
+  for (size_t i = 0; i < puts.size(); ++i) {
+    const CreateArgs& args = puts[i].args;
+    if (!args.tensors.empty()) manifest_bytes[i] = EncodedManifestBytes(args.tensors);
+    if (args.key.size() > kMaxKeyBytes || args.size > kExtentMaxBytes ||
+        manifest_bytes[i] > kExtentMaxBytes) {
+      return absl::InvalidArgumentError(fmt::format(
+          "object {} of the put ({} bytes, key of {} bytes) cannot be in reserved write space "
+          "(at most {} bytes)",
+          i, args.size, args.key.size(), kExtentMaxBytes));
+    }
+    blocks[i] = BlockBytes(args.key.size(), manifest_bytes[i], args.size);
+    if (blocks[i] < PayloadOffset(kExtentKey.size(), 0)) {
+      return absl::InvalidArgumentError(
+          fmt::format("object {} of the put has neither a key nor bytes", i));
+    }
+    end += blocks[i];
+    if (absl::Status st = ValidateKey(args.key); !st.ok()) {
+      bad[i] = st;
+    } else if (args.size == 0) {
+      bad[i] = absl::InvalidArgumentError(
+          fmt::format("size of {} is 0; objects hold at least one byte", QuoteKey(args.key)));
+    } else if (args.replica_generation != 0) {
+      bad[i] = absl::InvalidArgumentError(
+          fmt::format("{}: replicas are not put into reserved write space", QuoteKey(args.key)));
+    } else if (!args.tensors.empty()) {
+      if (absl::Status st = ValidateManifest(args.tensors, args.size); !st.ok()) {
+        bad[i] = absl::InvalidArgumentError(
+            fmt::format("manifest of {}: {}", QuoteKey(args.key), st.message()));
+      }
+    }
+  }
+  MutexLock lock(&mu_);
+  auto it = writes_.find(extent_id);
+  if (it == writes_.end() || !IsExtent(it->second.obj)) {
+    return absl::NotFoundError(fmt::format(
+        "write {} is not reserved write space (never reserved, already used or aborted)",
+        extent_id));
+  }
+  if (it->second.session != session) {
+    return absl::PermissionDeniedError(
+        fmt::format("write {} belongs to another session", extent_id));
+  }
+  Object* ext = it->second.obj;
+  if (it->second.orphaned) {
+    AbortObject(TakeWrite(session, extent_id)->obj);
+    return absl::AbortedError(fmt::format(
+        "the write space reserved before cisternd restarted (write {}) was dropped; nothing was "
+        "stored, put {} again",
+        extent_id, QuoteKey(puts[0].args.key)));
+  }
+  if (end > ext->block_size) {
+    return absl::InvalidArgumentError(
+        fmt::format("{} objects need {} bytes; the reserved write space (write {}) holds {}",
+                    puts.size(), end, extent_id, ext->block_size));
+  }
+  Tier& tier = tiers_[ext->tier];
+  for (size_t i = 0; i < puts.size(); ++i) {
+    const CreateArgs& args = puts[i].args;
+    if (bad[i].ok() && !args.tier.empty() && args.tier != tier.name) {
+      bad[i] = absl::InvalidArgumentError(
+          fmt::format("{} is for tier '{}'; the reserved write space is in tier '{}'",
+                      QuoteKey(args.key), args.tier, tier.name));
+    }
+  }
+  // Split the block. Every tag behind the first block's is written before
+  // that one shrinks (Arena::RebindWriting), so an arena walk sees either the
+  // whole extent or the split, whenever the daemon dies.
+  if (end < ext->block_size) {
+    auto [start, size] = tier.alloc.Free(ext->block_offset + end, ext->block_size - end);
+    tier.arena.WriteFreeTag(start, size);
+    ++free_epoch_;
+  }
+  static const std::vector<TensorInfo> kNoTensors;
+  std::vector<Object*> objs(puts.size(), nullptr);
+  const uint64_t now = UnixNowNs();
+  uint64_t at = ext->block_offset + end;
+  for (size_t i = puts.size(); i-- > 0;) {
+    at -= blocks[i];
+    const CreateArgs& args = puts[i].args;
+    // A bad object's block is a placeholder, aborted below.
+    const bool ok = bad[i].ok();
+    std::string_view key = ok ? args.key : kExtentKey;
+    const std::vector<TensorInfo>& tensors = ok ? args.tensors : kNoTensors;
+    const uint64_t mb = ok ? manifest_bytes[i] : 0;
+    const uint64_t size = ok ? args.size : blocks[i] - PayloadOffset(kExtentKey.size(), 0);
+    const uint32_t flags = !ok ? 0u
+                               : (args.evictable ? uint32_t{kFlagEvictable} : 0u) |
+                                     (args.local_only ? uint32_t{kFlagLocalOnly} : 0u) |
+                                     (args.tensors.empty() ? 0u : uint32_t{kFlagTensorDict});
+    if (i > 0) {
+      tier.arena.InitObject(Allocator::Allocation{at, 0, 0}, blocks[i], key, tensors, mb, size,
+                            flags, now);
+    } else {
+      tier.arena.RebindWriting(at, blocks[i], key, tensors, mb, size, flags, now);
+    }
+    Object* obj = table_.NewObject(key);
+    obj->block_offset = at;
+    obj->block_size = blocks[i];
+    obj->payload_size = size;
+    obj->tier = ext->tier;
+    obj->evictable = ok && args.evictable;
+    objs[i] = obj;
+  }
+  // The objects are sealed at once, under this lock: they need no write
+  // entries (the extent's goes, with its write).
+  CHECK(TakeWrite(session, extent_id).ok());
+  table_.DeleteObject(ext);
+  tier.objects += puts.size() - 1;
+  std::vector<absl::StatusOr<uint64_t>> out;
+  out.reserve(puts.size());
+  for (size_t i = 0; i < puts.size(); ++i) {
+    if (!bad[i].ok()) {
+      AbortObject(objs[i]);
+      out.push_back(bad[i]);
+      continue;
+    }
+    Write w{objs[i], session, puts[i].args.if_absent, LeaseTable::kNoEntry, false, 0};
+    out.push_back(SealLocked(w, puts[i].checksum));
+  }
+  return out;
 }
 
 absl::Status ObjectStore::Abort(SessionId session, uint64_t write_id) {
@@ -866,6 +1087,12 @@ ObjectStore::Adopted ObjectStore::AdoptSession(SessionId from, SessionId to) {
     move_entry(&leases_.Find(id)->entry);
     ++out.leases;
   }
+  if (auto e = extents_.find(from); e != extents_.end()) {
+    // Kept as the adopting session's extent unless it has one (then it is
+    // one more pending write of that session, aborted when it ends).
+    if (!extents_.contains(to)) extents_[to] = e->second;
+    extents_.erase(e);
+  }
   if (auto sw = session_writes_.find(from); sw != session_writes_.end()) {
     std::vector<uint64_t> ids(sw->second.begin(), sw->second.end());
     session_writes_.erase(sw);
@@ -905,7 +1132,14 @@ StoreStats ObjectStore::Stats() const {
     for (uint32_t r : CountedFastRegions()) s.fast_leases += fast_->CountInUse(r);
     s.leases += s.fast_leases;
   }
-  s.pending_writes = writes_.size();
+  for (const auto& [id, w] : writes_) {
+    if (IsExtent(w.obj)) {
+      ++s.reserved_extents;
+      s.reserved_bytes += w.obj->block_size;
+    } else {
+      ++s.pending_writes;
+    }
+  }
   s.deferred_frees = deferred_frees_;
   s.fast_held = fast_held_.size();
   s.indexed = index_ != nullptr ? index_->size() : 0;
@@ -946,8 +1180,16 @@ ObjectStore::SessionStats ObjectStore::SessionInfo(SessionId session) const {
   if (auto it = session_region_.find(session); it != session_region_.end()) {
     s.leases += fast_->CountInUse(it->second);
   }
-  auto sw = session_writes_.find(session);
-  s.pending_writes = sw == session_writes_.end() ? 0 : sw->second.size();
+  if (auto sw = session_writes_.find(session); sw != session_writes_.end()) {
+    for (uint64_t id : sw->second) {
+      const Object* obj = writes_.at(id).obj;
+      if (IsExtent(obj)) {
+        s.reserved_bytes += obj->block_size;
+      } else {
+        ++s.pending_writes;
+      }
+    }
+  }
   return s;
 }
 

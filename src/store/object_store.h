@@ -149,10 +149,14 @@ struct TierStats {
 
 struct StoreStats {
   std::vector<TierStats> tiers;
-  uint64_t objects = 0;      // visible objects
-  uint64_t leases = 0;       // fast leases included
-  uint64_t fast_leases = 0;  // taken by clients in shared memory (a snapshot)
-  uint64_t pending_writes = 0;
+  uint64_t objects = 0;         // visible objects
+  uint64_t leases = 0;          // fast leases included
+  uint64_t fast_leases = 0;     // taken by clients in shared memory (a snapshot)
+  uint64_t pending_writes = 0;  // extents not included
+  // Write space reserved by sessions ahead of their puts (ReserveExtent),
+  // counted in the tiers' used bytes.
+  uint64_t reserved_extents = 0;
+  uint64_t reserved_bytes = 0;
   uint64_t deferred_frees = 0;  // removed objects waiting for their last lease
   uint64_t fast_held = 0;       // of those, waiting for a fast lease (no socket lease)
   uint64_t indexed = 0;         // keys in the shared index
@@ -218,6 +222,52 @@ class ObjectStore {
   // (an inline put). InvalidArgument unless they are exactly the payload's
   // size; NotFound/PermissionDenied as for Seal. The write stays pending.
   absl::Status FillWrite(SessionId session, uint64_t write_id, std::string_view bytes);
+
+  // ---- Write space reserved ahead: a put in one request ----
+  // An extent is a pending write of a session that names no key yet: a block
+  // the client fills first and then, in one request (PutExtent), says which
+  // objects the bytes are. Create + seal take two round trips; this takes one.
+  // A session holds at most one extent. It is kept like any pending write (in
+  // the shared lease table, across a daemon restart, counted in used bytes and
+  // pending writes) and aborted when the session ends or the client aborts it;
+  // the store never takes it back while the session lives, since its client
+  // may be writing into it at any moment.
+  static constexpr uint64_t kExtentMaxBytes = kMaxExtentBytes;  // layout.h
+  // The key an extent's header carries until PutExtent names its objects: it
+  // holds a NUL, so no user key (ValidateKey) can be the same.
+  static constexpr std::string_view kExtentKey{"\0extent", 7};
+  struct ExtentInfo {
+    uint64_t id = 0;  // a write id: Abort releases the extent
+    uint32_t tier = 0;
+    uint64_t block_offset = 0;  // arena offset of the block; objects are packed from here
+    uint64_t bytes = 0;         // the block's size
+  };
+  // Reserves `bytes` (rounded up to 64, at most kExtentMaxBytes) in tier
+  // `tier` for the session. Speculative space, so it never evicts: refused
+  // (ResourceExhausted) when the tier would pass its high watermark or extents
+  // would hold more than an eighth of it; FailedPrecondition when the session
+  // already holds one; InvalidArgument for a bad size or tier.
+  absl::StatusOr<ExtentInfo> ReserveExtent(SessionId session, uint32_t tier, uint64_t bytes);
+  // The tier of a pending write of the session (an extent included), if there is one.
+  std::optional<uint32_t> WriteTier(SessionId session, uint64_t write_id) const;
+  struct ExtentPut {
+    CreateArgs args;  // args.tier: empty or the extent's tier; wait/replica fields unused
+    std::optional<uint64_t> checksum;
+  };
+  // The objects of `puts`, in order, packed from the start of extent
+  // `extent_id`: object i's block starts where object i-1's ends and is
+  // BlockBytes(key, manifest, size) long, so its payload is at
+  // PayloadOffset(key, manifest) from its block start (layout.h). Splits the
+  // extent into those blocks, frees the rest and seals each object as Seal
+  // does. Errors for the request as a whole change nothing and keep the
+  // extent: NotFound or PermissionDenied (not this session's extent),
+  // InvalidArgument (a bad key, size, manifest or tier; the puts do not fit).
+  // An extent recovered from an earlier daemon is aborted instead (Aborted:
+  // its bytes may predate the restart). Otherwise one result per put, its
+  // generation or why it was not stored (AlreadyExists, FailedPrecondition,
+  // as Seal), and the extent is used up.
+  absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> PutExtent(
+      SessionId session, uint64_t extent_id, const std::vector<ExtentPut>& puts);
 
   struct LeaseInfo {
     uint64_t lease_id = 0;
@@ -292,7 +342,8 @@ class ObjectStore {
   absl::Status RemoveQuarantined(std::string_view tier, uint64_t block_offset);
   struct SessionStats {
     uint64_t leases = 0;
-    uint64_t pending_writes = 0;
+    uint64_t pending_writes = 0;  // extents not included
+    uint64_t reserved_bytes = 0;  // its extents
   };
   SessionStats SessionInfo(SessionId session) const;
   // Incremented whenever bytes are freed; callers waiting for space poll it.
@@ -380,6 +431,10 @@ class ObjectStore {
   absl::StatusOr<Write> TakeWrite(SessionId session, uint64_t write_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AbortObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Seal's checks and work for a write already taken from the write tables.
+  absl::StatusOr<uint64_t> SealLocked(const Write& w, std::optional<uint64_t> checksum)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  static bool IsExtent(const Object* obj) { return obj->key->key == kExtentKey; }
   ObjectInfo StatOf(const Object* obj) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   std::vector<std::string> tier_names_;  // constant after Open
@@ -391,6 +446,8 @@ class ObjectStore {
   absl::flat_hash_map<uint64_t, Write> writes_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<SessionId, absl::flat_hash_set<uint64_t>> session_writes_
       ABSL_GUARDED_BY(mu_);
+  // The extent each session holds: its write id (ReserveExtent).
+  absl::flat_hash_map<SessionId, uint64_t> extents_ ABSL_GUARDED_BY(mu_);
   uint64_t next_write_id_ ABSL_GUARDED_BY(mu_) = 1;  // random start, as lease ids
   SharedLeaseTable* shared_ ABSL_GUARDED_BY(mu_) = nullptr;
   absl::flat_hash_map<SessionId, uint32_t> slots_ ABSL_GUARDED_BY(mu_);  // in shared_

@@ -265,6 +265,45 @@ TEST(LeaseSurvivalTest, AWriteOpenAcrossARestartIsKeptAndItsSealIsAborted) {
   EXPECT_EQ(h.store().Get(2, "w", 0).status().code(), absl::StatusCode::kNotFound);
 }
 
+// A client may be writing into its reserved write space when the daemon
+// dies: the restarted daemon must not hand those bytes to anyone else.
+TEST(LeaseSurvivalTest, AnExtentOfALivingHolderIsKeptAcrossARestartAndThenDropped) {
+  SurvivalHarness h;
+  ASSERT_TRUE(h.store().OpenSession(1, {4242, 1000, 7}).ok());
+  auto e = h.store().ReserveExtent(1, 0, 256 * 1024);
+  ASSERT_TRUE(e.ok()) << e.status();
+  ASSERT_TRUE(h.Restart().ok());
+  EXPECT_EQ(h.report().kept_writes, 1u);
+  EXPECT_EQ(h.store().Stats().tiers[0].used_bytes, 256u * 1024);
+  // Others fill the tier; the client goes on writing its extent meanwhile.
+  for (int i = 0; h.Put(2, "o" + std::to_string(i), std::string(10000, 'o')).ok(); ++i) {
+  }
+  EXPECT_EQ(h.store().Stats().tiers[0].evictions, 0u);
+  ASSERT_TRUE(h.store().OpenSession(3, {4242, 1000, 7}).ok());
+  EXPECT_EQ(h.store().AdoptSession(SurvivalHarness::kRecoveredBase + 1, 3).writes, 1u);
+  // Its put is refused (its bytes may predate the restart) and the space freed.
+  std::vector<ObjectStore::ExtentPut> puts(1);
+  puts[0].args.key = "k";
+  puts[0].args.size = 100;
+  auto r = h.store().PutExtent(3, e->id, puts);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kAborted);
+  EXPECT_THAT(r.status().message(), HasSubstr("restarted"));
+  EXPECT_EQ(h.store().Get(3, "k", 0).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(h.store().Stats().reserved_extents, 0u);
+  // And the session may hold a new one, once there is room for it.
+  for (int i = 0; i < 10; ++i) ASSERT_TRUE(h.store().Remove("o" + std::to_string(i), 0).ok());
+  EXPECT_TRUE(h.store().ReserveExtent(3, 0, 64 * 1024).ok());
+}
+
+TEST(LeaseSurvivalTest, AnExtentOfADeadHolderIsFreedAtRestart) {
+  SurvivalHarness h;
+  ASSERT_TRUE(h.store().OpenSession(1, {4242, 1000, 7}).ok());
+  ASSERT_TRUE(h.store().ReserveExtent(1, 0, 256 * 1024).ok());
+  ASSERT_TRUE(h.Restart({1}).ok());
+  EXPECT_EQ(h.store().Stats().tiers[0].used_bytes, 0u);
+  EXPECT_EQ(h.shared().used_entries(), 0u);
+}
+
 TEST(LeaseSurvivalTest, ASecondRestartBeforeTheHolderReconnectsStillKeepsTheBlock) {
   SurvivalHarness h;
   ASSERT_TRUE(h.store().OpenSession(1, {4242, 1000, 7}).ok());

@@ -7,6 +7,7 @@
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/store/checksum.h"
 #include "tests/integration/daemon_harness.h"
 #include "tests/integration/raw_connection.h"
 
@@ -25,6 +26,11 @@ class ClientTest : public ::testing::Test {
     client_ = std::move(*c);
   }
   uint64_t Used() { return client_->Stats()->tiers(0).used_bytes(); }
+  // Less the write space the session holds reserved for its next put.
+  uint64_t UsedByObjects() {
+    auto st = client_->Stats();
+    return st->tiers(0).used_bytes() - st->reserved_bytes();
+  }
 
   Daemon daemon_;
   std::unique_ptr<Client> client_;
@@ -281,8 +287,126 @@ TEST_F(ClientTest, SmallPutsTakeOneRequestAndReadBackTheSame) {
   EXPECT_EQ(client_->Stats()->pending_writes(), 0u);
 }
 
+// Puts over 64 KiB (and batches) take create + seal until the session holds
+// reserved write space; from then on, one request each (issue 13, item 2).
+TEST_F(ClientTest, LargerPutsTakeOneRequestOnceWriteSpaceIsReserved) {
+  auto scrape = [&](std::string_view verb) {
+    auto r = HttpGet(daemon_.metrics_port(), "/metrics");
+    std::string line = fmt::format("cistern_requests_total{{verb=\"{}\"}} ", verb);
+    size_t at = r.body.find(line);
+    return at == std::string::npos ? 0.0 : std::stod(r.body.substr(at + line.size()));
+  };
+  auto value_of = [](size_t size, int seed) {
+    std::string v(size, '\0');
+    for (size_t i = 0; i < size; ++i) v[i] = static_cast<char>(i * 31 + seed);
+    return v;
+  };
+  auto check = [&](const std::string& key, const std::string& value) {
+    auto v = client_->Get(key);
+    ASSERT_TRUE(v.ok()) << v.status();
+    ASSERT_EQ(v->size(), value.size());
+    EXPECT_EQ(std::memcmp(v->data(), value.data(), value.size()), 0);
+    auto info = client_->Stat(key);
+    ASSERT_TRUE(info.ok());
+    ASSERT_TRUE(info->has_checksum());
+    EXPECT_EQ(info->checksum(), store::Checksum(value.data(), value.size()));
+  };
+  // The first put of 1 MiB: create + seal, and the seal reserves space.
+  std::string first = value_of(1 << 20, 1);
+  ASSERT_TRUE(client_->Put("m0", first).ok());
+  EXPECT_EQ(scrape("create"), 1);
+  EXPECT_GE(client_->Stats()->reserved_bytes(), 1u << 20);
+  check("m0", first);
+  // Then one request per put, sizes up to what was reserved, each value intact.
+  int n = 0;
+  for (size_t size : {size_t{1} << 20, size_t{300000}, (size_t{64} << 10) + 1, size_t{1} << 20}) {
+    SCOPED_TRACE(size);
+    std::string value = value_of(size, ++n);
+    std::string key = "m" + std::to_string(n);
+    ASSERT_TRUE(client_->Put(key, value).ok());
+    check(key, value);
+  }
+  EXPECT_EQ(scrape("create"), 1);
+  EXPECT_EQ(scrape("put_extent"), 4);
+  // A larger put does not fit: create + seal again, then a larger reservation.
+  std::string big = value_of(3 << 20, 9);
+  ASSERT_TRUE(client_->Put("big", big).ok());
+  ASSERT_TRUE(client_->Put("big2", big).ok());
+  EXPECT_EQ(scrape("create"), 2);
+  EXPECT_EQ(scrape("put_extent"), 5);
+  check("big", big);
+  check("big2", big);
+  // A tensor dict, its manifest and padding as PutTensors lays them out.
+  std::vector<float> w(100000, 1.5f);
+  std::vector<int16_t> b(3, -4);
+  ASSERT_TRUE(client_
+                  ->PutTensors("td", {{"w", DType::kFloat32, {100000}, std::as_bytes(std::span(w))},
+                                      {"b", DType::kInt16, {3}, std::as_bytes(std::span(b))}})
+                  .ok());
+  EXPECT_EQ(scrape("put_extent"), 6);
+  {
+    auto td = client_->Get("td");
+    ASSERT_TRUE(td.ok());
+    ASSERT_EQ(td->tensors().size(), 2u);
+    EXPECT_EQ(std::memcmp(td->data() + td->tensors()[0].offset, w.data(), 400000), 0);
+    EXPECT_EQ(std::memcmp(td->data() + td->tensors()[1].offset, b.data(), 6), 0);
+  }
+  // A batch: one request, every object packed into the space.
+  std::vector<std::string> values;
+  std::vector<std::pair<std::string, std::span<const std::byte>>> items;
+  for (int i = 0; i < 40; ++i) values.push_back(value_of(4096 + i, 100 + i));
+  for (int i = 0; i < 40; ++i) {
+    items.push_back({"b" + std::to_string(i), std::as_bytes(std::span(values[i]))});
+  }
+  const double creates = scrape("create"), batch_creates = scrape("batch_create");
+  for (auto& r : client_->PutMany(items)) ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(scrape("put_extent"), 7);
+  EXPECT_EQ(scrape("create"), creates);
+  EXPECT_EQ(scrape("batch_create"), batch_creates);
+  for (int i = 0; i < 40; ++i) check("b" + std::to_string(i), values[i]);
+  // if_absent refuses through the space as a create would, storing nothing.
+  PutOptions once;
+  once.if_absent = true;
+  EXPECT_EQ(client_->Put("m1", value_of(200000, 5), once).status().code(),
+            absl::StatusCode::kAlreadyExists);
+  check("m1", value_of(1 << 20, 1));
+  EXPECT_EQ(client_->Stats()->pending_writes(), 0u);
+  // The session ending gives the space back.
+  const uint64_t reserved = client_->Stats()->reserved_bytes();
+  EXPECT_GT(reserved, 0u);
+  auto other = daemon_.Connect();
+  ASSERT_TRUE(other.ok());
+  const uint64_t used = (*other)->Stats()->tiers(0).used_bytes();
+  client_.reset();
+  for (int i = 0; i < 200 && (*other)->Stats()->reserved_bytes() != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_EQ((*other)->Stats()->reserved_bytes(), 0u);
+  EXPECT_EQ((*other)->Stats()->tiers(0).used_bytes(), used - reserved);
+}
+
+// The daemon restarts while the session holds reserved write space: the
+// space survives (the client might have been writing there), the next put
+// into it is refused by the new daemon, and the client puts the long way.
+TEST_F(ClientTest, APutIntoSpaceReservedBeforeARestartIsStoredTheLongWay) {
+  std::string v1(1 << 20, 'a'), v2(1 << 20, 'b');
+  ASSERT_TRUE(client_->Put("k1", v1).ok());
+  ASSERT_GT(client_->Stats()->reserved_bytes(), 0u);
+  std::string err;
+  ASSERT_TRUE(daemon_.Restart(&err)) << err;
+  auto ref = client_->Put("k2", v2);
+  ASSERT_TRUE(ref.ok()) << ref.status();
+  auto v = client_->Get("k2");
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(v->data()), v->size()), v2);
+  EXPECT_EQ(client_->Stats()->pending_writes(), 0u);
+  // Later puts go through the new reservation.
+  ASSERT_TRUE(client_->Put("k3", v1).ok());
+  EXPECT_EQ(std::string(reinterpret_cast<const char*>(client_->Get("k3")->data()), 1 << 20), v1);
+}
+
 TEST_F(ClientTest, ViewKeepsBytesAliveAfterRemoveUntilReleased) {
-  uint64_t baseline = Used();
+  uint64_t baseline = UsedByObjects();
   std::string value(100000, 'v');
   ASSERT_TRUE(client_->Put("k", value).ok());
   auto v = client_->Get("k");
@@ -290,9 +414,9 @@ TEST_F(ClientTest, ViewKeepsBytesAliveAfterRemoveUntilReleased) {
   ASSERT_TRUE(client_->Remove("k").ok());
   EXPECT_EQ(client_->Get("k").status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(std::memcmp(v->data(), value.data(), value.size()), 0);
-  EXPECT_GT(Used(), baseline);
+  EXPECT_GT(UsedByObjects(), baseline);
   ASSERT_TRUE(v->Release().ok());
-  EXPECT_EQ(Used(), baseline);
+  EXPECT_EQ(UsedByObjects(), baseline);
 }
 
 TEST_F(ClientTest, DroppedViewReleasesItsLease) {
