@@ -32,8 +32,14 @@ build/release/build.ninja: | bootstrap
 
 # Clang: about twice as fast as GCC here, and its thread-safety analysis
 # checks the lock annotations as the code compiles (CMakeLists.txt).
+# The ASan tree keeps line tables only (-gline-tables-only): reports still name
+# function, file and line, and a compile took 8% less than with -g. TSan's
+# tree gained 4% from the same at -O1, so it and the fuzz tree keep
+# RelWithDebInfo (docs/testing.md).
+SANITIZER_DEBUG = -gline-tables-only
 build/asan/build.ninja: | bootstrap
 	CC=clang CXX=clang++ cmake -S . -B build/asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug \
+	  -DCMAKE_C_FLAGS_DEBUG="$(SANITIZER_DEBUG)" -DCMAKE_CXX_FLAGS_DEBUG="$(SANITIZER_DEBUG)" \
 	  -DCISTERN_SANITIZE=address
 
 # What the Python tests run against: Clang at -O0 without debug info builds
