@@ -12,7 +12,7 @@
 #                all, the origin killed, the model still served
 #   make bench   the side-by-side benchmarks (see docs/benchmarks.md)
 #   make tsan    TSan build of the unit tests (the store's concurrency test among them)
-#   make fuzz-smoke  each libFuzzer harness (tests/fuzz) for FUZZ_SMOKE_SECONDS (20); part of test
+#   make fuzz-smoke  each libFuzzer harness (tests/fuzz) for FUZZ_SMOKE_SECONDS (10); part of test
 #   make fuzz    longer campaigns: FUZZ_SECONDS (default 600) per harness
 
 JOBS ?= $(shell nproc)
@@ -40,7 +40,7 @@ SANITIZER_DEBUG = -gline-tables-only
 build/asan/build.ninja: | bootstrap
 	CC=clang CXX=clang++ cmake -S . -B build/asan $(CMAKE_COMMON) -DCMAKE_BUILD_TYPE=Debug \
 	  -DCMAKE_C_FLAGS_DEBUG="$(SANITIZER_DEBUG)" -DCMAKE_CXX_FLAGS_DEBUG="$(SANITIZER_DEBUG)" \
-	  -DCISTERN_SANITIZE=address
+	  -DCISTERN_SANITIZE=address -DCISTERN_BENCHMARKS=OFF
 
 # What the Python tests run against: Clang at -O0 without debug info builds
 # the Python targets in about 4 minutes here, where -O2 takes 7 (GCC and
@@ -76,7 +76,7 @@ tsan: bootstrap build/tsan/build.ninja
 # leaves the input in build/fuzz/artifacts/<name>/. The per-harness log,
 # with libFuzzer's final stats (executions, execs/s), is build/fuzz/<name>.log.
 FUZZ_HARNESSES = frame config safetensors
-FUZZ_SMOKE_SECONDS ?= 20
+FUZZ_SMOKE_SECONDS ?= 10
 FUZZ_SECONDS ?= 600
 FUZZ_MAX_LEN_frame = 65536
 FUZZ_MAX_LEN_config = 65536

@@ -265,16 +265,20 @@ class Daemon {
   }
   const std::string& log_path() const { return log_path_; }
 
-  // fast_path false: every get is a round trip (ConnectOptions::fast_path).
-  absl::StatusOr<std::unique_ptr<Client>> Connect(bool fast_path = true) const {
+  // fast_path false: every get is a round trip (ConnectOptions::fast_path);
+  // reserve false: every put over 64 KiB is create + seal
+  // (ConnectOptions::reserve_write_space).
+  absl::StatusOr<std::unique_ptr<Client>> Connect(bool fast_path = true,
+                                                  bool reserve = true) const {
     ConnectOptions o;
     o.socket_path = socket_path_;
     o.client_name = "cistern_store_bench";
     o.fast_path = fast_path;
+    o.reserve_write_space = reserve;
     return Client::Connect(o);
   }
-  std::unique_ptr<Client> MustConnect(bool fast_path = true) const {
-    auto c = Connect(fast_path);
+  std::unique_ptr<Client> MustConnect(bool fast_path = true, bool reserve = true) const {
+    auto c = Connect(fast_path, reserve);
     if (!c.ok()) Die(fmt::format("connect to cisternd: {}", c.status().ToString()));
     return std::move(*c);
   }

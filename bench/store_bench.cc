@@ -419,6 +419,9 @@ void BenchGetLatency(const Options& opt, Daemon& d, Buffer& src, std::vector<Tar
 void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<Target>* targets,
                        JsonObject* json) {
   auto c = d.MustConnect();
+  // The same put in two round trips (create + seal), for comparison: a client
+  // that keeps no write space reserved.
+  auto c2 = d.MustConnect(/*fast_path=*/true, /*reserve=*/false);
   const uint64_t max = 256 * kMiB;
   Buffer dst(max);
   Fill(src.data, max, 7);
@@ -447,11 +450,14 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
       "reference; +us/op: time\n"
       "   per put beyond the memcpy of the same bytes (round trips to cisternd, hashing). "
       "Rows marked 'pinned': client\n"
-      "   and cisternd on one CPU (diagnostic, not the target setup)\n",
+      "   and cisternd on one CPU (diagnostic, not the target setup). put 2 RT: checksum on, "
+      "from a client that\n"
+      "   keeps no write space reserved (create + seal; up to 16 MiB a put is otherwise one "
+      "round trip)\n",
       rounds);
-  fmt::print("   {:>14} {:>6} {:>6} {:>8} {:>13} {:>7} {:>13} {:>7} {:>10} {:>12} {:>12}\n", "size",
-             "iters", "warmup", "memcpy", "put checksum", "ratio", "put no-cksum", "ratio",
-             "xxh3 only", "cksum +us/op", "no-ck +us/op");
+  fmt::print("   {:>14} {:>6} {:>6} {:>8} {:>13} {:>7} {:>13} {:>7} {:>10} {:>7} {:>10} {:>12} {:>12}\n",
+             "size", "iters", "warmup", "memcpy", "put checksum", "ratio", "put no-cksum", "ratio",
+             "put 2 RT", "ratio", "xxh3 only", "cksum +us/op", "no-ck +us/op");
   std::vector<Json> jrows;
   for (const Size& s : sizes) {
     std::optional<PinnedToOneCpu> pin;
@@ -460,9 +466,9 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
     PutOptions with_sum, without_sum;
     without_sum.checksum = false;
     // Timed put of one value; the remove afterwards is not timed.
-    auto put = [&](const PutOptions& po) {
+    auto put = [&](const PutOptions& po, Client* client) {
       auto t0 = Clock::now();
-      auto r = c->Put(key, src.span(s.bytes), po);
+      auto r = client->Put(key, src.span(s.bytes), po);
       auto t1 = Clock::now();
       if (!r.ok()) Die(fmt::format("put {}: {}", key, r.status().ToString()));
       Must(c->Remove(key).status(), "remove " + key);
@@ -484,15 +490,17 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
     for (uint64_t i = 0; i < warm; ++i) {
       hash();
       copy();
-      put(with_sum);
-      put(without_sum);
+      put(with_sum, c.get());
+      put(without_sum, c.get());
+      put(with_sum, c2.get());
     }
-    Clock::duration t_copy{}, t_sum{}, t_nosum{}, t_hash{};
+    Clock::duration t_copy{}, t_sum{}, t_nosum{}, t_hash{}, t_two{};
     const uint64_t per_round = (s.iters + rounds - 1) / rounds;
     for (uint64_t r = 0; r < rounds; ++r) {
       for (uint64_t i = 0; i < per_round; ++i) t_copy += copy();
-      for (uint64_t i = 0; i < per_round; ++i) t_sum += put(with_sum);
-      for (uint64_t i = 0; i < per_round; ++i) t_nosum += put(without_sum);
+      for (uint64_t i = 0; i < per_round; ++i) t_sum += put(with_sum, c.get());
+      for (uint64_t i = 0; i < per_round; ++i) t_nosum += put(without_sum, c.get());
+      for (uint64_t i = 0; i < per_round; ++i) t_two += put(with_sum, c2.get());
       for (uint64_t i = 0; i < per_round; ++i) t_hash += hash();
     }
     pin.reset();
@@ -500,16 +508,17 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
     const uint64_t timed = per_round * rounds;
     double bytes = double(s.bytes) * timed;
     double gb_copy = bytes / Seconds(t_copy) / 1e9, gb_sum = bytes / Seconds(t_sum) / 1e9,
-           gb_nosum = bytes / Seconds(t_nosum) / 1e9, gb_hash = bytes / Seconds(t_hash) / 1e9;
+           gb_nosum = bytes / Seconds(t_nosum) / 1e9, gb_hash = bytes / Seconds(t_hash) / 1e9,
+           gb_two = bytes / Seconds(t_two) / 1e9;
     // Time per put beyond the memcpy of the same bytes.
     double extra_sum = (Seconds(t_sum) - Seconds(t_copy)) / timed * 1e6,
            extra_nosum = (Seconds(t_nosum) - Seconds(t_copy)) / timed * 1e6;
     std::string name = SizeName(s.bytes) + (s.pinned ? ", pinned" : "");
     fmt::print(
         "   {:>14} {:>6} {:>6} {:>8.2f} {:>13.2f} {:>6.2f}x {:>13.2f} {:>6.2f}x {:>10.2f} "
-        "{:>12.1f} {:>12.1f}\n",
-        name, timed, warm, gb_copy, gb_sum, gb_sum / gb_copy, gb_nosum, gb_nosum / gb_copy, gb_hash,
-        extra_sum, extra_nosum);
+        "{:>6.2f}x {:>10.2f} {:>12.1f} {:>12.1f}\n",
+        name, timed, warm, gb_copy, gb_sum, gb_sum / gb_copy, gb_nosum, gb_nosum / gb_copy, gb_two,
+        gb_two / gb_copy, gb_hash, extra_sum, extra_nosum);
     jrows.push_back(JsonObject()
                         .Int("bytes", s.bytes)
                         .Bool("pinned_to_one_cpu", s.pinned)
@@ -520,6 +529,8 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
                         .Num("put_checksum_ratio", gb_sum / gb_copy)
                         .Num("put_no_checksum_GBps", gb_nosum)
                         .Num("put_no_checksum_ratio", gb_nosum / gb_copy)
+                        .Num("put_two_round_trips_GBps", gb_two)
+                        .Num("put_two_round_trips_ratio", gb_two / gb_copy)
                         .Num("xxh3_hash_only_GBps", gb_hash)
                         .Num("put_checksum_us_per_op_beyond_memcpy", extra_sum)
                         .Num("put_no_checksum_us_per_op_beyond_memcpy", extra_nosum)

@@ -61,6 +61,13 @@ struct ConnectOptions {
   // with no round trip (docs/architecture.md). false, or CISTERN_FAST_PATH=0
   // in the environment: every get asks the daemon.
   bool fast_path = true;
+  // Puts over 64 KiB (up to 16 MiB) and batches in one round trip: the daemon
+  // keeps write space reserved for this session's next put, which the client
+  // fills before naming the objects (docs/architecture.md, "The data path").
+  // The space (the size of the last such put, plus 4 KiB, in 64 KiB steps)
+  // stays in use while the session lives. false: create + seal, two round
+  // trips, and nothing held between puts.
+  bool reserve_write_space = true;
 };
 
 struct PutOptions {

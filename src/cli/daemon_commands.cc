@@ -338,6 +338,7 @@ int Status(const Target& target, bool json) {
                {"objects", st->stats().objects()},
                {"leases", st->stats().leases()},
                {"pending_writes", st->stats().pending_writes()},
+               {"reserved_bytes", st->stats().reserved_bytes()},
                {"deferred_frees", st->stats().deferred_frees()},
                {"parked_requests", st->parked_requests()},
                {"tiers", tiers},

@@ -86,7 +86,9 @@ class Connection {
     uint64_t reconnects = 0;  // reconnects() when granted
   };
   // The daemon reserves write space (its hello said so).
-  bool reserve_extents() const { return reserve_extents_.load(std::memory_order_relaxed); }
+  bool reserve_extents() const {
+    return options_.reserve_write_space && reserve_extents_.load(std::memory_order_relaxed);
+  }
   // Hands the caller the session's idle extent if it holds `bytes`. One that
   // does not, or that an earlier daemon granted (a reconnect since), is
   // aborted (one way) so that the next seal can ask for another.
