@@ -455,9 +455,10 @@ void BenchPutBandwidth(const Options& opt, Daemon& d, Buffer& src, std::vector<T
       "   keeps no write space reserved (create + seal; up to 16 MiB a put is otherwise one "
       "round trip)\n",
       rounds);
-  fmt::print("   {:>14} {:>6} {:>6} {:>8} {:>13} {:>7} {:>13} {:>7} {:>10} {:>7} {:>10} {:>12} {:>12}\n",
-             "size", "iters", "warmup", "memcpy", "put checksum", "ratio", "put no-cksum", "ratio",
-             "put 2 RT", "ratio", "xxh3 only", "cksum +us/op", "no-ck +us/op");
+  fmt::print(
+      "   {:>14} {:>6} {:>6} {:>8} {:>13} {:>7} {:>13} {:>7} {:>10} {:>7} {:>10} {:>12} {:>12}\n",
+      "size", "iters", "warmup", "memcpy", "put checksum", "ratio", "put no-cksum", "ratio",
+      "put 2 RT", "ratio", "xxh3 only", "cksum +us/op", "no-ck +us/op");
   std::vector<Json> jrows;
   for (const Size& s : sizes) {
     std::optional<PinnedToOneCpu> pin;
