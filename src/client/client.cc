@@ -48,10 +48,6 @@ std::vector<TensorInfo> LayoutTensors(const std::vector<TensorInput>& tensors, u
 
 namespace {
 
-#ifndef MADV_POPULATE_WRITE
-#define MADV_POPULATE_WRITE 23  // Linux 5.14
-#endif
-
 // Puts of at least this many bytes map their block's pages in one call first.
 constexpr uint64_t kPopulateAtLeast = 1 << 20;
 
@@ -66,19 +62,6 @@ constexpr uint64_t kPutInOneRequestAtMost = 64 << 10;
 // A put that finds it big enough then takes one round trip (PutIntoExtent).
 constexpr uint64_t kExtentSlack = 4096;
 constexpr uint64_t kExtentStep = 64 << 10;
-
-// Maps the pages under [p, p + n) of this process's arena mapping writable in
-// one madvise call, where the copy that follows would otherwise take a page
-// fault per 4 KiB (the cost of a cold put once the daemon has pre-faulted the
-// arena: docs/operations.md, "Arena memory"). Never writes a byte. Best
-// effort: an older kernel (EINVAL) or a full filesystem leaves the copy to
-// fault as before.
-void PopulateForWrite(std::byte* p, uint64_t n) {
-  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  const uint64_t begin = reinterpret_cast<uint64_t>(p) / page * page;
-  const uint64_t end = store::AlignUp(reinterpret_cast<uint64_t>(p) + n, page);
-  (void)::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_POPULATE_WRITE);
-}
 
 wire::Create MakeCreate(std::string_view key, uint64_t size, const PutOptions& o,
                         const std::vector<TensorInfo>& tensors) {
@@ -361,7 +344,9 @@ absl::StatusOr<Writer> Client::CreateWriter(std::string_view key, uint64_t size,
   auto data = PayloadOf(*conn_, *created);
   if (!data.ok()) return data.status();  // w aborts
   w.data_ = *data;
-  if (!own_mapping && w.size_ >= kPopulateAtLeast) PopulateForWrite(w.data_, w.size_);
+  if (!own_mapping && w.size_ >= kPopulateAtLeast) {
+    conn_->PopulateForWrite(created->tier(), w.data_, w.size_);
+  }
   if (own_mapping) {
     const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
     const uint64_t at = created->payload_offset();
@@ -513,7 +498,7 @@ std::optional<std::vector<absl::StatusOr<ObjectRef>>> Client::PutIntoExtent(
   put->set_extent_id(e->id);
   for (size_t i = 0; i < items.size(); ++i) {
     const ExtentPutItem& item = items[i];
-    if (item.size >= kPopulateAtLeast) PopulateForWrite(base + at[i], item.size);
+    if (item.size >= kPopulateAtLeast) conn_->PopulateForWrite(e->tier, base + at[i], item.size);
     std::optional<uint64_t> sum = item.fill(base + at[i]);
     auto* one = put->add_items();
     *one->mutable_create() = MakeCreate(item.key, item.size, options, *item.tensors);

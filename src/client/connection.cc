@@ -117,6 +117,8 @@ absl::StatusOr<std::shared_ptr<Connection>> Connection::Open(const ConnectOption
     }
     c->tiers_.push_back({static_cast<char*>(rw), static_cast<const char*>(ro), size,
                          std::move(owned[i]), st.st_dev, st.st_ino});
+    const uint64_t pages = size / static_cast<uint64_t>(::sysconf(_SC_PAGESIZE)) + 1;
+    c->tiers_.back().populated.reset(new std::atomic<uint64_t>[(pages + 63) / 64]());
   }
   c->SetFastPathLocked(*h, owned);
   return c;
@@ -142,6 +144,29 @@ void Connection::SetFastPathLocked(const wire::HelloReply& h, std::vector<Unique
   }
   MutexLock lock(&fast_mu_);
   fast_ = std::move(fast);
+}
+
+void Connection::PopulateForWrite(uint32_t tier, std::byte* p, uint64_t n) {
+#ifndef MADV_POPULATE_WRITE
+  constexpr int MADV_POPULATE_WRITE = 23;  // Linux 5.14
+#endif
+  if (tier >= tiers_.size() || n == 0) return;
+  const Mapping& m = tiers_[tier];
+  const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t at = static_cast<uint64_t>(reinterpret_cast<char*>(p) - m.base);
+  if (at >= m.size || n > m.size - at) return;
+  const uint64_t first = at / page, last = (at + n - 1) / page;
+  bool all = true;
+  for (uint64_t i = first; i <= last && all; ++i) {
+    all = (m.populated[i / 64].load(std::memory_order_relaxed) >> (i % 64)) & 1;
+  }
+  if (all) return;
+  (void)::madvise(m.base + first * page, (last - first + 1) * page, MADV_POPULATE_WRITE);
+  // Marked whether or not madvise worked: an older kernel (EINVAL) or a full
+  // filesystem leaves the copy to fault as before, and asking again would not help.
+  for (uint64_t i = first; i <= last; ++i) {
+    m.populated[i / 64].fetch_or(uint64_t{1} << (i % 64), std::memory_order_relaxed);
+  }
 }
 
 std::optional<Connection::Extent> Connection::TakeExtent(uint64_t bytes) {

@@ -85,6 +85,12 @@ class Connection {
     uint64_t bytes = 0;
     uint64_t reconnects = 0;  // reconnects() when granted
   };
+  // Maps the pages under [p, p + n) of tier `tier`'s writable mapping in one
+  // madvise(MADV_POPULATE_WRITE), where a copy would take a page fault per
+  // 4 KiB (costly on virtual machines), once per page: the pages stay mapped,
+  // and asking again costs more than the copy (about 50 us per MiB here,
+  // against 32 us for the memcpy). Never writes a byte; best effort.
+  void PopulateForWrite(uint32_t tier, std::byte* p, uint64_t n);
   // The daemon reserves write space (its hello said so).
   bool reserve_extents() const {
     return options_.reserve_write_space && reserve_extents_.load(std::memory_order_relaxed);
@@ -107,6 +113,8 @@ class Connection {
     UniqueFd fd;
     dev_t dev = 0;
     ino_t ino = 0;
+    // One bit per page of `base`: set once PopulateForWrite mapped it.
+    std::unique_ptr<std::atomic<uint64_t>[]> populated;
   };
   explicit Connection(const ConnectOptions& options);
   // Connects and says hello; on success the arena descriptors are in *fds.
