@@ -146,6 +146,14 @@ void Connection::SetFastPathLocked(const wire::HelloReply& h, std::vector<Unique
   fast_ = std::move(fast);
 }
 
+namespace {
+std::atomic<uint64_t> populate_calls{0};
+}  // namespace
+
+uint64_t Connection::PopulateCallsForTest() {
+  return populate_calls.load(std::memory_order_relaxed);
+}
+
 void Connection::PopulateForWrite(uint32_t tier, std::byte* p, uint64_t n) {
 #ifndef MADV_POPULATE_WRITE
   constexpr int MADV_POPULATE_WRITE = 23;  // Linux 5.14
@@ -161,6 +169,7 @@ void Connection::PopulateForWrite(uint32_t tier, std::byte* p, uint64_t n) {
     all = (m.populated[i / 64].load(std::memory_order_relaxed) >> (i % 64)) & 1;
   }
   if (all) return;
+  populate_calls.fetch_add(1, std::memory_order_relaxed);
   (void)::madvise(m.base + first * page, (last - first + 1) * page, MADV_POPULATE_WRITE);
   // Marked whether or not madvise worked: an older kernel (EINVAL) or a full
   // filesystem leaves the copy to fault as before, and asking again would not help.

@@ -91,6 +91,8 @@ class Connection {
   // and asking again costs more than the copy (about 50 us per MiB here,
   // against 32 us for the memcpy). Never writes a byte; best effort.
   void PopulateForWrite(uint32_t tier, std::byte* p, uint64_t n);
+  // How many madvise calls PopulateForWrite made in this process (for tests).
+  static uint64_t PopulateCallsForTest();
   // The daemon reserves write space (its hello said so).
   bool reserve_extents() const {
     return options_.reserve_write_space && reserve_extents_.load(std::memory_order_relaxed);

@@ -7,6 +7,7 @@
 #include "fmt/format.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "src/client/connection.h"
 #include "src/store/checksum.h"
 #include "tests/integration/daemon_harness.h"
 #include "tests/integration/raw_connection.h"
@@ -403,6 +404,24 @@ TEST_F(ClientTest, APutIntoSpaceReservedBeforeARestartIsStoredTheLongWay) {
   // Later puts go through the new reservation.
   ASSERT_TRUE(client_->Put("k3", v1).ok());
   EXPECT_EQ(std::string(reinterpret_cast<const char*>(client_->Get("k3")->data()), 1 << 20), v1);
+}
+
+// Puts of 1 MiB or more map their pages first (madvise MADV_POPULATE_WRITE);
+// on pages already mapped that cost more than the copy, on every put.
+// Each page is now populated once per connection.
+TEST_F(ClientTest, RepeatedLargePutsPopulateTheirPagesOnce) {
+  std::string value(2 << 20, 'p');
+  const uint64_t before = client_internal::Connection::PopulateCallsForTest();
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(client_->Put("k", value).ok());
+    ASSERT_TRUE(client_->Remove("k").ok());
+  }
+  const uint64_t calls = client_internal::Connection::PopulateCallsForTest() - before;
+  EXPECT_GE(calls, 1u);
+  EXPECT_LT(calls, 10u) << "the same few arena ranges were populated again and again";
+  auto v = client_->Put("k", value);
+  ASSERT_TRUE(v.ok());
+  EXPECT_EQ(std::memcmp(client_->Get("k")->data(), value.data(), value.size()), 0);
 }
 
 TEST_F(ClientTest, ViewKeepsBytesAliveAfterRemoveUntilReleased) {
