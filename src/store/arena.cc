@@ -204,17 +204,13 @@ absl::StatusOr<Arena::RecoveryResult> Arena::Recover(Allocator* alloc,
   return result;
 }
 
-void Arena::InitObject(const Allocator::Allocation& a, uint64_t block_size, std::string_view key,
-                       const std::vector<TensorInfo>& tensors, uint64_t manifest_bytes,
-                       uint64_t payload_size, uint32_t flags, uint64_t now_unix_ns) {
-  if (a.remainder_size > 0) WriteFreeTag(a.remainder_offset, a.remainder_size);
-  ObjectHeader* h = header(a.offset);
+void Arena::WriteHeader(ObjectHeader* h, size_t zero_from, std::string_view key,
+                        const std::vector<TensorInfo>& tensors, uint64_t manifest_bytes,
+                        uint64_t payload_size, uint32_t flags, uint64_t now_unix_ns) {
   char* p = reinterpret_cast<char*>(h);
   uint64_t payload_offset = PayloadOffset(key.size(), manifest_bytes);
-  // Everything but the tag word, including the padding the header checksum covers.
-  std::memset(p + sizeof(uint64_t), 0, payload_offset - sizeof(uint64_t));
-  h->state = static_cast<uint32_t>(ObjectState::kWriting);
-  h->magic = kObjectMagic;
+  // Including the padding the header checksum covers.
+  std::memset(p + zero_from, 0, payload_offset - zero_from);
   h->payload_offset = payload_offset;
   h->payload_size = payload_size;
   h->create_unix_ns = now_unix_ns;
@@ -224,6 +220,17 @@ void Arena::InitObject(const Allocator::Allocation& a, uint64_t block_size, std:
   h->flags = flags;
   std::memcpy(p + sizeof(ObjectHeader), key.data(), key.size());
   if (!tensors.empty()) EncodeManifest(tensors, p + ManifestOffset(key.size()));
+}
+
+void Arena::InitObject(const Allocator::Allocation& a, uint64_t block_size, std::string_view key,
+                       const std::vector<TensorInfo>& tensors, uint64_t manifest_bytes,
+                       uint64_t payload_size, uint32_t flags, uint64_t now_unix_ns) {
+  if (a.remainder_size > 0) WriteFreeTag(a.remainder_offset, a.remainder_size);
+  ObjectHeader* h = header(a.offset);
+  // Everything but the tag word.
+  WriteHeader(h, sizeof(uint64_t), key, tensors, manifest_bytes, payload_size, flags, now_unix_ns);
+  h->state = static_cast<uint32_t>(ObjectState::kWriting);
+  h->magic = kObjectMagic;
   StoreRelease(&h->tag, MakeTag(block_size, kObjectBlock));
 }
 
@@ -233,21 +240,9 @@ void Arena::RebindWriting(uint64_t block_offset, uint64_t block_size, std::strin
   ObjectHeader* h = header(block_offset);
   CHECK(LoadAcquire(&h->state) == static_cast<uint32_t>(ObjectState::kWriting));
   CHECK(block_size <= TagSize(LoadAcquire(&h->tag)));
-  char* p = reinterpret_cast<char*>(h);
-  uint64_t payload_offset = PayloadOffset(key.size(), manifest_bytes);
-  // Everything after the tag, state and magic words (the header checksum
-  // covers the padding too).
-  constexpr size_t kFrom = offsetof(ObjectHeader, shared_leases);
-  std::memset(p + kFrom, 0, payload_offset - kFrom);
-  h->payload_offset = payload_offset;
-  h->payload_size = payload_size;
-  h->create_unix_ns = now_unix_ns;
-  h->key_bytes = static_cast<uint32_t>(key.size());
-  h->manifest_bytes = static_cast<uint32_t>(manifest_bytes);
-  h->tensor_count = static_cast<uint32_t>(tensors.size());
-  h->flags = flags;
-  std::memcpy(p + sizeof(ObjectHeader), key.data(), key.size());
-  if (!tensors.empty()) EncodeManifest(tensors, p + ManifestOffset(key.size()));
+  // Everything after the tag, state and magic words.
+  WriteHeader(h, offsetof(ObjectHeader, shared_leases), key, tensors, manifest_bytes, payload_size,
+              flags, now_unix_ns);
   StoreRelease(&h->tag, MakeTag(block_size, kObjectBlock));
 }
 

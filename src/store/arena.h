@@ -124,6 +124,11 @@ class Arena {
   uint64_t max_generation() const;
 
  private:
+  // Zeroes [zero_from, payload offset) of the header at `h`, then writes its
+  // fields other than tag, state and magic, the key and the manifest.
+  void WriteHeader(ObjectHeader* h, size_t zero_from, std::string_view key,
+                   const std::vector<TensorInfo>& tensors, uint64_t manifest_bytes,
+                   uint64_t payload_size, uint32_t flags, uint64_t now_unix_ns);
   Arena(char* base, uint64_t size) : base_(base), size_(size) {}
   Superblock* superblock() const { return reinterpret_cast<Superblock*>(base_); }
   // Verifies one sealed object; returns the reason it is corrupt, or "".

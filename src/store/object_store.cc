@@ -298,31 +298,40 @@ absl::StatusOr<ObjectStore::WriteInfo> ObjectStore::Create(SessionId session,
   obj->payload_size = args.size;
   obj->tier = *tier_index;
   obj->evictable = args.evictable;
-  uint32_t flags = (args.evictable ? uint32_t{kFlagEvictable} : 0u) |
-                   (args.local_only ? uint32_t{kFlagLocalOnly} : 0u) |
-                   (args.tensors.empty() ? 0u : uint32_t{kFlagTensorDict});
-  tier.arena.InitObject(*a, block, args.key, args.tensors, manifest_bytes, args.size, flags,
+  tier.arena.InitObject(*a, block, args.key, args.tensors, manifest_bytes, args.size, FlagsOf(args),
                         UnixNowNs());
   ++tier.objects;
+  auto id = AddWrite(
+      Write{obj, session, args.if_absent, LeaseTable::kNoEntry, false, args.replica_generation});
+  if (!id.ok()) return id.status();
+  EvictToWatermark(tier);
+  return WriteInfo{*id, *tier_index, a->offset + tier.arena.header(a->offset)->payload_offset,
+                   args.size};
+}
+
+uint32_t ObjectStore::FlagsOf(const CreateArgs& args) {
+  return (args.evictable ? uint32_t{kFlagEvictable} : 0u) |
+         (args.local_only ? uint32_t{kFlagLocalOnly} : 0u) |
+         (args.tensors.empty() ? 0u : uint32_t{kFlagTensorDict});
+}
+
+absl::StatusOr<uint64_t> ObjectStore::AddWrite(Write w) {
   uint64_t id;
   do {
     id = next_write_id_++;
   } while (id == 0 || writes_.contains(id));
-  uint64_t entry = LeaseTable::kNoEntry;
-  if (auto slot = slots_.find(session); slot != slots_.end()) {
-    auto e = shared_->AddEntry(slot->second, SharedLeaseTable::Kind::kWrite, *tier_index, id,
-                               a->offset, 0);
+  if (auto slot = slots_.find(w.session); slot != slots_.end()) {
+    auto e = shared_->AddEntry(slot->second, SharedLeaseTable::Kind::kWrite, w.obj->tier, id,
+                               w.obj->block_offset, 0);
     if (!e.ok()) {
-      AbortObject(obj);
+      AbortObject(w.obj);
       return e.status();
     }
-    entry = *e;
+    w.entry = *e;
   }
-  writes_.emplace(id, Write{obj, session, args.if_absent, entry, false, args.replica_generation});
-  session_writes_[session].insert(id);
-  EvictToWatermark(tier);
-  return WriteInfo{id, *tier_index, a->offset + tier.arena.header(a->offset)->payload_offset,
-                   args.size};
+  session_writes_[w.session].insert(id);
+  writes_.emplace(id, w);
+  return id;
 }
 
 std::optional<Allocator::Allocation> ObjectStore::AllocateEvicting(Tier& tier, uint64_t n) {
@@ -666,24 +675,10 @@ absl::StatusOr<ObjectStore::ExtentInfo> ObjectStore::ReserveExtent(SessionId ses
   obj->tier = tier_index;
   tier.arena.InitObject(*a, bytes, kExtentKey, {}, 0, obj->payload_size, 0, UnixNowNs());
   ++tier.objects;
-  uint64_t id;
-  do {
-    id = next_write_id_++;
-  } while (id == 0 || writes_.contains(id));
-  uint64_t entry = LeaseTable::kNoEntry;
-  if (auto slot = slots_.find(session); slot != slots_.end()) {
-    auto e = shared_->AddEntry(slot->second, SharedLeaseTable::Kind::kWrite, tier_index, id,
-                               a->offset, 0);
-    if (!e.ok()) {
-      AbortObject(obj);
-      return e.status();
-    }
-    entry = *e;
-  }
-  writes_.emplace(id, Write{obj, session, false, entry, false, 0});
-  session_writes_[session].insert(id);
-  extents_[session] = id;
-  return ExtentInfo{id, tier_index, a->offset, bytes};
+  auto id = AddWrite(Write{obj, session, false, LeaseTable::kNoEntry, false, 0});
+  if (!id.ok()) return id.status();
+  extents_[session] = *id;
+  return ExtentInfo{*id, tier_index, a->offset, bytes};
 }
 
 std::optional<uint32_t> ObjectStore::WriteTier(SessionId session, uint64_t write_id) const {
@@ -790,10 +785,7 @@ absl::StatusOr<std::vector<absl::StatusOr<uint64_t>>> ObjectStore::PutExtent(
     const std::vector<TensorInfo>& tensors = ok ? args.tensors : kNoTensors;
     const uint64_t mb = ok ? manifest_bytes[i] : 0;
     const uint64_t size = ok ? args.size : blocks[i] - PayloadOffset(kExtentKey.size(), 0);
-    const uint32_t flags = !ok ? 0u
-                               : (args.evictable ? uint32_t{kFlagEvictable} : 0u) |
-                                     (args.local_only ? uint32_t{kFlagLocalOnly} : 0u) |
-                                     (args.tensors.empty() ? 0u : uint32_t{kFlagTensorDict});
+    const uint32_t flags = ok ? FlagsOf(args) : 0u;
     if (i > 0) {
       tier.arena.InitObject(Allocator::Allocation{at, 0, 0}, blocks[i], key, tensors, mb, size,
                             flags, now);

@@ -431,6 +431,12 @@ class ObjectStore {
   absl::StatusOr<Write> TakeWrite(SessionId session, uint64_t write_id)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void AbortObject(Object* obj) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The header flags of an object created with `args`.
+  static uint32_t FlagsOf(const CreateArgs& args);
+  // Records `w` (its object initialised in the arena) as a pending write under
+  // a new id, with an entry in the shared lease table when its session has a
+  // slot; if the table is full, aborts the object and returns why.
+  absl::StatusOr<uint64_t> AddWrite(Write w) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Seal's checks and work for a write already taken from the write tables.
   absl::StatusOr<uint64_t> SealLocked(const Write& w, std::optional<uint64_t> checksum)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

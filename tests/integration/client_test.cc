@@ -27,6 +27,13 @@ class ClientTest : public ::testing::Test {
     client_ = std::move(*c);
   }
   uint64_t Used() { return client_->Stats()->tiers(0).used_bytes(); }
+  // cistern_requests_total of `verb`, from the daemon's /metrics.
+  double scrape(std::string_view verb) {
+    auto r = HttpGet(daemon_.metrics_port(), "/metrics");
+    std::string line = fmt::format("cistern_requests_total{{verb=\"{}\"}} ", verb);
+    size_t at = r.body.find(line);
+    return at == std::string::npos ? 0.0 : std::stod(r.body.substr(at + line.size()));
+  }
   // Less the write space the session holds reserved for its next put.
   uint64_t UsedByObjects() {
     auto st = client_->Stats();
@@ -219,12 +226,6 @@ TEST_F(ClientTest, CreateTensorsFillsATensorDictInPlace) {
 // shared mapping; either way the bytes, the manifest and the checksum come
 // out the same. Counted through the daemon's per-verb metrics.
 TEST_F(ClientTest, SmallPutsTakeOneRequestAndReadBackTheSame) {
-  auto scrape = [&](std::string_view verb) {
-    auto r = HttpGet(daemon_.metrics_port(), "/metrics");
-    std::string line = fmt::format("cistern_requests_total{{verb=\"{}\"}} ", verb);
-    size_t at = r.body.find(line);
-    return at == std::string::npos ? 0.0 : std::stod(r.body.substr(at + line.size()));
-  };
   for (size_t size : {size_t{1}, size_t{4096}, size_t{64} << 10, (size_t{64} << 10) + 1}) {
     SCOPED_TRACE(size);
     const double puts = scrape("put"), creates = scrape("create");
@@ -291,12 +292,6 @@ TEST_F(ClientTest, SmallPutsTakeOneRequestAndReadBackTheSame) {
 // Puts over 64 KiB (and batches) take create + seal until the session holds
 // reserved write space; from then on, one request each (issue 13, item 2).
 TEST_F(ClientTest, LargerPutsTakeOneRequestOnceWriteSpaceIsReserved) {
-  auto scrape = [&](std::string_view verb) {
-    auto r = HttpGet(daemon_.metrics_port(), "/metrics");
-    std::string line = fmt::format("cistern_requests_total{{verb=\"{}\"}} ", verb);
-    size_t at = r.body.find(line);
-    return at == std::string::npos ? 0.0 : std::stod(r.body.substr(at + line.size()));
-  };
   auto value_of = [](size_t size, int seed) {
     std::string v(size, '\0');
     for (size_t i = 0; i < size; ++i) v[i] = static_cast<char>(i * 31 + seed);
