@@ -1040,12 +1040,7 @@ void BenchColdPuts(const Options& opt, std::vector<Target>* targets, JsonObject*
 
 int Main(int argc, char** argv) {
   Options opt = ParseArgs(argc, argv);
-  struct sigaction sa {};
-  sa.sa_handler = OnSignal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
-  signal(SIGPIPE, SIG_IGN);
+  InstallCleanupHandlers();
   if (::access(opt.cisternd.c_str(), X_OK) != 0) Die("no cisternd at " + opt.cisternd);
 
   utsname u{};
